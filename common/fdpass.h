@@ -1,0 +1,16 @@
+/* One datagram plus SCM_RIGHTS fds over a SOCK_SEQPACKET socket. */
+#pragma once
+
+#include <stddef.h>
+
+/* Sends buf with nfds fds attached (MSG_NOSIGNAL). 0 or a negative errno. */
+int fs_fdpass_send(int sock, const void *buf, size_t len, const int *fds, size_t nfds, int flags);
+
+/*
+ * Receives one datagram into buf and up to maxfds fds (MSG_CMSG_CLOEXEC).
+ * Returns its length (0 = peer closed) or a negative errno. A datagram larger than cap is
+ * -EMSGSIZE; a truncated control message, a foreign cmsg or more than maxfds fds is
+ * -EBADMSG. On every error, each fd that arrived is already closed.
+ */
+int fs_fdpass_recv(int sock, void *buf, size_t cap, int *fds, size_t maxfds, size_t *ret_nfds,
+                   int flags);

@@ -1,0 +1,482 @@
+#include "common/proto.h"
+
+#include <errno.h>
+#include <string.h>
+
+enum kind { K_NONE, K_U16, K_U32, K_U64, K_STR, K_B32, K_STAT };
+
+static const uint8_t field_kind[FS_F_MAX_ + 1] = {
+        [FS_F_VERSION_MIN] = K_U16, [FS_F_VERSION_MAX] = K_U16, [FS_F_NONCE] = K_B32,
+        [FS_F_MAC] = K_B32,         [FS_F_VERSION] = K_U16,     [FS_F_ERRNO] = K_U32,
+        [FS_F_REASON] = K_STR,      [FS_F_PATH] = K_STR,        [FS_F_ARG] = K_STR,
+        [FS_F_ENV] = K_STR,         [FS_F_CWD] = K_STR,         [FS_F_FD] = K_U32,
+        [FS_F_FLAGS] = K_U32,       [FS_F_WORKER] = K_U64,      [FS_F_PID] = K_U32,
+        [FS_F_CODE] = K_U32,        [FS_F_STATUS] = K_U32,      [FS_F_STAT] = K_STAT,
+        [FS_F_STEP] = K_U32,        [FS_F_PROFILE] = K_STR,
+};
+
+static const char *const type_names[FS_MSG_MAX_ + 1] = {
+        [FS_MSG_HELLO] = "HELLO",     [FS_MSG_AUTH] = "AUTH",
+        [FS_MSG_AUTH_OK] = "AUTH_OK", [FS_MSG_AUTH_FAILED] = "AUTH_FAILED",
+        [FS_MSG_ERROR] = "ERROR",     [FS_MSG_OK] = "OK",
+        [FS_MSG_PING] = "PING",       [FS_MSG_SPAWN] = "SPAWN",
+        [FS_MSG_SPAWNED] = "SPAWNED", [FS_MSG_EXITED] = "EXITED",
+        [FS_MSG_STATUS] = "STATUS",   [FS_MSG_STATUS_REPLY] = "STATUS_REPLY",
+        [FS_MSG_STOP] = "STOP",
+};
+
+const char *fs_proto_type_name(uint16_t type)
+{
+        return type >= 1 && type <= FS_MSG_MAX_ ? type_names[type] : "unknown";
+}
+
+size_t fs_proto_max_fds(uint16_t type)
+{
+        switch (type) {
+        case FS_MSG_SPAWN:
+                return FS_MAX_MSG_FDS;
+        case FS_MSG_SPAWNED:
+                return 1;
+        case FS_MSG_ERROR:
+                return 1; /* zygote → front only: the pidfd of a child that failed to exec */
+        default:
+                return 0;
+        }
+}
+
+/* ---- writer ---- */
+
+void fs_msg_begin(struct fs_msgw *w, void *mem, size_t cap, uint16_t type, uint32_t id)
+{
+        fs_buf_init_writer(&w->b, mem, cap < FS_MAX_MSG ? cap : FS_MAX_MSG);
+        w->err = 0;
+        if (fs_buf_put_u32(&w->b, FS_PROTO_MAGIC) < 0 ||
+            fs_buf_put_u16(&w->b, FS_PROTO_VERSION) < 0 || fs_buf_put_u16(&w->b, type) < 0 ||
+            fs_buf_put_u32(&w->b, id) < 0 || fs_buf_put_u32(&w->b, 0) < 0)
+                w->err = -EMSGSIZE;
+}
+
+static void put_field(struct fs_msgw *w, uint16_t tag, size_t len)
+{
+        int r;
+
+        if (w->err)
+                return;
+        if (len > UINT16_MAX) {
+                w->err = -EMSGSIZE;
+                return;
+        }
+        if ((r = fs_buf_put_u16(&w->b, tag)) < 0 || (r = fs_buf_put_u16(&w->b, (uint16_t)len)) < 0)
+                w->err = r;
+}
+
+static void put_or_fail(struct fs_msgw *w, int r)
+{
+        if (!w->err && r < 0)
+                w->err = r;
+}
+
+void fs_msg_put_u16(struct fs_msgw *w, uint16_t tag, uint16_t v)
+{
+        put_field(w, tag, 2);
+        if (!w->err)
+                put_or_fail(w, fs_buf_put_u16(&w->b, v));
+}
+
+void fs_msg_put_u32(struct fs_msgw *w, uint16_t tag, uint32_t v)
+{
+        put_field(w, tag, 4);
+        if (!w->err)
+                put_or_fail(w, fs_buf_put_u32(&w->b, v));
+}
+
+void fs_msg_put_u64(struct fs_msgw *w, uint16_t tag, uint64_t v)
+{
+        put_field(w, tag, 8);
+        if (!w->err)
+                put_or_fail(w, fs_buf_put_u64(&w->b, v));
+}
+
+void fs_msg_put_bytes(struct fs_msgw *w, uint16_t tag, const void *p, size_t n)
+{
+        put_field(w, tag, n);
+        if (!w->err)
+                put_or_fail(w, fs_buf_put_bytes(&w->b, p, n));
+}
+
+void fs_msg_put_str(struct fs_msgw *w, uint16_t tag, const char *s)
+{
+        fs_msg_put_bytes(w, tag, s, strlen(s) + 1);
+}
+
+void fs_msg_put_stat(struct fs_msgw *w, const char *name, uint64_t v)
+{
+        size_t n = strlen(name) + 1;
+
+        put_field(w, FS_F_STAT, 8 + n);
+        if (!w->err)
+                put_or_fail(w, fs_buf_put_u64(&w->b, v));
+        if (!w->err)
+                put_or_fail(w, fs_buf_put_bytes(&w->b, name, n));
+}
+
+int fs_msg_finish(struct fs_msgw *w)
+{
+        if (w->err)
+                return w->err;
+        if (fs_buf_patch_u32(&w->b, 12, (uint32_t)(w->b.len - FS_HDR_LEN)) < 0)
+                return -EINVAL;
+        return (int)w->b.len;
+}
+
+/* ---- reader ---- */
+
+int fs_proto_parse_hdr(const void *msg, size_t len, struct fs_hdr *ret, struct fs_buf *ret_payload)
+{
+        struct fs_buf b;
+        uint32_t magic;
+        struct fs_hdr h;
+
+        memset(ret, 0, sizeof(*ret));
+        fs_buf_init_reader(ret_payload, NULL, 0);
+        if (len > FS_MAX_MSG)
+                return -EMSGSIZE;
+        fs_buf_init_reader(&b, msg, len);
+        if (fs_buf_get_u32(&b, &magic) < 0 || fs_buf_get_u16(&b, &h.version) < 0 ||
+            fs_buf_get_u16(&b, &h.type) < 0 || fs_buf_get_u32(&b, &h.id) < 0 ||
+            fs_buf_get_u32(&b, &h.len) < 0)
+                return -EBADMSG;
+        if (magic != FS_PROTO_MAGIC || h.version != FS_PROTO_VERSION)
+                return -EPROTO;
+        if (h.len != fs_buf_remaining(&b))
+                return -EBADMSG;
+        if (h.type < 1 || h.type > FS_MSG_MAX_)
+                return -EBADMSG;
+        *ret = h;
+        fs_buf_init_reader(ret_payload, (const uint8_t *)msg + FS_HDR_LEN, h.len);
+        return 0;
+}
+
+#define REQ 1u
+#define REP 2u
+
+struct spec {
+        uint8_t tag;
+        uint8_t flags;
+};
+
+struct fields {
+        uint32_t count[FS_F_MAX_ + 1];
+        uint64_t num[FS_F_MAX_ + 1];
+        const uint8_t *val[FS_F_MAX_ + 1];
+};
+
+static int fail(const char **ret_why, const char *why, int r)
+{
+        if (ret_why)
+                *ret_why = why;
+        return r;
+}
+
+/* Reads one field header and a view of its value: 1 = a field, 0 = end, < 0 = error. */
+static int next_field(struct fs_buf *p, uint16_t *tag, uint16_t *len, const uint8_t **val)
+{
+        if (fs_buf_remaining(p) == 0)
+                return 0;
+        if (fs_buf_get_u16(p, tag) < 0 || fs_buf_get_u16(p, len) < 0 ||
+            fs_buf_get_view(p, *len, val) < 0)
+                return -EBADMSG;
+        return 1;
+}
+
+static bool valid_str(const uint8_t *v, size_t len)
+{
+        return len >= 1 && v[len - 1] == '\0' && !memchr(v, '\0', len - 1);
+}
+
+static uint64_t be(const uint8_t *v, size_t n)
+{
+        uint64_t x = 0;
+
+        for (size_t i = 0; i < n; i++)
+                x = x << 8 | v[i];
+        return x;
+}
+
+/* Checks one field's value against its kind; stores the scalar in *num. */
+static int check_value(uint16_t tag, const uint8_t *v, uint16_t len, uint64_t *num,
+                       const char **ret_why)
+{
+        static const uint8_t fixed[] = {[K_U16] = 2, [K_U32] = 4, [K_U64] = 8, [K_B32] = 32};
+        uint8_t k = field_kind[tag];
+
+        *num = 0;
+        switch (k) {
+        case K_U16:
+        case K_U32:
+        case K_U64:
+        case K_B32:
+                if (len != fixed[k])
+                        return fail(ret_why, "field has the wrong length", -EBADMSG);
+                if (k != K_B32)
+                        *num = be(v, len);
+                return 0;
+        case K_STR:
+                if (!valid_str(v, len))
+                        return fail(ret_why, "string field without a single final NUL", -EBADMSG);
+                return 0;
+        case K_STAT:
+                if (len < 9 || !valid_str(v + 8, len - 8u))
+                        return fail(ret_why, "malformed STAT field", -EBADMSG);
+                *num = be(v, 8);
+                return 0;
+        default:
+                return fail(ret_why, "unknown field", -EBADMSG);
+        }
+}
+
+static int decode(struct fs_buf *p, const struct spec *specs, size_t nspecs, struct fields *f,
+                  const char **ret_why)
+{
+        uint16_t tag, len;
+        const uint8_t *v;
+        int r;
+
+        memset(f, 0, sizeof(*f));
+        while ((r = next_field(p, &tag, &len, &v)) > 0) {
+                const struct spec *s = NULL;
+                uint64_t num;
+
+                for (size_t i = 0; i < nspecs; i++)
+                        if (specs[i].tag == tag)
+                                s = &specs[i];
+                if (!s)
+                        return fail(ret_why, "field not allowed in this message", -EBADMSG);
+                if ((r = check_value(tag, v, len, &num, ret_why)) < 0)
+                        return r;
+                if (f->count[tag] && !(s->flags & REP))
+                        return fail(ret_why, "duplicate field", -EBADMSG);
+                if (f->count[tag]++ == 0) {
+                        f->num[tag] = num;
+                        f->val[tag] = v;
+                }
+        }
+        if (r < 0)
+                return fail(ret_why, "truncated field", r);
+        for (size_t i = 0; i < nspecs; i++)
+                if ((specs[i].flags & REQ) && !f->count[specs[i].tag])
+                        return fail(ret_why, "required field missing", -EBADMSG);
+        return 0;
+}
+
+#define DECODE(p, f, why, ...)                                                                     \
+        ({                                                                                         \
+                static const struct spec specs_[] = {__VA_ARGS__};                                 \
+                decode(p, specs_, FS_ARRAY_SIZE_(specs_), f, why);                                 \
+        })
+#define FS_ARRAY_SIZE_(a) (sizeof(a) / sizeof((a)[0]))
+
+int fs_proto_parse_empty(struct fs_buf *p, const char **ret_why)
+{
+        if (fs_buf_remaining(p) != 0)
+                return fail(ret_why, "message takes no fields", -EBADMSG);
+        return 0;
+}
+
+int fs_proto_parse_hello(struct fs_buf *p, struct fs_msg_hello *ret, const char **ret_why)
+{
+        struct fields f;
+        int r;
+
+        memset(ret, 0, sizeof(*ret));
+        r = DECODE(p, &f, ret_why, {FS_F_VERSION_MIN, REQ}, {FS_F_VERSION_MAX, REQ},
+                   {FS_F_NONCE, REQ});
+        if (r < 0)
+                return r;
+        if (f.num[FS_F_VERSION_MIN] > f.num[FS_F_VERSION_MAX])
+                return fail(ret_why, "empty version range", -EBADMSG);
+        ret->version_min = (uint16_t)f.num[FS_F_VERSION_MIN];
+        ret->version_max = (uint16_t)f.num[FS_F_VERSION_MAX];
+        ret->nonce = f.val[FS_F_NONCE];
+        return 0;
+}
+
+int fs_proto_parse_auth(struct fs_buf *p, struct fs_msg_auth *ret, const char **ret_why)
+{
+        struct fields f;
+        int r;
+
+        memset(ret, 0, sizeof(*ret));
+        r = DECODE(p, &f, ret_why, {FS_F_VERSION, REQ}, {FS_F_NONCE, REQ}, {FS_F_MAC, REQ});
+        if (r < 0)
+                return r;
+        ret->version = (uint16_t)f.num[FS_F_VERSION];
+        ret->nonce = f.val[FS_F_NONCE];
+        ret->mac = f.val[FS_F_MAC];
+        return 0;
+}
+
+int fs_proto_parse_auth_ok(struct fs_buf *p, const uint8_t **ret_mac, const char **ret_why)
+{
+        struct fields f;
+        int r;
+
+        *ret_mac = NULL;
+        r = DECODE(p, &f, ret_why, {FS_F_MAC, REQ});
+        if (r < 0)
+                return r;
+        *ret_mac = f.val[FS_F_MAC];
+        return 0;
+}
+
+int fs_proto_parse_error(struct fs_buf *p, struct fs_msg_error *ret, const char **ret_why)
+{
+        struct fields f;
+        int r;
+
+        memset(ret, 0, sizeof(*ret));
+        r = DECODE(p, &f, ret_why, {FS_F_ERRNO, REQ}, {FS_F_REASON, REQ}, {FS_F_STEP, 0},
+                   {FS_F_PID, 0});
+        if (r < 0)
+                return r;
+        if (f.num[FS_F_ERRNO] == 0 || f.num[FS_F_ERRNO] > 4095)
+                return fail(ret_why, "errno out of range", -EBADMSG);
+        if (f.num[FS_F_STEP] > FS_STEP_MAX_)
+                return fail(ret_why, "unknown spawn step", -EBADMSG);
+        ret->err = (uint32_t)f.num[FS_F_ERRNO];
+        ret->step = (uint32_t)f.num[FS_F_STEP];
+        ret->pid = (uint32_t)f.num[FS_F_PID];
+        ret->reason = (const char *)f.val[FS_F_REASON];
+        return 0;
+}
+
+int fs_proto_parse_spawned(struct fs_buf *p, struct fs_msg_spawned *ret, const char **ret_why)
+{
+        struct fields f;
+        int r;
+
+        memset(ret, 0, sizeof(*ret));
+        r = DECODE(p, &f, ret_why, {FS_F_WORKER, REQ}, {FS_F_PID, REQ});
+        if (r < 0)
+                return r;
+        if (f.num[FS_F_PID] == 0 || f.num[FS_F_PID] > INT32_MAX)
+                return fail(ret_why, "pid out of range", -EBADMSG);
+        ret->worker = f.num[FS_F_WORKER];
+        ret->pid = (uint32_t)f.num[FS_F_PID];
+        return 0;
+}
+
+int fs_proto_parse_exited(struct fs_buf *p, struct fs_msg_exited *ret, const char **ret_why)
+{
+        struct fields f;
+        int r;
+
+        memset(ret, 0, sizeof(*ret));
+        r = DECODE(p, &f, ret_why, {FS_F_WORKER, REQ}, {FS_F_CODE, REQ}, {FS_F_STATUS, REQ});
+        if (r < 0)
+                return r;
+        if (f.num[FS_F_CODE] < 1 || f.num[FS_F_CODE] > 3)
+                return fail(ret_why, "unknown exit code kind", -EBADMSG);
+        if (f.num[FS_F_CODE] == 1 ? f.num[FS_F_STATUS] > 255 : f.num[FS_F_STATUS] > 64 ||
+                                                                   f.num[FS_F_STATUS] == 0)
+                return fail(ret_why, "exit status out of range", -EBADMSG);
+        ret->worker = f.num[FS_F_WORKER];
+        ret->code = (uint32_t)f.num[FS_F_CODE];
+        ret->status = (uint32_t)f.num[FS_F_STATUS];
+        return 0;
+}
+
+int fs_proto_parse_status(struct fs_buf *p, int (*fn)(void *ud, const char *name, uint64_t v),
+                          void *ud, const char **ret_why)
+{
+        struct fs_buf again = *p;
+        struct fields f;
+        uint16_t tag, len;
+        const uint8_t *v;
+        int r;
+
+        r = DECODE(p, &f, ret_why, {FS_F_STAT, REP});
+        if (r < 0)
+                return r;
+        if (f.count[FS_F_STAT] > FS_MAX_STATS)
+                return fail(ret_why, "too many STAT fields", -EBADMSG);
+        while (next_field(&again, &tag, &len, &v) > 0)
+                if ((r = fn(ud, (const char *)v + 8, be(v, 8))) < 0)
+                        return r;
+        return 0;
+}
+
+int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, const char **ptrs, size_t nptrs,
+                         struct fs_spawn *ret, const char **ret_why)
+{
+        struct fs_buf again = *p;
+        uint64_t fd_seen[(FS_MAX_CHILD_FD + 64) / 64] = {0};
+        size_t argc = 0, envc = 0, nfd = 0;
+        struct fields f;
+        uint16_t tag, len;
+        const uint8_t *v;
+        int r;
+
+        memset(ret, 0, sizeof(*ret));
+        r = DECODE(p, &f, ret_why, {FS_F_PATH, REQ}, {FS_F_ARG, REQ | REP}, {FS_F_ENV, REP},
+                   {FS_F_CWD, 0}, {FS_F_FD, REP}, {FS_F_FLAGS, 0}, {FS_F_PROFILE, 0});
+        if (r < 0)
+                return r;
+        if (f.count[FS_F_FD] != nfds)
+                return fail(ret_why, "number of fds differs from FD fields", -EBADMSG);
+        if (f.count[FS_F_ARG] > FS_MAX_ARGV)
+                return fail(ret_why, "too many arguments", -E2BIG);
+        if (f.count[FS_F_ENV] > FS_MAX_ENVP)
+                return fail(ret_why, "too many environment entries", -E2BIG);
+        if (f.count[FS_F_ARG] + f.count[FS_F_ENV] + 2 > nptrs)
+                return fail(ret_why, "argument storage too small", -E2BIG);
+        if (f.val[FS_F_PATH][0] != '/')
+                return fail(ret_why, "program path must be absolute", -EINVAL);
+        if (f.val[FS_F_CWD] && f.val[FS_F_CWD][0] != '/')
+                return fail(ret_why, "cwd must be absolute", -EINVAL);
+        if (f.val[FS_F_PROFILE] && f.val[FS_F_PROFILE][0] == '\0')
+                return fail(ret_why, "empty profile name", -EINVAL);
+        if (f.num[FS_F_FLAGS] & ~(uint64_t)FS_SPAWN_KNOWN_FLAGS)
+                return fail(ret_why, "unknown spawn flags", -EINVAL);
+
+        ret->argv = ptrs;
+        ret->envp = ptrs + f.count[FS_F_ARG] + 1;
+        while (next_field(&again, &tag, &len, &v) > 0) {
+                const char *s = (const char *)v;
+
+                switch (tag) {
+                case FS_F_ARG:
+                        ret->argv[argc++] = s;
+                        break;
+                case FS_F_ENV:
+                        if (s[0] == '=' || !strchr(s, '='))
+                                return fail(ret_why, "environment entry is not NAME=VALUE",
+                                            -EINVAL);
+                        ret->envp[envc++] = s;
+                        break;
+                case FS_F_FD: {
+                        uint32_t cfd = (uint32_t)be(v, 4);
+
+                        if (cfd > FS_MAX_CHILD_FD)
+                                return fail(ret_why, "child fd number too large", -EINVAL);
+                        if (fd_seen[cfd / 64] & (1ull << (cfd % 64)))
+                                return fail(ret_why, "child fd number given twice", -EINVAL);
+                        fd_seen[cfd / 64] |= 1ull << (cfd % 64);
+                        ret->child_fd[nfd++] = cfd;
+                        break;
+                }
+                default:
+                        break;
+                }
+        }
+        ret->argv[argc] = NULL;
+        ret->envp[envc] = NULL;
+        ret->argc = argc;
+        ret->envc = envc;
+        ret->nfds = nfd;
+        ret->path = (const char *)f.val[FS_F_PATH];
+        ret->cwd = (const char *)f.val[FS_F_CWD];
+        ret->profile = (const char *)f.val[FS_F_PROFILE];
+        ret->flags = (uint32_t)f.num[FS_F_FLAGS];
+        return 0;
+}

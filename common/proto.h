@@ -1,0 +1,167 @@
+/*
+ * Wire protocol (docs/PROTOCOL.md is the reference): one message per SOCK_SEQPACKET datagram,
+ * a 16-byte header (magic, version, type, request id, payload length) and a payload of typed
+ * fields (tag u16, length u16, value). Every parse goes through struct fs_buf.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/buf.h"
+
+#define FS_PROTO_MAGIC 0x464b5356u /* "FKSV" */
+#define FS_PROTO_VERSION 1
+#define FS_HDR_LEN 16
+#define FS_MAX_MSG 65536       /* whole datagram */
+#define FS_MAX_MSG_FDS 64      /* fds in one message */
+#define FS_MAX_ARGV 4096
+#define FS_MAX_ENVP 4096
+#define FS_MAX_CHILD_FD 1023   /* highest fd number a worker may ask for */
+#define FS_MAX_STATS 64
+#define FS_NONCE_LEN 32
+#define FS_MAC_LEN 32
+
+enum fs_msg_type {
+        FS_MSG_HELLO = 1,
+        FS_MSG_AUTH = 2,
+        FS_MSG_AUTH_OK = 3,
+        FS_MSG_AUTH_FAILED = 4,
+        FS_MSG_ERROR = 5,
+        FS_MSG_OK = 6,
+        FS_MSG_PING = 7,
+        FS_MSG_SPAWN = 8,
+        FS_MSG_SPAWNED = 9,
+        FS_MSG_EXITED = 10,
+        FS_MSG_STATUS = 11,
+        FS_MSG_STATUS_REPLY = 12,
+        FS_MSG_STOP = 13,
+        FS_MSG_MAX_ = FS_MSG_STOP,
+};
+
+enum fs_field_tag {
+        FS_F_VERSION_MIN = 1, /* u16 */
+        FS_F_VERSION_MAX = 2, /* u16 */
+        FS_F_NONCE = 3,       /* 32 bytes */
+        FS_F_MAC = 4,         /* 32 bytes */
+        FS_F_VERSION = 5,     /* u16 */
+        FS_F_ERRNO = 6,       /* u32, positive Linux errno */
+        FS_F_REASON = 7,      /* string */
+        FS_F_PATH = 8,        /* string */
+        FS_F_ARG = 9,         /* string, repeated */
+        FS_F_ENV = 10,        /* string, repeated */
+        FS_F_CWD = 11,        /* string */
+        FS_F_FD = 12,         /* u32, repeated: child fd number of each attached fd */
+        FS_F_FLAGS = 13,      /* u32 */
+        FS_F_WORKER = 14,     /* u64 */
+        FS_F_PID = 15,        /* u32 */
+        FS_F_CODE = 16,       /* u32: CLD_EXITED, CLD_KILLED or CLD_DUMPED */
+        FS_F_STATUS = 17,     /* u32: exit code or signal number */
+        FS_F_STAT = 18,       /* u64 value then string name, repeated */
+        FS_F_STEP = 19,       /* u32: enum fs_spawn_step */
+        FS_F_PROFILE = 20,    /* string */
+        FS_F_MAX_ = FS_F_PROFILE,
+};
+
+enum fs_spawn_flags {
+        FS_SPAWN_DETACH = 1u << 0, /* survives its connection; no parent-death signal */
+        FS_SPAWN_KNOWN_FLAGS = FS_SPAWN_DETACH,
+};
+
+/* Where a spawn failed; reported in ERROR replies so a setup failure never looks like a crash. */
+enum fs_spawn_step {
+        FS_STEP_CLONE = 1,
+        FS_STEP_PARENT = 2,
+        FS_STEP_FDS = 3,
+        FS_STEP_CHDIR = 4,
+        FS_STEP_EXEC = 5,
+        FS_STEP_MAX_ = FS_STEP_EXEC,
+};
+
+struct fs_hdr {
+        uint16_t version;
+        uint16_t type;
+        uint32_t id;
+        uint32_t len;
+};
+
+/* Message writer: errors are sticky and reported once by fs_msg_finish(). */
+struct fs_msgw {
+        struct fs_buf b;
+        int err;
+};
+
+void fs_msg_begin(struct fs_msgw *w, void *mem, size_t cap, uint16_t type, uint32_t id);
+void fs_msg_put_u16(struct fs_msgw *w, uint16_t tag, uint16_t v);
+void fs_msg_put_u32(struct fs_msgw *w, uint16_t tag, uint32_t v);
+void fs_msg_put_u64(struct fs_msgw *w, uint16_t tag, uint64_t v);
+void fs_msg_put_bytes(struct fs_msgw *w, uint16_t tag, const void *p, size_t n);
+void fs_msg_put_str(struct fs_msgw *w, uint16_t tag, const char *s);
+void fs_msg_put_stat(struct fs_msgw *w, const char *name, uint64_t v);
+/* Patches the payload length; returns the datagram length or a negative errno. */
+int fs_msg_finish(struct fs_msgw *w);
+
+/* Checks the header of a whole datagram and returns a reader over its payload. */
+int fs_proto_parse_hdr(const void *msg, size_t len, struct fs_hdr *ret, struct fs_buf *ret_payload);
+/* How many fds a message of this type may carry (SPAWN: as many as its FD fields). */
+size_t fs_proto_max_fds(uint16_t type);
+const char *fs_proto_type_name(uint16_t type);
+
+struct fs_msg_hello {
+        uint16_t version_min, version_max;
+        const uint8_t *nonce;
+};
+
+struct fs_msg_auth {
+        uint16_t version;
+        const uint8_t *nonce;
+        const uint8_t *mac;
+};
+
+struct fs_msg_error {
+        uint32_t err;
+        uint32_t step; /* 0 when absent */
+        const char *reason;
+        uint32_t pid; /* 0 when absent */
+};
+
+struct fs_msg_spawned {
+        uint64_t worker;
+        uint32_t pid;
+};
+
+struct fs_msg_exited {
+        uint64_t worker;
+        uint32_t code;
+        uint32_t status;
+};
+
+struct fs_spawn {
+        const char *path;
+        const char *cwd;     /* NULL: the worker starts in / */
+        const char *profile; /* NULL: server default */
+        uint32_t flags;
+        size_t argc, envc, nfds;
+        const char **argv;   /* NULL-terminated, in caller storage */
+        const char **envp;   /* NULL-terminated, in caller storage */
+        uint32_t child_fd[FS_MAX_MSG_FDS];
+};
+
+/* Storage a spawn parse needs for its argv and envp pointer arrays. */
+#define FS_SPAWN_PTRS (FS_MAX_ARGV + FS_MAX_ENVP + 2)
+
+/* Each returns 0, or -EBADMSG for a malformed payload (-EINVAL for a well-formed one that
+ * asks for something invalid); *ret_why, when given, names the problem. */
+int fs_proto_parse_hello(struct fs_buf *p, struct fs_msg_hello *ret, const char **ret_why);
+int fs_proto_parse_auth(struct fs_buf *p, struct fs_msg_auth *ret, const char **ret_why);
+int fs_proto_parse_auth_ok(struct fs_buf *p, const uint8_t **ret_mac, const char **ret_why);
+int fs_proto_parse_error(struct fs_buf *p, struct fs_msg_error *ret, const char **ret_why);
+int fs_proto_parse_spawned(struct fs_buf *p, struct fs_msg_spawned *ret, const char **ret_why);
+int fs_proto_parse_exited(struct fs_buf *p, struct fs_msg_exited *ret, const char **ret_why);
+int fs_proto_parse_empty(struct fs_buf *p, const char **ret_why);
+int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, const char **ptrs, size_t nptrs,
+                         struct fs_spawn *ret, const char **ret_why);
+/* Calls fn for each STAT field; stops at the first negative return. */
+int fs_proto_parse_status(struct fs_buf *p, int (*fn)(void *ud, const char *name, uint64_t v),
+                          void *ud, const char **ret_why);

@@ -1,0 +1,58 @@
+#include "common/util.h"
+
+#include <limits.h>
+#include <time.h>
+
+void fs_close_many(int *fds, size_t n)
+{
+        for (size_t i = 0; i < n; i++)
+                fds[i] = fs_close(fds[i]);
+}
+
+int64_t fs_now_us(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int64_t fs_now_ms(void)
+{
+        return fs_now_us() / 1000;
+}
+
+int fs_parse_long(const char *s, long min, long max, long *ret)
+{
+        char *end;
+        long v;
+
+        if (!s || !*s)
+                return -EINVAL;
+        errno = 0;
+        v = strtol(s, &end, 10);
+        if (errno == ERANGE || *end != '\0' || end == s)
+                return -EINVAL;
+        if (v < min || v > max)
+                return -ERANGE;
+        *ret = v;
+        return 0;
+}
+
+int fs_write_all(int fd, const void *buf, size_t len)
+{
+        const char *p = buf;
+
+        while (len > 0) {
+                ssize_t n = write(fd, p, len);
+
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                p += n;
+                len -= (size_t)n;
+        }
+        return 0;
+}

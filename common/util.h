@@ -1,0 +1,63 @@
+/* Small helpers shared by every module: scoped cleanup, fd ownership, clocks. */
+#pragma once
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define FS_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Closes fd if valid, keeps errno, returns the empty value: fd = fs_close(fd); */
+static inline int fs_close(int fd)
+{
+        if (fd >= 0) {
+                int saved = errno;
+                close(fd); /* never retried on EINTR: the fd is gone either way */
+                errno = saved;
+        }
+        return -1;
+}
+
+static inline void fs_closep(int *fd)
+{
+        *fd = fs_close(*fd);
+}
+
+static inline void fs_freep(void *p)
+{
+        free(*(void **)p);
+}
+
+#define fs_autoclose __attribute__((cleanup(fs_closep)))
+#define fs_autofree __attribute__((cleanup(fs_freep)))
+
+/* The one place ownership of an fd leaves a scope. */
+static inline int fs_take_fd(int *fd)
+{
+        int r = *fd;
+        *fd = -1;
+        return r;
+}
+
+#define fs_take_ptr(p)                                                                             \
+        ({                                                                                         \
+                __typeof__(*(p)) _fs_t = *(p);                                                     \
+                *(p) = NULL;                                                                       \
+                _fs_t;                                                                             \
+        })
+
+/* Closes every fd of an array and marks it empty. */
+void fs_close_many(int *fds, size_t n);
+
+/* CLOCK_MONOTONIC in milliseconds and microseconds. */
+int64_t fs_now_ms(void);
+int64_t fs_now_us(void);
+
+/* Parses a decimal integer in [min, max]; the whole string must be the number. */
+int fs_parse_long(const char *s, long min, long max, long *ret);
+
+/* Writes all of buf to fd, retrying on EINTR and short writes. */
+int fs_write_all(int fd, const void *buf, size_t len);
