@@ -1,0 +1,29 @@
+/* The code that runs between clone and exec: async-signal-safe calls and raw syscalls only. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct fsd_child_plan {
+        const char *path;
+        char *const *argv;
+        char *const *envp;
+        const char *cwd;       /* NULL: stay in / */
+        const int *fds;        /* received fds ... */
+        const uint32_t *targets; /* ... and the numbers they get in the worker */
+        size_t nfds;
+        int devnull;           /* for stdio slots the request left empty */
+        int errpipe;           /* write end: {step, errno} on failure; EOF means exec worked */
+        pid_t front;           /* the parent a worker must have */
+        bool detached;
+};
+
+struct fsd_child_error {
+        int32_t step; /* enum fs_spawn_step */
+        int32_t err;  /* positive errno */
+};
+
+/* clone() entry under CLONE_VM|CLONE_VFORK: writes only its own stack; never returns. */
+int fsd_child_exec(void *plan);

@@ -1,0 +1,459 @@
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <fcntl.h>
+
+#include "common/fdpass.h"
+#include "common/util.h"
+#include "forkserver/server.h"
+
+static void unlink_conn(struct fsd_conn **head, struct fsd_conn **last, struct fsd_conn *c)
+{
+        if (c->prev)
+                c->prev->next = c->next;
+        else
+                *head = c->next;
+        if (c->next)
+                c->next->prev = c->prev;
+        else if (last)
+                *last = c->prev;
+        c->prev = c->next = NULL;
+}
+
+static void set_events(struct fsd_server *s, struct fsd_conn *c)
+{
+        struct epoll_event ev = {.data.ptr = &c->src};
+
+        c->reading = !c->outq; /* backpressure: no new requests while replies wait */
+        ev.events = c->outq ? EPOLLOUT : EPOLLIN;
+        (void)epoll_ctl(s->epfd, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+static void free_outmsg(struct fsd_outmsg *m)
+{
+        fs_close_many(m->fds, m->nfds);
+        free(m);
+}
+
+void fsd_conn_close(struct fsd_server *s, struct fsd_conn *c, const char *why)
+{
+        if (c->dead)
+                return;
+        c->dead = true;
+        if (c->authed) {
+                unlink_conn(&s->conns, NULL, c);
+                s->nconns--;
+        } else {
+                unlink_conn(&s->pending, &s->pending_last, c);
+                s->npending--;
+        }
+        fs_log(FS_LOG_DEBUG, "conn %llu (pid %d uid %u) closed: %s", (unsigned long long)c->id,
+               (int)c->pid, (unsigned)c->uid, why);
+        (void)epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+        c->fd = fs_close(c->fd);
+        while (c->outq) {
+                struct fsd_outmsg *m = c->outq;
+
+                c->outq = m->next;
+                free_outmsg(m);
+        }
+        fsd_spawn_forget_conn(s, c);
+        fsd_worker_orphan_all(s, c);
+        c->next = s->dead;
+        s->dead = c;
+}
+
+void fsd_conn_free_dead(struct fsd_server *s)
+{
+        while (s->dead) {
+                struct fsd_conn *c = s->dead;
+
+                s->dead = c->next;
+                free(c);
+        }
+}
+
+int fsd_conn_send(struct fsd_server *s, struct fsd_conn *c, const void *buf, size_t len,
+                  const int *fds, size_t nfds)
+{
+        struct fsd_outmsg *m;
+        int r;
+
+        if (c->dead)
+                return -EPIPE;
+        if (!c->outq) {
+                r = fs_fdpass_send(c->fd, buf, len, fds, nfds, MSG_DONTWAIT);
+                if (r == 0)
+                        return 0;
+                if (r != -EAGAIN) {
+                        fsd_conn_close(s, c, "send failed");
+                        return r;
+                }
+        }
+        if (c->outq_len >= FSD_OUTQ_MAX || nfds > FSD_OUT_FDS) {
+                fsd_conn_close(s, c, "client does not read its replies");
+                return -ENOBUFS;
+        }
+        if (!(m = malloc(sizeof(*m) + len))) {
+                fsd_conn_close(s, c, "out of memory");
+                return -ENOMEM;
+        }
+        m->next = NULL;
+        m->len = len;
+        m->nfds = 0;
+        memcpy(m->data, buf, len);
+        for (size_t i = 0; i < nfds; i++) {
+                /* The caller keeps its fds; the queue owns copies until they are sent. */
+                if ((m->fds[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 3)) < 0) {
+                        r = -errno;
+                        free_outmsg(m);
+                        fsd_conn_close(s, c, "cannot queue fds");
+                        return r;
+                }
+                m->nfds++;
+        }
+        if (!c->outq)
+                c->outq_tail = &c->outq;
+        *c->outq_tail = m;
+        c->outq_tail = &m->next;
+        c->outq_len++;
+        set_events(s, c);
+        return 0;
+}
+
+static void flush(struct fsd_server *s, struct fsd_conn *c)
+{
+        while (c->outq) {
+                struct fsd_outmsg *m = c->outq;
+                int r = fs_fdpass_send(c->fd, m->data, m->len, m->fds, m->nfds, MSG_DONTWAIT);
+
+                if (r == -EAGAIN)
+                        return;
+                if (r < 0) {
+                        fsd_conn_close(s, c, "send failed");
+                        return;
+                }
+                c->outq = m->next;
+                c->outq_len--;
+                free_outmsg(m);
+        }
+        set_events(s, c);
+}
+
+void fsd_conn_send_error(struct fsd_server *s, struct fsd_conn *c, uint32_t id, int err,
+                         const char *fmt, ...)
+{
+        char reason[512];
+        struct fs_msgw w;
+        va_list ap;
+        int n;
+
+        va_start(ap, fmt);
+        vsnprintf(reason, sizeof(reason), fmt, ap);
+        va_end(ap);
+        fs_msg_begin(&w, s->tx, sizeof(s->tx), FS_MSG_ERROR, id);
+        fs_msg_put_u32(&w, FS_F_ERRNO, (uint32_t)(err < 0 ? -err : err));
+        fs_msg_put_str(&w, FS_F_REASON, reason);
+        if ((n = fs_msg_finish(&w)) > 0)
+                (void)fsd_conn_send(s, c, s->tx, (size_t)n, NULL, 0);
+}
+
+static bool uid_allowed(const struct fsd_server *s, uid_t uid)
+{
+        if (uid == geteuid())
+                return true;
+        for (size_t i = 0; i < s->opt->n_allow_uid; i++)
+                if (s->opt->allow_uid[i] == uid)
+                        return true;
+        return false;
+}
+
+/* Out of fds: free the reserve, take the connection, tell the client why, restore. */
+static void refuse_no_fds(struct fsd_server *s)
+{
+        int fd;
+
+        s->reserve_fd = fs_close(s->reserve_fd);
+        fd = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd >= 0) {
+                struct fs_msgw w;
+                int n;
+
+                fs_msg_begin(&w, s->tx, sizeof(s->tx), FS_MSG_ERROR, 0);
+                fs_msg_put_u32(&w, FS_F_ERRNO, EMFILE);
+                fs_msg_put_str(&w, FS_F_REASON, "server is out of file descriptors");
+                if ((n = fs_msg_finish(&w)) > 0)
+                        (void)fs_fdpass_send(fd, s->tx, (size_t)n, NULL, 0, MSG_DONTWAIT);
+                fd = fs_close(fd);
+        }
+        s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        fs_log_limited(FS_LOG_WARNING, "out of file descriptors: connection refused");
+}
+
+static void accept_one(struct fsd_server *s, int fd)
+{
+        struct ucred cr;
+        socklen_t cl = sizeof(cr);
+        struct fsd_conn *c;
+        int n;
+
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) < 0) {
+                fs_log_limited(FS_LOG_WARNING, "SO_PEERCRED failed: %s", strerror(errno));
+                close(fd);
+                return;
+        }
+        if (!(c = calloc(1, sizeof(*c)))) {
+                close(fd);
+                return;
+        }
+        *c = (struct fsd_conn){.src.kind = FSD_SRC_CONN, .fd = fd, .id = ++s->next_conn_id,
+                               .uid = cr.uid, .pid = cr.pid, .reading = true,
+                               .deadline = fs_now_ms() + s->opt->handshake_timeout_ms};
+        s->stats.connections++;
+        /* Linked first, so that every refusal below goes through fsd_conn_close. */
+        c->prev = s->pending_last;
+        if (s->pending_last)
+                s->pending_last->next = c;
+        else
+                s->pending = c;
+        s->pending_last = c;
+        s->npending++;
+
+        if (!uid_allowed(s, cr.uid)) {
+                s->stats.peer_refused++;
+                fs_log_limited(FS_LOG_WARNING, "conn %llu pid %d uid %u: uid not allowed",
+                               (unsigned long long)c->id, (int)cr.pid, (unsigned)cr.uid);
+                fsd_conn_send_error(s, c, 0, EPERM, "uid %u is not allowed by this server",
+                                    (unsigned)cr.uid);
+                fsd_conn_close(s, c, "uid not allowed");
+                return;
+        }
+        if (s->nconns + s->npending > FSD_MAX_CONNS) {
+                fsd_conn_send_error(s, c, 0, EAGAIN, "too many connections (%d)", FSD_MAX_CONNS);
+                fsd_conn_close(s, c, "too many connections");
+                return;
+        }
+        /* Over the cap of pending handshakes, the oldest goes: a flood of idle connections
+         * cannot lock out a client that completes its handshake promptly. */
+        while (s->npending > s->opt->max_pending) {
+                struct fsd_conn *old = s->pending;
+
+                fs_log_limited(FS_LOG_WARNING, "conn %llu pid %d uid %u: cut, too many pending "
+                               "handshakes", (unsigned long long)old->id, (int)old->pid,
+                               (unsigned)old->uid);
+                fsd_conn_send_error(s, old, 0, ETIMEDOUT, "too many pending handshakes");
+                fsd_conn_close(s, old, "pending cap");
+        }
+        if (fsd_epoll_add(s, fd, EPOLLIN, &c->src) < 0) {
+                fsd_conn_close(s, c, "epoll");
+                return;
+        }
+        if ((n = fs_auth_server_hello(&c->auth, s->tx, sizeof(s->tx))) < 0) {
+                fsd_conn_close(s, c, "cannot build HELLO");
+                return;
+        }
+        (void)fsd_conn_send(s, c, s->tx, (size_t)n, NULL, 0);
+}
+
+void fsd_conn_accept(struct fsd_server *s)
+{
+        for (int i = 0; i < 16 && s->listen_fd >= 0; i++) {
+                int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+                if (fd < 0) {
+                        if (errno == EMFILE || errno == ENFILE)
+                                refuse_no_fds(s);
+                        else if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+                                fs_log_limited(FS_LOG_WARNING, "accept: %s", strerror(errno));
+                        return;
+                }
+                accept_one(s, fd);
+        }
+}
+
+void fsd_conn_expire(struct fsd_server *s, int64_t now)
+{
+        while (s->pending && s->pending->deadline <= now) {
+                struct fsd_conn *c = s->pending;
+
+                fs_log_limited(FS_LOG_WARNING, "conn %llu pid %d uid %u: handshake timed out",
+                               (unsigned long long)c->id, (int)c->pid, (unsigned)c->uid);
+                fsd_conn_send_error(s, c, 0, ETIMEDOUT, "handshake timed out");
+                fsd_conn_close(s, c, "handshake timeout");
+        }
+}
+
+static void handshake(struct fsd_server *s, struct fsd_conn *c, size_t len, size_t nfds)
+{
+        const char *why = "";
+        size_t out;
+        int r;
+
+        r = fs_auth_server_recv(&c->auth, s->key, s->rx, len, nfds, s->tx, sizeof(s->tx), &out,
+                                &why);
+        if (out > 0)
+                (void)fsd_conn_send(s, c, s->tx, out, NULL, 0);
+        if (c->dead)
+                return;
+        if (r < 0) {
+                if (r == -EACCES)
+                        s->stats.auth_failed++;
+                else
+                        s->stats.bad_requests++;
+                fs_log_limited(FS_LOG_WARNING, "conn %llu pid %d uid %u: handshake refused: %s",
+                               (unsigned long long)c->id, (int)c->pid, (unsigned)c->uid, why);
+                fsd_conn_close(s, c, why);
+                return;
+        }
+        s->stats.auth_ok++;
+        unlink_conn(&s->pending, &s->pending_last, c);
+        s->npending--;
+        c->authed = true;
+        c->next = s->conns;
+        if (s->conns)
+                s->conns->prev = c;
+        s->conns = c;
+        s->nconns++;
+        fs_log(FS_LOG_DEBUG, "conn %llu pid %d uid %u authenticated", (unsigned long long)c->id,
+               (int)c->pid, (unsigned)c->uid);
+}
+
+static int put_status(struct fsd_server *s, uint32_t id)
+{
+        const struct fsd_stats *st = &s->stats;
+        struct fs_msgw w;
+
+        fs_msg_begin(&w, s->tx, sizeof(s->tx), FS_MSG_STATUS_REPLY, id);
+        fs_msg_put_stat(&w, "pid", (uint64_t)getpid());
+        fs_msg_put_stat(&w, "zygote_pid", (uint64_t)s->zyg_pid);
+        fs_msg_put_stat(&w, "uptime_ms", (uint64_t)(fs_now_ms() - s->start_ms));
+        fs_msg_put_stat(&w, "protocol_version", FS_PROTO_VERSION);
+        fs_msg_put_stat(&w, "workers", s->nworkers);
+        fs_msg_put_stat(&w, "max_workers", s->opt->max_workers);
+        fs_msg_put_stat(&w, "connections", s->nconns);
+        fs_msg_put_stat(&w, "pending_handshakes", s->npending);
+        fs_msg_put_stat(&w, "connections_total", st->connections);
+        fs_msg_put_stat(&w, "auth_ok", st->auth_ok);
+        fs_msg_put_stat(&w, "auth_failed", st->auth_failed);
+        fs_msg_put_stat(&w, "peer_refused", st->peer_refused);
+        fs_msg_put_stat(&w, "bad_requests", st->bad_requests);
+        fs_msg_put_stat(&w, "spawns", st->spawns);
+        fs_msg_put_stat(&w, "spawn_failures", st->spawn_failures);
+        fs_msg_put_stat(&w, "exits", st->exits);
+        return fs_msg_finish(&w);
+}
+
+static void request(struct fsd_server *s, struct fsd_conn *c, size_t len, int *fds, size_t nfds)
+{
+        const char *why = NULL;
+        struct fs_hdr h;
+        struct fs_buf p;
+        struct fs_msgw w;
+        int r;
+
+        if ((r = fs_proto_parse_hdr(s->rx, len, &h, &p)) < 0) {
+                s->stats.bad_requests++;
+                fs_close_many(fds, nfds);
+                fsd_conn_send_error(s, c, 0, r, "%s", r == -EPROTO ? "bad magic or version"
+                                                                   : "malformed message header");
+                fsd_conn_close(s, c, "malformed header");
+                return;
+        }
+        if (nfds > 0 && h.type != FS_MSG_SPAWN) {
+                s->stats.bad_requests++;
+                fs_close_many(fds, nfds);
+                fsd_conn_send_error(s, c, h.id, EBADMSG, "%s carries no fds",
+                                    fs_proto_type_name(h.type));
+                return;
+        }
+        switch (h.type) {
+        case FS_MSG_SPAWN:
+                if (s->stopping) {
+                        fs_close_many(fds, nfds);
+                        fsd_conn_send_error(s, c, h.id, ESHUTDOWN, "server is stopping");
+                        return;
+                }
+                fsd_spawn_request(s, c, h.id, s->rx, len, fds, nfds);
+                return;
+        case FS_MSG_PING:
+        case FS_MSG_STOP:
+                if ((r = fs_proto_parse_empty(&p, &why)) < 0)
+                        break;
+                fs_msg_begin(&w, s->tx, sizeof(s->tx), FS_MSG_OK, h.id);
+                if ((r = fs_msg_finish(&w)) > 0)
+                        (void)fsd_conn_send(s, c, s->tx, (size_t)r, NULL, 0);
+                if (h.type == FS_MSG_STOP) {
+                        fs_log(FS_LOG_INFO, "stop requested by conn %llu pid %d uid %u",
+                               (unsigned long long)c->id, (int)c->pid, (unsigned)c->uid);
+                        fsd_server_stop(s, "stop request");
+                }
+                return;
+        case FS_MSG_STATUS:
+                if ((r = fs_proto_parse_empty(&p, &why)) < 0)
+                        break;
+                if ((r = put_status(s, h.id)) > 0)
+                        (void)fsd_conn_send(s, c, s->tx, (size_t)r, NULL, 0);
+                return;
+        default:
+                r = -EBADMSG;
+                why = "message type not accepted from clients";
+                break;
+        }
+        s->stats.bad_requests++;
+        fsd_conn_send_error(s, c, h.id, r, "%s: %s", fs_proto_type_name(h.type),
+                            why ? why : "bad request");
+}
+
+void fsd_conn_event(struct fsd_server *s, struct fsd_conn *c, uint32_t events)
+{
+        int fds[FS_MAX_MSG_FDS];
+
+        if (c->dead)
+                return;
+        if (events & EPOLLOUT)
+                flush(s, c);
+        if (c->dead)
+                return;
+        if (!c->reading) {
+                if (events & (EPOLLHUP | EPOLLERR))
+                        fsd_conn_close(s, c, "peer closed");
+                return;
+        }
+        for (int i = 0; i < FSD_READ_BATCH && c->reading && !c->dead; i++) {
+                size_t nfds;
+                int n = fs_fdpass_recv(c->fd, s->rx, sizeof(s->rx), fds, FS_MAX_MSG_FDS, &nfds,
+                                       MSG_DONTWAIT);
+
+                if (n == -EAGAIN)
+                        return;
+                if (n == 0) {
+                        fsd_conn_close(s, c, "peer closed");
+                        return;
+                }
+                if (n < 0) {
+                        s->stats.bad_requests++;
+                        if (n == -EMSGSIZE || n == -EBADMSG) {
+                                fs_log_limited(FS_LOG_WARNING, "conn %llu pid %d uid %u: %s",
+                                               (unsigned long long)c->id, (int)c->pid,
+                                               (unsigned)c->uid,
+                                               n == -EMSGSIZE ? "oversized message"
+                                                              : "bad fd attachment");
+                                fsd_conn_send_error(s, c, 0, n, "%s",
+                                                    n == -EMSGSIZE
+                                                            ? "message larger than 65536 bytes"
+                                                            : "bad control data or too many fds");
+                        }
+                        fsd_conn_close(s, c, "receive error");
+                        return;
+                }
+                if (!c->authed) {
+                        fs_close_many(fds, nfds);
+                        handshake(s, c, (size_t)n, nfds);
+                } else {
+                        request(s, c, (size_t)n, fds, nfds);
+                }
+        }
+}

@@ -1,0 +1,162 @@
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include "common/util.h"
+#include "forkserver/server.h"
+
+#define MAX_EVENTS 64
+
+int fsd_epoll_add(struct fsd_server *s, int fd, uint32_t events, struct fsd_source *src)
+{
+        struct epoll_event ev = {.events = events, .data.ptr = src};
+
+        return epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
+}
+
+/* Removes the socket file if it is still the one we bound (a successor may own the path). */
+static void remove_socket(struct fsd_server *s)
+{
+        struct stat st;
+
+        if (lstat(s->opt->socket_path, &st) == 0 && st.st_dev == s->sock_dev &&
+            st.st_ino == s->sock_ino)
+                (void)unlink(s->opt->socket_path);
+}
+
+void fsd_server_stop(struct fsd_server *s, const char *why)
+{
+        if (s->stopping)
+                return;
+        s->stopping = true;
+        fs_log(FS_LOG_INFO, "stopping (%s): ending %u worker(s)", why, s->nworkers);
+        if (s->listen_fd >= 0) {
+                s->listen_fd = fs_close(s->listen_fd);
+                remove_socket(s);
+        }
+        while (s->pending)
+                fsd_conn_close(s, s->pending, "server stopping");
+        fsd_worker_terminate_all(s);
+}
+
+static void on_signal(struct fsd_server *s)
+{
+        struct signalfd_siginfo si;
+
+        while (read(s->sig_fd, &si, sizeof(si)) == sizeof(si)) {
+                switch (si.ssi_signo) {
+                case SIGTERM:
+                case SIGINT:
+                        fsd_server_stop(s, si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+                        break;
+                case SIGHUP:
+                        fs_log(FS_LOG_INFO, "SIGHUP ignored: nothing to reload");
+                        break;
+                default:
+                        break;
+                }
+        }
+}
+
+static void on_zygote_exit(struct fsd_server *s)
+{
+        siginfo_t si = {0};
+
+        if (waitid(P_PIDFD, (id_t)s->zyg_pidfd, &si, WEXITED | WNOHANG) < 0 || si.si_pid == 0)
+                return;
+        epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->zyg_pidfd, NULL);
+        s->zyg_pidfd = fs_close(s->zyg_pidfd);
+        s->zyg_pid = 0;
+        if (!s->stopping) {
+                fs_log(FS_LOG_ERROR, "zygote exited unexpectedly (code %d, status %d)",
+                       si.si_code, si.si_status);
+                s->exit_code = 1;
+                fsd_server_stop(s, "zygote lost");
+        }
+        /* Requests it never answered fail now. */
+        while (s->ring_len)
+                fsd_spawn_complete(s, false);
+}
+
+static bool finished(const struct fsd_server *s)
+{
+        return s->stopping && s->nworkers == 0 && s->ring_len == 0;
+}
+
+/* Shuts the zygote down and waits for it: its socket's EOF ends it. */
+static void stop_zygote(struct fsd_server *s)
+{
+        siginfo_t si;
+
+        s->zyg_fd = fs_close(s->zyg_fd);
+        if (s->zyg_pidfd >= 0) {
+                while (waitid(P_PIDFD, (id_t)s->zyg_pidfd, &si, WEXITED) < 0 && errno == EINTR)
+                        ;
+                s->zyg_pidfd = fs_close(s->zyg_pidfd);
+        }
+}
+
+int fsd_loop_run(struct fsd_server *s)
+{
+        struct epoll_event ev[MAX_EVENTS];
+
+        while (!finished(s)) {
+                int64_t now = fs_now_ms(), next = -1;
+                int timeout = -1, n;
+
+                fsd_conn_expire(s, now);
+                fsd_worker_tick(s, now, &next);
+                if (s->pending && (next < 0 || s->pending->deadline < next))
+                        next = s->pending->deadline;
+                if (next >= 0)
+                        timeout = next > now ? (int)(next - now) : 0;
+                if (finished(s))
+                        break;
+                n = epoll_wait(s->epfd, ev, MAX_EVENTS, timeout);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return fs_log_errno(FS_LOG_ERROR, -errno, "epoll_wait");
+                }
+                for (int i = 0; i < n; i++) {
+                        struct fsd_source *src = ev[i].data.ptr;
+
+                        switch (src->kind) {
+                        case FSD_SRC_LISTEN:
+                                if (s->listen_fd >= 0)
+                                        fsd_conn_accept(s);
+                                break;
+                        case FSD_SRC_SIGNAL:
+                                on_signal(s);
+                                break;
+                        case FSD_SRC_ZYGOTE:
+                                if (s->zyg_fd >= 0)
+                                        fsd_spawn_complete(s, false);
+                                break;
+                        case FSD_SRC_ZYGOTE_EXIT:
+                                on_zygote_exit(s);
+                                break;
+                        case FSD_SRC_CONN:
+                                fsd_conn_event(s, (struct fsd_conn *)src, ev[i].events);
+                                break;
+                        case FSD_SRC_WORKER:
+                                fsd_worker_event(s, (struct fsd_worker *)src);
+                                break;
+                        }
+                }
+                fsd_conn_free_dead(s);
+        }
+        while (s->conns)
+                fsd_conn_close(s, s->conns, "server stopped");
+        fsd_conn_free_dead(s);
+        stop_zygote(s);
+        if (s->listen_fd >= 0) {
+                s->listen_fd = fs_close(s->listen_fd);
+                remove_socket(s);
+        }
+        return 0;
+}

@@ -1,0 +1,330 @@
+/* forkserverd: command line, start-up order, and the one place exit statuses are chosen. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+
+#include "common/paths.h"
+#include "common/util.h"
+#include "forkserver/server.h"
+#include "forkserver/sockdir.h"
+#include "forkserver/zygote.h"
+
+#define EXIT_USAGE 2
+
+static const char usage_text[] =
+        "Usage: forkserverd [--socket PATH] (--key-file PATH | --key-fd N) [--allow-uid UID]...\n"
+        "                   [--max-workers N] [--max-pending N] [--handshake-timeout MS]\n"
+        "                   [--ready-fd N] [--log-level LEVEL] [--foreground]\n"
+        "\n"
+        "Creates worker processes for authenticated local clients.\n"
+        "\n"
+        "  --socket PATH           listening socket (default: $FORKSERVER_SOCKET, else\n"
+        "                          $XDG_RUNTIME_DIR/forkserver/forkserverd.sock, else\n"
+        "                          /tmp/forkserver-$UID/forkserverd.sock)\n"
+        "  --key-file PATH         key file: owned by you, mode 600, 32 bytes or 64 hex digits\n"
+        "                          (default: $FORKSERVER_KEY_FILE, else 'key' beside the socket)\n"
+        "  --key-fd N              read the key from fd N until EOF (at most 5 s), then close it\n"
+        "  --allow-uid UID         also accept clients of this uid (repeatable, max 64)\n"
+        "  --max-workers N         live workers at most (default 1024)\n"
+        "  --max-pending N         unauthenticated connections at most (default 64)\n"
+        "  --handshake-timeout MS  time a client has to authenticate (default 5000)\n"
+        "  --ready-fd N            write \"READY\\n\" to fd N once listening, then close it\n"
+        "  --log-level LEVEL       error, warning, info (default) or debug\n"
+        "  --foreground            do not detach\n"
+        "  -h, --help              this text\n"
+        "\n"
+        "Exit status: 0 stopped cleanly, 1 start-up or runtime failure, 2 usage error.\n";
+
+static __attribute__((format(printf, 1, 2))) int usage_error(const char *fmt, ...)
+{
+        va_list ap;
+
+        fprintf(stderr, "forkserverd: ");
+        va_start(ap, fmt);
+        vfprintf(stderr, fmt, ap);
+        va_end(ap);
+        fprintf(stderr, "\nTry 'forkserverd --help'.\n");
+        return EXIT_USAGE;
+}
+
+static int parse_uint(const char *s, long min, long max, unsigned *ret)
+{
+        long v;
+        int r = fs_parse_long(s, min, max, &v);
+
+        if (r == 0)
+                *ret = (unsigned)v;
+        return r;
+}
+
+static int parse_args(int argc, char **argv, struct fsd_options *o)
+{
+        enum { O_SOCKET = 256, O_KEY_FILE, O_KEY_FD, O_ALLOW_UID, O_MAX_WORKERS, O_MAX_PENDING,
+               O_HS_TIMEOUT, O_READY_FD, O_LOG_LEVEL, O_FOREGROUND };
+        static const struct option opts[] = {
+                {"socket", required_argument, NULL, O_SOCKET},
+                {"key-file", required_argument, NULL, O_KEY_FILE},
+                {"key-fd", required_argument, NULL, O_KEY_FD},
+                {"allow-uid", required_argument, NULL, O_ALLOW_UID},
+                {"max-workers", required_argument, NULL, O_MAX_WORKERS},
+                {"max-pending", required_argument, NULL, O_MAX_PENDING},
+                {"handshake-timeout", required_argument, NULL, O_HS_TIMEOUT},
+                {"ready-fd", required_argument, NULL, O_READY_FD},
+                {"log-level", required_argument, NULL, O_LOG_LEVEL},
+                {"foreground", no_argument, NULL, O_FOREGROUND},
+                {"help", no_argument, NULL, 'h'},
+                {0},
+        };
+        unsigned v;
+        int c;
+
+        while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+                switch (c) {
+                case O_SOCKET:
+                        o->socket_path = optarg;
+                        break;
+                case O_KEY_FILE:
+                        o->key_file = optarg;
+                        break;
+                case O_KEY_FD:
+                        if (parse_uint(optarg, 0, INT32_MAX, &v) < 0)
+                                return usage_error("--key-fd: not a file descriptor: '%s'", optarg);
+                        o->key_fd = (int)v;
+                        break;
+                case O_ALLOW_UID:
+                        if (parse_uint(optarg, 0, UINT32_MAX - 1, &v) < 0)
+                                return usage_error("--allow-uid: not a uid: '%s'", optarg);
+                        if (o->n_allow_uid == FSD_MAX_ALLOW_UID)
+                                return usage_error("--allow-uid: at most 64 (%s)", optarg);
+                        o->allow_uid[o->n_allow_uid++] = (uid_t)v;
+                        break;
+                case O_MAX_WORKERS:
+                        if (parse_uint(optarg, 1, FSD_MAX_WORKERS, &o->max_workers) < 0)
+                                return usage_error("--max-workers: need 1..65536, got '%s'",
+                                                   optarg);
+                        break;
+                case O_MAX_PENDING:
+                        if (parse_uint(optarg, 1, FSD_MAX_PENDING, &o->max_pending) < 0)
+                                return usage_error("--max-pending: need 1..4096, got '%s'",
+                                                   optarg);
+                        break;
+                case O_HS_TIMEOUT:
+                        if (parse_uint(optarg, 10, 600000, &o->handshake_timeout_ms) < 0)
+                                return usage_error("--handshake-timeout: need 10..600000 ms, "
+                                                   "got '%s'", optarg);
+                        break;
+                case O_READY_FD:
+                        if (parse_uint(optarg, 0, INT32_MAX, &v) < 0)
+                                return usage_error("--ready-fd: not a file descriptor: '%s'",
+                                                   optarg);
+                        o->ready_fd = (int)v;
+                        break;
+                case O_LOG_LEVEL:
+                        if (fs_log_level_parse(optarg, &o->log_level) < 0)
+                                return usage_error("--log-level: need error, warning, info or "
+                                                   "debug, got '%s'", optarg);
+                        break;
+                case O_FOREGROUND:
+                        o->foreground = true;
+                        break;
+                case 'h':
+                        fputs(usage_text, stdout);
+                        exit(0);
+                default:
+                        return usage_error("unknown option or missing argument");
+                }
+        }
+        if (optind < argc)
+                return usage_error("unexpected argument '%s'", argv[optind]);
+        if (o->key_file && o->key_fd >= 0)
+                return usage_error("%s", "give --key-file or --key-fd, not both");
+        if (o->key_fd >= 0 && o->key_fd == o->ready_fd)
+                return usage_error("%s", "--key-fd and --ready-fd must differ");
+        if (o->ready_fd >= 0 && fcntl(o->ready_fd, F_GETFD) < 0)
+                return usage_error("--ready-fd: fd %d is not open", o->ready_fd);
+        return 0;
+}
+
+/* Without --foreground: the parent exits 0 once the daemon is ready, 1 if it failed. */
+static int daemonize(int *ret_notify_fd)
+{
+        int p[2], devnull;
+        pid_t pid;
+
+        if (pipe2(p, O_CLOEXEC) < 0)
+                return -errno;
+        if ((pid = fork()) < 0)
+                return -errno;
+        if (pid > 0) {
+                char c;
+                ssize_t n;
+
+                close(p[1]);
+                do
+                        n = read(p[0], &c, 1);
+                while (n < 0 && errno == EINTR);
+                _exit(n == 1 ? 0 : 1);
+        }
+        close(p[0]);
+        if (setsid() < 0)
+                return -errno;
+        if ((devnull = open("/dev/null", O_RDWR | O_CLOEXEC)) >= 0) {
+                dup3(devnull, STDIN_FILENO, 0);
+                dup3(devnull, STDOUT_FILENO, 0);
+                close(devnull);
+        }
+        *ret_notify_fd = p[1];
+        return 0;
+}
+
+static void notify_ready(int *fd)
+{
+        if (*fd >= 0)
+                (void)fs_write_all(*fd, "READY\n", 6);
+        *fd = fs_close(*fd);
+}
+
+static void raise_nofile(void)
+{
+        struct rlimit rl;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                (void)setrlimit(RLIMIT_NOFILE, &rl);
+        }
+}
+
+static int load_key(const struct fsd_options *o, struct fs_key **ret)
+{
+        const char *why = "";
+        int r;
+
+        if (o->key_fd >= 0) {
+                r = fs_key_load_fd(o->key_fd, FS_KEY_FD_TIMEOUT_MS, ret, &why);
+                close(o->key_fd);
+                if (r < 0)
+                        fs_log(FS_LOG_ERROR, "key fd %d %s", o->key_fd, why);
+                return r;
+        }
+        r = fs_key_load_file(o->key_file, ret, &why);
+        if (r < 0)
+                fs_log(FS_LOG_ERROR, "key file %s %s", o->key_file, why);
+        return r;
+}
+
+static int start(struct fsd_server *s, struct fsd_options *o)
+{
+        const char *why = "";
+        sigset_t sigs;
+        int r;
+
+        s->epfd = s->listen_fd = s->sig_fd = s->zyg_fd = s->zyg_pidfd = s->reserve_fd = -1;
+        s->opt = o;
+        s->start_ms = fs_now_ms();
+        s->src_listen.kind = FSD_SRC_LISTEN;
+        s->src_signal.kind = FSD_SRC_SIGNAL;
+        s->src_zyg.kind = FSD_SRC_ZYGOTE;
+        s->src_zyg_exit.kind = FSD_SRC_ZYGOTE_EXIT;
+
+        /* Not dumpable: no core, no ptrace or /proc/PID/mem by same-uid processes. */
+        if (prctl(PR_SET_DUMPABLE, 0) < 0)
+                return fs_log_errno(FS_LOG_ERROR, -errno, "PR_SET_DUMPABLE");
+        raise_nofile();
+        sigemptyset(&sigs);
+        sigaddset(&sigs, SIGTERM);
+        sigaddset(&sigs, SIGINT);
+        sigaddset(&sigs, SIGHUP);
+        sigaddset(&sigs, SIGPIPE);
+        sigprocmask(SIG_BLOCK, &sigs, NULL);
+
+        /* The zygote first: it must never see the key. */
+        if ((r = fsd_zygote_start(&s->zyg_pid, &s->zyg_pidfd, &s->zyg_fd)) < 0)
+                return fs_log_errno(FS_LOG_ERROR, r, "starting the zygote");
+        if ((r = load_key(o, &s->key)) < 0)
+                return r;
+        if (!s->key->locked)
+                fs_log(FS_LOG_WARNING, "cannot mlock the key page (RLIMIT_MEMLOCK?); "
+                       "it is still excluded from core dumps and forks");
+        r = fsd_sock_listen(o->socket_path, o->n_allow_uid > 0, &s->listen_fd, &s->sock_dev,
+                            &s->sock_ino, &why);
+        if (r < 0)
+                return fs_log_errno(FS_LOG_ERROR, r, "%s: %s", o->socket_path, why);
+        sigdelset(&sigs, SIGPIPE);
+        if ((s->sig_fd = signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK)) < 0 ||
+            (s->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0)
+                return fs_log_errno(FS_LOG_ERROR, -errno, "signalfd/epoll");
+        s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if ((r = fsd_epoll_add(s, s->listen_fd, EPOLLIN, &s->src_listen)) < 0 ||
+            (r = fsd_epoll_add(s, s->sig_fd, EPOLLIN, &s->src_signal)) < 0 ||
+            (r = fsd_epoll_add(s, s->zyg_fd, EPOLLIN, &s->src_zyg)) < 0 ||
+            (r = fsd_epoll_add(s, s->zyg_pidfd, EPOLLIN, &s->src_zyg_exit)) < 0)
+                return fs_log_errno(FS_LOG_ERROR, r, "epoll_ctl");
+        return 0;
+}
+
+static void cleanup(struct fsd_server *s)
+{
+        siginfo_t si;
+
+        s->zyg_fd = fs_close(s->zyg_fd);
+        if (s->zyg_pidfd >= 0) {
+                while (waitid(P_PIDFD, (id_t)s->zyg_pidfd, &si, WEXITED) < 0 && errno == EINTR)
+                        ;
+                s->zyg_pidfd = fs_close(s->zyg_pidfd);
+        }
+        s->listen_fd = fs_close(s->listen_fd);
+        s->sig_fd = fs_close(s->sig_fd);
+        s->epfd = fs_close(s->epfd);
+        s->reserve_fd = fs_close(s->reserve_fd);
+        fs_key_free(fs_take_ptr(&s->key));
+}
+
+int main(int argc, char **argv)
+{
+        static struct fsd_server srv;
+        static char socket_buf[FS_SOCKET_PATH_MAX], key_buf[4096];
+        struct fsd_options o = {.key_fd = -1, .ready_fd = -1, .max_workers = 1024,
+                                .max_pending = 64, .handshake_timeout_ms = 5000,
+                                .log_level = FS_LOG_INFO};
+        int notify_fd = -1, r;
+
+        if ((r = parse_args(argc, argv, &o)) != 0)
+                return r;
+        if (!o.socket_path) {
+                if (fs_default_socket(socket_buf, sizeof(socket_buf)) < 0)
+                        return usage_error("%s", "default socket path is too long; use --socket");
+                o.socket_path = socket_buf;
+        }
+        if (!o.key_file && o.key_fd < 0) {
+                if (fs_default_key(o.socket_path, key_buf, sizeof(key_buf)) < 0)
+                        return usage_error("%s", "default key path is too long; use --key-file");
+                o.key_file = key_buf;
+        }
+        fs_log_init("forkserverd", o.log_level);
+        if (!o.foreground && (r = daemonize(&notify_fd)) < 0) {
+                fs_log_errno(FS_LOG_ERROR, r, "daemonize");
+                return 1;
+        }
+        if (start(&srv, &o) < 0) {
+                cleanup(&srv);
+                return 1; /* the ready fds close unwritten: start-up failed */
+        }
+        fs_log(FS_LOG_INFO, "listening on %s (zygote pid %d)", o.socket_path, (int)srv.zyg_pid);
+        notify_ready(&o.ready_fd);
+        notify_ready(&notify_fd);
+        r = fsd_loop_run(&srv);
+        if (r < 0)
+                srv.exit_code = 1;
+        cleanup(&srv);
+        fs_log(FS_LOG_INFO, "stopped");
+        return srv.exit_code;
+}

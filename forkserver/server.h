@@ -1,0 +1,160 @@
+/* forkserverd's front: the state the event loop, connections, spawns and workers share. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "common/auth.h"
+#include "common/key.h"
+#include "common/log.h"
+#include "common/proto.h"
+
+#define FSD_MAX_ALLOW_UID 64
+#define FSD_MAX_WORKERS 65536
+#define FSD_MAX_PENDING 4096
+#define FSD_MAX_CONNS 1024
+#define FSD_ZYGOTE_INFLIGHT 32     /* spawn requests queued at the zygote */
+#define FSD_KILL_GRACE_MS 1000     /* SIGTERM, then SIGKILL after this */
+#define FSD_OUTQ_MAX 16384         /* queued replies per connection before it is cut */
+#define FSD_READ_BATCH 32          /* requests read from one connection per wakeup */
+
+struct fsd_options {
+        const char *socket_path;
+        const char *key_file;
+        int key_fd;
+        uid_t allow_uid[FSD_MAX_ALLOW_UID];
+        size_t n_allow_uid;
+        unsigned max_workers;
+        unsigned max_pending;
+        unsigned handshake_timeout_ms;
+        int ready_fd;
+        bool foreground;
+        enum fs_log_level log_level;
+};
+
+enum fsd_src_kind {
+        FSD_SRC_LISTEN = 1,
+        FSD_SRC_SIGNAL,
+        FSD_SRC_ZYGOTE,
+        FSD_SRC_ZYGOTE_EXIT,
+        FSD_SRC_CONN,
+        FSD_SRC_WORKER,
+};
+
+/* First member of everything registered with epoll. */
+struct fsd_source {
+        enum fsd_src_kind kind;
+};
+
+#define FSD_OUT_FDS 4 /* fds one reply to a client may carry */
+
+/* A reply the client's socket had no room for; owns its fds. */
+struct fsd_outmsg {
+        struct fsd_outmsg *next;
+        size_t len, nfds;
+        int fds[FSD_OUT_FDS];
+        uint8_t data[];
+};
+
+struct fsd_worker;
+
+struct fsd_conn {
+        struct fsd_source src;
+        int fd;
+        uint64_t id;
+        uid_t uid;
+        pid_t pid;
+        bool authed;
+        bool dead;        /* closed; freed after the current batch of events */
+        bool reading;     /* EPOLLIN wanted */
+        int64_t deadline; /* handshake deadline (ms), while !authed */
+        struct fs_auth_server auth;
+        struct fsd_outmsg *outq, **outq_tail;
+        size_t outq_len;
+        struct fsd_worker *workers;
+        unsigned inflight; /* spawns at the zygote */
+        struct fsd_conn *prev, *next;
+};
+
+struct fsd_worker {
+        struct fsd_source src;
+        int pidfd;
+        pid_t pid;
+        uint64_t id;
+        uint32_t req_id;
+        bool detached;
+        int64_t kill_at; /* SIGKILL deadline after SIGTERM; 0: none */
+        struct fsd_conn *conn; /* NULL: orphaned (connection gone) */
+        struct fsd_worker *prev, *next;
+};
+
+struct fsd_inflight {
+        struct fsd_conn *conn; /* NULL when the connection closed meanwhile */
+        uint32_t req_id;
+        uint32_t seq;
+        uint32_t flags;
+};
+
+struct fsd_stats {
+        uint64_t spawns, spawn_failures, exits, auth_ok, auth_failed, peer_refused;
+        uint64_t bad_requests, connections;
+};
+
+struct fsd_server {
+        const struct fsd_options *opt;
+        struct fs_key *key;
+        int epfd, listen_fd, sig_fd, zyg_fd, zyg_pidfd, reserve_fd;
+        pid_t zyg_pid;
+        dev_t sock_dev;
+        ino_t sock_ino;
+        struct fsd_source src_listen, src_signal, src_zyg, src_zyg_exit;
+        struct fsd_conn *pending; /* handshakes, oldest first */
+        struct fsd_conn *pending_last;
+        struct fsd_conn *conns;   /* authenticated */
+        struct fsd_conn *dead;    /* to free after the event batch */
+        unsigned npending, nconns;
+        struct fsd_worker *orphans;
+        unsigned nworkers;
+        struct fsd_inflight ring[FSD_ZYGOTE_INFLIGHT];
+        unsigned ring_head, ring_len;
+        uint32_t zyg_seq;
+        uint64_t next_conn_id, next_worker_id;
+        bool stopping;
+        int exit_code;
+        int64_t start_ms;
+        struct fsd_stats stats;
+        uint8_t rx[FS_MAX_MSG];
+        uint8_t tx[FS_MAX_MSG];
+};
+
+/* loop.c */
+int fsd_loop_run(struct fsd_server *s);
+void fsd_server_stop(struct fsd_server *s, const char *why);
+int fsd_epoll_add(struct fsd_server *s, int fd, uint32_t events, struct fsd_source *src);
+
+/* conn.c */
+void fsd_conn_accept(struct fsd_server *s);
+void fsd_conn_event(struct fsd_server *s, struct fsd_conn *c, uint32_t events);
+void fsd_conn_close(struct fsd_server *s, struct fsd_conn *c, const char *why);
+void fsd_conn_expire(struct fsd_server *s, int64_t now);
+void fsd_conn_free_dead(struct fsd_server *s);
+int fsd_conn_send(struct fsd_server *s, struct fsd_conn *c, const void *buf, size_t len,
+                  const int *fds, size_t nfds);
+void fsd_conn_send_error(struct fsd_server *s, struct fsd_conn *c, uint32_t id, int err,
+                         const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+/* spawn.c */
+void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, uint8_t *msg,
+                       size_t len, int *fds, size_t nfds);
+void fsd_spawn_complete(struct fsd_server *s, bool block);
+void fsd_spawn_forget_conn(struct fsd_server *s, struct fsd_conn *c);
+
+/* worker.c */
+struct fsd_worker *fsd_worker_new(struct fsd_server *s, struct fsd_conn *c, int pidfd, pid_t pid,
+                                  uint32_t req_id, bool detached);
+void fsd_worker_event(struct fsd_server *s, struct fsd_worker *w);
+void fsd_worker_terminate(struct fsd_server *s, struct fsd_worker *w, int64_t now);
+void fsd_worker_orphan_all(struct fsd_server *s, struct fsd_conn *c);
+void fsd_worker_tick(struct fsd_server *s, int64_t now, int64_t *next_deadline);
+void fsd_worker_terminate_all(struct fsd_server *s);

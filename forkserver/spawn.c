@@ -1,0 +1,210 @@
+#include <errno.h>
+#include <string.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/pidfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+
+#include "common/fdpass.h"
+#include "common/util.h"
+#include "forkserver/server.h"
+
+/* Pointer storage for validating argv/envp; the front is single-threaded. */
+static const char *spawn_ptrs[FS_SPAWN_PTRS];
+
+void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, uint8_t *msg,
+                       size_t len, int *fds, size_t nfds)
+{
+        const char *why = "bad request";
+        struct fs_spawn sp;
+        struct fs_hdr h;
+        struct fs_buf p;
+        struct fs_buf patch;
+        struct fsd_inflight *slot;
+        int r;
+
+        if ((r = fs_proto_parse_hdr(msg, len, &h, &p)) < 0 ||
+            (r = fs_proto_parse_spawn(&p, nfds, spawn_ptrs, FS_ARRAY_SIZE(spawn_ptrs), &sp,
+                                      &why)) < 0) {
+                s->stats.bad_requests++;
+                fsd_conn_send_error(s, c, id, r, "SPAWN: %s", why);
+                goto out;
+        }
+        if (sp.profile) {
+                fsd_conn_send_error(s, c, id, EINVAL, "SPAWN: unknown profile '%s'", sp.profile);
+                goto out;
+        }
+        if (s->nworkers + s->ring_len >= s->opt->max_workers) {
+                s->stats.spawn_failures++;
+                fs_log_limited(FS_LOG_WARNING, "conn %llu pid %d uid %u: worker limit reached",
+                               (unsigned long long)c->id, (int)c->pid, (unsigned)c->uid);
+                fsd_conn_send_error(s, c, id, EAGAIN, "worker limit reached (--max-workers %u)",
+                                    s->opt->max_workers);
+                goto out;
+        }
+        if (s->zyg_fd < 0) {
+                fsd_conn_send_error(s, c, id, ESHUTDOWN, "zygote is gone");
+                goto out;
+        }
+        /* The zygote answers in order; keep at most FSD_ZYGOTE_INFLIGHT requests there so its
+         * replies always fit in the socket buffer and neither side can block the other. */
+        while (s->ring_len == FSD_ZYGOTE_INFLIGHT && s->zyg_fd >= 0)
+                fsd_spawn_complete(s, true);
+
+        /* Forward the validated datagram as it came, with our sequence number as its id. */
+        fs_buf_init_reader(&patch, msg, len);
+        patch.cap = len;
+        (void)fs_buf_patch_u32(&patch, 8, ++s->zyg_seq);
+        if ((r = fs_fdpass_send(s->zyg_fd, msg, len, fds, nfds, 0)) < 0) {
+                fs_log_errno(FS_LOG_ERROR, r, "sending a request to the zygote");
+                fsd_conn_send_error(s, c, id, r, "zygote unreachable");
+                goto out;
+        }
+        slot = &s->ring[(s->ring_head + s->ring_len++) % FSD_ZYGOTE_INFLIGHT];
+        *slot = (struct fsd_inflight){.conn = c, .req_id = id, .seq = s->zyg_seq,
+                                      .flags = sp.flags};
+        c->inflight++;
+out:
+        fs_close_many(fds, nfds);
+}
+
+void fsd_spawn_forget_conn(struct fsd_server *s, struct fsd_conn *c)
+{
+        for (unsigned i = 0; i < s->ring_len && c->inflight; i++) {
+                struct fsd_inflight *e = &s->ring[(s->ring_head + i) % FSD_ZYGOTE_INFLIGHT];
+
+                if (e->conn == c) {
+                        e->conn = NULL;
+                        c->inflight--;
+                }
+        }
+}
+
+/* Reaps a child that failed before exec: it has exited or is about to. */
+static void reap_failed(int pidfd)
+{
+        siginfo_t si;
+
+        while (waitid(P_PIDFD, (id_t)pidfd, &si, WEXITED) < 0 && errno == EINTR)
+                ;
+}
+
+static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t *msg, size_t len,
+                     int pidfd)
+{
+        struct fsd_conn *c = e->conn;
+        const char *why = "malformed zygote reply";
+        struct fs_hdr h;
+        struct fs_buf p;
+        int r;
+
+        if (c)
+                c->inflight--;
+        if ((r = fs_proto_parse_hdr(msg, len, &h, &p)) < 0 || h.id != e->seq) {
+                fs_log(FS_LOG_ERROR, "zygote reply out of order or malformed");
+                goto fail;
+        }
+        if (h.type == FS_MSG_SPAWNED) {
+                struct fs_msg_spawned sp;
+                struct fsd_worker *w;
+                struct fs_msgw mw;
+                int n;
+
+                if (pidfd < 0 || fs_proto_parse_spawned(&p, &sp, &why) < 0)
+                        goto fail;
+                w = fsd_worker_new(s, c, pidfd, (pid_t)sp.pid, e->req_id,
+                                   e->flags & FS_SPAWN_DETACH);
+                if (!w) {
+                        /* Cannot track it: end it now rather than lose it. */
+                        (void)pidfd_send_signal(pidfd, SIGKILL, NULL, 0);
+                        reap_failed(pidfd);
+                        why = "out of memory";
+                        r = -ENOMEM;
+                        goto fail_reply;
+                }
+                pidfd = -1; /* the worker owns it now */
+                s->stats.spawns++;
+                if (!c) {
+                        if (!w->detached)
+                                fsd_worker_terminate(s, w, fs_now_ms());
+                        goto out;
+                }
+                fs_msg_begin(&mw, s->tx, sizeof(s->tx), FS_MSG_SPAWNED, e->req_id);
+                fs_msg_put_u64(&mw, FS_F_WORKER, w->id);
+                fs_msg_put_u32(&mw, FS_F_PID, (uint32_t)w->pid);
+                if ((n = fs_msg_finish(&mw)) > 0)
+                        (void)fsd_conn_send(s, c, s->tx, (size_t)n, &w->pidfd, 1);
+                fs_log(FS_LOG_DEBUG, "conn %llu: worker %llu pid %d spawned",
+                       (unsigned long long)c->id, (unsigned long long)w->id, (int)w->pid);
+                goto out;
+        }
+        if (h.type == FS_MSG_ERROR) {
+                struct fs_msg_error er;
+
+                if (fs_proto_parse_error(&p, &er, &why) < 0)
+                        goto fail;
+                if (pidfd >= 0)
+                        reap_failed(pidfd);
+                s->stats.spawn_failures++;
+                if (c)
+                        fsd_conn_send_error(s, c, e->req_id, -(int)er.err, "%s", er.reason);
+                goto out;
+        }
+fail:
+        r = -EIO;
+        if (pidfd >= 0) {
+                (void)pidfd_send_signal(pidfd, SIGKILL, NULL, 0);
+                reap_failed(pidfd);
+        }
+fail_reply:
+        s->stats.spawn_failures++;
+        if (c)
+                fsd_conn_send_error(s, c, e->req_id, r, "spawn failed: %s", why);
+out:
+        fs_close(pidfd);
+}
+
+void fsd_spawn_complete(struct fsd_server *s, bool block)
+{
+        struct fsd_inflight e;
+        uint8_t msg[1024]; /* zygote replies are small; a larger one is an error */
+        int fds[2] = {-1, -1};
+        size_t nfds = 0;
+        int n = -EPIPE;
+
+        if (s->zyg_fd >= 0) {
+                n = fs_fdpass_recv(s->zyg_fd, msg, sizeof(msg), fds, 2, &nfds,
+                                   block ? 0 : MSG_DONTWAIT);
+                if (n == -EAGAIN)
+                        return;
+        }
+        if (s->ring_len == 0) {
+                fs_close_many(fds, nfds);
+                if (n > 0)
+                        fs_log(FS_LOG_ERROR, "unexpected reply from the zygote");
+                else if (n <= 0 && s->zyg_fd >= 0) {
+                        epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->zyg_fd, NULL);
+                        s->zyg_fd = fs_close(s->zyg_fd);
+                }
+                return;
+        }
+        e = s->ring[s->ring_head];
+        s->ring_head = (s->ring_head + 1) % FSD_ZYGOTE_INFLIGHT;
+        s->ring_len--;
+        if (n <= 0 || nfds > 1) {
+                fs_close_many(fds, nfds);
+                if (e.conn) {
+                        e.conn->inflight--;
+                        fsd_conn_send_error(s, e.conn, e.req_id, EIO,
+                                            "zygote failed to answer");
+                }
+                s->stats.spawn_failures++;
+                if (n <= 0 && s->zyg_fd >= 0) {
+                        epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->zyg_fd, NULL);
+                        s->zyg_fd = fs_close(s->zyg_fd);
+                }
+                return;
+        }
+        complete(s, &e, msg, (size_t)n, nfds ? fds[0] : -1);
+}

@@ -1,0 +1,142 @@
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/epoll.h>
+#include <sys/pidfd.h>
+#include <sys/wait.h>
+
+#include "common/util.h"
+#include "forkserver/server.h"
+
+static struct fsd_worker **list_of(struct fsd_server *s, struct fsd_worker *w)
+{
+        return w->conn ? &w->conn->workers : &s->orphans;
+}
+
+static void unlink_worker(struct fsd_server *s, struct fsd_worker *w)
+{
+        if (w->prev)
+                w->prev->next = w->next;
+        else
+                *list_of(s, w) = w->next;
+        if (w->next)
+                w->next->prev = w->prev;
+        w->prev = w->next = NULL;
+}
+
+static void push_worker(struct fsd_worker **head, struct fsd_worker *w)
+{
+        w->prev = NULL;
+        w->next = *head;
+        if (*head)
+                (*head)->prev = w;
+        *head = w;
+}
+
+struct fsd_worker *fsd_worker_new(struct fsd_server *s, struct fsd_conn *c, int pidfd, pid_t pid,
+                                  uint32_t req_id, bool detached)
+{
+        struct fsd_worker *w = calloc(1, sizeof(*w));
+
+        if (!w)
+                return NULL;
+        *w = (struct fsd_worker){.src.kind = FSD_SRC_WORKER, .pid = pid, .id = ++s->next_worker_id,
+                                 .req_id = req_id, .detached = detached, .conn = c};
+        w->pidfd = pidfd; /* ours from here on, unless we fail */
+        if (fsd_epoll_add(s, w->pidfd, EPOLLIN, &w->src) < 0) {
+                free(w);
+                return NULL;
+        }
+        push_worker(list_of(s, w), w);
+        s->nworkers++;
+        return w;
+}
+
+void fsd_worker_event(struct fsd_server *s, struct fsd_worker *w)
+{
+        siginfo_t si = {0};
+
+        if (waitid(P_PIDFD, (id_t)w->pidfd, &si, WEXITED | WNOHANG) < 0) {
+                if (errno == EINTR || errno == EAGAIN)
+                        return;
+                fs_log_errno(FS_LOG_ERROR, -errno, "waitid on worker %llu pid %d",
+                             (unsigned long long)w->id, (int)w->pid);
+        } else if (si.si_pid == 0) {
+                return; /* not yet */
+        }
+        s->stats.exits++;
+        if (w->conn && si.si_pid) {
+                struct fs_msgw m;
+                int n;
+
+                fs_msg_begin(&m, s->tx, sizeof(s->tx), FS_MSG_EXITED, w->req_id);
+                fs_msg_put_u64(&m, FS_F_WORKER, w->id);
+                fs_msg_put_u32(&m, FS_F_CODE, (uint32_t)si.si_code);
+                fs_msg_put_u32(&m, FS_F_STATUS, (uint32_t)si.si_status);
+                if ((n = fs_msg_finish(&m)) > 0)
+                        (void)fsd_conn_send(s, w->conn, s->tx, (size_t)n, NULL, 0);
+        }
+        fs_log(FS_LOG_DEBUG, "worker %llu pid %d exited (code %d status %d)",
+               (unsigned long long)w->id, (int)w->pid, si.si_code, si.si_status);
+        unlink_worker(s, w);
+        (void)epoll_ctl(s->epfd, EPOLL_CTL_DEL, w->pidfd, NULL);
+        fs_close(w->pidfd);
+        free(w);
+        s->nworkers--;
+}
+
+void fsd_worker_terminate(struct fsd_server *s, struct fsd_worker *w, int64_t now)
+{
+        if (w->kill_at)
+                return;
+        (void)pidfd_send_signal(w->pidfd, SIGTERM, NULL, 0);
+        w->kill_at = now + FSD_KILL_GRACE_MS;
+}
+
+void fsd_worker_orphan_all(struct fsd_server *s, struct fsd_conn *c)
+{
+        int64_t now = fs_now_ms();
+
+        while (c->workers) {
+                struct fsd_worker *w = c->workers;
+
+                unlink_worker(s, w);
+                w->conn = NULL;
+                push_worker(&s->orphans, w);
+                if (!w->detached)
+                        fsd_worker_terminate(s, w, now);
+        }
+}
+
+void fsd_worker_terminate_all(struct fsd_server *s)
+{
+        int64_t now = fs_now_ms();
+
+        for (struct fsd_conn *c = s->conns; c; c = c->next)
+                for (struct fsd_worker *w = c->workers; w; w = w->next)
+                        fsd_worker_terminate(s, w, now);
+        for (struct fsd_worker *w = s->orphans; w; w = w->next)
+                fsd_worker_terminate(s, w, now);
+}
+
+static void tick_list(struct fsd_worker *w, int64_t now, int64_t *next)
+{
+        for (; w; w = w->next) {
+                if (!w->kill_at)
+                        continue;
+                if (w->kill_at <= now) {
+                        (void)pidfd_send_signal(w->pidfd, SIGKILL, NULL, 0);
+                        w->kill_at = INT64_MAX; /* sent; the exit event follows */
+                } else if (*next < 0 || w->kill_at < *next) {
+                        *next = w->kill_at;
+                }
+        }
+}
+
+void fsd_worker_tick(struct fsd_server *s, int64_t now, int64_t *next)
+{
+        tick_list(s->orphans, now, next);
+        if (s->stopping)
+                for (struct fsd_conn *c = s->conns; c; c = c->next)
+                        tick_list(c->workers, now, next);
+}
