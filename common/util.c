@@ -1,6 +1,8 @@
 #include "common/util.h"
 
 #include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <time.h>
 
 void fs_close_many(int *fds, size_t n)
@@ -55,4 +57,15 @@ int fs_write_all(int fd, const void *buf, size_t len)
                 len -= (size_t)n;
         }
         return 0;
+}
+
+int fs_format(char *buf, size_t size, const char *fmt, ...)
+{
+        va_list ap;
+        int n;
+
+        va_start(ap, fmt);
+        n = vsnprintf(buf, size, fmt, ap);
+        va_end(ap);
+        return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : 0;
 }

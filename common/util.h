@@ -61,3 +61,6 @@ int fs_parse_long(const char *s, long min, long max, long *ret);
 
 /* Writes all of buf to fd, retrying on EINTR and short writes. */
 int fs_write_all(int fd, const void *buf, size_t len);
+
+/* snprintf that reports truncation: 0, or -ENAMETOOLONG when buf was too small. */
+int fs_format(char *buf, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

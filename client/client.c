@@ -1,0 +1,675 @@
+/* libforkserver: connection, handshake, requests and events (see forkserver.h). */
+#include "client/forkserver.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/pidfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+
+#include "common/auth.h"
+#include "common/fdpass.h"
+#include "common/key.h"
+#include "common/paths.h"
+#include "common/proto.h"
+#include "common/util.h"
+
+#define DEFAULT_TIMEOUT_MS 5000
+
+struct forkserver_key {
+        struct fs_key k; /* a forkserver_key is an fs_key page */
+};
+
+struct forkserver_worker {
+        struct forkserver_worker *prev, *next;
+        uint64_t id;
+        pid_t pid;
+        int pidfd;
+        bool exited, reported;
+        int status;
+};
+
+/* A reply read while waiting for another one. */
+struct stash {
+        struct stash *next;
+        uint32_t id;
+        uint16_t type;
+        int err;
+        struct forkserver_worker *worker;
+        size_t len;
+        uint8_t payload[]; /* ERROR: reason string; STATUS_REPLY: the payload */
+};
+
+struct forkserver {
+        int fd;
+        struct fs_key *own_key;
+        const struct fs_key *key;
+        uint32_t next_id;
+        int dead; /* connection-level failure, sticky */
+        struct forkserver_worker *workers;
+        struct stash *stash;
+        char err[512];
+        uint8_t buf[FS_MAX_MSG];
+};
+
+static int set_err(struct forkserver *fs, int r, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+
+static int set_err(struct forkserver *fs, int r, const char *fmt, ...)
+{
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(fs->err, sizeof(fs->err), fmt, ap);
+        va_end(ap);
+        return r;
+}
+
+static int die(struct forkserver *fs, int r, const char *what)
+{
+        if (!fs->dead) {
+                fs->dead = r;
+                set_err(fs, r, "%s: %s", what, strerror(-r));
+        }
+        return fs->dead;
+}
+
+/* ---- keys ---- */
+
+int forkserver_key_load_file(const char *path, struct forkserver_key **ret, const char **ret_why)
+{
+        return fs_key_load_file(path, (struct fs_key **)ret, ret_why);
+}
+
+int forkserver_key_load_fd(int fd, struct forkserver_key **ret, const char **ret_why)
+{
+        return fs_key_load_fd(fd, FS_KEY_FD_TIMEOUT_MS, (struct fs_key **)ret, ret_why);
+}
+
+void forkserver_key_free(struct forkserver_key *key)
+{
+        fs_key_free((struct fs_key *)key);
+}
+
+/* ---- messages ---- */
+
+static int wait_fd(int fd, short events, int timeout_ms)
+{
+        struct pollfd p = {.fd = fd, .events = events};
+        int r;
+
+        do
+                r = poll(&p, 1, timeout_ms);
+        while (r < 0 && errno == EINTR);
+        if (r < 0)
+                return -errno;
+        return r == 0 ? -ETIMEDOUT : p.revents;
+}
+
+static int wait_status(uint32_t code, uint32_t st)
+{
+        switch (code) {
+        case CLD_EXITED:
+                return (int)(st & 0xff) << 8;
+        case CLD_DUMPED:
+                return (int)(st & 0x7f) | 0x80;
+        default:
+                return (int)(st & 0x7f);
+        }
+}
+
+static struct forkserver_worker *find_worker(struct forkserver *fs, uint64_t id)
+{
+        for (struct forkserver_worker *w = fs->workers; w; w = w->next)
+                if (w->id == id)
+                        return w;
+        return NULL;
+}
+
+static int stash_push(struct forkserver *fs, uint32_t id, uint16_t type, int err,
+                      struct forkserver_worker *w, const void *payload, size_t len)
+{
+        struct stash *s = malloc(sizeof(*s) + len + 1);
+        struct stash **tail = &fs->stash;
+
+        if (!s)
+                return -ENOMEM;
+        *s = (struct stash){.id = id, .type = type, .err = err, .worker = w, .len = len};
+        if (len)
+                memcpy(s->payload, payload, len);
+        s->payload[len] = '\0';
+        while (*tail)
+                tail = &(*tail)->next;
+        *tail = s;
+        return 0;
+}
+
+/* Reads and files one message. */
+static int pump_one(struct forkserver *fs, int flags)
+{
+        const char *why = "bad message";
+        struct fs_hdr h;
+        struct fs_buf p;
+        int fds[1];
+        size_t nfds = 0;
+        int n, r;
+
+        if (fs->dead)
+                return fs->dead;
+        n = fs_fdpass_recv(fs->fd, fs->buf, sizeof(fs->buf), fds, 1, &nfds, flags);
+        if (n == -EAGAIN)
+                return n;
+        if (n == 0)
+                return die(fs, -ECONNRESET, "server closed the connection");
+        if (n < 0)
+                return die(fs, n, "receive");
+        if ((r = fs_proto_parse_hdr(fs->buf, (size_t)n, &h, &p)) < 0)
+                goto bad;
+        if (nfds > 0 && h.type != FS_MSG_SPAWNED) {
+                r = -EBADMSG;
+                goto bad;
+        }
+        switch (h.type) {
+        case FS_MSG_SPAWNED: {
+                struct fs_msg_spawned m;
+                struct forkserver_worker *w;
+
+                if (nfds != 1 || (r = fs_proto_parse_spawned(&p, &m, &why)) < 0) {
+                        r = -EBADMSG;
+                        goto bad;
+                }
+                if (!(w = calloc(1, sizeof(*w)))) {
+                        fs_close(fds[0]);
+                        return die(fs, -ENOMEM, "spawn reply");
+                }
+                *w = (struct forkserver_worker){.id = m.worker, .pid = (pid_t)m.pid,
+                                                .pidfd = fds[0], .next = fs->workers};
+                if (fs->workers)
+                        fs->workers->prev = w;
+                fs->workers = w;
+                return stash_push(fs, h.id, h.type, 0, w, NULL, 0);
+        }
+        case FS_MSG_EXITED: {
+                struct fs_msg_exited m;
+                struct forkserver_worker *w;
+
+                if ((r = fs_proto_parse_exited(&p, &m, &why)) < 0)
+                        goto bad;
+                if ((w = find_worker(fs, m.worker))) {
+                        w->exited = true;
+                        w->status = wait_status(m.code, m.status);
+                }
+                return 0;
+        }
+        case FS_MSG_ERROR: {
+                struct fs_msg_error m;
+
+                if ((r = fs_proto_parse_error(&p, &m, &why)) < 0)
+                        goto bad;
+                if (h.id == 0) { /* about the connection itself */
+                        fs->dead = -(int)m.err;
+                        return set_err(fs, fs->dead, "server: %s", m.reason);
+                }
+                return stash_push(fs, h.id, h.type, -(int)m.err, NULL, m.reason,
+                                  strlen(m.reason));
+        }
+        case FS_MSG_OK:
+                if ((r = fs_proto_parse_empty(&p, &why)) < 0)
+                        goto bad;
+                return stash_push(fs, h.id, h.type, 0, NULL, NULL, 0);
+        case FS_MSG_STATUS_REPLY:
+                return stash_push(fs, h.id, h.type, 0, NULL, p.data, p.len);
+        default:
+                r = -EPROTO;
+                why = "unexpected message type";
+                goto bad;
+        }
+bad:
+        fs_close_many(fds, nfds);
+        fs->dead = r < 0 ? r : -EPROTO;
+        return set_err(fs, fs->dead, "protocol error from server: %s", why);
+}
+
+/* Reads everything already waiting, without blocking. */
+static int pump_ready(struct forkserver *fs)
+{
+        int r;
+
+        while ((r = pump_one(fs, MSG_DONTWAIT)) >= 0)
+                ;
+        return r == -EAGAIN ? 0 : r;
+}
+
+static int send_msg(struct forkserver *fs, const void *buf, size_t len, const int *fds,
+                    size_t nfds)
+{
+        for (;;) {
+                int r = fs_fdpass_send(fs->fd, buf, len, fds, nfds, MSG_DONTWAIT);
+
+                if (r != -EAGAIN)
+                        return r < 0 ? die(fs, r, "send") : 0;
+                /* The server stops reading while its replies to us pile up: read them. */
+                r = wait_fd(fs->fd, POLLIN | POLLOUT, -1);
+                if (r < 0)
+                        return die(fs, r, "poll");
+                if ((r & POLLIN) && (r = pump_ready(fs)) < 0)
+                        return r;
+        }
+}
+
+static struct stash *take_reply(struct forkserver *fs, uint32_t id)
+{
+        for (struct stash **s = &fs->stash; *s; s = &(*s)->next)
+                if ((*s)->id == id) {
+                        struct stash *found = *s;
+
+                        *s = found->next;
+                        return found;
+                }
+        return NULL;
+}
+
+static int wait_reply(struct forkserver *fs, uint32_t id, struct stash **ret)
+{
+        for (;;) {
+                int r;
+
+                if ((*ret = take_reply(fs, id)))
+                        return 0;
+                if ((r = pump_one(fs, 0)) < 0 && r != -EAGAIN)
+                        return r;
+        }
+}
+
+static uint32_t new_id(struct forkserver *fs)
+{
+        if (++fs->next_id == 0)
+                fs->next_id = 1;
+        return fs->next_id;
+}
+
+/* Sends an empty request and waits for its reply. */
+static int simple_request(struct forkserver *fs, uint16_t type, uint16_t want, struct stash **ret)
+{
+        struct fs_msgw w;
+        struct stash *s;
+        uint32_t id = new_id(fs);
+        uint8_t msg[FS_HDR_LEN];
+        int r;
+
+        fs->err[0] = '\0';
+        fs_msg_begin(&w, msg, sizeof(msg), type, id);
+        if ((r = fs_msg_finish(&w)) < 0 || (r = send_msg(fs, msg, (size_t)r, NULL, 0)) < 0 ||
+            (r = wait_reply(fs, id, &s)) < 0)
+                return r;
+        if (s->type == FS_MSG_ERROR) {
+                r = set_err(fs, s->err, "%s", (const char *)s->payload);
+                free(s);
+                return r;
+        }
+        if (s->type != want) {
+                free(s);
+                return die(fs, -EPROTO, "unexpected reply");
+        }
+        if (ret)
+                *ret = s;
+        else
+                free(s);
+        return 0;
+}
+
+/* ---- connection ---- */
+
+static int recv_handshake(int fd, uint8_t *buf, size_t cap, int64_t deadline)
+{
+        int64_t left = deadline - fs_now_ms();
+        size_t nfds;
+        int fds[1], r;
+
+        if ((r = wait_fd(fd, POLLIN, left > 0 ? (int)left : 0)) < 0)
+                return r;
+        r = fs_fdpass_recv(fd, buf, cap, fds, 1, &nfds, MSG_DONTWAIT);
+        if (r > 0 && nfds > 0) {
+                fs_close_many(fds, nfds);
+                return -EBADMSG;
+        }
+        return r == 0 ? -ECONNRESET : r;
+}
+
+int forkserver_connect(const struct forkserver_options *opts, struct forkserver **ret,
+                       const char **ret_why)
+{
+        static __thread char why_buf[512];
+        const struct forkserver_options none = {.key_fd = -1};
+        const struct forkserver_options *o = opts ? opts : &none;
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        char path[FS_SOCKET_PATH_MAX], keypath[4096];
+        const char *why = "", *what = "connect";
+        struct fs_auth_client ac;
+        struct forkserver *fs;
+        int64_t deadline;
+        int r, n;
+
+        *ret = NULL;
+        if (!(fs = calloc(1, sizeof(*fs))))
+                return -ENOMEM;
+        fs->fd = -1;
+        deadline = fs_now_ms() + (o->timeout_ms > 0 ? o->timeout_ms : DEFAULT_TIMEOUT_MS);
+
+        if (o->socket_path) {
+                if (strlen(o->socket_path) >= sizeof(path)) {
+                        r = -ENAMETOOLONG;
+                        why = "socket path too long";
+                        goto fail;
+                }
+                strcpy(path, o->socket_path);
+        } else if ((r = fs_default_socket(path, sizeof(path))) < 0) {
+                why = "default socket path too long";
+                goto fail;
+        }
+        if (o->key) {
+                fs->key = (const struct fs_key *)o->key;
+        } else {
+                what = "key";
+                if (o->key_fd >= 0) {
+                        r = fs_key_load_fd(o->key_fd, FS_KEY_FD_TIMEOUT_MS, &fs->own_key, &why);
+                } else {
+                        const char *kp = o->key_file;
+
+                        if (!kp) {
+                                if ((r = fs_default_key(path, keypath, sizeof(keypath))) < 0)
+                                        goto fail;
+                                kp = keypath;
+                        }
+                        r = fs_key_load_file(kp, &fs->own_key, &why);
+                        if (r < 0) {
+                                (void)fs_format(why_buf, sizeof(why_buf), "key file %s %s", kp, why);
+                                why = why_buf;
+                                what = NULL;
+                        }
+                }
+                if (r < 0)
+                        goto fail;
+                fs->key = fs->own_key;
+        }
+
+        what = "connect";
+        strcpy(sa.sun_path, path);
+        fs->fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        if (fs->fd < 0 || connect(fs->fd, (const struct sockaddr *)&sa, sizeof(sa)) < 0) {
+                r = -errno;
+                snprintf(why_buf, sizeof(why_buf), "cannot connect to %s: %s", path, strerror(-r));
+                why = why_buf;
+                what = NULL;
+                goto fail;
+        }
+        what = "handshake";
+        if ((n = recv_handshake(fs->fd, fs->buf, sizeof(fs->buf), deadline)) < 0) {
+                r = n;
+                why = strerror(-r);
+                goto fail;
+        }
+        r = fs_auth_client_hello(&ac, fs->key, fs->buf, (size_t)n, fs->buf, sizeof(fs->buf), &why);
+        if (r < 0)
+                goto fail;
+        if ((r = fs_fdpass_send(fs->fd, fs->buf, (size_t)r, NULL, 0, 0)) < 0) {
+                why = strerror(-r);
+                goto fail;
+        }
+        if ((n = recv_handshake(fs->fd, fs->buf, sizeof(fs->buf), deadline)) < 0) {
+                r = n;
+                why = strerror(-r);
+                goto fail;
+        }
+        if ((r = fs_auth_client_finish(&ac, fs->key, fs->buf, (size_t)n, &why)) < 0)
+                goto fail;
+        *ret = fs;
+        return 0;
+fail:
+        if (what) {
+                snprintf(why_buf, sizeof(why_buf), "%s: %s", what, why);
+                why = why_buf;
+        } else if (why != why_buf) {
+                snprintf(why_buf, sizeof(why_buf), "%s", why);
+                why = why_buf;
+        }
+        if (ret_why)
+                *ret_why = why;
+        forkserver_close(fs);
+        return r;
+}
+
+void forkserver_close(struct forkserver *fs)
+{
+        if (!fs)
+                return;
+        fs->fd = fs_close(fs->fd);
+        while (fs->workers)
+                forkserver_worker_free(fs, fs->workers);
+        while (fs->stash) {
+                struct stash *s = fs->stash;
+
+                fs->stash = s->next;
+                free(s);
+        }
+        fs_key_free(fs->own_key);
+        free(fs);
+}
+
+const char *forkserver_error(const struct forkserver *fs)
+{
+        return fs->err;
+}
+
+int forkserver_fd(const struct forkserver *fs)
+{
+        return fs->fd;
+}
+
+/* ---- spawning ---- */
+
+int forkserver_spawn_submit(struct forkserver *fs, const struct forkserver_spawn_args *a,
+                            uint32_t *ret_ticket)
+{
+        int fds[FS_MAX_MSG_FDS];
+        struct fs_msgw w;
+        uint32_t id;
+        int n;
+
+        fs->err[0] = '\0';
+        if (fs->dead)
+                return fs->dead;
+        if (!a || !a->path || !a->argv || !a->argv[0])
+                return set_err(fs, -EINVAL, "spawn: path and argv[0] are required");
+        if (a->nfds > FS_MAX_MSG_FDS)
+                return set_err(fs, -EINVAL, "spawn: at most %d fds", FS_MAX_MSG_FDS);
+        id = new_id(fs);
+        fs_msg_begin(&w, fs->buf, sizeof(fs->buf), FS_MSG_SPAWN, id);
+        fs_msg_put_str(&w, FS_F_PATH, a->path);
+        for (size_t i = 0; a->argv[i]; i++)
+                fs_msg_put_str(&w, FS_F_ARG, a->argv[i]);
+        for (size_t i = 0; a->envp && a->envp[i]; i++)
+                fs_msg_put_str(&w, FS_F_ENV, a->envp[i]);
+        if (a->cwd)
+                fs_msg_put_str(&w, FS_F_CWD, a->cwd);
+        for (size_t i = 0; i < a->nfds; i++) {
+                fs_msg_put_u32(&w, FS_F_FD, (uint32_t)a->fds[i].child_fd);
+                fds[i] = a->fds[i].fd;
+        }
+        if (a->flags)
+                fs_msg_put_u32(&w, FS_F_FLAGS, a->flags);
+        if ((n = fs_msg_finish(&w)) < 0)
+                return set_err(fs, n, "spawn: request larger than %d bytes", FS_MAX_MSG);
+        if ((n = send_msg(fs, fs->buf, (size_t)n, fds, a->nfds)) < 0)
+                return n;
+        *ret_ticket = id;
+        return 0;
+}
+
+int forkserver_spawn_collect(struct forkserver *fs, uint32_t ticket,
+                             struct forkserver_worker **ret)
+{
+        struct stash *s;
+        int r;
+
+        *ret = NULL;
+        if ((r = wait_reply(fs, ticket, &s)) < 0)
+                return r;
+        if (s->type == FS_MSG_ERROR) {
+                r = set_err(fs, s->err, "%s", (const char *)s->payload);
+        } else if (s->type != FS_MSG_SPAWNED) {
+                r = die(fs, -EPROTO, "unexpected reply to SPAWN");
+        } else {
+                *ret = s->worker;
+                r = 0;
+        }
+        free(s);
+        return r;
+}
+
+int forkserver_spawn(struct forkserver *fs, const struct forkserver_spawn_args *a,
+                     struct forkserver_worker **ret)
+{
+        uint32_t t;
+        int r;
+
+        *ret = NULL;
+        if ((r = forkserver_spawn_submit(fs, a, &t)) < 0)
+                return r;
+        return forkserver_spawn_collect(fs, t, ret);
+}
+
+/* ---- workers ---- */
+
+int forkserver_wait(struct forkserver *fs, struct forkserver_worker *w, int *ret_status)
+{
+        int r;
+
+        while (!w->exited)
+                if ((r = pump_one(fs, 0)) < 0 && r != -EAGAIN)
+                        return r;
+        w->reported = true;
+        *ret_status = w->status;
+        return 0;
+}
+
+int forkserver_poll(struct forkserver *fs, struct forkserver_worker *w, int *ret_status)
+{
+        int r;
+
+        if (!w->exited && (r = pump_ready(fs)) < 0)
+                return r;
+        if (!w->exited)
+                return 0;
+        w->reported = true;
+        *ret_status = w->status;
+        return 1;
+}
+
+int forkserver_wait_any(struct forkserver *fs, int timeout_ms, struct forkserver_worker **ret)
+{
+        int64_t deadline = timeout_ms >= 0 ? fs_now_ms() + timeout_ms : -1;
+
+        *ret = NULL;
+        for (;;) {
+                bool running = false;
+                int r;
+
+                for (struct forkserver_worker *w = fs->workers; w; w = w->next) {
+                        if (w->exited && !w->reported) {
+                                w->reported = true;
+                                *ret = w;
+                                return 0;
+                        }
+                        running |= !w->exited;
+                }
+                if (!running)
+                        return -ECHILD;
+                if (deadline >= 0) {
+                        int64_t left = deadline - fs_now_ms();
+
+                        r = wait_fd(fs->fd, POLLIN, left > 0 ? (int)left : 0);
+                        if (r < 0)
+                                return r;
+                }
+                if ((r = pump_one(fs, 0)) < 0 && r != -EAGAIN)
+                        return r;
+        }
+}
+
+int forkserver_kill(struct forkserver *fs, struct forkserver_worker *w, int sig)
+{
+        (void)fs;
+        if (w->exited)
+                return -ESRCH;
+        return pidfd_send_signal(w->pidfd, sig, NULL, 0) < 0 ? -errno : 0;
+}
+
+void forkserver_worker_free(struct forkserver *fs, struct forkserver_worker *w)
+{
+        if (!w)
+                return;
+        if (w->prev)
+                w->prev->next = w->next;
+        else
+                fs->workers = w->next;
+        if (w->next)
+                w->next->prev = w->prev;
+        /* A reply still stashed for it must not point at freed memory. */
+        for (struct stash *s = fs->stash; s; s = s->next)
+                if (s->worker == w)
+                        s->worker = NULL;
+        fs_close(w->pidfd);
+        free(w);
+}
+
+pid_t forkserver_worker_pid(const struct forkserver_worker *w)
+{
+        return w->pid;
+}
+
+int forkserver_worker_pidfd(const struct forkserver_worker *w)
+{
+        return w->pidfd;
+}
+
+uint64_t forkserver_worker_id(const struct forkserver_worker *w)
+{
+        return w->id;
+}
+
+/* ---- control ---- */
+
+int forkserver_ping(struct forkserver *fs)
+{
+        return simple_request(fs, FS_MSG_PING, FS_MSG_OK, NULL);
+}
+
+int forkserver_stop(struct forkserver *fs)
+{
+        return simple_request(fs, FS_MSG_STOP, FS_MSG_OK, NULL);
+}
+
+int forkserver_status(struct forkserver *fs, int (*fn)(void *, const char *, uint64_t), void *ud)
+{
+        const char *why = "bad status reply";
+        struct stash *s;
+        struct fs_buf p;
+        int r;
+
+        if ((r = simple_request(fs, FS_MSG_STATUS, FS_MSG_STATUS_REPLY, &s)) < 0)
+                return r;
+        fs_buf_init_reader(&p, s->payload, s->len);
+        r = fs_proto_parse_status(&p, fn, ud, &why);
+        free(s);
+        if (r == -EBADMSG)
+                return die(fs, r, why);
+        return r;
+}

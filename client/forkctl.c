@@ -1,0 +1,626 @@
+/* forkctl: keygen, run, ping, status, stop (see forkctl --help). */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <openssl/crypto.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+
+#include "client/forkserver.h"
+#include "common/key.h"
+#include "common/paths.h"
+#include "common/util.h"
+
+#define EXIT_FAIL 1
+#define EXIT_USAGE 2
+#define EXIT_RUN_FAIL 125   /* forkctl run: our own failure */
+#define EXIT_NOEXEC 126     /* forkctl run: found but not executable */
+#define EXIT_NOTFOUND 127   /* forkctl run: not found */
+#define MAX_ENV_ADD 1024
+#define MAX_FD_MAP 64
+#define READY_TIMEOUT_MS 10000
+
+extern char **environ;
+
+static const char usage_text[] =
+        "Usage: forkctl keygen [-o FILE]\n"
+        "       forkctl [--socket PATH] [--key-file PATH | --key-fd N] run [--profile NAME]\n"
+        "               [--cwd DIR] [--env K=V]... [--fd CHILD=PARENT]... [--detach] -- PROG "
+        "[ARG]...\n"
+        "       forkctl [...] ping | status | stop\n"
+        "\n"
+        "  keygen      write a fresh key (64 hex digits, mode 600) to FILE, '-' for stdout,\n"
+        "              or by default to the default key path; never overwrites\n"
+        "  run         run PROG in a worker with forkctl's stdio, cwd and environment (plus\n"
+        "              --env); exit with its status (128+N for signal N). With no server\n"
+        "              reachable and none named, start a private one for this run.\n"
+        "  ping        check that the server answers\n"
+        "  status      print the server's counters as JSON\n"
+        "  stop        ask the server to stop (as SIGTERM)\n"
+        "\n"
+        "Exit status: run: the worker's, or 125 forkctl failed, 126 PROG not executable,\n"
+        "127 PROG not found; others: 0 success, 1 failure, 2 usage error.\n";
+
+struct global {
+        const char *socket;
+        const char *key_file;
+        int key_fd;
+        int fail_code; /* exit status for our own failures */
+};
+
+static __attribute__((format(printf, 2, 3))) int fail(int code, const char *fmt, ...)
+{
+        va_list ap;
+
+        fputs("forkctl: ", stderr);
+        va_start(ap, fmt);
+        vfprintf(stderr, fmt, ap);
+        va_end(ap);
+        fputc('\n', stderr);
+        return code;
+}
+
+/* ---- keygen ---- */
+
+static int cmd_keygen(int argc, char **argv)
+{
+        char path[4096], sock[FS_SOCKET_PATH_MAX], dir[4096], hex[FS_KEY_HEX_LEN + 1];
+        const char *out = NULL;
+        struct fs_key *k;
+        int c, fd, r;
+
+        optind = 1;
+        while ((c = getopt(argc, argv, "+o:h")) != -1) {
+                if (c == 'o')
+                        out = optarg;
+                else
+                        return fail(EXIT_USAGE, "usage: forkctl keygen [-o FILE]");
+        }
+        if (optind != argc)
+                return fail(EXIT_USAGE, "keygen: unexpected argument '%s'", argv[optind]);
+        if (!out) {
+                if (fs_default_socket(sock, sizeof(sock)) < 0 ||
+                    fs_default_key(sock, path, sizeof(path)) < 0 ||
+                    fs_dirname(path, dir, sizeof(dir)) < 0)
+                        return fail(EXIT_FAIL, "keygen: default key path too long; use -o");
+                if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+                        return fail(EXIT_FAIL, "keygen: cannot create %s: %s", dir,
+                                    strerror(errno));
+                out = path;
+        }
+        if (strcmp(out, "-") == 0)
+                fd = STDOUT_FILENO;
+        else if ((fd = open(out, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0)
+                return fail(EXIT_FAIL, "keygen: cannot create %s: %s%s", out, strerror(errno),
+                            errno == EEXIST ? " (not overwritten; remove it first)" : "");
+        if ((r = fs_key_generate(&k)) < 0) {
+                if (fd != STDOUT_FILENO)
+                        close(fd), unlink(out);
+                return fail(EXIT_FAIL, "keygen: no random bytes: %s", strerror(-r));
+        }
+        fs_key_hex(k, hex);
+        fs_key_free(k);
+        r = fs_write_all(fd, hex, sizeof(hex));
+        OPENSSL_cleanse(hex, sizeof(hex));
+        if (fd != STDOUT_FILENO && (close(fd) < 0 && r == 0))
+                r = -errno;
+        if (r < 0) {
+                if (fd != STDOUT_FILENO)
+                        unlink(out);
+                return fail(EXIT_FAIL, "keygen: writing %s: %s", out, strerror(-r));
+        }
+        if (fd != STDOUT_FILENO)
+                fprintf(stderr, "forkctl: key written to %s\n", out);
+        return 0;
+}
+
+/* ---- connecting, with a private daemon when none is there ---- */
+
+struct private_daemon {
+        pid_t pid;
+        char dir[PATH_MAX];
+        char socket[FS_SOCKET_PATH_MAX];
+        struct fs_key *key;
+};
+
+static bool socket_reachable(const char *path)
+{
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        fs_autoclose int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+
+        if (fd < 0 || strlen(path) >= sizeof(sa.sun_path))
+                return false;
+        strcpy(sa.sun_path, path);
+        return connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+}
+
+static bool executable(const char *p)
+{
+        struct stat st;
+
+        return stat(p, &st) == 0 && S_ISREG(st.st_mode) && access(p, X_OK) == 0;
+}
+
+/* $FORKSERVERD, beside forkctl (installed or build tree), then $PATH. */
+static int find_daemon(char *buf, size_t size)
+{
+        static const char *const rel[] = {"forkserverd", "../sbin/forkserverd",
+                                          "../forkserver/forkserverd"};
+        const char *e = getenv("FORKSERVERD");
+        char self[PATH_MAX], dir[PATH_MAX];
+        ssize_t n;
+
+        if (e && *e) {
+                snprintf(buf, size, "%s", e);
+                return executable(buf) ? 0 : -ENOENT;
+        }
+        if ((n = readlink("/proc/self/exe", self, sizeof(self) - 1)) > 0) {
+                self[n] = '\0';
+                if (fs_dirname(self, dir, sizeof(dir)) == 0)
+                        for (size_t i = 0; i < FS_ARRAY_SIZE(rel); i++) {
+                                if (fs_format(buf, size, "%s/%s", dir, rel[i]) == 0 &&
+                                    executable(buf))
+                                        return 0;
+                        }
+        }
+        const char *path = getenv("PATH");
+        char copy[4096];
+
+        snprintf(copy, sizeof(copy), "%s:/usr/sbin:/usr/local/sbin", path ? path : "/usr/bin:/bin");
+        for (char *save, *d = strtok_r(copy, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+                if (fs_format(buf, size, "%s/forkserverd", d) == 0 && executable(buf))
+                        return 0;
+        }
+        return -ENOENT;
+}
+
+static void private_stop(struct private_daemon *d)
+{
+        char path[PATH_MAX + 32];
+
+        if (d->pid > 0) {
+                kill(d->pid, SIGTERM);
+                while (waitpid(d->pid, NULL, 0) < 0 && errno == EINTR)
+                        ;
+                d->pid = 0;
+        }
+        if (d->dir[0]) {
+                snprintf(path, sizeof(path), "%s/forkserverd.sock", d->dir);
+                unlink(path); /* only if the daemon could not */
+                rmdir(d->dir);
+                d->dir[0] = '\0';
+        }
+        fs_key_free(fs_take_ptr(&d->key));
+}
+
+static int private_start(struct private_daemon *d)
+{
+        const char *rt = getenv("XDG_RUNTIME_DIR");
+        char daemon[PATH_MAX], hex[FS_KEY_HEX_LEN + 1], ready[8];
+        int keyp[2] = {-1, -1}, readyp[2] = {-1, -1}, r;
+        posix_spawn_file_actions_t fa;
+        struct pollfd pf;
+        ssize_t n;
+
+        if (find_daemon(daemon, sizeof(daemon)) < 0)
+                return fail(-1, "no server is running and forkserverd was not found");
+        snprintf(d->dir, sizeof(d->dir), "%s/forkctl-XXXXXX", rt && *rt == '/' ? rt : "/tmp");
+        if (!mkdtemp(d->dir)) {
+                d->dir[0] = '\0';
+                return fail(-1, "cannot create a private directory: %s", strerror(errno));
+        }
+        if (fs_format(d->socket, sizeof(d->socket), "%s/forkserverd.sock", d->dir) < 0) {
+                r = fail(-1, "private directory path %s is too long for a socket", d->dir);
+                goto out;
+        }
+        if ((r = fs_key_generate(&d->key)) < 0 || pipe2(keyp, O_CLOEXEC) < 0 ||
+            pipe2(readyp, O_CLOEXEC) < 0) {
+                r = fail(-1, "private server set-up failed: %s", strerror(r < 0 ? -r : errno));
+                goto out;
+        }
+        char *const args[] = {daemon, "--socket", d->socket, "--key-fd", "3", "--ready-fd", "4",
+                              "--foreground", "--log-level", "warning", NULL};
+        posix_spawn_file_actions_init(&fa);
+        posix_spawn_file_actions_adddup2(&fa, keyp[0], 3);
+        posix_spawn_file_actions_adddup2(&fa, readyp[1], 4);
+        r = posix_spawn(&d->pid, daemon, &fa, NULL, args, environ);
+        posix_spawn_file_actions_destroy(&fa);
+        keyp[0] = fs_close(keyp[0]);
+        readyp[1] = fs_close(readyp[1]);
+        if (r != 0) {
+                d->pid = 0;
+                r = fail(-1, "cannot start %s: %s", daemon, strerror(r));
+                goto out;
+        }
+        /* The key travels over a pipe, never argv or the environment. */
+        fs_key_hex(d->key, hex);
+        r = fs_write_all(keyp[1], hex, sizeof(hex));
+        OPENSSL_cleanse(hex, sizeof(hex));
+        keyp[1] = fs_close(keyp[1]);
+        pf = (struct pollfd){.fd = readyp[0], .events = POLLIN};
+        if (r < 0 || poll(&pf, 1, READY_TIMEOUT_MS) <= 0 ||
+            (n = read(readyp[0], ready, sizeof(ready))) != 6 || memcmp(ready, "READY\n", 6) != 0) {
+                r = fail(-1, "the private server did not start");
+                goto out;
+        }
+        r = 0;
+out:
+        fs_close_many(keyp, 2);
+        fs_close_many(readyp, 2);
+        if (r < 0)
+                private_stop(d);
+        return r;
+}
+
+static int open_conn(const struct global *g, bool allow_private, struct private_daemon *priv,
+                     struct forkserver **ret)
+{
+        struct forkserver_options o = {.socket_path = g->socket, .key_file = g->key_file,
+                                       .key_fd = g->key_fd};
+        char def[FS_SOCKET_PATH_MAX];
+        const char *why = "";
+        int r;
+
+        if (allow_private && !g->socket && !g->key_file && g->key_fd < 0 &&
+            !getenv("FORKSERVER_SOCKET") && fs_default_socket(def, sizeof(def)) == 0 &&
+            !socket_reachable(def)) {
+                if (private_start(priv) < 0)
+                        return -1;
+                o.socket_path = priv->socket;
+                o.key = (const struct forkserver_key *)priv->key;
+        }
+        r = forkserver_connect(&o, ret, &why);
+        if (g->key_fd >= 0)
+                close(g->key_fd);
+        if (r < 0) {
+                fail(-1, "%s", why);
+                private_stop(priv);
+        }
+        return r;
+}
+
+/* ---- run ---- */
+
+/* Resolves PROG like a shell: a name without '/' through $PATH, relative paths against cwd. */
+static int resolve_prog(const char *prog, const char *cwd, char *buf, size_t size)
+{
+        if (strchr(prog, '/')) {
+                if ((prog[0] == '/' ? fs_format(buf, size, "%s", prog)
+                                    : fs_format(buf, size, "%s/%s", cwd, prog)) < 0)
+                        return -ENAMETOOLONG;
+                return access(buf, F_OK) == 0 ? 0 : -ENOENT;
+        }
+        const char *path = getenv("PATH");
+        char copy[8192];
+        bool found_noexec = false;
+
+        snprintf(copy, sizeof(copy), "%s", path ? path : "/usr/local/bin:/usr/bin:/bin");
+        for (char *save, *d = strtok_r(copy, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+                struct stat st;
+
+                if ((*d == '/' ? fs_format(buf, size, "%s/%s", d, prog)
+                               : fs_format(buf, size, "%s/%s/%s", cwd, d, prog)) < 0)
+                        continue;
+                if (stat(buf, &st) == 0 && S_ISREG(st.st_mode)) {
+                        if (access(buf, X_OK) == 0)
+                                return 0;
+                        found_noexec = true;
+                }
+        }
+        return found_noexec ? -EACCES : -ENOENT;
+}
+
+/* forkctl's environment with each --env K=V replacing or adding K. */
+static const char **build_env(char **add, size_t nadd)
+{
+        size_t n = 0, k = 0;
+        const char **env;
+
+        while (environ[n])
+                n++;
+        if (!(env = calloc(n + nadd + 1, sizeof(*env))))
+                return NULL;
+        for (size_t i = 0; i < n; i++) {
+                bool replaced = false;
+
+                for (size_t j = 0; j < nadd && !replaced; j++) {
+                        size_t kl = (size_t)(strchr(add[j], '=') - add[j]);
+
+                        replaced = strncmp(environ[i], add[j], kl + 1) == 0;
+                }
+                if (!replaced)
+                        env[k++] = environ[i];
+        }
+        for (size_t j = 0; j < nadd; j++)
+                env[k++] = add[j];
+        env[k] = NULL;
+        return env;
+}
+
+static int report_exit(int status, pid_t pid)
+{
+        if (WIFEXITED(status))
+                return WEXITSTATUS(status);
+        int sig = WTERMSIG(status);
+
+        if (sig == SIGSYS)
+                fprintf(stderr, "forkctl: worker %d killed by seccomp (SIGSYS)\n", (int)pid);
+        else if (sig != SIGINT && sig != SIGPIPE)
+                fprintf(stderr, "forkctl: worker %d killed by signal %d (%s)%s\n", (int)pid, sig,
+                        strsignal(sig), WCOREDUMP(status) ? ", core dumped" : "");
+        return 128 + sig;
+}
+
+/* Waits for the worker, forwarding the signals a terminal or a supervisor sends us. */
+static int wait_forwarding(struct forkserver *fs, struct forkserver_worker *w, int *ret_status)
+{
+        sigset_t sigs;
+        fs_autoclose int sfd = -1;
+        int r;
+
+        sigemptyset(&sigs);
+        sigaddset(&sigs, SIGINT);
+        sigaddset(&sigs, SIGTERM);
+        sigaddset(&sigs, SIGHUP);
+        sigaddset(&sigs, SIGQUIT);
+        sigprocmask(SIG_BLOCK, &sigs, NULL);
+        if ((sfd = signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK)) < 0)
+                return forkserver_wait(fs, w, ret_status);
+        for (;;) {
+                struct pollfd p[2] = {{.fd = forkserver_fd(fs), .events = POLLIN},
+                                      {.fd = sfd, .events = POLLIN}};
+                struct signalfd_siginfo si;
+
+                if ((r = forkserver_poll(fs, w, ret_status)) != 0)
+                        return r < 0 ? r : 0;
+                if (poll(p, 2, -1) < 0 && errno != EINTR)
+                        return -errno;
+                while (read(sfd, &si, sizeof(si)) == sizeof(si))
+                        (void)forkserver_kill(fs, w, (int)si.ssi_signo);
+        }
+}
+
+static int cmd_run(const struct global *g, int argc, char **argv)
+{
+        enum { O_PROFILE = 256, O_CWD, O_ENV, O_FD, O_DETACH };
+        static const struct option opts[] = {
+                {"profile", required_argument, NULL, O_PROFILE},
+                {"cwd", required_argument, NULL, O_CWD},
+                {"env", required_argument, NULL, O_ENV},
+                {"fd", required_argument, NULL, O_FD},
+                {"detach", no_argument, NULL, O_DETACH},
+                {0},
+        };
+        static char *env_add[MAX_ENV_ADD];
+        struct forkserver_fd_map map[MAX_FD_MAP];
+        struct private_daemon priv = {0};
+        struct forkserver_worker *w;
+        struct forkserver *fs;
+        char here[PATH_MAX], cwd[PATH_MAX], prog[PATH_MAX];
+        const char *cwd_arg = NULL, *profile = NULL;
+        size_t nenv = 0, nmap = 0;
+        unsigned flags = 0;
+        int c, r, status;
+
+        optind = 1;
+        while ((c = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
+                switch (c) {
+                case O_PROFILE:
+                        profile = optarg;
+                        break;
+                case O_CWD:
+                        cwd_arg = optarg;
+                        break;
+                case O_ENV:
+                        if (!strchr(optarg, '=') || optarg[0] == '=')
+                                return fail(EXIT_RUN_FAIL, "--env: need K=V, got '%s'", optarg);
+                        if (nenv == MAX_ENV_ADD)
+                                return fail(EXIT_RUN_FAIL, "--env: at most %d", MAX_ENV_ADD);
+                        env_add[nenv++] = optarg;
+                        break;
+                case O_FD: {
+                        long child, parent;
+                        char *eq = strchr(optarg, '=');
+
+                        if (!eq)
+                                return fail(EXIT_RUN_FAIL, "--fd: need CHILD=PARENT, got '%s'",
+                                            optarg);
+                        *eq = '\0';
+                        if (fs_parse_long(optarg, 0, 1023, &child) < 0 ||
+                            fs_parse_long(eq + 1, 0, INT_MAX, &parent) < 0)
+                                return fail(EXIT_RUN_FAIL, "--fd: bad numbers in '%s=%s'", optarg,
+                                            eq + 1);
+                        if (fcntl((int)parent, F_GETFD) < 0)
+                                return fail(EXIT_RUN_FAIL, "--fd: fd %ld is not open", parent);
+                        for (size_t i = 0; i < nmap; i++)
+                                if (map[i].child_fd == child)
+                                        nmap--, memmove(&map[i], &map[i + 1],
+                                                        (nmap - i) * sizeof(map[0]));
+                        if (nmap == MAX_FD_MAP)
+                                return fail(EXIT_RUN_FAIL, "--fd: at most %d", MAX_FD_MAP);
+                        map[nmap++] = (struct forkserver_fd_map){(int)child, (int)parent};
+                        break;
+                }
+                case O_DETACH:
+                        flags |= FORKSERVER_SPAWN_DETACH;
+                        break;
+                default:
+                        return fail(EXIT_RUN_FAIL, "run: bad option (see forkctl --help)");
+                }
+        }
+        if (optind >= argc)
+                return fail(EXIT_RUN_FAIL, "run: no program given");
+        if (profile)
+                return fail(EXIT_RUN_FAIL, "--profile: this build has no seccomp profiles yet");
+        if (!getcwd(here, sizeof(here)))
+                return fail(EXIT_RUN_FAIL, "cannot get the current directory: %s",
+                            strerror(errno));
+        if (!cwd_arg)
+                r = fs_format(cwd, sizeof(cwd), "%s", here);
+        else if (cwd_arg[0] == '/')
+                r = fs_format(cwd, sizeof(cwd), "%s", cwd_arg);
+        else
+                r = fs_format(cwd, sizeof(cwd), "%s/%s", here, cwd_arg);
+        if (r < 0)
+                return fail(EXIT_RUN_FAIL, "--cwd: path too long");
+        if ((r = resolve_prog(argv[optind], here, prog, sizeof(prog))) < 0)
+                return fail(r == -EACCES ? EXIT_NOEXEC : EXIT_NOTFOUND, "%s: %s", argv[optind],
+                            r == -EACCES ? "permission denied" : "command not found");
+
+        /* Our stdio, unless --fd already placed something there. */
+        for (int fd = 0; fd <= 2; fd++) {
+                bool taken = false;
+
+                for (size_t i = 0; i < nmap; i++)
+                        taken |= map[i].child_fd == fd;
+                if (!taken && fcntl(fd, F_GETFD) >= 0 && nmap < MAX_FD_MAP)
+                        map[nmap++] = (struct forkserver_fd_map){fd, fd};
+        }
+        const char **env = build_env(env_add, nenv);
+
+        if (!env)
+                return fail(EXIT_RUN_FAIL, "out of memory");
+        struct forkserver_spawn_args a = {.path = prog,
+                                          .argv = (const char *const *)argv + optind,
+                                          .envp = env,
+                                          .cwd = cwd,
+                                          .fds = map,
+                                          .nfds = nmap,
+                                          .flags = flags};
+
+        if (open_conn(g, !(flags & FORKSERVER_SPAWN_DETACH), &priv, &fs) < 0) {
+                free(env);
+                return EXIT_RUN_FAIL;
+        }
+        r = forkserver_spawn(fs, &a, &w);
+        free(env);
+        if (r < 0) {
+                fail(0, "%s", forkserver_error(fs));
+                status = r == -ENOENT ? EXIT_NOTFOUND
+                         : r == -EACCES || r == -ENOEXEC ? EXIT_NOEXEC
+                                                         : EXIT_RUN_FAIL;
+        } else if (flags & FORKSERVER_SPAWN_DETACH) {
+                printf("%d\n", (int)forkserver_worker_pid(w));
+                status = 0;
+        } else if ((r = wait_forwarding(fs, w, &status)) < 0) {
+                fail(0, "lost the worker: %s", forkserver_error(fs));
+                status = EXIT_RUN_FAIL;
+        } else {
+                status = report_exit(status, forkserver_worker_pid(w));
+        }
+        forkserver_close(fs);
+        private_stop(&priv);
+        return status;
+}
+
+/* ---- ping, status, stop ---- */
+
+struct json_state {
+        bool first;
+};
+
+static int print_stat(void *ud, const char *name, uint64_t v)
+{
+        struct json_state *j = ud;
+
+        printf("%s\n  \"", j->first ? "{" : ",");
+        for (const char *p = name; *p; p++) /* names are ours, but escape all the same */
+                printf(*p == '"' || *p == '\\' ? "\\%c" : (unsigned char)*p < 0x20 ? "?" : "%c",
+                       *p);
+        printf("\": %llu", (unsigned long long)v);
+        j->first = false;
+        return 0;
+}
+
+static int cmd_simple(const struct global *g, const char *cmd, int argc)
+{
+        struct private_daemon none = {0};
+        struct forkserver *fs;
+        int64_t t0;
+        int r;
+
+        if (argc != 1)
+                return fail(EXIT_USAGE, "%s takes no arguments", cmd);
+        if (open_conn(g, false, &none, &fs) < 0)
+                return EXIT_FAIL;
+        t0 = fs_now_us();
+        if (strcmp(cmd, "ping") == 0) {
+                if ((r = forkserver_ping(fs)) == 0)
+                        printf("pong: %.0f us\n", (double)(fs_now_us() - t0));
+        } else if (strcmp(cmd, "status") == 0) {
+                struct json_state j = {.first = true};
+
+                if ((r = forkserver_status(fs, print_stat, &j)) == 0)
+                        printf("%s}\n", j.first ? "{" : "\n");
+        } else {
+                if ((r = forkserver_stop(fs)) == 0)
+                        fprintf(stderr, "forkctl: server stopping\n");
+        }
+        if (r < 0)
+                fail(0, "%s: %s", cmd, forkserver_error(fs));
+        forkserver_close(fs);
+        return r < 0 ? EXIT_FAIL : 0;
+}
+
+int main(int argc, char **argv)
+{
+        enum { O_SOCKET = 256, O_KEY_FILE, O_KEY_FD };
+        static const struct option opts[] = {
+                {"socket", required_argument, NULL, O_SOCKET},
+                {"key-file", required_argument, NULL, O_KEY_FILE},
+                {"key-fd", required_argument, NULL, O_KEY_FD},
+                {"help", no_argument, NULL, 'h'},
+                {0},
+        };
+        struct global g = {.key_fd = -1};
+        const char *cmd;
+        long v;
+        int c;
+
+        while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+                switch (c) {
+                case O_SOCKET:
+                        g.socket = optarg;
+                        break;
+                case O_KEY_FILE:
+                        g.key_file = optarg;
+                        break;
+                case O_KEY_FD:
+                        if (fs_parse_long(optarg, 0, INT_MAX, &v) < 0)
+                                return fail(EXIT_USAGE, "--key-fd: not a file descriptor: '%s'",
+                                            optarg);
+                        g.key_fd = (int)v;
+                        break;
+                case 'h':
+                        fputs(usage_text, stdout);
+                        return 0;
+                default:
+                        return fail(EXIT_USAGE, "bad option (see forkctl --help)");
+                }
+        }
+        if (g.key_file && g.key_fd >= 0)
+                return fail(EXIT_USAGE, "give --key-file or --key-fd, not both");
+        if (optind >= argc)
+                return fail(EXIT_USAGE, "no command (see forkctl --help)");
+        cmd = argv[optind];
+        argc -= optind;
+        argv += optind;
+        if (strcmp(cmd, "keygen") == 0)
+                return cmd_keygen(argc, argv);
+        if (strcmp(cmd, "run") == 0)
+                return cmd_run(&g, argc, argv);
+        if (strcmp(cmd, "ping") == 0 || strcmp(cmd, "status") == 0 || strcmp(cmd, "stop") == 0)
+                return cmd_simple(&g, cmd, argc);
+        return fail(EXIT_USAGE, "unknown command '%s' (see forkctl --help)", cmd);
+}

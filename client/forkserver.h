@@ -1,0 +1,138 @@
+/*
+ * libforkserver: the C client of forkserverd.
+ *
+ * A connection authenticates both ways with the shared key, then spawns workers. Requests
+ * may be pipelined (forkserver_spawn_submit / forkserver_spawn_collect). Each worker comes
+ * with a pidfd; its exit status arrives as an event on the connection. Workers end when
+ * their connection closes, unless spawned with FORKSERVER_SPAWN_DETACH.
+ *
+ * Every function returning int returns 0 (or a documented non-negative value) on success and
+ * a negative errno on failure. forkserver_error() then describes the last failure of that
+ * connection, with the daemon's reason when it gave one. A connection is not thread-safe;
+ * use one per thread. No function prints, exits or installs signal handlers.
+ */
+#ifndef FORKSERVER_H
+#define FORKSERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FORKSERVER_EXPORT __attribute__((visibility("default")))
+
+struct forkserver;
+struct forkserver_worker;
+struct forkserver_key;
+
+/*
+ * Keys. A key is 32 bytes; files hold 32 raw bytes or 64 hex digits and must be regular
+ * files owned by the caller with no group/other permission bits.
+ * Errors: -ENOENT, -ELOOP (symlink), -EINVAL (not a regular file), -EPERM (owner or mode),
+ * -EBADMSG (contents), -EBADF (fd not open), -ETIMEDOUT (fd not closed by its writer within
+ * 5 s). *ret_why (optional) gets a static description.
+ */
+FORKSERVER_EXPORT int forkserver_key_load_file(const char *path, struct forkserver_key **ret,
+                                               const char **ret_why);
+/* Reads until EOF; does not close fd. */
+FORKSERVER_EXPORT int forkserver_key_load_fd(int fd, struct forkserver_key **ret,
+                                             const char **ret_why);
+FORKSERVER_EXPORT void forkserver_key_free(struct forkserver_key *key);
+
+struct forkserver_options {
+        const char *socket_path;            /* NULL: the default (see forkctl(1)) */
+        const struct forkserver_key *key;   /* NULL: load from key_file / key_fd / default */
+        const char *key_file;
+        int key_fd;                         /* -1: none */
+        int timeout_ms;                     /* handshake timeout; 0: 5000 */
+};
+
+/*
+ * Connects and authenticates. Errors: -ENOENT/-ECONNREFUSED (no server), -EACCES (the server
+ * refused the key, or could not prove it holds the key: an impostor), -EPERM (uid not
+ * allowed), -ETIMEDOUT, -EPROTO (not a forkserverd), key-loading errors as above.
+ * On failure *ret is NULL and ret_why (optional) gets a description valid until the next call
+ * of this function in the same thread.
+ */
+FORKSERVER_EXPORT int forkserver_connect(const struct forkserver_options *opts,
+                                         struct forkserver **ret, const char **ret_why);
+/* Closes the connection: its undetached workers are ended by the server. Frees all workers. */
+FORKSERVER_EXPORT void forkserver_close(struct forkserver *fs);
+/* The last failure's description; "" if none. Valid until the next call on fs. */
+FORKSERVER_EXPORT const char *forkserver_error(const struct forkserver *fs);
+/* The connection's socket, for poll(); readable when events are waiting. */
+FORKSERVER_EXPORT int forkserver_fd(const struct forkserver *fs);
+
+#define FORKSERVER_SPAWN_DETACH 1u /* outlives its connection; no parent-death signal */
+
+struct forkserver_fd_map {
+        int child_fd; /* number in the worker, 0..1023 */
+        int fd;       /* the caller's fd; it stays open in the caller */
+};
+
+struct forkserver_spawn_args {
+        const char *path;                /* absolute path of the program */
+        const char *const *argv;         /* NULL-terminated, argv[0] required */
+        const char *const *envp;         /* NULL-terminated, or NULL for an empty environment */
+        const char *cwd;                 /* absolute; NULL: "/" */
+        const struct forkserver_fd_map *fds; /* stdio 0-2 not given become /dev/null */
+        size_t nfds;                     /* at most 64 */
+        unsigned flags;                  /* FORKSERVER_SPAWN_* */
+};
+
+/*
+ * Spawns a worker and waits for the reply. Errors: the daemon's errno for a refused request
+ * (-EINVAL, -E2BIG, -EAGAIN worker limit, -ENOENT/-EACCES/-ENOEXEC from exec, ...), with its
+ * reason in forkserver_error(); -EPIPE/-ECONNRESET when the connection is gone.
+ */
+FORKSERVER_EXPORT int forkserver_spawn(struct forkserver *fs,
+                                       const struct forkserver_spawn_args *args,
+                                       struct forkserver_worker **ret);
+/* Pipelining: sends the request and returns a ticket without waiting. */
+FORKSERVER_EXPORT int forkserver_spawn_submit(struct forkserver *fs,
+                                              const struct forkserver_spawn_args *args,
+                                              uint32_t *ret_ticket);
+/* Waits for the reply to a ticket (in any order). Errors as forkserver_spawn; -ENOENT for an
+ * unknown ticket. */
+FORKSERVER_EXPORT int forkserver_spawn_collect(struct forkserver *fs, uint32_t ticket,
+                                               struct forkserver_worker **ret);
+
+/*
+ * Exit status as waitpid() encodes it: use WIFEXITED, WEXITSTATUS, WIFSIGNALED, WTERMSIG.
+ * forkserver_wait blocks; forkserver_poll returns 1 and the status if the worker has exited,
+ * 0 if not (without blocking). forkserver_wait_any returns an exited worker not yet returned
+ * by it, waiting at most timeout_ms (-1: forever); -ETIMEDOUT if none, -ECHILD if no worker
+ * is running or unreported.
+ */
+FORKSERVER_EXPORT int forkserver_wait(struct forkserver *fs, struct forkserver_worker *w,
+                                      int *ret_status);
+FORKSERVER_EXPORT int forkserver_poll(struct forkserver *fs, struct forkserver_worker *w,
+                                      int *ret_status);
+FORKSERVER_EXPORT int forkserver_wait_any(struct forkserver *fs, int timeout_ms,
+                                          struct forkserver_worker **ret);
+/* Sends a signal through the worker's pidfd. -ESRCH if it has exited. */
+FORKSERVER_EXPORT int forkserver_kill(struct forkserver *fs, struct forkserver_worker *w,
+                                      int sig);
+/* Forgets a worker and closes its pidfd; a running worker keeps running. */
+FORKSERVER_EXPORT void forkserver_worker_free(struct forkserver *fs, struct forkserver_worker *w);
+
+FORKSERVER_EXPORT pid_t forkserver_worker_pid(const struct forkserver_worker *w);
+FORKSERVER_EXPORT int forkserver_worker_pidfd(const struct forkserver_worker *w);
+FORKSERVER_EXPORT uint64_t forkserver_worker_id(const struct forkserver_worker *w);
+
+/* Round trip to the daemon. */
+FORKSERVER_EXPORT int forkserver_ping(struct forkserver *fs);
+/* Calls fn(ud, name, value) for each counter the daemon reports (docs/PROTOCOL.md). */
+FORKSERVER_EXPORT int forkserver_status(struct forkserver *fs,
+                                        int (*fn)(void *ud, const char *name, uint64_t value),
+                                        void *ud);
+/* Asks the daemon to stop as on SIGTERM; returns once it has acknowledged. */
+FORKSERVER_EXPORT int forkserver_stop(struct forkserver *fs);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
