@@ -1,3 +1,4 @@
+#include <dirent.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -321,6 +322,19 @@ static void handshake(struct fsd_server *s, struct fsd_conn *c, size_t len, size
                (int)c->pid, (unsigned)c->uid);
 }
 
+static uint64_t count_open_fds(void)
+{
+        DIR *d = opendir("/proc/self/fd");
+        uint64_t n = 0;
+
+        if (!d)
+                return 0;
+        for (struct dirent *e; (e = readdir(d));)
+                n += e->d_name[0] != '.';
+        closedir(d);
+        return n - 1; /* the directory's own fd */
+}
+
 static int put_status(struct fsd_server *s, uint32_t id)
 {
         const struct fsd_stats *st = &s->stats;
@@ -343,6 +357,7 @@ static int put_status(struct fsd_server *s, uint32_t id)
         fs_msg_put_stat(&w, "spawns", st->spawns);
         fs_msg_put_stat(&w, "spawn_failures", st->spawn_failures);
         fs_msg_put_stat(&w, "exits", st->exits);
+        fs_msg_put_stat(&w, "open_fds", count_open_fds());
         return fs_msg_finish(&w);
 }
 

@@ -1,0 +1,381 @@
+#include <errno.h>
+#include <string.h>
+
+#include "common/proto.h"
+#include "testutil.h"
+
+static uint8_t mem[FS_MAX_MSG + 64];
+static const char *ptrs[FS_SPAWN_PTRS];
+
+static int build_spawn(uint8_t *out, size_t cap)
+{
+        struct fs_msgw w;
+
+        fs_msg_begin(&w, out, cap, FS_MSG_SPAWN, 42);
+        fs_msg_put_str(&w, FS_F_PATH, "/bin/echo");
+        fs_msg_put_str(&w, FS_F_ARG, "echo");
+        fs_msg_put_str(&w, FS_F_ARG, "hi");
+        fs_msg_put_str(&w, FS_F_ENV, "A=1");
+        fs_msg_put_str(&w, FS_F_CWD, "/tmp");
+        fs_msg_put_u32(&w, FS_F_FLAGS, FS_SPAWN_DETACH);
+        /* FD fields last: their count must match the fds, so no prefix is complete. */
+        fs_msg_put_u32(&w, FS_F_FD, 1);
+        fs_msg_put_u32(&w, FS_F_FD, 7);
+        return fs_msg_finish(&w);
+}
+
+static int parse_spawn(const uint8_t *m, size_t len, size_t nfds, struct fs_spawn *sp,
+                       const char **why)
+{
+        struct fs_hdr h;
+        struct fs_buf p;
+        int r = fs_proto_parse_hdr(m, len, &h, &p);
+
+        if (r < 0)
+                return r;
+        return fs_proto_parse_spawn(&p, nfds, ptrs, FS_ARRAY_SIZE(ptrs), sp, why);
+}
+
+START_TEST(header_roundtrip_and_errors)
+{
+        struct fs_msgw w;
+        struct fs_hdr h;
+        struct fs_buf p;
+        int n;
+
+        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_PING, 0xdeadbeef);
+        n = fs_msg_finish(&w);
+        ck_assert_int_eq(n, FS_HDR_LEN);
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)n, &h, &p), 0);
+        ck_assert_uint_eq(h.type, FS_MSG_PING);
+        ck_assert_uint_eq(h.id, 0xdeadbeef);
+        ck_assert_uint_eq(fs_buf_remaining(&p), 0);
+
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, FS_HDR_LEN - 1, &h, &p), -EBADMSG);
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, FS_MAX_MSG + 1, &h, &p), -EMSGSIZE);
+        mem[0] ^= 1; /* magic */
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)n, &h, &p), -EPROTO);
+        mem[0] ^= 1;
+        mem[5] = 2; /* version */
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)n, &h, &p), -EPROTO);
+        mem[5] = 1;
+        mem[7] = 200; /* unknown type */
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)n, &h, &p), -EBADMSG);
+        mem[7] = 0; /* types start at 1 */
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)n, &h, &p), -EBADMSG);
+        mem[7] = FS_MSG_PING;
+        mem[15] = 1; /* length says 1 byte more than there is */
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)n, &h, &p), -EBADMSG);
+        mem[15] = 0;
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)n, &h, &p), 0);
+}
+END_TEST
+
+START_TEST(spawn_roundtrip)
+{
+        struct fs_spawn sp;
+        int n = build_spawn(mem, sizeof(mem));
+
+        ck_assert_int_gt(n, 0);
+        ck_assert_int_eq(parse_spawn(mem, (size_t)n, 2, &sp, NULL), 0);
+        ck_assert_str_eq(sp.path, "/bin/echo");
+        ck_assert_uint_eq(sp.argc, 2);
+        ck_assert_str_eq(sp.argv[0], "echo");
+        ck_assert_str_eq(sp.argv[1], "hi");
+        ck_assert_ptr_null(sp.argv[2]);
+        ck_assert_uint_eq(sp.envc, 1);
+        ck_assert_str_eq(sp.envp[0], "A=1");
+        ck_assert_ptr_null(sp.envp[1]);
+        ck_assert_str_eq(sp.cwd, "/tmp");
+        ck_assert_uint_eq(sp.nfds, 2);
+        ck_assert_uint_eq(sp.child_fd[0], 1);
+        ck_assert_uint_eq(sp.child_fd[1], 7);
+        ck_assert_uint_eq(sp.flags, FS_SPAWN_DETACH);
+        ck_assert_ptr_null(sp.profile);
+}
+END_TEST
+
+/* Every proper prefix of a valid message is refused; only the whole one parses. */
+START_TEST(spawn_every_cut_refused)
+{
+        static uint8_t copy[FS_MAX_MSG];
+        struct fs_spawn sp;
+        int n = build_spawn(mem, sizeof(mem));
+
+        for (int len = 0; len < n; len++) {
+                memcpy(copy, mem, (size_t)len);
+                if (len >= FS_HDR_LEN) /* a consistent header over a cut payload */
+                        copy[15] = (uint8_t)(len - FS_HDR_LEN), copy[14] = 0;
+                ck_assert_int_lt(parse_spawn(copy, (size_t)len, 2, &sp, NULL), 0);
+        }
+        ck_assert_int_eq(parse_spawn(mem, (size_t)n, 2, &sp, NULL), 0);
+}
+END_TEST
+
+struct bad_case {
+        const char *name;
+        int want;
+        void (*build)(struct fs_msgw *w);
+        size_t nfds;
+};
+
+static void b_no_path(struct fs_msgw *w)
+{
+        fs_msg_put_str(w, FS_F_ARG, "x");
+}
+static void b_dup_path(struct fs_msgw *w)
+{
+        fs_msg_put_str(w, FS_F_PATH, "/a");
+        fs_msg_put_str(w, FS_F_PATH, "/b");
+        fs_msg_put_str(w, FS_F_ARG, "x");
+}
+static void b_relative(struct fs_msgw *w)
+{
+        fs_msg_put_str(w, FS_F_PATH, "bin/true");
+        fs_msg_put_str(w, FS_F_ARG, "x");
+}
+static void b_no_argv0(struct fs_msgw *w)
+{
+        fs_msg_put_str(w, FS_F_PATH, "/bin/true");
+}
+static void b_no_nul(struct fs_msgw *w)
+{
+        fs_msg_put_bytes(w, FS_F_PATH, "/bin/true", 9);
+        fs_msg_put_str(w, FS_F_ARG, "x");
+}
+static void b_inner_nul(struct fs_msgw *w)
+{
+        fs_msg_put_bytes(w, FS_F_PATH, "/bin\0/true", 11);
+        fs_msg_put_str(w, FS_F_ARG, "x");
+}
+static void b_empty_str(struct fs_msgw *w)
+{
+        fs_msg_put_bytes(w, FS_F_PATH, "", 0);
+        fs_msg_put_str(w, FS_F_ARG, "x");
+}
+static void b_unknown_field(struct fs_msgw *w)
+{
+        fs_msg_put_str(w, FS_F_PATH, "/bin/true");
+        fs_msg_put_str(w, FS_F_ARG, "x");
+        fs_msg_put_u32(w, 999, 1);
+}
+static void b_foreign_field(struct fs_msgw *w)
+{
+        fs_msg_put_str(w, FS_F_PATH, "/bin/true");
+        fs_msg_put_str(w, FS_F_ARG, "x");
+        fs_msg_put_u64(w, FS_F_WORKER, 1);
+}
+static void b_fd_wrong_len(struct fs_msgw *w)
+{
+        fs_msg_put_str(w, FS_F_PATH, "/bin/true");
+        fs_msg_put_str(w, FS_F_ARG, "x");
+        fs_msg_put_u16(w, FS_F_FD, 1);
+}
+static void b_fd_count(struct fs_msgw *w)
+{
+        fs_msg_put_str(w, FS_F_PATH, "/bin/true");
+        fs_msg_put_str(w, FS_F_ARG, "x");
+        fs_msg_put_u32(w, FS_F_FD, 1);
+}
+static void b_fd_dup(struct fs_msgw *w)
+{
+        b_fd_count(w);
+        fs_msg_put_u32(w, FS_F_FD, 1);
+}
+static void b_fd_big(struct fs_msgw *w)
+{
+        fs_msg_put_str(w, FS_F_PATH, "/bin/true");
+        fs_msg_put_str(w, FS_F_ARG, "x");
+        fs_msg_put_u32(w, FS_F_FD, FS_MAX_CHILD_FD + 1);
+}
+static void b_env(struct fs_msgw *w)
+{
+        fs_msg_put_str(w, FS_F_PATH, "/bin/true");
+        fs_msg_put_str(w, FS_F_ARG, "x");
+        fs_msg_put_str(w, FS_F_ENV, "NOEQUALS");
+}
+static void b_env_empty_name(struct fs_msgw *w)
+{
+        fs_msg_put_str(w, FS_F_PATH, "/bin/true");
+        fs_msg_put_str(w, FS_F_ARG, "x");
+        fs_msg_put_str(w, FS_F_ENV, "=x");
+}
+static void b_flags(struct fs_msgw *w)
+{
+        fs_msg_put_str(w, FS_F_PATH, "/bin/true");
+        fs_msg_put_str(w, FS_F_ARG, "x");
+        fs_msg_put_u32(w, FS_F_FLAGS, 1u << 30);
+}
+static void b_cwd(struct fs_msgw *w)
+{
+        fs_msg_put_str(w, FS_F_PATH, "/bin/true");
+        fs_msg_put_str(w, FS_F_ARG, "x");
+        fs_msg_put_str(w, FS_F_CWD, "tmp");
+}
+static void b_trailing(struct fs_msgw *w)
+{
+        fs_msg_put_str(w, FS_F_PATH, "/bin/true");
+        fs_msg_put_str(w, FS_F_ARG, "x");
+        fs_buf_put_u16(&w->b, FS_F_ARG); /* a field header cut short */
+}
+
+static const struct bad_case bad[] = {
+        {"missing path", -EBADMSG, b_no_path, 0},
+        {"duplicate path", -EBADMSG, b_dup_path, 0},
+        {"relative path", -EINVAL, b_relative, 0},
+        {"no argv[0]", -EBADMSG, b_no_argv0, 0},
+        {"string without NUL", -EBADMSG, b_no_nul, 0},
+        {"string with inner NUL", -EBADMSG, b_inner_nul, 0},
+        {"zero-length string", -EBADMSG, b_empty_str, 0},
+        {"unknown field", -EBADMSG, b_unknown_field, 0},
+        {"field of another message", -EBADMSG, b_foreign_field, 0},
+        {"u32 field of wrong length", -EBADMSG, b_fd_wrong_len, 0},
+        {"more fds than FD fields", -EBADMSG, b_fd_count, 2},
+        {"fewer fds than FD fields", -EBADMSG, b_fd_count, 0},
+        {"child fd twice", -EINVAL, b_fd_dup, 2},
+        {"child fd too large", -EINVAL, b_fd_big, 1},
+        {"env without =", -EINVAL, b_env, 0},
+        {"env with empty name", -EINVAL, b_env_empty_name, 0},
+        {"unknown flags", -EINVAL, b_flags, 0},
+        {"relative cwd", -EINVAL, b_cwd, 0},
+        {"trailing bytes", -EBADMSG, b_trailing, 0},
+};
+
+START_TEST(spawn_refusals)
+{
+        const struct bad_case *c = &bad[_i];
+        const char *why = NULL;
+        struct fs_spawn sp;
+        struct fs_msgw w;
+        int n;
+
+        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_SPAWN, 1);
+        c->build(&w);
+        n = fs_msg_finish(&w);
+        ck_assert_int_gt(n, 0);
+        ck_assert_msg(parse_spawn(mem, (size_t)n, c->nfds, &sp, &why) == c->want,
+                      "case '%s' not refused as expected", c->name);
+        ck_assert_ptr_nonnull(why);
+}
+END_TEST
+
+START_TEST(spawn_too_many_args)
+{
+        struct fs_spawn sp;
+        struct fs_msgw w;
+        const char *why;
+        int n;
+
+        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_SPAWN, 1);
+        fs_msg_put_str(&w, FS_F_PATH, "/bin/true");
+        for (int i = 0; i < FS_MAX_ARGV + 1; i++)
+                fs_msg_put_str(&w, FS_F_ARG, "");
+        n = fs_msg_finish(&w);
+        ck_assert_int_gt(n, 0);
+        ck_assert_int_eq(parse_spawn(mem, (size_t)n, 0, &sp, &why), -E2BIG);
+        /* And a message too large for a datagram cannot even be built. */
+        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_SPAWN, 1);
+        for (int i = 0; i < 20000; i++)
+                fs_msg_put_str(&w, FS_F_ARG, "");
+        ck_assert_int_eq(fs_msg_finish(&w), -EMSGSIZE);
+}
+END_TEST
+
+START_TEST(small_messages)
+{
+        struct fs_msg_error e;
+        struct fs_msg_exited x;
+        struct fs_msg_spawned s;
+        struct fs_hdr h;
+        struct fs_buf p;
+        struct fs_msgw w;
+        const char *why;
+        int n;
+
+        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_ERROR, 3);
+        fs_msg_put_u32(&w, FS_F_ERRNO, ENOENT);
+        fs_msg_put_str(&w, FS_F_REASON, "nope");
+        n = fs_msg_finish(&w);
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)n, &h, &p), 0);
+        ck_assert_int_eq(fs_proto_parse_error(&p, &e, &why), 0);
+        ck_assert_uint_eq(e.err, ENOENT);
+        ck_assert_str_eq(e.reason, "nope");
+
+        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_ERROR, 3);
+        fs_msg_put_u32(&w, FS_F_ERRNO, 0); /* errno 0 is not an error */
+        fs_msg_put_str(&w, FS_F_REASON, "x");
+        n = fs_msg_finish(&w);
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)n, &h, &p), 0);
+        ck_assert_int_eq(fs_proto_parse_error(&p, &e, &why), -EBADMSG);
+
+        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_EXITED, 3);
+        fs_msg_put_u64(&w, FS_F_WORKER, 9);
+        fs_msg_put_u32(&w, FS_F_CODE, 2);
+        fs_msg_put_u32(&w, FS_F_STATUS, 9);
+        n = fs_msg_finish(&w);
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)n, &h, &p), 0);
+        ck_assert_int_eq(fs_proto_parse_exited(&p, &x, &why), 0);
+        ck_assert_uint_eq(x.worker, 9);
+        ck_assert_uint_eq(x.status, 9);
+
+        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_EXITED, 3);
+        fs_msg_put_u64(&w, FS_F_WORKER, 9);
+        fs_msg_put_u32(&w, FS_F_CODE, 1);
+        fs_msg_put_u32(&w, FS_F_STATUS, 256); /* exit codes are 0..255 */
+        n = fs_msg_finish(&w);
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)n, &h, &p), 0);
+        ck_assert_int_eq(fs_proto_parse_exited(&p, &x, &why), -EBADMSG);
+
+        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_SPAWNED, 3);
+        fs_msg_put_u64(&w, FS_F_WORKER, 1);
+        fs_msg_put_u32(&w, FS_F_PID, 0); /* pid 0 is not a worker */
+        n = fs_msg_finish(&w);
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)n, &h, &p), 0);
+        ck_assert_int_eq(fs_proto_parse_spawned(&p, &s, &why), -EBADMSG);
+}
+END_TEST
+
+static int count_stat(void *ud, const char *name, uint64_t v)
+{
+        *(uint64_t *)ud += v + strlen(name);
+        return 0;
+}
+
+START_TEST(status_fields)
+{
+        struct fs_hdr h;
+        struct fs_buf p;
+        struct fs_msgw w;
+        uint64_t sum = 0;
+        int n;
+
+        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_STATUS_REPLY, 3);
+        fs_msg_put_stat(&w, "ab", 10);
+        fs_msg_put_stat(&w, "c", 20);
+        n = fs_msg_finish(&w);
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)n, &h, &p), 0);
+        ck_assert_int_eq(fs_proto_parse_status(&p, count_stat, &sum, NULL), 0);
+        ck_assert_uint_eq(sum, 33);
+}
+END_TEST
+
+static Suite *suite(void)
+{
+        Suite *s = suite_create("proto");
+        TCase *tc = tcase_create("core");
+
+        tcase_add_test(tc, header_roundtrip_and_errors);
+        tcase_add_test(tc, spawn_roundtrip);
+        tcase_add_test(tc, spawn_every_cut_refused);
+        tcase_add_loop_test(tc, spawn_refusals, 0, (int)FS_ARRAY_SIZE(bad));
+        tcase_add_test(tc, spawn_too_many_args);
+        tcase_add_test(tc, small_messages);
+        tcase_add_test(tc, status_fields);
+        suite_add_tcase(s, tc);
+        return s;
+}
+
+int main(void)
+{
+        return run_suite(suite());
+}
