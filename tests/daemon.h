@@ -1,0 +1,298 @@
+/* Integration helpers: start the real forkserverd in a fresh directory, drive it, stop it. */
+#pragma once
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+
+#include "client/forkserver.h"
+#include "common/auth.h"
+#include "common/fdpass.h"
+#include "common/key.h"
+#include "testutil.h"
+
+struct daemon {
+        pid_t pid;
+        char dir[64];
+        char sock[128];
+        char key[128];
+};
+
+static const char *env_or_die(const char *name)
+{
+        const char *v = getenv(name);
+
+        ck_assert_msg(v && *v, "%s is not set (run through meson test)", name);
+        return v;
+}
+
+static void make_key_file(const char *path)
+{
+        char hex[FS_KEY_HEX_LEN + 1];
+        struct fs_key *k;
+        int fd;
+
+        ck_assert_int_eq(fs_key_generate(&k), 0);
+        fs_key_hex(k, hex);
+        fs_key_free(k);
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(fs_write_all(fd, hex, sizeof(hex)), 0);
+        close(fd);
+}
+
+static void daemon_paths(struct daemon *d)
+{
+        strcpy(d->dir, "/tmp/fs-test-XXXXXX");
+        ck_assert_ptr_nonnull(mkdtemp(d->dir));
+        snprintf(d->sock, sizeof(d->sock), "%s/s.sock", d->dir);
+        snprintf(d->key, sizeof(d->key), "%s/key", d->dir);
+}
+
+/* Starts forkserverd with args (NULL-terminated) after its fd 3 as --ready-fd; waits for READY.
+ * Returns 0 when ready, -1 when it closed the ready fd without READY (its exit is then
+ * reaped and its status left in *ret_status). */
+static int daemon_spawn(struct daemon *d, const char *const *args, int *ret_status)
+{
+        const char *argv[64] = {env_or_die("FORKSERVERD"), "--foreground", "--ready-fd", "3",
+                                "--log-level", "warning"};
+        size_t n = 6;
+        char buf[16] = {0};
+        int p[2];
+        ssize_t got;
+
+        for (size_t i = 0; args && args[i]; i++)
+                argv[n++] = args[i];
+        argv[n] = NULL;
+        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+        d->pid = fork();
+        ck_assert_int_ge(d->pid, 0);
+        if (d->pid == 0) {
+                dup2(p[1], 3);
+                execv(argv[0], (char *const *)argv);
+                _exit(127);
+        }
+        close(p[1]);
+        struct pollfd pf = {.fd = p[0], .events = POLLIN};
+        ck_assert_int_eq(poll(&pf, 1, 15000), 1);
+        got = read(p[0], buf, sizeof(buf) - 1);
+        close(p[0]);
+        if (got == 6 && strcmp(buf, "READY\n") == 0)
+                return 0;
+        ck_assert_int_eq(got, 0); /* a failure closes it without writing */
+        ck_assert_int_eq(waitpid(d->pid, ret_status, 0), d->pid);
+        d->pid = 0;
+        return -1;
+}
+
+static void daemon_start(struct daemon *d, const char *const *extra)
+{
+        const char *args[48] = {"--socket", d->sock, "--key-file", d->key};
+        size_t n = 4;
+
+        daemon_paths(d);
+        make_key_file(d->key);
+        for (size_t i = 0; extra && extra[i]; i++)
+                args[n++] = extra[i];
+        args[n] = NULL;
+        ck_assert_int_eq(daemon_spawn(d, args, NULL), 0);
+}
+
+static void daemon_cleanup_dir(struct daemon *d)
+{
+        unlink(d->key);
+        unlink(d->sock);
+        rmdir(d->dir);
+}
+
+/* SIGTERM; returns the exit status after asserting the socket is gone. */
+static int daemon_stop(struct daemon *d)
+{
+        struct stat st;
+        int status;
+
+        if (d->pid <= 0)
+                return 0;
+        kill(d->pid, SIGTERM);
+        ck_assert_int_eq(waitpid(d->pid, &status, 0), d->pid);
+        d->pid = 0;
+        ck_assert_msg(lstat(d->sock, &st) < 0 && errno == ENOENT, "socket left behind");
+        daemon_cleanup_dir(d);
+        return status;
+}
+
+static struct forkserver *daemon_connect(struct daemon *d)
+{
+        struct forkserver_options o = {.socket_path = d->sock, .key_file = d->key, .key_fd = -1};
+        struct forkserver *fs = NULL;
+        const char *why = "";
+        int r = forkserver_connect(&o, &fs, &why);
+
+        ck_assert_msg(r == 0, "connect: %s", why);
+        return fs;
+}
+
+/* Spawns argv with stdout into a pipe; returns the wait status and the output. */
+static int run_capture(struct forkserver *fs, const char *const *argv, char *out, size_t cap)
+{
+        int p[2], status;
+        struct forkserver_fd_map map[] = {{1, -1}};
+        struct forkserver_spawn_args a = {.path = argv[0], .argv = argv, .fds = map, .nfds = 1};
+        struct forkserver_worker *w;
+        size_t len = 0;
+        ssize_t n;
+
+        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+        map[0].fd = p[1];
+        ck_assert_msg(forkserver_spawn(fs, &a, &w) == 0, "spawn: %s", forkserver_error(fs));
+        close(p[1]);
+        while (cap > 1 && (n = read(p[0], out + len, cap - 1 - len)) > 0)
+                len += (size_t)n;
+        if (cap)
+                out[len] = '\0';
+        close(p[0]);
+        ck_assert_int_eq(forkserver_wait(fs, w, &status), 0);
+        forkserver_worker_free(fs, w);
+        return status;
+}
+
+/* Runs a command with stdout captured; returns its wait status. */
+static int run_cmd(const char *const *argv, char *out, size_t cap)
+{
+        int p[2], status;
+        size_t len = 0;
+        ssize_t n;
+        pid_t pid;
+
+        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+        pid = fork();
+        if (pid == 0) {
+                dup2(p[1], 1);
+                execv(argv[0], (char *const *)argv);
+                _exit(127);
+        }
+        close(p[1]);
+        while (cap > 1 && (n = read(p[0], out + len, cap - 1 - len)) > 0)
+                len += (size_t)n;
+        if (cap)
+                out[len] = '\0';
+        close(p[0]);
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        return status;
+}
+
+struct stat_lookup {
+        const char *name;
+        uint64_t value;
+};
+
+static int stat_cb(void *ud, const char *name, uint64_t v)
+{
+        struct stat_lookup *l = ud;
+
+        if (strcmp(name, l->name) == 0)
+                l->value = v;
+        return 0;
+}
+
+static uint64_t daemon_stat(struct forkserver *fs, const char *name)
+{
+        struct stat_lookup l = {name, UINT64_MAX};
+
+        ck_assert_int_eq(forkserver_status(fs, stat_cb, &l), 0);
+        ck_assert_msg(l.value != UINT64_MAX, "no stat %s", name);
+        return l.value;
+}
+
+/* Children of pid in state Z. */
+static int count_zombies(pid_t parent)
+{
+        DIR *d = opendir("/proc");
+        int n = 0;
+
+        ck_assert_ptr_nonnull(d);
+        for (struct dirent *e; (e = readdir(d));) {
+                char path[300], buf[512], state;
+                int ppid;
+                FILE *f;
+
+                if (e->d_name[0] < '0' || e->d_name[0] > '9')
+                        continue;
+                snprintf(path, sizeof(path), "/proc/%s/stat", e->d_name);
+                if (!(f = fopen(path, "re")))
+                        continue;
+                if (fgets(buf, sizeof(buf), f)) {
+                        char *rp = strrchr(buf, ')');
+
+                        if (rp && sscanf(rp + 2, "%c %d", &state, &ppid) == 2 && ppid == parent &&
+                            state == 'Z')
+                                n++;
+                }
+                fclose(f);
+        }
+        closedir(d);
+        return n;
+}
+
+/* A raw connection, for speaking the protocol by hand. */
+static int raw_connect(const char *path)
+{
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+
+        ck_assert_int_ge(fd, 0);
+        strcpy(sa.sun_path, path);
+        ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        return fd;
+}
+
+/* Receives one message with a timeout; returns its length, 0 at EOF, -ETIMEDOUT. */
+static int raw_recv(int fd, uint8_t *buf, size_t cap, int timeout_ms)
+{
+        struct pollfd pf = {.fd = fd, .events = POLLIN};
+        int fds[4];
+        size_t nfds;
+        int n;
+
+        if (poll(&pf, 1, timeout_ms) != 1)
+                return -ETIMEDOUT;
+        n = fs_fdpass_recv(fd, buf, cap, fds, 4, &nfds, 0);
+        fs_close_many(fds, nfds);
+        return n;
+}
+
+static uint16_t msg_type(const uint8_t *buf, int n)
+{
+        struct fs_hdr h;
+        struct fs_buf p;
+
+        ck_assert_int_eq(fs_proto_parse_hdr(buf, (size_t)n, &h, &p), 0);
+        return h.type;
+}
+
+/* Completes the handshake by hand on a raw connection. */
+static void raw_auth(int fd, const char *key_path)
+{
+        static uint8_t buf[FS_MAX_MSG];
+        struct fs_auth_client c;
+        struct fs_key *k;
+        int n;
+
+        ck_assert_int_eq(fs_key_load_file(key_path, &k, NULL), 0);
+        n = raw_recv(fd, buf, sizeof(buf), 5000);
+        ck_assert_int_gt(n, 0);
+        n = fs_auth_client_hello(&c, k, buf, (size_t)n, buf, sizeof(buf), NULL);
+        ck_assert_int_gt(n, 0);
+        ck_assert_int_eq(fs_fdpass_send(fd, buf, (size_t)n, NULL, 0, 0), 0);
+        n = raw_recv(fd, buf, sizeof(buf), 5000);
+        ck_assert_int_gt(n, 0);
+        ck_assert_int_eq(fs_auth_client_finish(&c, k, buf, (size_t)n, NULL), 0);
+        fs_key_free(k);
+}
