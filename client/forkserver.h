@@ -34,6 +34,8 @@ struct forkserver_key;
  * Errors: -ENOENT, -ELOOP (symlink), -EINVAL (not a regular file), -EPERM (owner or mode),
  * -EBADMSG (contents), -EBADF (fd not open), -ETIMEDOUT (fd not closed by its writer within
  * 5 s). *ret_why (optional) gets a static description.
+ * A key lives in a locked page that a forked child sees as zeros (MADV_WIPEONFORK): after
+ * fork(), load the key again in the child.
  */
 FORKSERVER_EXPORT int forkserver_key_load_file(const char *path, struct forkserver_key **ret,
                                                const char **ret_why);

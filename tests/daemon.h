@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <grp.h>
 
 #include "client/forkserver.h"
 #include "common/auth.h"
@@ -25,7 +26,7 @@ struct daemon {
         char key[128];
 };
 
-static const char *env_or_die(const char *name)
+static inline const char *env_or_die(const char *name)
 {
         const char *v = getenv(name);
 
@@ -33,7 +34,7 @@ static const char *env_or_die(const char *name)
         return v;
 }
 
-static void make_key_file(const char *path)
+static inline void make_key_file(const char *path)
 {
         char hex[FS_KEY_HEX_LEN + 1];
         struct fs_key *k;
@@ -48,7 +49,7 @@ static void make_key_file(const char *path)
         close(fd);
 }
 
-static void daemon_paths(struct daemon *d)
+static inline void daemon_paths(struct daemon *d)
 {
         strcpy(d->dir, "/tmp/fs-test-XXXXXX");
         ck_assert_ptr_nonnull(mkdtemp(d->dir));
@@ -59,7 +60,7 @@ static void daemon_paths(struct daemon *d)
 /* Starts forkserverd with args (NULL-terminated) after its fd 3 as --ready-fd; waits for READY.
  * Returns 0 when ready, -1 when it closed the ready fd without READY (its exit is then
  * reaped and its status left in *ret_status). */
-static int daemon_spawn(struct daemon *d, const char *const *args, int *ret_status)
+static inline int daemon_spawn(struct daemon *d, const char *const *args, int *ret_status)
 {
         const char *argv[64] = {env_or_die("FORKSERVERD"), "--foreground", "--ready-fd", "3",
                                 "--log-level", "warning"};
@@ -92,7 +93,7 @@ static int daemon_spawn(struct daemon *d, const char *const *args, int *ret_stat
         return -1;
 }
 
-static void daemon_start(struct daemon *d, const char *const *extra)
+static inline void daemon_start(struct daemon *d, const char *const *extra)
 {
         const char *args[48] = {"--socket", d->sock, "--key-file", d->key};
         size_t n = 4;
@@ -105,7 +106,7 @@ static void daemon_start(struct daemon *d, const char *const *extra)
         ck_assert_int_eq(daemon_spawn(d, args, NULL), 0);
 }
 
-static void daemon_cleanup_dir(struct daemon *d)
+static inline void daemon_cleanup_dir(struct daemon *d)
 {
         unlink(d->key);
         unlink(d->sock);
@@ -113,7 +114,7 @@ static void daemon_cleanup_dir(struct daemon *d)
 }
 
 /* SIGTERM; returns the exit status after asserting the socket is gone. */
-static int daemon_stop(struct daemon *d)
+static inline int daemon_stop(struct daemon *d)
 {
         struct stat st;
         int status;
@@ -128,7 +129,7 @@ static int daemon_stop(struct daemon *d)
         return status;
 }
 
-static struct forkserver *daemon_connect(struct daemon *d)
+static inline struct forkserver *daemon_connect(struct daemon *d)
 {
         struct forkserver_options o = {.socket_path = d->sock, .key_file = d->key, .key_fd = -1};
         struct forkserver *fs = NULL;
@@ -140,7 +141,7 @@ static struct forkserver *daemon_connect(struct daemon *d)
 }
 
 /* Spawns argv with stdout into a pipe; returns the wait status and the output. */
-static int run_capture(struct forkserver *fs, const char *const *argv, char *out, size_t cap)
+static inline int run_capture(struct forkserver *fs, const char *const *argv, char *out, size_t cap)
 {
         int p[2], status;
         struct forkserver_fd_map map[] = {{1, -1}};
@@ -164,7 +165,7 @@ static int run_capture(struct forkserver *fs, const char *const *argv, char *out
 }
 
 /* Runs a command with stdout captured; returns its wait status. */
-static int run_cmd(const char *const *argv, char *out, size_t cap)
+static inline int run_cmd(const char *const *argv, char *out, size_t cap)
 {
         int p[2], status;
         size_t len = 0;
@@ -193,7 +194,7 @@ struct stat_lookup {
         uint64_t value;
 };
 
-static int stat_cb(void *ud, const char *name, uint64_t v)
+static inline int stat_cb(void *ud, const char *name, uint64_t v)
 {
         struct stat_lookup *l = ud;
 
@@ -202,7 +203,7 @@ static int stat_cb(void *ud, const char *name, uint64_t v)
         return 0;
 }
 
-static uint64_t daemon_stat(struct forkserver *fs, const char *name)
+static inline uint64_t daemon_stat(struct forkserver *fs, const char *name)
 {
         struct stat_lookup l = {name, UINT64_MAX};
 
@@ -212,7 +213,7 @@ static uint64_t daemon_stat(struct forkserver *fs, const char *name)
 }
 
 /* Children of pid in state Z. */
-static int count_zombies(pid_t parent)
+static inline int count_zombies(pid_t parent)
 {
         DIR *d = opendir("/proc");
         int n = 0;
@@ -242,7 +243,7 @@ static int count_zombies(pid_t parent)
 }
 
 /* A raw connection, for speaking the protocol by hand. */
-static int raw_connect(const char *path)
+static inline int raw_connect(const char *path)
 {
         struct sockaddr_un sa = {.sun_family = AF_UNIX};
         int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
@@ -254,7 +255,7 @@ static int raw_connect(const char *path)
 }
 
 /* Receives one message with a timeout; returns its length, 0 at EOF, -ETIMEDOUT. */
-static int raw_recv(int fd, uint8_t *buf, size_t cap, int timeout_ms)
+static inline int raw_recv(int fd, uint8_t *buf, size_t cap, int timeout_ms)
 {
         struct pollfd pf = {.fd = fd, .events = POLLIN};
         int fds[4];
@@ -268,7 +269,7 @@ static int raw_recv(int fd, uint8_t *buf, size_t cap, int timeout_ms)
         return n;
 }
 
-static uint16_t msg_type(const uint8_t *buf, int n)
+static inline uint16_t msg_type(const uint8_t *buf, int n)
 {
         struct fs_hdr h;
         struct fs_buf p;
@@ -278,7 +279,7 @@ static uint16_t msg_type(const uint8_t *buf, int n)
 }
 
 /* Completes the handshake by hand on a raw connection. */
-static void raw_auth(int fd, const char *key_path)
+static inline void raw_auth(int fd, const char *key_path)
 {
         static uint8_t buf[FS_MAX_MSG];
         struct fs_auth_client c;
