@@ -39,7 +39,8 @@ bool fs_log_enabled(enum fs_log_level level)
         return level <= log_max;
 }
 
-static void vlog(enum fs_log_level level, int err, const char *fmt, va_list ap)
+static __attribute__((format(printf, 3, 0))) void vlog(enum fs_log_level level, int err,
+                                                     const char *fmt, va_list ap)
 {
         char line[1024];
         int n;

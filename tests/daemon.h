@@ -62,9 +62,25 @@ static inline void daemon_paths(struct daemon *d)
  * reaped and its status left in *ret_status). */
 static inline int daemon_spawn(struct daemon *d, const char *const *args, int *ret_status)
 {
-        const char *argv[64] = {env_or_die("FORKSERVERD"), "--foreground", "--ready-fd", "3",
-                                "--log-level", "warning"};
-        size_t n = 6;
+        /* FORKSERVERD_WRAPPER (e.g. "valgrind --error-exitcode=99 ...") runs the daemon under a
+         * tool; words split on spaces. */
+        static char wrapper[512];
+        const char *argv[96];
+        size_t n = 0;
+        const char *wrap = getenv("FORKSERVERD_WRAPPER");
+
+        if (wrap && *wrap) {
+                snprintf(wrapper, sizeof(wrapper), "%s", wrap);
+                for (char *save, *t = strtok_r(wrapper, " ", &save); t && n < 32;
+                     t = strtok_r(NULL, " ", &save))
+                        argv[n++] = t;
+        }
+        argv[n++] = env_or_die("FORKSERVERD");
+        argv[n++] = "--foreground";
+        argv[n++] = "--ready-fd";
+        argv[n++] = "3";
+        argv[n++] = "--log-level";
+        argv[n++] = "warning";
         char buf[16] = {0};
         int p[2];
         ssize_t got;
@@ -77,7 +93,7 @@ static inline int daemon_spawn(struct daemon *d, const char *const *args, int *r
         ck_assert_int_ge(d->pid, 0);
         if (d->pid == 0) {
                 dup2(p[1], 3);
-                execv(argv[0], (char *const *)argv);
+                execvp(argv[0], (char *const *)argv);
                 _exit(127);
         }
         close(p[1]);

@@ -1,0 +1,81 @@
+/* libFuzzer target: every client-reachable message parser. First byte: number of fds. */
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/proto.h"
+
+static const char *ptrs[FS_SPAWN_PTRS];
+
+static int ignore_stat(void *ud, const char *name, uint64_t v)
+{
+        (void)ud;
+        (void)name;
+        (void)v;
+        return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+        union {
+                struct fs_msg_hello hello;
+                struct fs_msg_auth auth;
+                struct fs_msg_error error;
+                struct fs_msg_spawned spawned;
+                struct fs_msg_exited exited;
+        } m;
+        struct fs_spawn sp;
+        const uint8_t *mac;
+        const char *why;
+        struct fs_hdr h;
+        struct fs_buf p;
+        size_t nfds;
+
+        if (size < 1)
+                return 0;
+        nfds = data[0] % (FS_MAX_MSG_FDS + 2);
+        if (fs_proto_parse_hdr(data + 1, size - 1, &h, &p) < 0)
+                return 0;
+        switch (h.type) {
+        case FS_MSG_HELLO:
+                fs_proto_parse_hello(&p, &m.hello, &why);
+                break;
+        case FS_MSG_AUTH:
+                fs_proto_parse_auth(&p, &m.auth, &why);
+                break;
+        case FS_MSG_AUTH_OK:
+                fs_proto_parse_auth_ok(&p, &mac, &why);
+                break;
+        case FS_MSG_ERROR:
+                fs_proto_parse_error(&p, &m.error, &why);
+                break;
+        case FS_MSG_SPAWN:
+                if (nfds <= FS_MAX_MSG_FDS &&
+                    fs_proto_parse_spawn(&p, nfds, ptrs, FS_SPAWN_PTRS, &sp, &why) == 0) {
+                        /* a parse that succeeded must hand out valid, terminated arrays */
+                        volatile size_t n = 0;
+
+                        for (size_t i = 0; sp.argv[i]; i++)
+                                n += __builtin_strlen(sp.argv[i]);
+                        for (size_t i = 0; sp.envp[i]; i++)
+                                n += __builtin_strlen(sp.envp[i]);
+                        if (n == SIZE_MAX || sp.argc == 0 || sp.nfds != nfds || sp.path[0] != '/')
+                                __builtin_trap();
+                }
+                break;
+        case FS_MSG_SPAWNED:
+                fs_proto_parse_spawned(&p, &m.spawned, &why);
+                break;
+        case FS_MSG_EXITED:
+                fs_proto_parse_exited(&p, &m.exited, &why);
+                break;
+        case FS_MSG_STATUS_REPLY:
+                fs_proto_parse_status(&p, ignore_stat, NULL, &why);
+                break;
+        default:
+                fs_proto_parse_empty(&p, &why);
+                break;
+        }
+        return 0;
+}

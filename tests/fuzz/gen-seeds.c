@@ -1,0 +1,69 @@
+/* Writes the seed corpus: one valid message of each kind (run by hand; output committed). */
+#include <stdio.h>
+#include <string.h>
+
+#include "common/auth.h"
+
+static void save(const char *dir, const char *name, uint8_t prefix, const uint8_t *m, int n)
+{
+        char path[512];
+        FILE *f;
+
+        snprintf(path, sizeof(path), "%s/%s", dir, name);
+        if (!(f = fopen(path, "wbe")))
+                return;
+        if (prefix != 0xff)
+                fputc(prefix, f);
+        fwrite(m, 1, (size_t)n, f);
+        fclose(f);
+}
+
+int main(int argc, char **argv)
+{
+        static uint8_t m[FS_MAX_MSG], a[FS_MAX_MSG];
+        struct fs_auth_server s;
+        struct fs_auth_client c;
+        struct fs_key *k;
+        struct fs_msgw w;
+        int n, an;
+
+        if (argc != 4 || fs_key_new(&k) < 0)
+                return 2;
+        memset(k->bytes, 0x5a, sizeof(k->bytes));
+        fs_msg_begin(&w, m, sizeof(m), FS_MSG_SPAWN, 1);
+        fs_msg_put_str(&w, FS_F_PATH, "/bin/echo");
+        fs_msg_put_str(&w, FS_F_ARG, "echo");
+        fs_msg_put_str(&w, FS_F_ARG, "hi");
+        fs_msg_put_str(&w, FS_F_ENV, "A=1");
+        fs_msg_put_str(&w, FS_F_CWD, "/tmp");
+        fs_msg_put_u32(&w, FS_F_FLAGS, 1);
+        fs_msg_put_u32(&w, FS_F_FD, 1);
+        save(argv[1], "spawn", 1, m, fs_msg_finish(&w));
+        fs_msg_begin(&w, m, sizeof(m), FS_MSG_ERROR, 1);
+        fs_msg_put_u32(&w, FS_F_ERRNO, 2);
+        fs_msg_put_u32(&w, FS_F_STEP, 5);
+        fs_msg_put_str(&w, FS_F_REASON, "exec /x: No such file");
+        save(argv[1], "error", 0, m, fs_msg_finish(&w));
+        fs_msg_begin(&w, m, sizeof(m), FS_MSG_EXITED, 1);
+        fs_msg_put_u64(&w, FS_F_WORKER, 1);
+        fs_msg_put_u32(&w, FS_F_CODE, 1);
+        fs_msg_put_u32(&w, FS_F_STATUS, 3);
+        save(argv[1], "exited", 0, m, fs_msg_finish(&w));
+        fs_msg_begin(&w, m, sizeof(m), FS_MSG_STATUS_REPLY, 1);
+        fs_msg_put_stat(&w, "workers", 3);
+        save(argv[1], "status", 0, m, fs_msg_finish(&w));
+        n = fs_auth_server_hello(&s, m, sizeof(m));
+        save(argv[1], "hello", 0, m, n);
+        an = fs_auth_client_hello(&c, k, m, (size_t)n, a, sizeof(a), NULL);
+        save(argv[1], "auth", 0, a, an);
+        save(argv[2], "auth", 0xff, a, an);
+        save(argv[2], "hello", 0xff, m, n);
+        memcpy(a + an, "FSZZ", 4);
+        fs_msg_begin(&w, a + an + 4, sizeof(a) - (size_t)an - 4, FS_MSG_PING, 2);
+        save(argv[2], "auth-then-ping", 0xff, a, an + 4 + fs_msg_finish(&w));
+        save(argv[3], "hex", 0xff, (const uint8_t *)"00112233445566778899aabbccddeeff0011223344"
+                                                     "5566778899aabbccddeeff\n", 65);
+        save(argv[3], "raw", 0xff, k->bytes, 32);
+        fs_key_free(k);
+        return 0;
+}
