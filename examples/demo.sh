@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Demo: build, start a daemon with a fresh key in a private directory, run workers through
+# forkctl and through the C API, print what they did, stop the daemon, clean up.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tests/deps.sh
+[ -f build/build.ninja ] || meson setup build >/dev/null
+ninja -C build >/dev/null
+
+dir=$(mktemp -d /tmp/forkserver-demo-XXXXXX)
+sock=$dir/forkserverd.sock
+ctl=(build/client/forkctl --socket "$sock" --key-file "$dir/key")
+cleanup() { [ -n "${daemon:-}" ] && kill "$daemon" 2>/dev/null && wait "$daemon" || true; rm -rf "$dir"; }
+trap cleanup EXIT
+
+build/client/forkctl keygen -o "$dir/key"
+build/forkserver/forkserverd --socket "$sock" --key-file "$dir/key" --foreground \
+        --ready-fd 4 4>"$dir/ready" &
+daemon=$!
+for _ in $(seq 100); do grep -q READY "$dir/ready" 2>/dev/null && break; sleep 0.05; done
+echo "--- forkserverd is listening on $sock (pid $daemon)"
+
+echo "--- forkctl ping"
+"${ctl[@]}" ping
+echo "--- forkctl run -- uname -sr"
+"${ctl[@]}" run -- uname -sr
+echo "--- forkctl run --env GREETING=hi -- sh -c 'echo \$GREETING from pid \$\$; exit 7'"
+set +e
+"${ctl[@]}" run --env GREETING=hi -- sh -c 'echo $GREETING from pid $$; exit 7'
+echo "exit status: $?"
+echo "--- forkctl run -- sh -c 'kill -KILL \$\$'"
+"${ctl[@]}" run -- sh -c 'kill -KILL $$'
+echo "exit status: $? (128 + 9)"
+set -e
+echo "--- the C API (examples/spawn-demo.c): three workers at once"
+build/examples/spawn-demo "$sock" "$dir/key"
+echo "--- forkctl status"
+"${ctl[@]}" status
+echo "--- forkctl stop"
+"${ctl[@]}" stop
+wait "$daemon"; echo "forkserverd exited with $?"; daemon=
