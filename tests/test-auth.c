@@ -187,12 +187,36 @@ START_TEST(wrong_messages_refused)
 }
 END_TEST
 
+/* The vector in docs/PROTOCOL.md: a client in another language can check itself against it. */
+START_TEST(documented_vector)
+{
+        static const uint8_t want_c[FS_MAC_LEN] = {
+                0x12, 0xed, 0xde, 0x1b, 0xc1, 0xce, 0x34, 0x49, 0x3c, 0x8b, 0x3a,
+                0x61, 0x2d, 0x76, 0x99, 0x38, 0x5d, 0x47, 0x8a, 0xf8, 0x70, 0x40,
+                0xab, 0x6b, 0x9b, 0xe8, 0xb3, 0x02, 0xc8, 0x43, 0x9b, 0x19};
+        static const uint8_t want_s[FS_MAC_LEN] = {
+                0x55, 0xf3, 0xef, 0xc1, 0xf9, 0xf3, 0xdc, 0x89, 0xb5, 0xd9, 0x94,
+                0xb2, 0xde, 0x17, 0xe8, 0x50, 0x96, 0x30, 0xf6, 0x58, 0xa5, 0x3e,
+                0x2b, 0x72, 0x90, 0xe2, 0xe0, 0xbd, 0x4e, 0x84, 0xb4, 0xce};
+        uint8_t sn[FS_NONCE_LEN], cn[FS_NONCE_LEN], mac[FS_MAC_LEN];
+
+        memset(key->bytes, 0x5a, FS_KEY_LEN);
+        memset(sn, 1, sizeof(sn));
+        memset(cn, 2, sizeof(cn));
+        ck_assert_int_eq(fs_auth_mac(key, FS_LABEL_CLIENT, sn, cn, 1, mac), 0);
+        ck_assert_mem_eq(mac, want_c, FS_MAC_LEN);
+        ck_assert_int_eq(fs_auth_mac(key, FS_LABEL_SERVER, sn, cn, 1, mac), 0);
+        ck_assert_mem_eq(mac, want_s, FS_MAC_LEN);
+}
+END_TEST
+
 static Suite *suite(void)
 {
         Suite *s = suite_create("auth");
         TCase *tc = tcase_create("core");
 
         tcase_add_checked_fixture(tc, setup, teardown);
+        tcase_add_test(tc, documented_vector);
         tcase_add_test(tc, good_key);
         tcase_add_test(tc, wrong_key);
         tcase_add_test(tc, impostor_server);
