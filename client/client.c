@@ -490,6 +490,10 @@ int forkserver_spawn_submit(struct forkserver *fs, const struct forkserver_spawn
                 return set_err(fs, -EINVAL, "spawn: path and argv[0] are required");
         if (a->nfds > FS_MAX_MSG_FDS)
                 return set_err(fs, -EINVAL, "spawn: at most %d fds", FS_MAX_MSG_FDS);
+        if (a->nrlimits > FS_MAX_RLIMITS || (a->nrlimits && !a->rlimits))
+                return set_err(fs, -EINVAL, "spawn: at most %d rlimits", FS_MAX_RLIMITS);
+        if (a->umask && (a->umask & ~01777) != 0)
+                return set_err(fs, -EINVAL, "spawn: bad umask (use FORKSERVER_UMASK)");
         id = new_id(fs);
         fs_msg_begin(&w, fs->buf, sizeof(fs->buf), FS_MSG_SPAWN, id);
         fs_msg_put_str(&w, FS_F_PATH, a->path);
@@ -505,6 +509,13 @@ int forkserver_spawn_submit(struct forkserver *fs, const struct forkserver_spawn
         }
         if (a->flags)
                 fs_msg_put_u32(&w, FS_F_FLAGS, a->flags);
+        if (a->profile)
+                fs_msg_put_str(&w, FS_F_PROFILE, a->profile);
+        for (size_t i = 0; i < a->nrlimits; i++)
+                fs_msg_put_rlimit(&w, (uint32_t)a->rlimits[i].resource, a->rlimits[i].soft,
+                                  a->rlimits[i].hard);
+        if (a->umask)
+                fs_msg_put_u32(&w, FS_F_UMASK, (uint32_t)a->umask & 0777);
         if ((n = fs_msg_finish(&w)) < 0)
                 return set_err(fs, n, "spawn: request larger than %d bytes", FS_MAX_MSG);
         if ((n = send_msg(fs, fs->buf, (size_t)n, fds, a->nfds)) < 0)

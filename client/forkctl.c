@@ -461,8 +461,6 @@ static int cmd_run(const struct global *g, int argc, char **argv)
         }
         if (optind >= argc)
                 return fail(EXIT_RUN_FAIL, "run: no program given");
-        if (profile)
-                return fail(EXIT_RUN_FAIL, "--profile: this build has no seccomp profiles yet");
         if (!getcwd(here, sizeof(here)))
                 return fail(EXIT_RUN_FAIL, "cannot get the current directory: %s",
                             strerror(errno));
@@ -497,7 +495,8 @@ static int cmd_run(const struct global *g, int argc, char **argv)
                                           .cwd = cwd,
                                           .fds = map,
                                           .nfds = nmap,
-                                          .flags = flags};
+                                          .flags = flags,
+                                          .profile = profile};
 
         if (open_conn(g, !(flags & FORKSERVER_SPAWN_DETACH), &priv, &fs) < 0) {
                 free(env);

@@ -68,7 +68,13 @@ FORKSERVER_EXPORT const char *forkserver_error(const struct forkserver *fs);
 /* The connection's socket, for poll(); readable when events are waiting. */
 FORKSERVER_EXPORT int forkserver_fd(const struct forkserver *fs);
 
-#define FORKSERVER_SPAWN_DETACH 1u /* outlives its connection; no parent-death signal */
+#define FORKSERVER_SPAWN_DETACH 1u  /* outlives its connection; no parent-death signal */
+#define FORKSERVER_SPAWN_NEWPGRP 2u /* the worker leads a new process group */
+
+struct forkserver_rlimit {
+        int resource;                /* RLIMIT_NOFILE, RLIMIT_AS, RLIMIT_CPU, ... */
+        uint64_t soft, hard;         /* RLIM_INFINITY for none */
+};
 
 struct forkserver_fd_map {
         int child_fd; /* number in the worker, 0..1023 */
@@ -83,12 +89,20 @@ struct forkserver_spawn_args {
         const struct forkserver_fd_map *fds; /* stdio 0-2 not given become /dev/null */
         size_t nfds;                     /* at most 64 */
         unsigned flags;                  /* FORKSERVER_SPAWN_* */
+        const char *profile;             /* seccomp profile; NULL: the server's default */
+        const struct forkserver_rlimit *rlimits; /* applied in the worker; RLIMIT_CORE is 0 */
+        size_t nrlimits;                 /* unless given here; at most 16 */
+        int umask;                       /* 0: the default 022; else umask | 01000 */
 };
+
+#define FORKSERVER_UMASK(m) (01000 | (m)) /* e.g. .umask = FORKSERVER_UMASK(077) */
 
 /*
  * Spawns a worker and waits for the reply. Errors: the daemon's errno for a refused request
- * (-EINVAL, -E2BIG, -EAGAIN worker limit, -ENOENT/-EACCES/-ENOEXEC from exec, ...), with its
+ * (-EINVAL, -E2BIG, -EAGAIN worker limit, -ENOENT/-EACCES/-ENOEXEC from exec, -EINVAL unknown
+ * profile, -EPERM profile not allowed, -EPERM rlimit above the hard limit, ...), with its
  * reason in forkserver_error(); -EPIPE/-ECONNRESET when the connection is gone.
+ * A worker whose profile kills it for a denied call exits by SIGSYS.
  */
 FORKSERVER_EXPORT int forkserver_spawn(struct forkserver *fs,
                                        const struct forkserver_spawn_args *args,

@@ -3,7 +3,7 @@
 #include <errno.h>
 #include <string.h>
 
-enum kind { K_NONE, K_U16, K_U32, K_U64, K_STR, K_B32, K_STAT };
+enum kind { K_NONE, K_U16, K_U32, K_U64, K_STR, K_B32, K_STAT, K_RLIM };
 
 static const uint8_t field_kind[FS_F_MAX_ + 1] = {
         [FS_F_VERSION_MIN] = K_U16, [FS_F_VERSION_MAX] = K_U16, [FS_F_NONCE] = K_B32,
@@ -12,7 +12,8 @@ static const uint8_t field_kind[FS_F_MAX_ + 1] = {
         [FS_F_ENV] = K_STR,         [FS_F_CWD] = K_STR,         [FS_F_FD] = K_U32,
         [FS_F_FLAGS] = K_U32,       [FS_F_WORKER] = K_U64,      [FS_F_PID] = K_U32,
         [FS_F_CODE] = K_U32,        [FS_F_STATUS] = K_U32,      [FS_F_STAT] = K_STAT,
-        [FS_F_STEP] = K_U32,        [FS_F_PROFILE] = K_STR,
+        [FS_F_STEP] = K_U32,        [FS_F_PROFILE] = K_STR,     [FS_F_RLIMIT] = K_RLIM,
+        [FS_F_UMASK] = K_U32,
 };
 
 static const char *const type_names[FS_MSG_MAX_ + 1] = {
@@ -120,6 +121,17 @@ void fs_msg_put_stat(struct fs_msgw *w, const char *name, uint64_t v)
                 put_or_fail(w, fs_buf_put_bytes(&w->b, name, n));
 }
 
+void fs_msg_put_rlimit(struct fs_msgw *w, uint32_t resource, uint64_t soft, uint64_t hard)
+{
+        put_field(w, FS_F_RLIMIT, 20);
+        if (!w->err)
+                put_or_fail(w, fs_buf_put_u32(&w->b, resource));
+        if (!w->err)
+                put_or_fail(w, fs_buf_put_u64(&w->b, soft));
+        if (!w->err)
+                put_or_fail(w, fs_buf_put_u64(&w->b, hard));
+}
+
 int fs_msg_finish(struct fs_msgw *w)
 {
         if (w->err)
@@ -207,7 +219,8 @@ static uint64_t be(const uint8_t *v, size_t n)
 static int check_value(uint16_t tag, const uint8_t *v, uint16_t len, uint64_t *num,
                        const char **ret_why)
 {
-        static const uint8_t fixed[] = {[K_U16] = 2, [K_U32] = 4, [K_U64] = 8, [K_B32] = 32};
+        static const uint8_t fixed[] = {[K_U16] = 2, [K_U32] = 4, [K_U64] = 8, [K_B32] = 32,
+                                        [K_RLIM] = 20};
         uint8_t k = field_kind[tag];
 
         *num = 0;
@@ -216,9 +229,10 @@ static int check_value(uint16_t tag, const uint8_t *v, uint16_t len, uint64_t *n
         case K_U32:
         case K_U64:
         case K_B32:
+        case K_RLIM:
                 if (len != fixed[k])
                         return fail(ret_why, "field has the wrong length", -EBADMSG);
-                if (k != K_B32)
+                if (k != K_B32 && k != K_RLIM)
                         *num = be(v, len);
                 return 0;
         case K_STR:
@@ -419,7 +433,8 @@ int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, const char **ptrs, size_
 
         memset(ret, 0, sizeof(*ret));
         r = DECODE(p, &f, ret_why, {FS_F_PATH, REQ}, {FS_F_ARG, REQ | REP}, {FS_F_ENV, REP},
-                   {FS_F_CWD, 0}, {FS_F_FD, REP}, {FS_F_FLAGS, 0}, {FS_F_PROFILE, 0});
+                   {FS_F_CWD, 0}, {FS_F_FD, REP}, {FS_F_FLAGS, 0}, {FS_F_PROFILE, 0},
+                   {FS_F_RLIMIT, REP}, {FS_F_UMASK, 0});
         if (r < 0)
                 return r;
         if (f.count[FS_F_FD] != nfds)
@@ -434,8 +449,14 @@ int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, const char **ptrs, size_
                 return fail(ret_why, "program path must be absolute", -EINVAL);
         if (f.val[FS_F_CWD] && f.val[FS_F_CWD][0] != '/')
                 return fail(ret_why, "cwd must be absolute", -EINVAL);
-        if (f.val[FS_F_PROFILE] && f.val[FS_F_PROFILE][0] == '\0')
-                return fail(ret_why, "empty profile name", -EINVAL);
+        if (f.val[FS_F_PROFILE] &&
+            (f.val[FS_F_PROFILE][0] == '\0' ||
+             strlen((const char *)f.val[FS_F_PROFILE]) > FS_MAX_PROFILE_NAME))
+                return fail(ret_why, "profile name empty or too long", -EINVAL);
+        if (f.count[FS_F_RLIMIT] > FS_MAX_RLIMITS)
+                return fail(ret_why, "too many rlimits", -E2BIG);
+        if (f.num[FS_F_UMASK] > 0777)
+                return fail(ret_why, "umask out of range", -EINVAL);
         if (f.num[FS_F_FLAGS] & ~(uint64_t)FS_SPAWN_KNOWN_FLAGS)
                 return fail(ret_why, "unknown spawn flags", -EINVAL);
 
@@ -454,6 +475,20 @@ int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, const char **ptrs, size_
                                             -EINVAL);
                         ret->envp[envc++] = s;
                         break;
+                case FS_F_RLIMIT: {
+                        struct fs_rlimit rl = {(uint32_t)be(v, 4), be(v + 4, 8), be(v + 12, 8)};
+
+                        if (rl.resource >= 16) /* RLIM_NLIMITS on Linux */
+                                return fail(ret_why, "unknown rlimit resource", -EINVAL);
+                        if (rl.soft > rl.hard)
+                                return fail(ret_why, "rlimit soft value above hard", -EINVAL);
+                        for (size_t i = 0; i < ret->nrlimits; i++)
+                                if (ret->rlimits[i].resource == rl.resource)
+                                        return fail(ret_why, "rlimit resource given twice",
+                                                    -EINVAL);
+                        ret->rlimits[ret->nrlimits++] = rl;
+                        break;
+                }
                 case FS_F_FD: {
                         uint32_t cfd = (uint32_t)be(v, 4);
 
@@ -478,5 +513,6 @@ int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, const char **ptrs, size_
         ret->cwd = (const char *)f.val[FS_F_CWD];
         ret->profile = (const char *)f.val[FS_F_PROFILE];
         ret->flags = (uint32_t)f.num[FS_F_FLAGS];
+        ret->umask = f.count[FS_F_UMASK] ? (int32_t)f.num[FS_F_UMASK] : -1;
         return 0;
 }

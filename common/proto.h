@@ -61,13 +61,19 @@ enum fs_field_tag {
         FS_F_STAT = 18,       /* u64 value then string name, repeated */
         FS_F_STEP = 19,       /* u32: enum fs_spawn_step */
         FS_F_PROFILE = 20,    /* string */
-        FS_F_MAX_ = FS_F_PROFILE,
+        FS_F_RLIMIT = 21,     /* u32 resource, u64 soft, u64 hard; repeated */
+        FS_F_UMASK = 22,      /* u32, 0..0777 */
+        FS_F_MAX_ = FS_F_UMASK,
 };
 
 enum fs_spawn_flags {
-        FS_SPAWN_DETACH = 1u << 0, /* survives its connection; no parent-death signal */
-        FS_SPAWN_KNOWN_FLAGS = FS_SPAWN_DETACH,
+        FS_SPAWN_DETACH = 1u << 0,  /* survives its connection; no parent-death signal */
+        FS_SPAWN_NEWPGRP = 1u << 1, /* the worker leads its own process group */
+        FS_SPAWN_KNOWN_FLAGS = FS_SPAWN_DETACH | FS_SPAWN_NEWPGRP,
 };
+
+#define FS_MAX_RLIMITS 16
+#define FS_MAX_PROFILE_NAME 32
 
 /* Where a spawn failed; reported in ERROR replies so a setup failure never looks like a crash. */
 enum fs_spawn_step {
@@ -76,7 +82,10 @@ enum fs_spawn_step {
         FS_STEP_FDS = 3,
         FS_STEP_CHDIR = 4,
         FS_STEP_EXEC = 5,
-        FS_STEP_MAX_ = FS_STEP_EXEC,
+        FS_STEP_RLIMIT = 6,
+        FS_STEP_PGRP = 7,
+        FS_STEP_SECCOMP = 8,
+        FS_STEP_MAX_ = FS_STEP_SECCOMP,
 };
 
 struct fs_hdr {
@@ -99,6 +108,7 @@ void fs_msg_put_u64(struct fs_msgw *w, uint16_t tag, uint64_t v);
 void fs_msg_put_bytes(struct fs_msgw *w, uint16_t tag, const void *p, size_t n);
 void fs_msg_put_str(struct fs_msgw *w, uint16_t tag, const char *s);
 void fs_msg_put_stat(struct fs_msgw *w, const char *name, uint64_t v);
+void fs_msg_put_rlimit(struct fs_msgw *w, uint32_t resource, uint64_t soft, uint64_t hard);
 /* Patches the payload length; returns the datagram length or a negative errno. */
 int fs_msg_finish(struct fs_msgw *w);
 
@@ -137,11 +147,19 @@ struct fs_msg_exited {
         uint32_t status;
 };
 
+struct fs_rlimit {
+        uint32_t resource; /* RLIMIT_* of Linux */
+        uint64_t soft, hard;
+};
+
 struct fs_spawn {
         const char *path;
         const char *cwd;     /* NULL: the worker starts in / */
         const char *profile; /* NULL: server default */
         uint32_t flags;
+        int32_t umask;       /* -1: not given */
+        size_t nrlimits;
+        struct fs_rlimit rlimits[FS_MAX_RLIMITS];
         size_t argc, envc, nfds;
         const char **argv;   /* NULL-terminated, in caller storage */
         const char **envp;   /* NULL-terminated, in caller storage */

@@ -3,7 +3,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <linux/seccomp.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "common/proto.h"
@@ -75,11 +79,42 @@ int fsd_child_exec(void *arg)
         if (close_range((unsigned)maxt + 1, ~0u, CLOSE_RANGE_CLOEXEC) < 0)
                 goto fail;
 
+        if (p->newpgrp) {
+                e.step = FS_STEP_PGRP;
+                if (setpgid(0, 0) < 0)
+                        goto fail;
+        }
+        umask((mode_t)p->umask);
+
+        e.step = FS_STEP_RLIMIT;
+        {
+                struct rlimit no_core = {0, 0};
+                bool core_given = false;
+
+                for (size_t i = 0; i < p->nrlimits; i++) {
+                        struct rlimit rl = {p->rlimits[i].soft, p->rlimits[i].hard};
+
+                        core_given |= p->rlimits[i].resource == RLIMIT_CORE;
+                        if (setrlimit((__rlimit_resource_t)p->rlimits[i].resource, &rl) < 0)
+                                goto fail;
+                }
+                if (!core_given && setrlimit(RLIMIT_CORE, &no_core) < 0)
+                        goto fail;
+        }
+
         if (p->cwd) {
                 e.step = FS_STEP_CHDIR;
                 if (chdir(p->cwd) < 0)
                         goto fail;
         }
+
+        /* Last before exec: from here on the filters judge every call we make. */
+        e.step = FS_STEP_SECCOMP;
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+                goto fail;
+        for (size_t i = 0; i < p->nfilters; i++)
+                if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, p->filters[i]) < 0)
+                        goto fail;
 
         e.step = FS_STEP_EXEC;
         sigemptyset(&none);

@@ -4,7 +4,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <linux/filter.h>
 #include <sys/types.h>
+
+#include "common/proto.h"
 
 struct fsd_child_plan {
         const char *path;
@@ -18,6 +21,12 @@ struct fsd_child_plan {
         int errpipe;           /* write end: {step, errno} on failure; EOF means exec worked */
         pid_t front;           /* the parent a worker must have */
         bool detached;
+        bool newpgrp;          /* setpgid(0, 0) */
+        int umask;
+        const struct fs_rlimit *rlimits;
+        size_t nrlimits;
+        const struct sock_fprog *filters[2]; /* installed in order; both apply */
+        size_t nfilters;
 };
 
 struct fsd_child_error {

@@ -23,6 +23,7 @@
 static const char usage_text[] =
         "Usage: forkserverd [--socket PATH] (--key-file PATH | --key-fd N) [--allow-uid UID]...\n"
         "                   [--max-workers N] [--max-pending N] [--handshake-timeout MS]\n"
+        "                   [--min-profile NAME] [--allow-profile LIST] [--profile-dir DIR]\n"
         "                   [--ready-fd N] [--log-level LEVEL] [--foreground]\n"
         "\n"
         "Creates worker processes for authenticated local clients.\n"
@@ -37,6 +38,11 @@ static const char usage_text[] =
         "  --max-workers N         live workers at most (default 1024)\n"
         "  --max-pending N         unauthenticated connections at most (default 64)\n"
         "  --handshake-timeout MS  time a client has to authenticate (default 5000)\n"
+        "  --min-profile NAME      seccomp profile every worker gets in addition to its own\n"
+        "                          (default: none)\n"
+        "  --allow-profile LIST    profiles clients may ask for, comma-separated\n"
+        "                          (default: default,strict; requests naming none get default)\n"
+        "  --profile-dir DIR       load more profiles from DIR/NAME.profile\n"
         "  --ready-fd N            write \"READY\\n\" to fd N once listening, then close it\n"
         "  --log-level LEVEL       error, warning, info (default) or debug\n"
         "  --foreground            do not detach\n"
@@ -69,7 +75,8 @@ static int parse_uint(const char *s, long min, long max, unsigned *ret)
 static int parse_args(int argc, char **argv, struct fsd_options *o)
 {
         enum { O_SOCKET = 256, O_KEY_FILE, O_KEY_FD, O_ALLOW_UID, O_MAX_WORKERS, O_MAX_PENDING,
-               O_HS_TIMEOUT, O_READY_FD, O_LOG_LEVEL, O_FOREGROUND };
+               O_HS_TIMEOUT, O_READY_FD, O_LOG_LEVEL, O_FOREGROUND, O_MIN_PROFILE,
+               O_ALLOW_PROFILE, O_PROFILE_DIR };
         static const struct option opts[] = {
                 {"socket", required_argument, NULL, O_SOCKET},
                 {"key-file", required_argument, NULL, O_KEY_FILE},
@@ -81,6 +88,9 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                 {"ready-fd", required_argument, NULL, O_READY_FD},
                 {"log-level", required_argument, NULL, O_LOG_LEVEL},
                 {"foreground", no_argument, NULL, O_FOREGROUND},
+                {"min-profile", required_argument, NULL, O_MIN_PROFILE},
+                {"allow-profile", required_argument, NULL, O_ALLOW_PROFILE},
+                {"profile-dir", required_argument, NULL, O_PROFILE_DIR},
                 {"help", no_argument, NULL, 'h'},
                 {0},
         };
@@ -135,6 +145,15 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                         break;
                 case O_FOREGROUND:
                         o->foreground = true;
+                        break;
+                case O_MIN_PROFILE:
+                        o->min_profile = optarg;
+                        break;
+                case O_ALLOW_PROFILE:
+                        o->allow_profile = optarg;
+                        break;
+                case O_PROFILE_DIR:
+                        o->profile_dir = optarg;
                         break;
                 case 'h':
                         fputs(usage_text, stdout);
@@ -246,8 +265,15 @@ static int start(struct fsd_server *s, struct fsd_options *o)
         sigaddset(&sigs, SIGPIPE);
         sigprocmask(SIG_BLOCK, &sigs, NULL);
 
+        /* Profiles are compiled once, here, so that the zygote inherits them. */
+        char err[512];
+        if ((r = fsd_sandbox_init(&s->sandbox, o->profile_dir, o->allow_profile, o->min_profile,
+                                  err, sizeof(err))) < 0) {
+                fs_log(FS_LOG_ERROR, "%s", err);
+                return r;
+        }
         /* The zygote first: it must never see the key. */
-        if ((r = fsd_zygote_start(&s->zyg_pid, &s->zyg_pidfd, &s->zyg_fd)) < 0)
+        if ((r = fsd_zygote_start(&s->sandbox, &s->zyg_pid, &s->zyg_pidfd, &s->zyg_fd)) < 0)
                 return fs_log_errno(FS_LOG_ERROR, r, "starting the zygote");
         if ((r = load_key(o, &s->key)) < 0)
                 return r;
@@ -286,6 +312,7 @@ static void cleanup(struct fsd_server *s)
         s->epfd = fs_close(s->epfd);
         s->reserve_fd = fs_close(s->reserve_fd);
         fs_key_free(fs_take_ptr(&s->key));
+        fsd_sandbox_free(&s->sandbox);
 }
 
 int main(int argc, char **argv)

@@ -9,6 +9,7 @@
 #include "common/key.h"
 #include "common/log.h"
 #include "common/proto.h"
+#include "forkserver/sandbox.h"
 
 #define FSD_MAX_ALLOW_UID 64
 #define FSD_MAX_WORKERS 65536
@@ -31,6 +32,9 @@ struct fsd_options {
         int ready_fd;
         bool foreground;
         enum fs_log_level log_level;
+        const char *profile_dir;
+        const char *allow_profile;
+        const char *min_profile;
 };
 
 enum fsd_src_kind {
@@ -103,6 +107,7 @@ struct fsd_stats {
 
 struct fsd_server {
         const struct fsd_options *opt;
+        struct fsd_sandbox sandbox;
         struct fs_key *key;
         int epfd, listen_fd, sig_fd, zyg_fd, zyg_pidfd, reserve_fd;
         pid_t zyg_pid;

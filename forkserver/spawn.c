@@ -32,8 +32,18 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
                 goto out;
         }
         if (sp.profile) {
-                fsd_conn_send_error(s, c, id, EINVAL, "SPAWN: unknown profile '%s'", sp.profile);
-                goto out;
+                const struct fsd_profile *prof = fsd_sandbox_find(&s->sandbox, sp.profile);
+
+                if (!prof) {
+                        fsd_conn_send_error(s, c, id, EINVAL, "SPAWN: unknown profile '%s'",
+                                            sp.profile);
+                        goto out;
+                }
+                if (!prof->allowed) {
+                        fsd_conn_send_error(s, c, id, EPERM, "SPAWN: profile '%s' is not allowed "
+                                            "by this server (--allow-profile)", sp.profile);
+                        goto out;
+                }
         }
         if (s->nworkers + s->ring_len >= s->opt->max_workers) {
                 s->stats.spawn_failures++;

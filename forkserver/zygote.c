@@ -20,6 +20,7 @@
 #define CHILD_STACK_SIZE (128 * 1024)
 
 struct zygote {
+        const struct fsd_sandbox *sb;
         int sock;
         int devnull;
         pid_t front;
@@ -42,6 +43,12 @@ static const char *step_name(uint32_t step)
                 return "chdir";
         case FS_STEP_EXEC:
                 return "exec";
+        case FS_STEP_RLIMIT:
+                return "rlimit";
+        case FS_STEP_PGRP:
+                return "process group";
+        case FS_STEP_SECCOMP:
+                return "seccomp";
         default:
                 return "spawn";
         }
@@ -84,6 +91,11 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds, size_t nfds)
             (r = fs_proto_parse_spawn(&p, nfds, z->ptrs, FS_ARRAY_SIZE(z->ptrs), &sp, NULL)) < 0)
                 return reply_error(z, h.id, FS_STEP_CLONE, EBADMSG, "request", 0, -1);
 
+        const struct fsd_profile *prof = sp.profile ? fsd_sandbox_find(z->sb, sp.profile)
+                                                    : z->sb->dflt;
+
+        if (!prof)
+                return reply_error(z, h.id, FS_STEP_SECCOMP, ENOENT, "profile", 0, -1);
         if (pipe2(errpipe, O_CLOEXEC) < 0)
                 return reply_error(z, h.id, FS_STEP_CLONE, errno, NULL, 0, -1);
         plan = (struct fsd_child_plan){
@@ -98,7 +110,15 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds, size_t nfds)
                 .errpipe = errpipe[1],
                 .front = z->front,
                 .detached = sp.flags & FS_SPAWN_DETACH,
+                .newpgrp = sp.flags & FS_SPAWN_NEWPGRP,
+                .umask = sp.umask >= 0 ? sp.umask : 022,
+                .rlimits = sp.rlimits,
+                .nrlimits = sp.nrlimits,
         };
+        if (z->sb->min && z->sb->min != prof)
+                plan.filters[plan.nfilters++] = &z->sb->min->prog;
+        if (prof->prog.len)
+                plan.filters[plan.nfilters++] = &prof->prog;
         /* posix_spawn's route: the child borrows our memory and we sleep until it execs,
          * so the cost does not grow with our size. CLONE_PARENT makes it the front's child. */
         pid = clone(fsd_child_exec, z->stack_top,
@@ -174,11 +194,13 @@ static int zygote_setup(struct zygote *z, int sock)
         return 0;
 }
 
-static __attribute__((noreturn)) void zygote_main(int sock, pid_t front)
+static __attribute__((noreturn)) void zygote_main(const struct fsd_sandbox *sb, int sock,
+                                                  pid_t front)
 {
         static struct zygote z;
         int fds[FS_MAX_MSG_FDS];
 
+        z.sb = sb;
         z.front = front;
         if (zygote_setup(&z, sock) < 0)
                 _exit(1);
@@ -202,7 +224,7 @@ static __attribute__((noreturn)) void zygote_main(int sock, pid_t front)
         }
 }
 
-int fsd_zygote_start(pid_t *ret_pid, int *ret_pidfd, int *ret_sock)
+int fsd_zygote_start(const struct fsd_sandbox *sb, pid_t *ret_pid, int *ret_pidfd, int *ret_sock)
 {
         pid_t front = getpid(), pid;
         int sv[2], pidfd;
@@ -218,7 +240,7 @@ int fsd_zygote_start(pid_t *ret_pid, int *ret_pidfd, int *ret_sock)
         }
         if (pid == 0) {
                 close(sv[0]);
-                zygote_main(sv[1], front);
+                zygote_main(sb, sv[1], front);
         }
         close(sv[1]);
         pidfd = pidfd_open(pid, 0);

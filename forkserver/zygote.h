@@ -11,5 +11,8 @@
 
 #include <sys/types.h>
 
-/* Forks the zygote. Returns its pid, a pidfd for it and the front's end of the socketpair. */
-int fsd_zygote_start(pid_t *ret_pid, int *ret_pidfd, int *ret_sock);
+#include "forkserver/sandbox.h"
+
+/* Forks the zygote, which keeps sb (compiled before). Returns its pid, a pidfd for it and the
+ * front's end of the socketpair. */
+int fsd_zygote_start(const struct fsd_sandbox *sb, pid_t *ret_pid, int *ret_pidfd, int *ret_sock);

@@ -52,7 +52,7 @@ if CC=clang setup build-fuzz -Dfuzzing=true -Dtests=false \
         -Db_sanitize=address,undefined -Db_lundef=false; then
         fuzzlog=build-fuzz/meson-logs/fuzz.json
         mkdir -p build-fuzz/meson-logs && : >"$fuzzlog"
-        for t in proto handshake key; do
+        for t in proto handshake key profile; do
                 echo "== fuzz-$t for ${fuzz_seconds}s"
                 work=$(mktemp -d)
                 cp tests/fuzz/corpus/$t/* "$work/"

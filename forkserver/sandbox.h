@@ -1,0 +1,42 @@
+/*
+ * Seccomp profiles, compiled once at start-up (libseccomp → BPF, exported through a memfd:
+ * Debian's libseccomp 2.5 cannot export to memory) and installed in each worker with the raw
+ * seccomp(2) call between clone and exec.
+ *
+ * Built in: "default" (everything a normal program needs; dangerous calls fail with EPERM),
+ * "default-kill" (the same list, but a denied call kills the worker with SIGSYS), "strict"
+ * (an allowlist for compute workers that talk over their fds; anything else kills), "none".
+ * More come from --profile-dir (see profile.h for the format).
+ */
+#pragma once
+
+#include <linux/filter.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "common/proto.h"
+
+#define FSD_MAX_PROFILES 64
+
+struct fsd_profile {
+        char name[FS_MAX_PROFILE_NAME + 1];
+        struct sock_fprog prog; /* len 0: no filter ("none") */
+        bool allowed;           /* clients may ask for it */
+};
+
+struct fsd_sandbox {
+        struct fsd_profile profiles[FSD_MAX_PROFILES];
+        size_t n;
+        const struct fsd_profile *dflt; /* for requests that name none */
+        const struct fsd_profile *min;  /* stacked under every worker's own; NULL: none */
+};
+
+/*
+ * Builds every profile. allow: comma-separated names clients may request (NULL:
+ * "default,strict"); min: the profile every worker gets in addition (NULL: none).
+ * On failure writes a message into err.
+ */
+int fsd_sandbox_init(struct fsd_sandbox *sb, const char *profile_dir, const char *allow,
+                     const char *min, char *err, size_t errlen);
+void fsd_sandbox_free(struct fsd_sandbox *sb);
+const struct fsd_profile *fsd_sandbox_find(const struct fsd_sandbox *sb, const char *name);
