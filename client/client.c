@@ -34,6 +34,7 @@ struct forkserver_worker {
         int pidfd;
         bool exited, reported;
         int status;
+        uint64_t exit_seq; /* order of exit events, for forkserver_wait_any */
 };
 
 /* A reply read while waiting for another one. */
@@ -52,6 +53,7 @@ struct forkserver {
         struct fs_key *own_key;
         const struct fs_key *key;
         uint32_t next_id;
+        uint64_t exits; /* exit events seen */
         int dead; /* connection-level failure, sticky */
         struct forkserver_worker *workers;
         struct stash *stash;
@@ -205,6 +207,7 @@ static int pump_one(struct forkserver *fs, int flags)
                 if ((w = find_worker(fs, m.worker))) {
                         w->exited = true;
                         w->status = wait_status(m.code, m.status);
+                        w->exit_seq = ++fs->exits;
                 }
                 return 0;
         }
@@ -590,16 +593,20 @@ int forkserver_wait_any(struct forkserver *fs, int timeout_ms, struct forkserver
 
         *ret = NULL;
         for (;;) {
+                struct forkserver_worker *first = NULL;
                 bool running = false;
                 int r;
 
+                /* the earliest exit first, so that none waits behind later ones */
                 for (struct forkserver_worker *w = fs->workers; w; w = w->next) {
-                        if (w->exited && !w->reported) {
-                                w->reported = true;
-                                *ret = w;
-                                return 0;
-                        }
+                        if (w->exited && !w->reported && (!first || w->exit_seq < first->exit_seq))
+                                first = w;
                         running |= !w->exited;
+                }
+                if (first) {
+                        first->reported = true;
+                        *ret = first;
+                        return 0;
                 }
                 if (!running)
                         return -ECHILD;

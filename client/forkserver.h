@@ -119,9 +119,9 @@ FORKSERVER_EXPORT int forkserver_spawn_collect(struct forkserver *fs, uint32_t t
 /*
  * Exit status as waitpid() encodes it: use WIFEXITED, WEXITSTATUS, WIFSIGNALED, WTERMSIG.
  * forkserver_wait blocks; forkserver_poll returns 1 and the status if the worker has exited,
- * 0 if not (without blocking). forkserver_wait_any returns an exited worker not yet returned
- * by it, waiting at most timeout_ms (-1: forever); -ETIMEDOUT if none, -ECHILD if no worker
- * is running or unreported.
+ * 0 if not (without blocking). forkserver_wait_any returns the earliest-exited worker not yet
+ * returned by it (or by wait/poll), waiting at most timeout_ms (-1: forever); -ETIMEDOUT if
+ * none, -ECHILD if no worker is running or unreported.
  */
 FORKSERVER_EXPORT int forkserver_wait(struct forkserver *fs, struct forkserver_worker *w,
                                       int *ret_status);

@@ -342,7 +342,8 @@ static int put_status(struct fsd_server *s, uint32_t id)
 
         fs_msg_begin(&w, s->tx, sizeof(s->tx), FS_MSG_STATUS_REPLY, id);
         fs_msg_put_stat(&w, "pid", (uint64_t)getpid());
-        fs_msg_put_stat(&w, "zygote_pid", (uint64_t)s->zyg_pid);
+        fs_msg_put_stat(&w, "zygote_pid", (uint64_t)s->zyg[0].pid);
+        fs_msg_put_stat(&w, "zygotes", s->nzyg);
         fs_msg_put_stat(&w, "uptime_ms", (uint64_t)(fs_now_ms() - s->start_ms));
         fs_msg_put_stat(&w, "protocol_version", FS_PROTO_VERSION);
         fs_msg_put_stat(&w, "workers", s->nworkers);

@@ -62,41 +62,46 @@ static void on_signal(struct fsd_server *s)
         }
 }
 
-static void on_zygote_exit(struct fsd_server *s)
+static void on_zygote_exit(struct fsd_server *s, struct fsd_zygote *z)
 {
         siginfo_t si = {0};
 
-        if (waitid(P_PIDFD, (id_t)s->zyg_pidfd, &si, WEXITED | WNOHANG) < 0 || si.si_pid == 0)
+        if (waitid(P_PIDFD, (id_t)z->pidfd, &si, WEXITED | WNOHANG) < 0 || si.si_pid == 0)
                 return;
-        epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->zyg_pidfd, NULL);
-        s->zyg_pidfd = fs_close(s->zyg_pidfd);
-        s->zyg_pid = 0;
+        epoll_ctl(s->epfd, EPOLL_CTL_DEL, z->pidfd, NULL);
+        z->pidfd = fs_close(z->pidfd);
+        z->pid = 0;
         if (!s->stopping) {
-                fs_log(FS_LOG_ERROR, "zygote exited unexpectedly (code %d, status %d)",
+                fs_log(FS_LOG_ERROR, "zygote%s%s exited unexpectedly (code %d, status %d)",
+                       z->sandboxed ? " for profile " : "", z->sandboxed ? z->sandboxed->name : "",
                        si.si_code, si.si_status);
                 s->exit_code = 1;
                 fsd_server_stop(s, "zygote lost");
         }
         /* Requests it never answered fail now. */
-        while (s->ring_len)
-                fsd_spawn_complete(s, false);
+        while (z->ring_len)
+                fsd_spawn_complete(s, z, false);
 }
 
 static bool finished(const struct fsd_server *s)
 {
-        return s->stopping && s->nworkers == 0 && s->ring_len == 0;
+        return s->stopping && s->nworkers == 0 && s->inflight == 0;
 }
 
-/* Shuts the zygote down and waits for it: its socket's EOF ends it. */
-static void stop_zygote(struct fsd_server *s)
+/* Shuts the zygotes down and waits for them: their socket's EOF ends them. */
+void fsd_zygotes_stop(struct fsd_server *s)
 {
-        siginfo_t si;
+        for (unsigned i = 0; i < s->nzyg; i++) {
+                struct fsd_zygote *z = &s->zyg[i];
+                siginfo_t si;
 
-        s->zyg_fd = fs_close(s->zyg_fd);
-        if (s->zyg_pidfd >= 0) {
-                while (waitid(P_PIDFD, (id_t)s->zyg_pidfd, &si, WEXITED) < 0 && errno == EINTR)
-                        ;
-                s->zyg_pidfd = fs_close(s->zyg_pidfd);
+                z->fd = fs_close(z->fd);
+                if (z->pidfd >= 0) {
+                        while (waitid(P_PIDFD, (id_t)z->pidfd, &si, WEXITED) < 0 &&
+                               errno == EINTR)
+                                ;
+                        z->pidfd = fs_close(z->pidfd);
+                }
         }
 }
 
@@ -133,12 +138,16 @@ int fsd_loop_run(struct fsd_server *s)
                         case FSD_SRC_SIGNAL:
                                 on_signal(s);
                                 break;
-                        case FSD_SRC_ZYGOTE:
-                                if (s->zyg_fd >= 0)
-                                        fsd_spawn_complete(s, false);
+                        case FSD_SRC_ZYGOTE: {
+                                struct fsd_zygote *z = fsd_container_of(src, struct fsd_zygote, src);
+
+                                if (z->fd >= 0)
+                                        fsd_spawn_complete(s, z, false);
                                 break;
+                        }
                         case FSD_SRC_ZYGOTE_EXIT:
-                                on_zygote_exit(s);
+                                on_zygote_exit(s, fsd_container_of(src, struct fsd_zygote,
+                                                                   src_exit));
                                 break;
                         case FSD_SRC_CONN:
                                 fsd_conn_event(s, (struct fsd_conn *)src, ev[i].events);
@@ -153,7 +162,7 @@ int fsd_loop_run(struct fsd_server *s)
         while (s->conns)
                 fsd_conn_close(s, s->conns, "server stopped");
         fsd_conn_free_dead(s);
-        stop_zygote(s);
+        fsd_zygotes_stop(s);
         if (s->listen_fd >= 0) {
                 s->listen_fd = fs_close(s->listen_fd);
                 remove_socket(s);

@@ -240,19 +240,39 @@ static int load_key(const struct fsd_options *o, struct fs_key **ret)
         return r;
 }
 
+static int start_zygotes(struct fsd_server *s)
+{
+        const struct fsd_sandbox *sb = &s->sandbox;
+        bool min_ok = !sb->min || sb->min->zygote_safe;
+
+        for (size_t i = 0; i < sb->n + 1 && s->nzyg < FSD_MAX_ZYGOTES; i++) {
+                const struct fsd_profile *p = i == 0 ? NULL : &sb->profiles[i - 1];
+                struct fsd_zygote *z = &s->zyg[s->nzyg];
+                int r;
+
+                if (p && !(p->zygote_safe && min_ok && (p->allowed || p == sb->dflt)))
+                        continue;
+                *z = (struct fsd_zygote){.src.kind = FSD_SRC_ZYGOTE,
+                                         .src_exit.kind = FSD_SRC_ZYGOTE_EXIT, .sandboxed = p,
+                                         .fd = -1, .pidfd = -1};
+                if ((r = fsd_zygote_start(sb, p, &z->pid, &z->pidfd, &z->fd)) < 0)
+                        return r;
+                s->nzyg++;
+        }
+        return 0;
+}
+
 static int start(struct fsd_server *s, struct fsd_options *o)
 {
         const char *why = "";
         sigset_t sigs;
         int r;
 
-        s->epfd = s->listen_fd = s->sig_fd = s->zyg_fd = s->zyg_pidfd = s->reserve_fd = -1;
+        s->epfd = s->listen_fd = s->sig_fd = s->reserve_fd = -1;
         s->opt = o;
         s->start_ms = fs_now_ms();
         s->src_listen.kind = FSD_SRC_LISTEN;
         s->src_signal.kind = FSD_SRC_SIGNAL;
-        s->src_zyg.kind = FSD_SRC_ZYGOTE;
-        s->src_zyg_exit.kind = FSD_SRC_ZYGOTE_EXIT;
 
         /* Not dumpable: no core, no ptrace or /proc/PID/mem by same-uid processes. */
         if (prctl(PR_SET_DUMPABLE, 0) < 0)
@@ -272,9 +292,11 @@ static int start(struct fsd_server *s, struct fsd_options *o)
                 fs_log(FS_LOG_ERROR, "%s", err);
                 return r;
         }
-        /* The zygote first: it must never see the key. */
-        if ((r = fsd_zygote_start(&s->sandbox, &s->zyg_pid, &s->zyg_pidfd, &s->zyg_fd)) < 0)
-                return fs_log_errno(FS_LOG_ERROR, r, "starting the zygote");
+        /* The zygotes first: they must never see the key. One installs filters per worker;
+         * one more for each built-in profile that a zygote can live under and that clients
+         * may get, so that those workers inherit their filter instead. */
+        if ((r = start_zygotes(s)) < 0)
+                return fs_log_errno(FS_LOG_ERROR, r, "starting the zygotes");
         if ((r = load_key(o, &s->key)) < 0)
                 return r;
         if (!s->key->locked)
@@ -290,23 +312,18 @@ static int start(struct fsd_server *s, struct fsd_options *o)
                 return fs_log_errno(FS_LOG_ERROR, -errno, "signalfd/epoll");
         s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
         if ((r = fsd_epoll_add(s, s->listen_fd, EPOLLIN, &s->src_listen)) < 0 ||
-            (r = fsd_epoll_add(s, s->sig_fd, EPOLLIN, &s->src_signal)) < 0 ||
-            (r = fsd_epoll_add(s, s->zyg_fd, EPOLLIN, &s->src_zyg)) < 0 ||
-            (r = fsd_epoll_add(s, s->zyg_pidfd, EPOLLIN, &s->src_zyg_exit)) < 0)
+            (r = fsd_epoll_add(s, s->sig_fd, EPOLLIN, &s->src_signal)) < 0)
                 return fs_log_errno(FS_LOG_ERROR, r, "epoll_ctl");
+        for (unsigned i = 0; i < s->nzyg; i++)
+                if ((r = fsd_epoll_add(s, s->zyg[i].fd, EPOLLIN, &s->zyg[i].src)) < 0 ||
+                    (r = fsd_epoll_add(s, s->zyg[i].pidfd, EPOLLIN, &s->zyg[i].src_exit)) < 0)
+                        return fs_log_errno(FS_LOG_ERROR, r, "epoll_ctl");
         return 0;
 }
 
 static void cleanup(struct fsd_server *s)
 {
-        siginfo_t si;
-
-        s->zyg_fd = fs_close(s->zyg_fd);
-        if (s->zyg_pidfd >= 0) {
-                while (waitid(P_PIDFD, (id_t)s->zyg_pidfd, &si, WEXITED) < 0 && errno == EINTR)
-                        ;
-                s->zyg_pidfd = fs_close(s->zyg_pidfd);
-        }
+        fsd_zygotes_stop(s);
         s->listen_fd = fs_close(s->listen_fd);
         s->sig_fd = fs_close(s->sig_fd);
         s->epfd = fs_close(s->epfd);
@@ -345,7 +362,8 @@ int main(int argc, char **argv)
                 cleanup(&srv);
                 return 1; /* the ready fds close unwritten: start-up failed */
         }
-        fs_log(FS_LOG_INFO, "listening on %s (zygote pid %d)", o.socket_path, (int)srv.zyg_pid);
+        fs_log(FS_LOG_INFO, "listening on %s (zygote pid %d, %u zygote(s))", o.socket_path,
+               (int)srv.zyg[0].pid, srv.nzyg);
         notify_ready(&o.ready_fd);
         notify_ready(&notify_fd);
         r = fsd_loop_run(&srv);

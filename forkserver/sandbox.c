@@ -336,6 +336,9 @@ int fsd_sandbox_init(struct fsd_sandbox *sb, const char *profile_dir, const char
                 if ((r = compile(p, (int)i, NULL)) < 0)
                         return failf(err, errlen, r, "cannot compile profile '%s': %s",
                                      builtin[i], strerror(-r));
+                /* Everything a zygote does (recvmsg, clone without namespaces, pipes, exec
+                 * set-up, seccomp) is allowed by these two. */
+                p->zygote_safe = i == 1 || i == 2;
         }
         if (profile_dir && (r = load_dir(sb, profile_dir, err, errlen)) < 0)
                 return r;

@@ -22,6 +22,7 @@ struct fsd_profile {
         char name[FS_MAX_PROFILE_NAME + 1];
         struct sock_fprog prog; /* len 0: no filter ("none") */
         bool allowed;           /* clients may ask for it */
+        bool zygote_safe;       /* a zygote can work under it (built-in default profiles) */
 };
 
 struct fsd_sandbox {

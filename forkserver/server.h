@@ -2,6 +2,7 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -100,6 +101,24 @@ struct fsd_inflight {
         uint32_t flags;
 };
 
+#define FSD_MAX_ZYGOTES 3
+
+/*
+ * A zygote as the front sees it. The plain one (sandboxed == NULL) installs each worker's
+ * filter between clone and exec; a sandboxed one runs under its profile's filter itself, so
+ * its workers inherit it at no cost per spawn.
+ */
+struct fsd_zygote {
+        struct fsd_source src;      /* FSD_SRC_ZYGOTE: its replies */
+        struct fsd_source src_exit; /* FSD_SRC_ZYGOTE_EXIT: its pidfd */
+        int fd, pidfd;
+        pid_t pid;
+        const struct fsd_profile *sandboxed;
+        struct fsd_inflight ring[FSD_ZYGOTE_INFLIGHT];
+        unsigned ring_head, ring_len;
+        uint32_t seq;
+};
+
 struct fsd_stats {
         uint64_t spawns, spawn_failures, exits, auth_ok, auth_failed, peer_refused;
         uint64_t bad_requests, connections;
@@ -109,11 +128,13 @@ struct fsd_server {
         const struct fsd_options *opt;
         struct fsd_sandbox sandbox;
         struct fs_key *key;
-        int epfd, listen_fd, sig_fd, zyg_fd, zyg_pidfd, reserve_fd;
-        pid_t zyg_pid;
+        int epfd, listen_fd, sig_fd, reserve_fd;
         dev_t sock_dev;
         ino_t sock_ino;
-        struct fsd_source src_listen, src_signal, src_zyg, src_zyg_exit;
+        struct fsd_source src_listen, src_signal;
+        struct fsd_zygote zyg[FSD_MAX_ZYGOTES];
+        unsigned nzyg;
+        unsigned inflight; /* spawns at all zygotes */
         struct fsd_conn *pending; /* handshakes, oldest first */
         struct fsd_conn *pending_last;
         struct fsd_conn *conns;   /* authenticated */
@@ -121,9 +142,6 @@ struct fsd_server {
         unsigned npending, nconns;
         struct fsd_worker *orphans;
         unsigned nworkers;
-        struct fsd_inflight ring[FSD_ZYGOTE_INFLIGHT];
-        unsigned ring_head, ring_len;
-        uint32_t zyg_seq;
         uint64_t next_conn_id, next_worker_id;
         bool stopping;
         int exit_code;
@@ -133,9 +151,12 @@ struct fsd_server {
         uint8_t tx[FS_MAX_MSG];
 };
 
+#define fsd_container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+
 /* loop.c */
 int fsd_loop_run(struct fsd_server *s);
 void fsd_server_stop(struct fsd_server *s, const char *why);
+void fsd_zygotes_stop(struct fsd_server *s);
 int fsd_epoll_add(struct fsd_server *s, int fd, uint32_t events, struct fsd_source *src);
 
 /* conn.c */
@@ -152,7 +173,7 @@ void fsd_conn_send_error(struct fsd_server *s, struct fsd_conn *c, uint32_t id, 
 /* spawn.c */
 void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, uint8_t *msg,
                        size_t len, int *fds, size_t nfds);
-void fsd_spawn_complete(struct fsd_server *s, bool block);
+void fsd_spawn_complete(struct fsd_server *s, struct fsd_zygote *z, bool block);
 void fsd_spawn_forget_conn(struct fsd_server *s, struct fsd_conn *c);
 
 /* worker.c */

@@ -16,7 +16,9 @@ static const char *spawn_ptrs[FS_SPAWN_PTRS];
 void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, uint8_t *msg,
                        size_t len, int *fds, size_t nfds)
 {
+        const struct fsd_profile *prof = s->sandbox.dflt;
         const char *why = "bad request";
+        struct fsd_zygote *z = &s->zyg[0];
         struct fs_spawn sp;
         struct fs_hdr h;
         struct fs_buf p;
@@ -32,8 +34,7 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
                 goto out;
         }
         if (sp.profile) {
-                const struct fsd_profile *prof = fsd_sandbox_find(&s->sandbox, sp.profile);
-
+                prof = fsd_sandbox_find(&s->sandbox, sp.profile);
                 if (!prof) {
                         fsd_conn_send_error(s, c, id, EINVAL, "SPAWN: unknown profile '%s'",
                                             sp.profile);
@@ -45,7 +46,11 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
                         goto out;
                 }
         }
-        if (s->nworkers + s->ring_len >= s->opt->max_workers) {
+        /* A zygote already running under the profile gives the filter for free. */
+        for (unsigned i = 1; i < s->nzyg; i++)
+                if (s->zyg[i].sandboxed == prof && s->zyg[i].fd >= 0)
+                        z = &s->zyg[i];
+        if (s->nworkers + s->inflight >= s->opt->max_workers) {
                 s->stats.spawn_failures++;
                 fs_log_limited(FS_LOG_WARNING, "conn %llu pid %d uid %u: worker limit reached",
                                (unsigned long long)c->id, (int)c->pid, (unsigned)c->uid);
@@ -53,27 +58,27 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
                                     s->opt->max_workers);
                 goto out;
         }
-        if (s->zyg_fd < 0) {
+        if (z->fd < 0) {
                 fsd_conn_send_error(s, c, id, ESHUTDOWN, "zygote is gone");
                 goto out;
         }
-        /* The zygote answers in order; keep at most FSD_ZYGOTE_INFLIGHT requests there so its
+        /* A zygote answers in order; keep at most FSD_ZYGOTE_INFLIGHT requests there so its
          * replies always fit in the socket buffer and neither side can block the other. */
-        while (s->ring_len == FSD_ZYGOTE_INFLIGHT && s->zyg_fd >= 0)
-                fsd_spawn_complete(s, true);
+        while (z->ring_len == FSD_ZYGOTE_INFLIGHT && z->fd >= 0)
+                fsd_spawn_complete(s, z, true);
 
         /* Forward the validated datagram as it came, with our sequence number as its id. */
         fs_buf_init_reader(&patch, msg, len);
         patch.cap = len;
-        (void)fs_buf_patch_u32(&patch, 8, ++s->zyg_seq);
-        if ((r = fs_fdpass_send(s->zyg_fd, msg, len, fds, nfds, 0)) < 0) {
+        (void)fs_buf_patch_u32(&patch, 8, ++z->seq);
+        if ((r = fs_fdpass_send(z->fd, msg, len, fds, nfds, 0)) < 0) {
                 fs_log_errno(FS_LOG_ERROR, r, "sending a request to the zygote");
                 fsd_conn_send_error(s, c, id, r, "zygote unreachable");
                 goto out;
         }
-        slot = &s->ring[(s->ring_head + s->ring_len++) % FSD_ZYGOTE_INFLIGHT];
-        *slot = (struct fsd_inflight){.conn = c, .req_id = id, .seq = s->zyg_seq,
-                                      .flags = sp.flags};
+        slot = &z->ring[(z->ring_head + z->ring_len++) % FSD_ZYGOTE_INFLIGHT];
+        *slot = (struct fsd_inflight){.conn = c, .req_id = id, .seq = z->seq, .flags = sp.flags};
+        s->inflight++;
         c->inflight++;
 out:
         fs_close_many(fds, nfds);
@@ -81,12 +86,16 @@ out:
 
 void fsd_spawn_forget_conn(struct fsd_server *s, struct fsd_conn *c)
 {
-        for (unsigned i = 0; i < s->ring_len && c->inflight; i++) {
-                struct fsd_inflight *e = &s->ring[(s->ring_head + i) % FSD_ZYGOTE_INFLIGHT];
+        for (unsigned k = 0; k < s->nzyg; k++) {
+                struct fsd_zygote *z = &s->zyg[k];
 
-                if (e->conn == c) {
-                        e->conn = NULL;
-                        c->inflight--;
+                for (unsigned i = 0; i < z->ring_len && c->inflight; i++) {
+                        struct fsd_inflight *e = &z->ring[(z->ring_head + i) % FSD_ZYGOTE_INFLIGHT];
+
+                        if (e->conn == c) {
+                                e->conn = NULL;
+                                c->inflight--;
+                        }
                 }
         }
 }
@@ -175,7 +184,15 @@ out:
         fs_close(pidfd);
 }
 
-void fsd_spawn_complete(struct fsd_server *s, bool block)
+static void zygote_lost(struct fsd_server *s, struct fsd_zygote *z)
+{
+        if (z->fd >= 0) {
+                epoll_ctl(s->epfd, EPOLL_CTL_DEL, z->fd, NULL);
+                z->fd = fs_close(z->fd);
+        }
+}
+
+void fsd_spawn_complete(struct fsd_server *s, struct fsd_zygote *z, bool block)
 {
         struct fsd_inflight e;
         uint8_t msg[1024]; /* zygote replies are small; a larger one is an error */
@@ -183,25 +200,24 @@ void fsd_spawn_complete(struct fsd_server *s, bool block)
         size_t nfds = 0;
         int n = -EPIPE;
 
-        if (s->zyg_fd >= 0) {
-                n = fs_fdpass_recv(s->zyg_fd, msg, sizeof(msg), fds, 2, &nfds,
+        if (z->fd >= 0) {
+                n = fs_fdpass_recv(z->fd, msg, sizeof(msg), fds, 2, &nfds,
                                    block ? 0 : MSG_DONTWAIT);
                 if (n == -EAGAIN)
                         return;
         }
-        if (s->ring_len == 0) {
+        if (z->ring_len == 0) {
                 fs_close_many(fds, nfds);
                 if (n > 0)
-                        fs_log(FS_LOG_ERROR, "unexpected reply from the zygote");
-                else if (n <= 0 && s->zyg_fd >= 0) {
-                        epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->zyg_fd, NULL);
-                        s->zyg_fd = fs_close(s->zyg_fd);
-                }
+                        fs_log(FS_LOG_ERROR, "unexpected reply from a zygote");
+                else
+                        zygote_lost(s, z);
                 return;
         }
-        e = s->ring[s->ring_head];
-        s->ring_head = (s->ring_head + 1) % FSD_ZYGOTE_INFLIGHT;
-        s->ring_len--;
+        e = z->ring[z->ring_head];
+        z->ring_head = (z->ring_head + 1) % FSD_ZYGOTE_INFLIGHT;
+        z->ring_len--;
+        s->inflight--;
         if (n <= 0 || nfds > 1) {
                 fs_close_many(fds, nfds);
                 if (e.conn) {
@@ -210,10 +226,8 @@ void fsd_spawn_complete(struct fsd_server *s, bool block)
                                             "zygote failed to answer");
                 }
                 s->stats.spawn_failures++;
-                if (n <= 0 && s->zyg_fd >= 0) {
-                        epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->zyg_fd, NULL);
-                        s->zyg_fd = fs_close(s->zyg_fd);
-                }
+                if (n <= 0)
+                        zygote_lost(s, z);
                 return;
         }
         complete(s, &e, msg, (size_t)n, nfds ? fds[0] : -1);

@@ -9,7 +9,9 @@
 #include <sys/pidfd.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <linux/seccomp.h>
 #include <sched.h>
+#include <sys/syscall.h>
 
 #include "common/fdpass.h"
 #include "common/proto.h"
@@ -21,6 +23,7 @@
 
 struct zygote {
         const struct fsd_sandbox *sb;
+        const struct fsd_profile *sandboxed;
         int sock;
         int devnull;
         pid_t front;
@@ -115,10 +118,18 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds, size_t nfds)
                 .rlimits = sp.rlimits,
                 .nrlimits = sp.nrlimits,
         };
-        if (z->sb->min && z->sb->min != prof)
-                plan.filters[plan.nfilters++] = &z->sb->min->prog;
-        if (prof->prog.len)
-                plan.filters[plan.nfilters++] = &prof->prog;
+        if (z->sandboxed) {
+                /* Our own filter is inherited: nothing to install per worker. */
+                if (prof != z->sandboxed) {
+                        fs_close_many(errpipe, 2);
+                        return reply_error(z, h.id, FS_STEP_SECCOMP, EINVAL, "profile", 0, -1);
+                }
+        } else {
+                if (z->sb->min && z->sb->min != prof)
+                        plan.filters[plan.nfilters++] = &z->sb->min->prog;
+                if (prof->prog.len)
+                        plan.filters[plan.nfilters++] = &prof->prog;
+        }
         /* posix_spawn's route: the child borrows our memory and we sleep until it execs,
          * so the cost does not grow with our size. CLONE_PARENT makes it the front's child. */
         pid = clone(fsd_child_exec, z->stack_top,
@@ -162,7 +173,7 @@ static int zygote_setup(struct zygote *z, int sock)
 
         if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != z->front)
                 return -ESRCH;
-        (void)prctl(PR_SET_NAME, "forkserverd-zyg");
+        (void)prctl(PR_SET_NAME, z->sandboxed ? "forkserverd-zys" : "forkserverd-zyg");
         /* Nothing of the front's stays here: not the key fd, not the ready fd. */
         if (sock != ZYGOTE_SOCK_FD) {
                 if (dup3(sock, ZYGOTE_SOCK_FD, O_CLOEXEC) < 0)
@@ -191,16 +202,28 @@ static int zygote_setup(struct zygote *z, int sock)
                 return -errno;
         (void)mprotect(stack, 4096, PROT_NONE); /* guard page */
         z->stack_top = stack + CHILD_STACK_SIZE;
+        if (z->sandboxed) {
+                /* Last: from here on this zygote and all its workers live under the filters. */
+                if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+                        return -errno;
+                if (z->sb->min && z->sb->min != z->sandboxed &&
+                    syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &z->sb->min->prog) < 0)
+                        return -errno;
+                if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &z->sandboxed->prog) < 0)
+                        return -errno;
+        }
         return 0;
 }
 
-static __attribute__((noreturn)) void zygote_main(const struct fsd_sandbox *sb, int sock,
+static __attribute__((noreturn)) void zygote_main(const struct fsd_sandbox *sb,
+                                                  const struct fsd_profile *sandboxed, int sock,
                                                   pid_t front)
 {
         static struct zygote z;
         int fds[FS_MAX_MSG_FDS];
 
         z.sb = sb;
+        z.sandboxed = sandboxed;
         z.front = front;
         if (zygote_setup(&z, sock) < 0)
                 _exit(1);
@@ -224,7 +247,8 @@ static __attribute__((noreturn)) void zygote_main(const struct fsd_sandbox *sb, 
         }
 }
 
-int fsd_zygote_start(const struct fsd_sandbox *sb, pid_t *ret_pid, int *ret_pidfd, int *ret_sock)
+int fsd_zygote_start(const struct fsd_sandbox *sb, const struct fsd_profile *sandboxed,
+                     pid_t *ret_pid, int *ret_pidfd, int *ret_sock)
 {
         pid_t front = getpid(), pid;
         int sv[2], pidfd;
@@ -240,7 +264,7 @@ int fsd_zygote_start(const struct fsd_sandbox *sb, pid_t *ret_pid, int *ret_pidf
         }
         if (pid == 0) {
                 close(sv[0]);
-                zygote_main(sb, sv[1], front);
+                zygote_main(sb, sandboxed, sv[1], front);
         }
         close(sv[1]);
         pidfd = pidfd_open(pid, 0);

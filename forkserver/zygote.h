@@ -13,6 +13,11 @@
 
 #include "forkserver/sandbox.h"
 
-/* Forks the zygote, which keeps sb (compiled before). Returns its pid, a pidfd for it and the
- * front's end of the socketpair. */
-int fsd_zygote_start(const struct fsd_sandbox *sb, pid_t *ret_pid, int *ret_pidfd, int *ret_sock);
+/*
+ * Forks a zygote, which keeps sb (compiled before). With sandboxed, the zygote puts itself
+ * under that profile (and --min-profile) once, and its workers inherit the filter instead of
+ * installing one each; it serves only requests for that profile. Returns its pid, a pidfd for
+ * it and the front's end of the socketpair.
+ */
+int fsd_zygote_start(const struct fsd_sandbox *sb, const struct fsd_profile *sandboxed,
+                     pid_t *ret_pid, int *ret_pidfd, int *ret_sock);

@@ -245,6 +245,33 @@ START_TEST(thousand_spawns_no_leak)
 }
 END_TEST
 
+/* Regression: wait_any once returned the newest exited worker, so an early exit could wait
+ * behind every later one. */
+START_TEST(wait_any_in_exit_order)
+{
+        const char *quick[] = {"/bin/true", NULL};
+        const char *slow[] = {"/bin/sleep", "0.2", NULL};
+        struct forkserver_spawn_args a = {.path = quick[0], .argv = quick};
+        struct forkserver_spawn_args b = {.path = slow[0], .argv = slow};
+        struct forkserver_worker *first, *second, *got;
+        struct forkserver *fs;
+
+        daemon_start(&d, NULL);
+        fs = daemon_connect(&d);
+        ck_assert_int_eq(forkserver_spawn(fs, &a, &first), 0);
+        ck_assert_int_eq(forkserver_spawn(fs, &b, &second), 0);
+        usleep(600000);
+        ck_assert_int_eq(forkserver_ping(fs), 0); /* reads both exit events */
+        ck_assert_int_eq(forkserver_wait_any(fs, 0, &got), 0);
+        ck_assert_ptr_eq(got, first);
+        ck_assert_int_eq(forkserver_wait_any(fs, 0, &got), 0);
+        ck_assert_ptr_eq(got, second);
+        ck_assert_int_eq(forkserver_wait_any(fs, 0, &got), -ECHILD);
+        forkserver_close(fs);
+        stop_ok();
+}
+END_TEST
+
 START_TEST(max_workers_refused)
 {
         const char *const extra[] = {"--max-workers", "2", NULL};
@@ -669,6 +696,7 @@ static Suite *suite(void)
         tcase_add_test(tc, fds_exactly_as_asked);
         tcase_add_test(tc, wrong_key_refused_next_served);
         tcase_add_test(tc, thousand_spawns_no_leak);
+        tcase_add_test(tc, wait_any_in_exit_order);
         tcase_add_test(tc, sigterm_ends_everything);
         tcase_add_test(tc, handshake_deadline_and_pending_cap);
         tcase_add_test(tc, hostile_messages);

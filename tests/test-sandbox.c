@@ -40,6 +40,8 @@ START_TEST(default_denies_with_eperm)
 
         daemon_start(&d, all_profiles);
         fs = daemon_connect(&d);
+        /* a plain zygote, and one living under each of default and default-kill */
+        ck_assert_uint_eq(daemon_stat(fs, "zygotes"), 3);
         for (size_t i = 0; i < FS_ARRAY_SIZE(denied); i++) {
                 int st = probe(fs, NULL, denied[i], NULL); /* no profile named: default */
 
@@ -181,9 +183,12 @@ START_TEST(min_profile_stacks)
 
         daemon_start(&d, extra);
         fs = daemon_connect(&d);
+        /* no zygote can live under strict: every worker installs its filters */
+        ck_assert_uint_eq(daemon_stat(fs, "zygotes"), 1);
         /* asking for none still gets strict underneath */
         ck_assert(SECCOMP_KILLED(probe(fs, "none", "socket", NULL)));
         ck_assert(EXITS(probe(fs, "none", "memory", NULL), 0));
+        ck_assert(SECCOMP_KILLED(probe(fs, "default", "socket", NULL)));
         forkserver_close(fs);
         ck_assert_int_eq(daemon_stop(&d), 0);
 }

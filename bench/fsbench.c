@@ -1,0 +1,551 @@
+/*
+ * fsbench: what creating a process costs, by method, side by side in one run.
+ *
+ * Each method creates TOTAL processes keeping at most ACTIVE alive, for each (ACTIVE, TOTAL)
+ * and each repetition, with the methods interleaved inside a repetition (in an order that
+ * rotates) so that drift on a shared machine hits all alike. Reported per method: procs/sec
+ * (median, min, max over repetitions) and the latency of one create→exit→reaped (p50, p99,
+ * pooled over repetitions). fs_handshake and uds_rtt report operations/sec and their own
+ * latency.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "client/forkserver.h"
+#include "common/key.h"
+#include "common/util.h"
+
+extern char **environ;
+
+#define MAX_SAMPLES (1 << 16)
+
+struct config {
+        const char *sock, *key, *static_prog;
+        struct forkserver_key *fkey;
+        int reps;
+        bool quick;
+};
+
+struct method {
+        const char *name;
+        const char *program; /* "" when none */
+        const char *profile; /* "" when not forkserver */
+        int (*run)(const struct method *m, const struct config *c, int active, int total,
+                   double *lat_us, int *nlat);
+};
+
+static double now_s(void)
+{
+        return (double)fs_now_us() / 1e6;
+}
+
+/* ---- raw methods in this process ---- */
+
+struct slot {
+        pid_t pid;
+        int64_t t0;
+};
+
+static int reap_one(struct slot *slots, int active, double *lat, int *nlat)
+{
+        int st;
+        pid_t pid;
+
+        do
+                pid = waitpid(-1, &st, 0);
+        while (pid < 0 && errno == EINTR);
+        if (pid < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+                return -1;
+        for (int i = 0; i < active; i++)
+                if (slots[i].pid == pid) {
+                        if (*nlat < MAX_SAMPLES)
+                                lat[(*nlat)++] = (double)(fs_now_us() - slots[i].t0);
+                        slots[i].pid = 0;
+                        return i;
+                }
+        return -1;
+}
+
+static pid_t start_raw(const struct method *m)
+{
+        char *argv[] = {(char *)m->program, NULL};
+        pid_t pid;
+
+        if (strcmp(m->name, "fork") == 0) {
+                pid = fork();
+                if (pid == 0)
+                        _exit(0);
+                return pid;
+        }
+        if (strcmp(m->name, "posix_spawn") == 0)
+                return posix_spawn(&pid, m->program, NULL, NULL, argv, environ) == 0 ? pid : -1;
+        pid = vfork();
+        if (pid == 0) {
+                execve(m->program, argv, environ);
+                _exit(127);
+        }
+        return pid;
+}
+
+static int run_raw(const struct method *m, const struct config *c, int active, int total,
+                   double *lat, int *nlat)
+{
+        struct slot slots[64] = {{0}};
+        int started = 0, done = 0;
+
+        (void)c;
+        while (started < active && started < total) {
+                slots[started].t0 = fs_now_us();
+                if ((slots[started].pid = start_raw(m)) <= 0)
+                        return -1;
+                started++;
+        }
+        while (done < total) {
+                int i = reap_one(slots, active, lat, nlat);
+
+                if (i < 0)
+                        return -1;
+                done++;
+                if (started < total) {
+                        slots[i].t0 = fs_now_us();
+                        if ((slots[i].pid = start_raw(m)) <= 0)
+                                return -1;
+                        started++;
+                }
+        }
+        return 0;
+}
+
+/* ---- forkserver methods ---- */
+
+static int connect_fs(const struct config *c, struct forkserver **ret)
+{
+        struct forkserver_options o = {.socket_path = c->sock, .key = c->fkey, .key_fd = -1};
+        const char *why;
+        int r = forkserver_connect(&o, ret, &why);
+
+        if (r < 0)
+                fprintf(stderr, "fsbench: %s\n", why);
+        return r;
+}
+
+static int run_fs_exec(const struct method *m, const struct config *c, int active, int total,
+                       double *lat, int *nlat)
+{
+        const char *argv[] = {m->program, NULL};
+        struct forkserver_spawn_args a = {.path = m->program, .argv = argv,
+                                          .profile = m->profile};
+        struct {
+                uint64_t id; /* 0: free */
+                int64_t t0;
+        } live[64] = {{0}};
+        int64_t sub_t0[64];
+        uint32_t tickets[64];
+        struct forkserver *fs;
+        int started = 0, done = 0, running = 0, r = 0;
+
+        if (connect_fs(c, &fs) < 0)
+                return -1;
+        while (done < total) {
+                struct forkserver_worker *w;
+                int k = 0, st;
+
+                /* refill: send all requests first (pipelined), then collect the replies */
+                while (running + k < active && started + k < total) {
+                        sub_t0[k] = fs_now_us();
+                        if ((r = forkserver_spawn_submit(fs, &a, &tickets[k])) < 0)
+                                goto out;
+                        k++;
+                }
+                for (int i = 0; i < k; i++) {
+                        if ((r = forkserver_spawn_collect(fs, tickets[i], &w)) < 0)
+                                goto out;
+                        for (int j = 0; j < active; j++)
+                                if (live[j].id == 0) {
+                                        live[j].id = forkserver_worker_id(w);
+                                        live[j].t0 = sub_t0[i];
+                                        break;
+                                }
+                }
+                running += k;
+                started += k;
+                if ((r = forkserver_wait_any(fs, -1, &w)) < 0)
+                        goto out;
+                forkserver_poll(fs, w, &st);
+                if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+                        r = -EIO;
+                        goto out;
+                }
+                for (int j = 0; j < active; j++)
+                        if (live[j].id == forkserver_worker_id(w)) {
+                                if (*nlat < MAX_SAMPLES)
+                                        lat[(*nlat)++] = (double)(fs_now_us() - live[j].t0);
+                                live[j].id = 0;
+                                break;
+                        }
+                forkserver_worker_free(fs, w);
+                running--;
+                done++;
+        }
+out:
+        if (r < 0)
+                fprintf(stderr, "fsbench: %s: %s\n", m->name, forkserver_error(fs));
+        forkserver_close(fs);
+        return r < 0 ? -1 : 0;
+}
+
+/* A new connection and full handshake for every spawn, ACTIVE connections at once. */
+static int run_fs_reconnect(const struct method *m, const struct config *c, int active, int total,
+                            double *lat, int *nlat)
+{
+        const char *argv[] = {m->program, NULL};
+        struct forkserver_spawn_args a = {.path = m->program, .argv = argv,
+                                          .profile = m->profile};
+        struct {
+                struct forkserver *fs;
+                struct forkserver_worker *w;
+                int64_t t0;
+        } s[64] = {{0}};
+        int started = 0, done = 0;
+
+        for (;;) {
+                struct pollfd pf[64];
+
+                for (int i = 0; i < active; i++)
+                        if (!s[i].fs && started < total) {
+                                s[i].t0 = fs_now_us();
+                                if (connect_fs(c, &s[i].fs) < 0 ||
+                                    forkserver_spawn(s[i].fs, &a, &s[i].w) < 0)
+                                        return -1;
+                                started++;
+                        }
+                if (done == total)
+                        return 0;
+                for (int i = 0; i < active; i++)
+                        pf[i] = (struct pollfd){.fd = s[i].fs ? forkserver_fd(s[i].fs) : -1,
+                                                .events = POLLIN};
+                if (poll(pf, (nfds_t)active, -1) < 0 && errno != EINTR)
+                        return -1;
+                for (int i = 0; i < active; i++) {
+                        int st;
+
+                        if (!s[i].fs || !(pf[i].revents & POLLIN))
+                                continue;
+                        if (forkserver_poll(s[i].fs, s[i].w, &st) != 1)
+                                continue;
+                        if (*nlat < MAX_SAMPLES)
+                                lat[(*nlat)++] = (double)(fs_now_us() - s[i].t0);
+                        forkserver_close(s[i].fs);
+                        s[i].fs = NULL;
+                        done++;
+                }
+        }
+}
+
+static int run_fs_handshake(const struct method *m, const struct config *c, int active, int total,
+                            double *lat, int *nlat)
+{
+        (void)m;
+        (void)active;
+        for (int i = 0; i < total; i++) {
+                struct forkserver *fs;
+                int64_t t0 = fs_now_us();
+
+                if (connect_fs(c, &fs) < 0)
+                        return -1;
+                if (*nlat < MAX_SAMPLES)
+                        lat[(*nlat)++] = (double)(fs_now_us() - t0);
+                forkserver_close(fs);
+        }
+        return 0;
+}
+
+/* A 1-byte round trip between two processes over a socketpair: the protocol's floor. */
+static int run_uds_rtt(const struct method *m, const struct config *c, int active, int total,
+                       double *lat, int *nlat)
+{
+        int sv[2], st;
+        char b = 0;
+        pid_t pid;
+
+        (void)m;
+        (void)c;
+        (void)active;
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+                return -1;
+        if ((pid = fork()) == 0) {
+                close(sv[0]);
+                while (read(sv[1], &b, 1) == 1 && write(sv[1], &b, 1) == 1)
+                        ;
+                _exit(0);
+        }
+        close(sv[1]);
+        for (int i = 0; i < total; i++) {
+                int64_t t0 = fs_now_us();
+
+                if (write(sv[0], &b, 1) != 1 || read(sv[0], &b, 1) != 1)
+                        break;
+                if (*nlat < MAX_SAMPLES)
+                        lat[(*nlat)++] = (double)(fs_now_us() - t0);
+        }
+        close(sv[0]);
+        waitpid(pid, &st, 0);
+        return 0;
+}
+
+/* ---- statistics and output ---- */
+
+static int cmp_double(const void *a, const void *b)
+{
+        double x = *(const double *)a, y = *(const double *)b;
+
+        return x < y ? -1 : x > y;
+}
+
+static double pct(double *v, int n, double p)
+{
+        if (n == 0)
+                return 0;
+        qsort(v, (size_t)n, sizeof(*v), cmp_double);
+        return v[(int)((n - 1) * p + 0.5)];
+}
+
+struct result {
+        const struct method *m;
+        int active, total;
+        double rates[32];
+        int nrates;
+        double *lat;
+        int nlat;
+};
+
+static void machine_json(FILE *f)
+{
+        struct utsname u;
+        char line[512], model[256] = "unknown";
+        FILE *ci = fopen("/proc/cpuinfo", "re");
+
+        while (ci && fgets(line, sizeof(line), ci))
+                if (strncmp(line, "model name", 10) == 0) {
+                        char *p = strchr(line, ':');
+
+                        (void)fs_format(model, sizeof(model), "%s", p ? p + 2 : line);
+                        model[strcspn(model, "\n")] = '\0';
+                        break;
+                }
+        if (ci)
+                fclose(ci);
+        uname(&u);
+        fprintf(f, "{\"cpu\": \"%s\", \"kernel\": \"%s %s\", \"cores\": %ld}", model, u.sysname,
+                u.release, sysconf(_SC_NPROCESSORS_ONLN));
+}
+
+static void write_json(const char *path, struct result *res, int nres)
+{
+        FILE *f = fopen(path, "we");
+
+        if (!f) {
+                perror(path);
+                return;
+        }
+        fprintf(f, "{\"machine\": ");
+        machine_json(f);
+        fprintf(f, ",\n \"results\": [\n");
+        for (int i = 0; i < nres; i++) {
+                struct result *r = &res[i];
+                double rs[32];
+
+                memcpy(rs, r->rates, sizeof(rs));
+                double med = pct(rs, r->nrates, 0.5), mn = pct(rs, r->nrates, 0),
+                       mx = pct(rs, r->nrates, 1);
+                fprintf(f, "  {\"method\": \"%s\", \"program\": \"%s\", \"profile\": \"%s\", "
+                           "\"zygote_mib\": 0, \"active\": %d, \"total\": %d, "
+                           "\"procs_per_sec\": {\"median\": %.1f, \"min\": %.1f, \"max\": %.1f}, "
+                           "\"latency_us\": {\"p50\": %.1f, \"p99\": %.1f}}%s\n",
+                        r->m->name, r->m->program, r->m->profile, r->active, r->total, med, mn, mx,
+                        pct(r->lat, r->nlat, 0.5), pct(r->lat, r->nlat, 0.99),
+                        i + 1 < nres ? "," : "");
+        }
+        fprintf(f, " ]}\n");
+        fclose(f);
+}
+
+/* ---- a private daemon ---- */
+
+static pid_t start_daemon(struct config *c, char *dir)
+{
+        static char sock[256], key[256];
+        char exe[4096], daemon[4096], hex[FS_KEY_HEX_LEN + 1];
+        const char *env = getenv("FORKSERVERD");
+        struct fs_key *k;
+        int p[2], fd;
+        pid_t pid;
+        ssize_t n;
+
+        if (env && *env) {
+                snprintf(daemon, sizeof(daemon), "%s", env);
+        } else if ((n = readlink("/proc/self/exe", exe, sizeof(exe) - 1)) > 0) {
+                exe[n] = '\0';
+                *strrchr(exe, '/') = '\0';
+                if (fs_format(daemon, sizeof(daemon), "%s/../forkserver/forkserverd", exe) < 0)
+                        return -1;
+        }
+        if (!mkdtemp(dir) || fs_key_generate(&k) < 0)
+                return -1;
+        snprintf(sock, sizeof(sock), "%s/s.sock", dir);
+        snprintf(key, sizeof(key), "%s/key", dir);
+        fs_key_hex(k, hex);
+        fs_key_free(k);
+        fd = open(key, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0 || fs_write_all(fd, hex, sizeof(hex)) < 0)
+                return -1;
+        close(fd);
+        if (pipe2(p, O_CLOEXEC) < 0)
+                return -1;
+        if ((pid = fork()) == 0) {
+                dup2(p[1], 3);
+                execl(daemon, "forkserverd", "--foreground", "--socket", sock, "--key-file", key,
+                      "--ready-fd", "3", "--allow-profile", "default,none", "--max-workers",
+                      "4096", "--log-level", "warning", NULL);
+                _exit(127);
+        }
+        close(p[1]);
+        char buf[8];
+        if (read(p[0], buf, sizeof(buf)) != 6) {
+                fprintf(stderr, "fsbench: %s did not start\n", daemon);
+                return -1;
+        }
+        close(p[0]);
+        c->sock = sock;
+        c->key = key;
+        return pid;
+}
+
+int main(int argc, char **argv)
+{
+        static const struct option opts[] = {
+                {"quick", no_argument, NULL, 'q'}, {"json", required_argument, NULL, 'j'},
+                {"reps", required_argument, NULL, 'r'}, {"help", no_argument, NULL, 'h'}, {0}};
+        char dir[] = "/tmp/fsbench-XXXXXX", static_prog[4096], exe[4096];
+        struct config c = {.reps = 5};
+        const char *json = NULL;
+        int opt;
+        pid_t daemon;
+        ssize_t n;
+
+        while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+                if (opt == 'q')
+                        c.quick = true;
+                else if (opt == 'j')
+                        json = optarg;
+                else if (opt == 'r')
+                        c.reps = atoi(optarg);
+                else {
+                        fprintf(stderr, "usage: fsbench [--quick] [--reps N] [--json FILE]\n");
+                        return opt == 'h' ? 0 : 2;
+                }
+        }
+        if (c.quick)
+                c.reps = c.reps > 3 ? 3 : c.reps;
+        if (c.reps < 1 || c.reps > 32)
+                return 2;
+        if ((n = readlink("/proc/self/exe", exe, sizeof(exe) - 1)) <= 0)
+                return 1;
+        exe[n] = '\0';
+        *strrchr(exe, '/') = '\0';
+        if (fs_format(static_prog, sizeof(static_prog), "%s/true-static", exe) < 0)
+                return 1;
+        c.static_prog = static_prog;
+        if ((daemon = start_daemon(&c, dir)) < 0)
+                return 1;
+        if (forkserver_key_load_file(c.key, &c.fkey, NULL) < 0)
+                return 1;
+
+        const struct method methods[] = {
+                {"fork", "", "", run_raw},
+                {"vfork_exec", static_prog, "", run_raw},
+                {"vfork_exec", "/bin/true", "", run_raw},
+                {"posix_spawn", static_prog, "", run_raw},
+                {"posix_spawn", "/bin/true", "", run_raw},
+                {"fs_exec", static_prog, "default", run_fs_exec},
+                {"fs_exec", static_prog, "none", run_fs_exec},
+                {"fs_exec", "/bin/true", "default", run_fs_exec},
+                {"fs_exec_reconnect", static_prog, "default", run_fs_reconnect},
+                {"fs_handshake", "", "", run_fs_handshake},
+                {"uds_rtt", "", "", run_uds_rtt},
+        };
+        const int nm = (int)FS_ARRAY_SIZE(methods);
+        const int totals_full[] = {256, 1024, 4096}, totals_quick[] = {256};
+        const int actives[] = {1, 2, 8};
+        const int *totals = c.quick ? totals_quick : totals_full;
+        int ntotals = c.quick ? 1 : 3;
+        static struct result res[256];
+        int nres = 0;
+
+        for (int ti = 0; ti < ntotals; ti++)
+                for (int ai = 0; ai < 3; ai++) {
+                        int base = nres;
+
+                        for (int mi = 0; mi < nm; mi++) {
+                                res[nres] = (struct result){.m = &methods[mi], .active = actives[ai],
+                                                            .total = totals[ti]};
+                                res[nres].lat = calloc(MAX_SAMPLES, sizeof(double));
+                                nres++;
+                        }
+                        for (int rep = 0; rep < c.reps; rep++)
+                                for (int k = 0; k < nm; k++) {
+                                        int mi = (k + rep) % nm; /* rotate the order */
+                                        struct result *r = &res[base + mi];
+                                        double t0 = now_s();
+
+                                        if (r->m->run(r->m, &c, r->active, r->total, r->lat,
+                                                      &r->nlat) < 0) {
+                                                fprintf(stderr, "fsbench: %s failed\n", r->m->name);
+                                                kill(daemon, SIGTERM);
+                                                return 1;
+                                        }
+                                        r->rates[r->nrates++] = r->total / (now_s() - t0);
+                                }
+                        for (int i = base; i < nres; i++) {
+                                double rs[32];
+
+                                memcpy(rs, res[i].rates, sizeof(rs));
+                                printf("%-18s %-12s %-8s N=%d total=%-5d %9.0f/s (min %9.0f max "
+                                       "%9.0f)  p50 %7.1f us  p99 %7.1f us\n",
+                                       res[i].m->name,
+                                       strcmp(res[i].m->program, static_prog) == 0
+                                               ? "static"
+                                               : res[i].m->program,
+                                       res[i].m->profile, res[i].active, res[i].total,
+                                       pct(rs, res[i].nrates, 0.5), pct(rs, res[i].nrates, 0),
+                                       pct(rs, res[i].nrates, 1), pct(res[i].lat, res[i].nlat, 0.5),
+                                       pct(res[i].lat, res[i].nlat, 0.99));
+                        }
+                        fflush(stdout);
+                }
+        if (json) {
+                /* the JSON names the static program "static" too */
+                for (int i = 0; i < nm; i++)
+                        if (strcmp(methods[i].program, static_prog) == 0)
+                                ((struct method *)&methods[i])->program = "static";
+                write_json(json, res, nres);
+        }
+        forkserver_key_free(c.fkey);
+        kill(daemon, SIGTERM);
+        waitpid(daemon, NULL, 0);
+        unlink(c.key);
+        rmdir(dir);
+        return 0;
+}
