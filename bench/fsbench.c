@@ -159,7 +159,7 @@ static int run_fs_exec(const struct method *m, const struct config *c, int activ
         if (connect_fs(c, &fs) < 0)
                 return -1;
         while (done < total) {
-                struct forkserver_worker *w;
+                struct forkserver_proc *w;
                 int k = 0, st;
 
                 /* refill: send all requests first (pipelined), then collect the replies */
@@ -174,7 +174,7 @@ static int run_fs_exec(const struct method *m, const struct config *c, int activ
                                 goto out;
                         for (int j = 0; j < active; j++)
                                 if (live[j].id == 0) {
-                                        live[j].id = forkserver_worker_id(w);
+                                        live[j].id = forkserver_proc_id(w);
                                         live[j].t0 = sub_t0[i];
                                         break;
                                 }
@@ -189,13 +189,13 @@ static int run_fs_exec(const struct method *m, const struct config *c, int activ
                         goto out;
                 }
                 for (int j = 0; j < active; j++)
-                        if (live[j].id == forkserver_worker_id(w)) {
+                        if (live[j].id == forkserver_proc_id(w)) {
                                 if (*nlat < MAX_SAMPLES)
                                         lat[(*nlat)++] = (double)(fs_now_us() - live[j].t0);
                                 live[j].id = 0;
                                 break;
                         }
-                forkserver_worker_free(fs, w);
+                forkserver_proc_free(fs, w);
                 running--;
                 done++;
         }
@@ -215,7 +215,7 @@ static int run_fs_reconnect(const struct method *m, const struct config *c, int 
                                           .profile = m->profile};
         struct {
                 struct forkserver *fs;
-                struct forkserver_worker *w;
+                struct forkserver_proc *w;
                 int64_t t0;
         } s[64] = {{0}};
         int started = 0, done = 0;

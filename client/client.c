@@ -27,8 +27,8 @@ struct forkserver_key {
         struct fs_key k; /* a forkserver_key is an fs_key page */
 };
 
-struct forkserver_worker {
-        struct forkserver_worker *prev, *next;
+struct forkserver_proc {
+        struct forkserver_proc *prev, *next;
         uint64_t id;
         pid_t pid;
         int pidfd;
@@ -43,7 +43,7 @@ struct stash {
         uint32_t id;
         uint16_t type;
         int err;
-        struct forkserver_worker *worker;
+        struct forkserver_proc *worker;
         size_t len;
         uint8_t payload[]; /* ERROR: reason string; STATUS_REPLY: the payload */
 };
@@ -55,7 +55,7 @@ struct forkserver {
         uint32_t next_id;
         uint64_t exits; /* exit events seen */
         int dead; /* connection-level failure, sticky */
-        struct forkserver_worker *workers;
+        struct forkserver_proc *workers;
         struct stash *stash;
         char err[512];
         uint8_t buf[FS_MAX_MSG];
@@ -127,16 +127,16 @@ static int wait_status(uint32_t code, uint32_t st)
         }
 }
 
-static struct forkserver_worker *find_worker(struct forkserver *fs, uint64_t id)
+static struct forkserver_proc *find_worker(struct forkserver *fs, uint64_t id)
 {
-        for (struct forkserver_worker *w = fs->workers; w; w = w->next)
+        for (struct forkserver_proc *w = fs->workers; w; w = w->next)
                 if (w->id == id)
                         return w;
         return NULL;
 }
 
 static int stash_push(struct forkserver *fs, uint32_t id, uint16_t type, int err,
-                      struct forkserver_worker *w, const void *payload, size_t len)
+                      struct forkserver_proc *w, const void *payload, size_t len)
 {
         struct stash *s = malloc(sizeof(*s) + len + 1);
         struct stash **tail = &fs->stash;
@@ -181,7 +181,7 @@ static int pump_one(struct forkserver *fs, int flags)
         switch (h.type) {
         case FS_MSG_SPAWNED: {
                 struct fs_msg_spawned m;
-                struct forkserver_worker *w;
+                struct forkserver_proc *w;
 
                 if (nfds != 1 || (r = fs_proto_parse_spawned(&p, &m, &why)) < 0) {
                         r = -EBADMSG;
@@ -191,7 +191,7 @@ static int pump_one(struct forkserver *fs, int flags)
                         fs_close(fds[0]);
                         return die(fs, -ENOMEM, "spawn reply");
                 }
-                *w = (struct forkserver_worker){.id = m.worker, .pid = (pid_t)m.pid,
+                *w = (struct forkserver_proc){.id = m.worker, .pid = (pid_t)m.pid,
                                                 .pidfd = fds[0], .next = fs->workers};
                 if (fs->workers)
                         fs->workers->prev = w;
@@ -200,7 +200,7 @@ static int pump_one(struct forkserver *fs, int flags)
         }
         case FS_MSG_EXITED: {
                 struct fs_msg_exited m;
-                struct forkserver_worker *w;
+                struct forkserver_proc *w;
 
                 if ((r = fs_proto_parse_exited(&p, &m, &why)) < 0)
                         goto bad;
@@ -455,7 +455,7 @@ void forkserver_close(struct forkserver *fs)
                 return;
         fs->fd = fs_close(fs->fd);
         while (fs->workers)
-                forkserver_worker_free(fs, fs->workers);
+                forkserver_proc_free(fs, fs->workers);
         while (fs->stash) {
                 struct stash *s = fs->stash;
 
@@ -528,7 +528,7 @@ int forkserver_spawn_submit(struct forkserver *fs, const struct forkserver_spawn
 }
 
 int forkserver_spawn_collect(struct forkserver *fs, uint32_t ticket,
-                             struct forkserver_worker **ret)
+                             struct forkserver_proc **ret)
 {
         struct stash *s;
         int r;
@@ -549,7 +549,7 @@ int forkserver_spawn_collect(struct forkserver *fs, uint32_t ticket,
 }
 
 int forkserver_spawn(struct forkserver *fs, const struct forkserver_spawn_args *a,
-                     struct forkserver_worker **ret)
+                     struct forkserver_proc **ret)
 {
         uint32_t t;
         int r;
@@ -562,7 +562,7 @@ int forkserver_spawn(struct forkserver *fs, const struct forkserver_spawn_args *
 
 /* ---- workers ---- */
 
-int forkserver_wait(struct forkserver *fs, struct forkserver_worker *w, int *ret_status)
+int forkserver_wait(struct forkserver *fs, struct forkserver_proc *w, int *ret_status)
 {
         int r;
 
@@ -574,7 +574,7 @@ int forkserver_wait(struct forkserver *fs, struct forkserver_worker *w, int *ret
         return 0;
 }
 
-int forkserver_poll(struct forkserver *fs, struct forkserver_worker *w, int *ret_status)
+int forkserver_poll(struct forkserver *fs, struct forkserver_proc *w, int *ret_status)
 {
         int r;
 
@@ -587,18 +587,18 @@ int forkserver_poll(struct forkserver *fs, struct forkserver_worker *w, int *ret
         return 1;
 }
 
-int forkserver_wait_any(struct forkserver *fs, int timeout_ms, struct forkserver_worker **ret)
+int forkserver_wait_any(struct forkserver *fs, int timeout_ms, struct forkserver_proc **ret)
 {
         int64_t deadline = timeout_ms >= 0 ? fs_now_ms() + timeout_ms : -1;
 
         *ret = NULL;
         for (;;) {
-                struct forkserver_worker *first = NULL;
+                struct forkserver_proc *first = NULL;
                 bool running = false;
                 int r;
 
                 /* the earliest exit first, so that none waits behind later ones */
-                for (struct forkserver_worker *w = fs->workers; w; w = w->next) {
+                for (struct forkserver_proc *w = fs->workers; w; w = w->next) {
                         if (w->exited && !w->reported && (!first || w->exit_seq < first->exit_seq))
                                 first = w;
                         running |= !w->exited;
@@ -622,7 +622,7 @@ int forkserver_wait_any(struct forkserver *fs, int timeout_ms, struct forkserver
         }
 }
 
-int forkserver_kill(struct forkserver *fs, struct forkserver_worker *w, int sig)
+int forkserver_kill(struct forkserver *fs, struct forkserver_proc *w, int sig)
 {
         (void)fs;
         if (w->exited)
@@ -630,7 +630,7 @@ int forkserver_kill(struct forkserver *fs, struct forkserver_worker *w, int sig)
         return pidfd_send_signal(w->pidfd, sig, NULL, 0) < 0 ? -errno : 0;
 }
 
-void forkserver_worker_free(struct forkserver *fs, struct forkserver_worker *w)
+void forkserver_proc_free(struct forkserver *fs, struct forkserver_proc *w)
 {
         if (!w)
                 return;
@@ -648,17 +648,17 @@ void forkserver_worker_free(struct forkserver *fs, struct forkserver_worker *w)
         free(w);
 }
 
-pid_t forkserver_worker_pid(const struct forkserver_worker *w)
+pid_t forkserver_proc_pid(const struct forkserver_proc *w)
 {
         return w->pid;
 }
 
-int forkserver_worker_pidfd(const struct forkserver_worker *w)
+int forkserver_proc_pidfd(const struct forkserver_proc *w)
 {
         return w->pidfd;
 }
 
-uint64_t forkserver_worker_id(const struct forkserver_worker *w)
+uint64_t forkserver_proc_id(const struct forkserver_proc *w)
 {
         return w->id;
 }

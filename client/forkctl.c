@@ -363,7 +363,7 @@ static int report_exit(int status, pid_t pid)
 }
 
 /* Waits for the worker, forwarding the signals a terminal or a supervisor sends us. */
-static int wait_forwarding(struct forkserver *fs, struct forkserver_worker *w, int *ret_status)
+static int wait_forwarding(struct forkserver *fs, struct forkserver_proc *w, int *ret_status)
 {
         sigset_t sigs;
         fs_autoclose int sfd = -1;
@@ -405,7 +405,7 @@ static int cmd_run(const struct global *g, int argc, char **argv)
         static char *env_add[MAX_ENV_ADD];
         struct forkserver_fd_map map[MAX_FD_MAP];
         struct private_daemon priv = {0};
-        struct forkserver_worker *w;
+        struct forkserver_proc *w;
         struct forkserver *fs;
         char here[PATH_MAX], cwd[PATH_MAX], prog[PATH_MAX];
         const char *cwd_arg = NULL, *profile = NULL;
@@ -510,13 +510,13 @@ static int cmd_run(const struct global *g, int argc, char **argv)
                          : r == -EACCES || r == -ENOEXEC ? EXIT_NOEXEC
                                                          : EXIT_RUN_FAIL;
         } else if (flags & FORKSERVER_SPAWN_DETACH) {
-                printf("%d\n", (int)forkserver_worker_pid(w));
+                printf("%d\n", (int)forkserver_proc_pid(w));
                 status = 0;
         } else if ((r = wait_forwarding(fs, w, &status)) < 0) {
                 fail(0, "lost the worker: %s", forkserver_error(fs));
                 status = EXIT_RUN_FAIL;
         } else {
-                status = report_exit(status, forkserver_worker_pid(w));
+                status = report_exit(status, forkserver_proc_pid(w));
         }
         forkserver_close(fs);
         private_stop(&priv);

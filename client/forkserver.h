@@ -25,7 +25,7 @@ extern "C" {
 #define FORKSERVER_EXPORT __attribute__((visibility("default")))
 
 struct forkserver;
-struct forkserver_worker;
+struct forkserver_proc;
 struct forkserver_key;
 
 /*
@@ -106,7 +106,7 @@ struct forkserver_spawn_args {
  */
 FORKSERVER_EXPORT int forkserver_spawn(struct forkserver *fs,
                                        const struct forkserver_spawn_args *args,
-                                       struct forkserver_worker **ret);
+                                       struct forkserver_proc **ret);
 /* Pipelining: sends the request and returns a ticket without waiting. */
 FORKSERVER_EXPORT int forkserver_spawn_submit(struct forkserver *fs,
                                               const struct forkserver_spawn_args *args,
@@ -114,7 +114,7 @@ FORKSERVER_EXPORT int forkserver_spawn_submit(struct forkserver *fs,
 /* Waits for the reply to a ticket (in any order). Errors as forkserver_spawn; -ENOENT for an
  * unknown ticket. */
 FORKSERVER_EXPORT int forkserver_spawn_collect(struct forkserver *fs, uint32_t ticket,
-                                               struct forkserver_worker **ret);
+                                               struct forkserver_proc **ret);
 
 /*
  * Exit status as waitpid() encodes it: use WIFEXITED, WEXITSTATUS, WIFSIGNALED, WTERMSIG.
@@ -123,21 +123,21 @@ FORKSERVER_EXPORT int forkserver_spawn_collect(struct forkserver *fs, uint32_t t
  * returned by it (or by wait/poll), waiting at most timeout_ms (-1: forever); -ETIMEDOUT if
  * none, -ECHILD if no worker is running or unreported.
  */
-FORKSERVER_EXPORT int forkserver_wait(struct forkserver *fs, struct forkserver_worker *w,
+FORKSERVER_EXPORT int forkserver_wait(struct forkserver *fs, struct forkserver_proc *w,
                                       int *ret_status);
-FORKSERVER_EXPORT int forkserver_poll(struct forkserver *fs, struct forkserver_worker *w,
+FORKSERVER_EXPORT int forkserver_poll(struct forkserver *fs, struct forkserver_proc *w,
                                       int *ret_status);
 FORKSERVER_EXPORT int forkserver_wait_any(struct forkserver *fs, int timeout_ms,
-                                          struct forkserver_worker **ret);
+                                          struct forkserver_proc **ret);
 /* Sends a signal through the worker's pidfd. -ESRCH if it has exited. */
-FORKSERVER_EXPORT int forkserver_kill(struct forkserver *fs, struct forkserver_worker *w,
+FORKSERVER_EXPORT int forkserver_kill(struct forkserver *fs, struct forkserver_proc *w,
                                       int sig);
 /* Forgets a worker and closes its pidfd; a running worker keeps running. */
-FORKSERVER_EXPORT void forkserver_worker_free(struct forkserver *fs, struct forkserver_worker *w);
+FORKSERVER_EXPORT void forkserver_proc_free(struct forkserver *fs, struct forkserver_proc *w);
 
-FORKSERVER_EXPORT pid_t forkserver_worker_pid(const struct forkserver_worker *w);
-FORKSERVER_EXPORT int forkserver_worker_pidfd(const struct forkserver_worker *w);
-FORKSERVER_EXPORT uint64_t forkserver_worker_id(const struct forkserver_worker *w);
+FORKSERVER_EXPORT pid_t forkserver_proc_pid(const struct forkserver_proc *w);
+FORKSERVER_EXPORT int forkserver_proc_pidfd(const struct forkserver_proc *w);
+FORKSERVER_EXPORT uint64_t forkserver_proc_id(const struct forkserver_proc *w);
 
 /* Round trip to the daemon. */
 FORKSERVER_EXPORT int forkserver_ping(struct forkserver *fs);

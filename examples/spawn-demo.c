@@ -28,29 +28,29 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < 3; i++) {
                 struct forkserver_spawn_args a = {.path = jobs[i][0], .argv = jobs[i],
                                                   .fds = out, .nfds = 2};
-                struct forkserver_worker *w;
+                struct forkserver_proc *w;
 
                 if ((r = forkserver_spawn(fs, &a, &w)) < 0) {
                         fprintf(stderr, "spawn-demo: %s\n", forkserver_error(fs));
                         forkserver_close(fs);
                         return 1;
                 }
-                printf("spawned worker %d: %s\n", (int)forkserver_worker_pid(w), jobs[i][2]);
+                printf("spawned worker %d: %s\n", (int)forkserver_proc_pid(w), jobs[i][2]);
         }
         for (;;) {
-                struct forkserver_worker *w;
+                struct forkserver_proc *w;
                 int st;
 
                 if (forkserver_wait_any(fs, 5000, &w) < 0)
                         break; /* -ECHILD: all reported */
                 forkserver_poll(fs, w, &st);
                 if (WIFEXITED(st))
-                        printf("worker %d exited with %d\n", (int)forkserver_worker_pid(w),
+                        printf("worker %d exited with %d\n", (int)forkserver_proc_pid(w),
                                WEXITSTATUS(st));
                 else
                         printf("worker %d killed by signal %d (%s)\n",
-                               (int)forkserver_worker_pid(w), WTERMSIG(st), strsignal(WTERMSIG(st)));
-                forkserver_worker_free(fs, w);
+                               (int)forkserver_proc_pid(w), WTERMSIG(st), strsignal(WTERMSIG(st)));
+                forkserver_proc_free(fs, w);
         }
         forkserver_close(fs);
         return 0;

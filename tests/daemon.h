@@ -162,7 +162,7 @@ static inline int run_capture(struct forkserver *fs, const char *const *argv, ch
         int p[2], status;
         struct forkserver_fd_map map[] = {{1, -1}};
         struct forkserver_spawn_args a = {.path = argv[0], .argv = argv, .fds = map, .nfds = 1};
-        struct forkserver_worker *w;
+        struct forkserver_proc *w;
         size_t len = 0;
         ssize_t n;
 
@@ -176,7 +176,7 @@ static inline int run_capture(struct forkserver *fs, const char *const *argv, ch
                 out[len] = '\0';
         close(p[0]);
         ck_assert_int_eq(forkserver_wait(fs, w, &status), 0);
-        forkserver_worker_free(fs, w);
+        forkserver_proc_free(fs, w);
         return status;
 }
 

@@ -22,12 +22,12 @@ static int probe(struct forkserver *fs, const char *profile, const char *a1, con
 {
         const char *argv[] = {env_or_die("SYSPROBE"), a1, a2, NULL};
         struct forkserver_spawn_args a = {.path = argv[0], .argv = argv, .profile = profile};
-        struct forkserver_worker *w;
+        struct forkserver_proc *w;
         int st;
 
         ck_assert_msg(forkserver_spawn(fs, &a, &w) == 0, "spawn: %s", forkserver_error(fs));
         ck_assert_int_eq(forkserver_wait(fs, w, &st), 0);
-        forkserver_worker_free(fs, w);
+        forkserver_proc_free(fs, w);
         return st;
 }
 
@@ -99,7 +99,7 @@ START_TEST(default_allows_normal_work)
                                            "getrandom"};
         const char *sh[] = {"/bin/sh", "-c", "echo $(echo nested) | cat >/dev/null", NULL};
         struct forkserver_spawn_args a = {.path = sh[0], .argv = sh};
-        struct forkserver_worker *w;
+        struct forkserver_proc *w;
         struct forkserver *fs;
         int st;
 
@@ -157,7 +157,7 @@ START_TEST(profile_policy)
 {
         const char *t[] = {"/bin/true", NULL};
         struct forkserver_spawn_args a = {.path = t[0], .argv = t};
-        struct forkserver_worker *w;
+        struct forkserver_proc *w;
         struct forkserver *fs;
 
         daemon_start(&d, NULL); /* default policy: default and strict only */
@@ -263,7 +263,7 @@ static int shell(struct forkserver *fs, struct forkserver_spawn_args *a, const c
 {
         const char *argv[] = {"/bin/sh", "-c", line, NULL};
         struct forkserver_fd_map map[] = {{1, -1}};
-        struct forkserver_worker *w;
+        struct forkserver_proc *w;
         int p[2], st;
         size_t len = 0;
         ssize_t n;
@@ -281,7 +281,7 @@ static int shell(struct forkserver *fs, struct forkserver_spawn_args *a, const c
         out[len] = '\0';
         close(p[0]);
         ck_assert_int_eq(forkserver_wait(fs, w, &st), 0);
-        forkserver_worker_free(fs, w);
+        forkserver_proc_free(fs, w);
         return st;
 }
 
@@ -325,7 +325,7 @@ START_TEST(child_hygiene)
         const char *argv[] = {"/usr/bin/env", NULL};
         int p[2];
         struct forkserver_fd_map map[] = {{1, -1}};
-        struct forkserver_worker *w;
+        struct forkserver_proc *w;
         ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
         map[0].fd = p[1];
         a.path = argv[0];
