@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <fcntl.h>
 
 #include "common/auth.h"
 #include "common/fdpass.h"
@@ -32,6 +33,7 @@ struct forkserver_proc {
         uint64_t id;
         pid_t pid;
         int pidfd;
+        int channel; /* the client's end of the worker's channel, or -1 */
         bool exited, reported;
         int status;
         uint64_t exit_seq; /* order of exit events, for forkserver_wait_any */
@@ -159,13 +161,13 @@ static int pump_one(struct forkserver *fs, int flags)
         const char *why = "bad message";
         struct fs_hdr h;
         struct fs_buf p;
-        int fds[1];
+        int fds[2];
         size_t nfds = 0;
         int n, r;
 
         if (fs->dead)
                 return fs->dead;
-        n = fs_fdpass_recv(fs->fd, fs->buf, sizeof(fs->buf), fds, 1, &nfds, flags);
+        n = fs_fdpass_recv(fs->fd, fs->buf, sizeof(fs->buf), fds, 2, &nfds, flags);
         if (n == -EAGAIN)
                 return n;
         if (n == 0)
@@ -183,16 +185,17 @@ static int pump_one(struct forkserver *fs, int flags)
                 struct fs_msg_spawned m;
                 struct forkserver_proc *w;
 
-                if (nfds != 1 || (r = fs_proto_parse_spawned(&p, &m, &why)) < 0) {
+                if (nfds < 1 || (r = fs_proto_parse_spawned(&p, &m, &why)) < 0) {
                         r = -EBADMSG;
                         goto bad;
                 }
                 if (!(w = calloc(1, sizeof(*w)))) {
-                        fs_close(fds[0]);
+                        fs_close_many(fds, nfds);
                         return die(fs, -ENOMEM, "spawn reply");
                 }
                 *w = (struct forkserver_proc){.id = m.worker, .pid = (pid_t)m.pid,
-                                                .pidfd = fds[0], .next = fs->workers};
+                                              .pidfd = fds[0], .channel = nfds > 1 ? fds[1] : -1,
+                                              .next = fs->workers};
                 if (fs->workers)
                         fs->workers->prev = w;
                 fs->workers = w;
@@ -489,8 +492,13 @@ int forkserver_spawn_submit(struct forkserver *fs, const struct forkserver_spawn
         fs->err[0] = '\0';
         if (fs->dead)
                 return fs->dead;
-        if (!a || !a->path || !a->argv || !a->argv[0])
-                return set_err(fs, -EINVAL, "spawn: path and argv[0] are required");
+        if (!a || (!a->path == !a->entry))
+                return set_err(fs, -EINVAL, "spawn: give path (exec mode) or entry (fork mode)");
+        if (a->path && (!a->argv || !a->argv[0]))
+                return set_err(fs, -EINVAL, "spawn: exec mode needs argv[0]");
+        if (a->entry && (a->argv || a->arglen > 60000 || (a->arglen && !a->arg)))
+                return set_err(fs, -EINVAL, "spawn: fork mode takes arg/arglen (at most 60,000 "
+                               "bytes), not argv");
         if (a->nfds > FS_MAX_MSG_FDS)
                 return set_err(fs, -EINVAL, "spawn: at most %d fds", FS_MAX_MSG_FDS);
         if (a->nrlimits > FS_MAX_RLIMITS || (a->nrlimits && !a->rlimits))
@@ -499,9 +507,15 @@ int forkserver_spawn_submit(struct forkserver *fs, const struct forkserver_spawn
                 return set_err(fs, -EINVAL, "spawn: bad umask (use FORKSERVER_UMASK)");
         id = new_id(fs);
         fs_msg_begin(&w, fs->buf, sizeof(fs->buf), FS_MSG_SPAWN, id);
-        fs_msg_put_str(&w, FS_F_PATH, a->path);
-        for (size_t i = 0; a->argv[i]; i++)
-                fs_msg_put_str(&w, FS_F_ARG, a->argv[i]);
+        if (a->path) {
+                fs_msg_put_str(&w, FS_F_PATH, a->path);
+                for (size_t i = 0; a->argv[i]; i++)
+                        fs_msg_put_str(&w, FS_F_ARG, a->argv[i]);
+        } else {
+                fs_msg_put_str(&w, FS_F_ENTRY, a->entry);
+                if (a->arglen)
+                        fs_msg_put_bytes(&w, FS_F_ARGBYTES, a->arg, a->arglen);
+        }
         for (size_t i = 0; a->envp && a->envp[i]; i++)
                 fs_msg_put_str(&w, FS_F_ENV, a->envp[i]);
         if (a->cwd)
@@ -645,7 +659,76 @@ void forkserver_proc_free(struct forkserver *fs, struct forkserver_proc *w)
                 if (s->worker == w)
                         s->worker = NULL;
         fs_close(w->pidfd);
+        fs_close(w->channel);
         free(w);
+}
+
+int forkserver_proc_channel(const struct forkserver_proc *w)
+{
+        return w->channel;
+}
+
+int forkserver_proc_take_channel(struct forkserver_proc *w)
+{
+        return fs_take_fd(&w->channel);
+}
+
+/* ---- channels ---- */
+
+int forkserver_channel_send(int fd, const void *buf, size_t len, const int *fds, size_t nfds)
+{
+        uint8_t hdr[FS_HDR_LEN];
+        struct fs_msgw w;
+        struct iovec iov[2];
+        int r;
+
+        if (len > FORKSERVER_CHANNEL_MAX_BYTES || nfds > FORKSERVER_CHANNEL_MAX_FDS)
+                return -EMSGSIZE;
+        if ((len && !buf) || (nfds && !fds))
+                return -EINVAL;
+        fs_msg_begin(&w, hdr, sizeof(hdr), FS_MSG_DATA, 0);
+        if ((r = fs_msg_finish(&w)) < 0 || fs_buf_patch_u32(&w.b, 12, (uint32_t)len) < 0)
+                return -EINVAL;
+        iov[0] = (struct iovec){hdr, sizeof(hdr)};
+        iov[1] = (struct iovec){(void *)buf, len};
+        return fs_fdpass_sendv(fd, iov, 2, fds, nfds, 0);
+}
+
+int forkserver_channel_recv(int fd, void *buf, size_t cap, int *fds, size_t maxfds,
+                            size_t *ret_nfds)
+{
+        uint8_t hdr[FS_HDR_LEN];
+        struct iovec iov[2] = {{hdr, sizeof(hdr)}, {buf, cap}};
+        struct fs_hdr h;
+        size_t nfds;
+        int n;
+
+        *ret_nfds = 0;
+        if (maxfds > FORKSERVER_CHANNEL_MAX_FDS)
+                maxfds = FORKSERVER_CHANNEL_MAX_FDS;
+        n = fs_fdpass_recvv(fd, iov, 2, fds, maxfds, &nfds, 0);
+        if (n == 0)
+                return -EPIPE; /* the peer is gone */
+        if (n < 0)
+                return n;
+        /* The header is checked on its own bytes; the payload stays where it landed. */
+        if ((size_t)n < sizeof(hdr) || fs_proto_parse_hdr_only(hdr, (size_t)n, &h) < 0 ||
+            h.type != FS_MSG_DATA) {
+                fs_close_many(fds, nfds);
+                return -EBADMSG;
+        }
+        *ret_nfds = nfds;
+        return n - (int)sizeof(hdr);
+}
+
+int forkserver_channel_fd(void)
+{
+        const char *e = getenv("FORKSERVER_CHANNEL_FD");
+        long v;
+
+        if (!e || fs_parse_long(e, 0, INT32_MAX, &v) < 0 || fcntl((int)v, F_GETFD) < 0)
+                return -1;
+        return (int)v;
 }
 
 pid_t forkserver_proc_pid(const struct forkserver_proc *w)

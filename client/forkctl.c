@@ -38,6 +38,7 @@ static const char usage_text[] =
         "       forkctl [--socket PATH] [--key-file PATH | --key-fd N] run [--profile NAME]\n"
         "               [--cwd DIR] [--env K=V]... [--fd CHILD=PARENT]... [--detach] -- PROG "
         "[ARG]...\n"
+        "       forkctl [...] run [options] --entry LIBNAME:SYMBOL [-- ARG...]\n"
         "       forkctl [...] ping | status | stop\n"
         "\n"
         "  keygen      write a fresh key (64 hex digits, mode 600) to FILE, '-' for stdout,\n"
@@ -45,6 +46,8 @@ static const char usage_text[] =
         "  run         run PROG in a worker with forkctl's stdio, cwd and environment (plus\n"
         "              --env); exit with its status (128+N for signal N). With no server\n"
         "              reachable and none named, start a private one for this run.\n"
+        "              --entry runs SYMBOL of a library the server preloaded, without exec;\n"
+        "              the ARGs become its argument bytes, each ended by a NUL.\n"
         "  ping        check that the server answers\n"
         "  status      print the server's counters as JSON\n"
         "  stop        ask the server to stop (as SIGTERM)\n"
@@ -393,15 +396,19 @@ static int wait_forwarding(struct forkserver *fs, struct forkserver_proc *w, int
 
 static int cmd_run(const struct global *g, int argc, char **argv)
 {
-        enum { O_PROFILE = 256, O_CWD, O_ENV, O_FD, O_DETACH };
+        enum { O_PROFILE = 256, O_CWD, O_ENV, O_FD, O_DETACH, O_ENTRY };
         static const struct option opts[] = {
                 {"profile", required_argument, NULL, O_PROFILE},
                 {"cwd", required_argument, NULL, O_CWD},
                 {"env", required_argument, NULL, O_ENV},
                 {"fd", required_argument, NULL, O_FD},
                 {"detach", no_argument, NULL, O_DETACH},
+                {"entry", required_argument, NULL, O_ENTRY},
                 {0},
         };
+        static char argbytes[60000];
+        const char *entry = NULL;
+        size_t arglen = 0;
         static char *env_add[MAX_ENV_ADD];
         struct forkserver_fd_map map[MAX_FD_MAP];
         struct private_daemon priv = {0};
@@ -455,12 +462,29 @@ static int cmd_run(const struct global *g, int argc, char **argv)
                 case O_DETACH:
                         flags |= FORKSERVER_SPAWN_DETACH;
                         break;
+                case O_ENTRY:
+                        if (!strchr(optarg, ':'))
+                                return fail(EXIT_RUN_FAIL, "--entry: need LIBNAME:SYMBOL, got '%s'",
+                                            optarg);
+                        entry = optarg;
+                        break;
                 default:
                         return fail(EXIT_RUN_FAIL, "run: bad option (see forkctl --help)");
                 }
         }
-        if (optind >= argc)
+        if (entry) {
+                for (int i = optind; i < argc; i++) {
+                        size_t n = strlen(argv[i]) + 1;
+
+                        if (n > sizeof(argbytes) - arglen)
+                                return fail(EXIT_RUN_FAIL, "--entry: arguments longer than %zu "
+                                            "bytes", sizeof(argbytes));
+                        memcpy(argbytes + arglen, argv[i], n);
+                        arglen += n;
+                }
+        } else if (optind >= argc) {
                 return fail(EXIT_RUN_FAIL, "run: no program given");
+        }
         if (!getcwd(here, sizeof(here)))
                 return fail(EXIT_RUN_FAIL, "cannot get the current directory: %s",
                             strerror(errno));
@@ -472,7 +496,7 @@ static int cmd_run(const struct global *g, int argc, char **argv)
                 r = fs_format(cwd, sizeof(cwd), "%s/%s", here, cwd_arg);
         if (r < 0)
                 return fail(EXIT_RUN_FAIL, "--cwd: path too long");
-        if ((r = resolve_prog(argv[optind], here, prog, sizeof(prog))) < 0)
+        if (!entry && (r = resolve_prog(argv[optind], here, prog, sizeof(prog))) < 0)
                 return fail(r == -EACCES ? EXIT_NOEXEC : EXIT_NOTFOUND, "%s: %s", argv[optind],
                             r == -EACCES ? "permission denied" : "command not found");
 
@@ -489,8 +513,11 @@ static int cmd_run(const struct global *g, int argc, char **argv)
 
         if (!env)
                 return fail(EXIT_RUN_FAIL, "out of memory");
-        struct forkserver_spawn_args a = {.path = prog,
-                                          .argv = (const char *const *)argv + optind,
+        struct forkserver_spawn_args a = {.path = entry ? NULL : prog,
+                                          .entry = entry,
+                                          .arg = argbytes,
+                                          .arglen = arglen,
+                                          .argv = entry ? NULL : (const char *const *)argv + optind,
                                           .envp = env,
                                           .cwd = cwd,
                                           .fds = map,

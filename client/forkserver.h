@@ -70,6 +70,8 @@ FORKSERVER_EXPORT int forkserver_fd(const struct forkserver *fs);
 
 #define FORKSERVER_SPAWN_DETACH 1u  /* outlives its connection; no parent-death signal */
 #define FORKSERVER_SPAWN_NEWPGRP 2u /* the worker leads a new process group */
+#define FORKSERVER_SPAWN_CHANNEL 4u /* a private channel: the worker's fd 3, and the client's
+                                       end from forkserver_proc_channel() */
 
 struct forkserver_rlimit {
         int resource;                /* RLIMIT_NOFILE, RLIMIT_AS, RLIMIT_CPU, ... */
@@ -82,8 +84,12 @@ struct forkserver_fd_map {
 };
 
 struct forkserver_spawn_args {
-        const char *path;                /* absolute path of the program */
-        const char *const *argv;         /* NULL-terminated, argv[0] required */
+        const char *path;                /* exec mode: absolute path of the program */
+        const char *entry;               /* fork mode instead: "LIBNAME:SYMBOL" of a library the
+                                            server preloaded (--preload /x/LIBNAME.so) */
+        const void *arg;                 /* fork mode: argument bytes for the entry */
+        size_t arglen;                   /* fork mode: at most 60,000 */
+        const char *const *argv;         /* exec mode: NULL-terminated, argv[0] required */
         const char *const *envp;         /* NULL-terminated, or NULL for an empty environment */
         const char *cwd;                 /* absolute; NULL: "/" */
         const struct forkserver_fd_map *fds; /* stdio 0-2 not given become /dev/null */
@@ -132,6 +138,11 @@ FORKSERVER_EXPORT int forkserver_wait_any(struct forkserver *fs, int timeout_ms,
 /* Sends a signal through the worker's pidfd. -ESRCH if it has exited. */
 FORKSERVER_EXPORT int forkserver_kill(struct forkserver *fs, struct forkserver_proc *w,
                                       int sig);
+/* The client's end of a worker's channel (FORKSERVER_SPAWN_CHANNEL), or -1; closed by
+ * forkserver_proc_free unless taken with forkserver_proc_take_channel. */
+FORKSERVER_EXPORT int forkserver_proc_channel(const struct forkserver_proc *w);
+FORKSERVER_EXPORT int forkserver_proc_take_channel(struct forkserver_proc *w);
+
 /* Forgets a worker and closes its pidfd; a running worker keeps running. */
 FORKSERVER_EXPORT void forkserver_proc_free(struct forkserver *fs, struct forkserver_proc *w);
 
@@ -147,6 +158,48 @@ FORKSERVER_EXPORT int forkserver_status(struct forkserver *fs,
                                         void *ud);
 /* Asks the daemon to stop as on SIGTERM; returns once it has acknowledged. */
 FORKSERVER_EXPORT int forkserver_stop(struct forkserver *fs);
+
+/*
+ * Channels: messages of bytes plus fds between a client and its worker, framed like the
+ * control protocol (docs/PROTOCOL.md). Usable on both sides. At most
+ * FORKSERVER_CHANNEL_MAX_BYTES bytes and FORKSERVER_CHANNEL_MAX_FDS fds per message; received
+ * fds are close-on-exec.
+ *
+ * forkserver_channel_send: 0, -EMSGSIZE/-EINVAL beyond the limits, -EPIPE when the peer is
+ * gone, -EAGAIN on a non-blocking socket that is full.
+ * forkserver_channel_recv: the payload length (0 is an empty message), -EPIPE at EOF (the
+ * peer is gone), -EMSGSIZE for a message larger than cap, -EBADMSG for a malformed message or
+ * more fds than maxfds; on every error, each fd that arrived is closed.
+ */
+#define FORKSERVER_CHANNEL_MAX_BYTES (65536 - 16)
+#define FORKSERVER_CHANNEL_MAX_FDS 64
+
+FORKSERVER_EXPORT int forkserver_channel_send(int fd, const void *buf, size_t len,
+                                              const int *fds, size_t nfds);
+FORKSERVER_EXPORT int forkserver_channel_recv(int fd, void *buf, size_t cap, int *fds,
+                                              size_t maxfds, size_t *ret_nfds);
+/* In an exec-mode worker: its channel (from $FORKSERVER_CHANNEL_FD), or -1. */
+FORKSERVER_EXPORT int forkserver_channel_fd(void);
+
+/*
+ * Fork mode. forkserverd --preload /path/LIBNAME.so loads the library into the zygote before
+ * it listens; a request with entry "LIBNAME:SYMBOL" forks the zygote, and the child calls
+ *
+ *     int SYMBOL(const struct forkserver_worker *w);
+ *
+ * and exits with its return value (low 8 bits). No exec: the child starts with everything the
+ * library set up at load time. It has the fds, environment, rlimits and profile of its
+ * request, like an exec-mode worker.
+ */
+struct forkserver_worker {
+        const void *arg;  /* the request's argument bytes (not NUL-terminated) */
+        size_t arglen;
+        int channel_fd;   /* the worker's end of its channel, or -1 */
+        const int *fds;   /* the fd numbers the request placed in this process */
+        size_t nfds;
+};
+
+typedef int forkserver_entry_fn(const struct forkserver_worker *w);
 
 #ifdef __cplusplus
 }

@@ -11,14 +11,24 @@
 
 int fs_fdpass_send(int sock, const void *buf, size_t len, const int *fds, size_t nfds, int flags)
 {
+        struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+
+        return fs_fdpass_sendv(sock, &iov, 1, fds, nfds, flags);
+}
+
+int fs_fdpass_sendv(int sock, const struct iovec *iov, size_t iovcnt, const int *fds, size_t nfds,
+                    int flags)
+{
         union {
                 struct cmsghdr align;
                 char buf[CMSG_FDS_SPACE];
         } ctl;
-        struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
-        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+        struct msghdr mh = {.msg_iov = (struct iovec *)iov, .msg_iovlen = iovcnt};
+        size_t len = 0;
         ssize_t n;
 
+        for (size_t i = 0; i < iovcnt; i++)
+                len += iov[i].iov_len;
         if (nfds > FS_MAX_MSG_FDS)
                 return -EINVAL;
         if (nfds > 0) {
@@ -44,13 +54,20 @@ int fs_fdpass_send(int sock, const void *buf, size_t len, const int *fds, size_t
 int fs_fdpass_recv(int sock, void *buf, size_t cap, int *fds, size_t maxfds, size_t *ret_nfds,
                    int flags)
 {
+        struct iovec iov = {.iov_base = buf, .iov_len = cap};
+
+        return fs_fdpass_recvv(sock, &iov, 1, fds, maxfds, ret_nfds, flags);
+}
+
+int fs_fdpass_recvv(int sock, const struct iovec *iov, size_t iovcnt, int *fds, size_t maxfds,
+                    size_t *ret_nfds, int flags)
+{
         union {
                 struct cmsghdr align;
                 char buf[CMSG_FDS_SPACE];
         } ctl;
-        struct iovec iov = {.iov_base = buf, .iov_len = cap};
-        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
-                            .msg_controllen = sizeof(ctl.buf)};
+        struct msghdr mh = {.msg_iov = (struct iovec *)iov, .msg_iovlen = iovcnt,
+                            .msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf)};
         size_t nfds = 0;
         bool foreign = false;
         ssize_t n;

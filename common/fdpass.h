@@ -3,6 +3,8 @@
 
 #include <stddef.h>
 
+#include <sys/uio.h>
+
 /* Sends buf with nfds fds attached (MSG_NOSIGNAL). 0 or a negative errno. */
 int fs_fdpass_send(int sock, const void *buf, size_t len, const int *fds, size_t nfds, int flags);
 
@@ -14,3 +16,9 @@ int fs_fdpass_send(int sock, const void *buf, size_t len, const int *fds, size_t
  */
 int fs_fdpass_recv(int sock, void *buf, size_t cap, int *fds, size_t maxfds, size_t *ret_nfds,
                    int flags);
+
+/* The same over several buffers (a header and a payload, say). */
+int fs_fdpass_sendv(int sock, const struct iovec *iov, size_t iovcnt, const int *fds, size_t nfds,
+                    int flags);
+int fs_fdpass_recvv(int sock, const struct iovec *iov, size_t iovcnt, int *fds, size_t maxfds,
+                    size_t *ret_nfds, int flags);

@@ -3,7 +3,7 @@
 #include <errno.h>
 #include <string.h>
 
-enum kind { K_NONE, K_U16, K_U32, K_U64, K_STR, K_B32, K_STAT, K_RLIM };
+enum kind { K_NONE, K_U16, K_U32, K_U64, K_STR, K_B32, K_STAT, K_RLIM, K_BYTES };
 
 static const uint8_t field_kind[FS_F_MAX_ + 1] = {
         [FS_F_VERSION_MIN] = K_U16, [FS_F_VERSION_MAX] = K_U16, [FS_F_NONCE] = K_B32,
@@ -13,7 +13,7 @@ static const uint8_t field_kind[FS_F_MAX_ + 1] = {
         [FS_F_FLAGS] = K_U32,       [FS_F_WORKER] = K_U64,      [FS_F_PID] = K_U32,
         [FS_F_CODE] = K_U32,        [FS_F_STATUS] = K_U32,      [FS_F_STAT] = K_STAT,
         [FS_F_STEP] = K_U32,        [FS_F_PROFILE] = K_STR,     [FS_F_RLIMIT] = K_RLIM,
-        [FS_F_UMASK] = K_U32,
+        [FS_F_UMASK] = K_U32,       [FS_F_ENTRY] = K_STR,       [FS_F_ARGBYTES] = K_BYTES,
 };
 
 static const char *const type_names[FS_MSG_MAX_ + 1] = {
@@ -23,7 +23,7 @@ static const char *const type_names[FS_MSG_MAX_ + 1] = {
         [FS_MSG_PING] = "PING",       [FS_MSG_SPAWN] = "SPAWN",
         [FS_MSG_SPAWNED] = "SPAWNED", [FS_MSG_EXITED] = "EXITED",
         [FS_MSG_STATUS] = "STATUS",   [FS_MSG_STATUS_REPLY] = "STATUS_REPLY",
-        [FS_MSG_STOP] = "STOP",
+        [FS_MSG_STOP] = "STOP",       [FS_MSG_DATA] = "DATA",
 };
 
 const char *fs_proto_type_name(uint16_t type)
@@ -37,9 +37,11 @@ size_t fs_proto_max_fds(uint16_t type)
         case FS_MSG_SPAWN:
                 return FS_MAX_MSG_FDS;
         case FS_MSG_SPAWNED:
-                return 1;
+                return 2; /* pidfd, then the channel when asked for */
         case FS_MSG_ERROR:
                 return 1; /* zygote → front only: the pidfd of a child that failed to exec */
+        case FS_MSG_DATA:
+                return FS_MAX_MSG_FDS;
         default:
                 return 0;
         }
@@ -169,6 +171,30 @@ int fs_proto_parse_hdr(const void *msg, size_t len, struct fs_hdr *ret, struct f
         return 0;
 }
 
+int fs_proto_parse_hdr_only(const uint8_t hdr[FS_HDR_LEN], size_t len, struct fs_hdr *ret)
+{
+        uint8_t copy[FS_HDR_LEN];
+        struct fs_buf b, p;
+        uint32_t plen;
+        int r;
+
+        /* the same checks as for a whole datagram, on the header's bytes and the total length */
+        memset(ret, 0, sizeof(*ret));
+        if (len < FS_HDR_LEN)
+                return -EBADMSG;
+        if (len > FS_MAX_MSG)
+                return -EMSGSIZE;
+        memcpy(copy, hdr, FS_HDR_LEN);
+        fs_buf_init_reader(&b, copy + 12, 4);
+        if (fs_buf_get_u32(&b, &plen) < 0 || plen != len - FS_HDR_LEN)
+                return -EBADMSG;
+        /* present it as a header with an empty payload */
+        copy[12] = copy[13] = copy[14] = copy[15] = 0;
+        if ((r = fs_proto_parse_hdr(copy, FS_HDR_LEN, ret, &p)) == 0)
+                ret->len = plen;
+        return r;
+}
+
 #define REQ 1u
 #define REP 2u
 
@@ -181,6 +207,7 @@ struct fields {
         uint32_t count[FS_F_MAX_ + 1];
         uint64_t num[FS_F_MAX_ + 1];
         const uint8_t *val[FS_F_MAX_ + 1];
+        uint16_t len[FS_F_MAX_ + 1]; /* of the first occurrence */
 };
 
 static int fail(const char **ret_why, const char *why, int r)
@@ -239,6 +266,8 @@ static int check_value(uint16_t tag, const uint8_t *v, uint16_t len, uint64_t *n
                 if (!valid_str(v, len))
                         return fail(ret_why, "string field without a single final NUL", -EBADMSG);
                 return 0;
+        case K_BYTES:
+                return 0;
         case K_STAT:
                 if (len < 9 || !valid_str(v + 8, len - 8u))
                         return fail(ret_why, "malformed STAT field", -EBADMSG);
@@ -273,6 +302,7 @@ static int decode(struct fs_buf *p, const struct spec *specs, size_t nspecs, str
                 if (f->count[tag]++ == 0) {
                         f->num[tag] = num;
                         f->val[tag] = v;
+                        f->len[tag] = len;
                 }
         }
         if (r < 0)
@@ -420,6 +450,25 @@ int fs_proto_parse_status(struct fs_buf *p, int (*fn)(void *ud, const char *name
         return 0;
 }
 
+bool fs_proto_entry_ok(const char *e)
+{
+        const char *colon = strchr(e, ':');
+        size_t n = strlen(e);
+
+        if (!colon || colon == e || n > FS_MAX_ENTRY || !colon[1])
+                return false;
+        for (const char *c = e; c < colon; c++)
+                if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+                      (*c >= '0' && *c <= '9') || *c == '_' || *c == '-' || *c == '.' ||
+                      *c == '+'))
+                        return false;
+        for (const char *c = colon + 1; *c; c++)
+                if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || *c == '_' ||
+                      (c > colon + 1 && *c >= '0' && *c <= '9')))
+                        return false;
+        return true;
+}
+
 int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, const char **ptrs, size_t nptrs,
                          struct fs_spawn *ret, const char **ret_why)
 {
@@ -432,9 +481,9 @@ int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, const char **ptrs, size_
         int r;
 
         memset(ret, 0, sizeof(*ret));
-        r = DECODE(p, &f, ret_why, {FS_F_PATH, REQ}, {FS_F_ARG, REQ | REP}, {FS_F_ENV, REP},
+        r = DECODE(p, &f, ret_why, {FS_F_PATH, 0}, {FS_F_ARG, REP}, {FS_F_ENV, REP},
                    {FS_F_CWD, 0}, {FS_F_FD, REP}, {FS_F_FLAGS, 0}, {FS_F_PROFILE, 0},
-                   {FS_F_RLIMIT, REP}, {FS_F_UMASK, 0});
+                   {FS_F_RLIMIT, REP}, {FS_F_UMASK, 0}, {FS_F_ENTRY, 0}, {FS_F_ARGBYTES, 0});
         if (r < 0)
                 return r;
         if (f.count[FS_F_FD] != nfds)
@@ -445,8 +494,18 @@ int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, const char **ptrs, size_
                 return fail(ret_why, "too many environment entries", -E2BIG);
         if (f.count[FS_F_ARG] + f.count[FS_F_ENV] + 2 > nptrs)
                 return fail(ret_why, "argument storage too small", -E2BIG);
-        if (f.val[FS_F_PATH][0] != '/')
+        if (!f.count[FS_F_PATH] == !f.count[FS_F_ENTRY])
+                return fail(ret_why, "exactly one of PATH and ENTRY is required", -EBADMSG);
+        if (f.count[FS_F_PATH] && !f.count[FS_F_ARG])
+                return fail(ret_why, "exec mode needs argv[0]", -EBADMSG);
+        if (f.count[FS_F_ENTRY] && f.count[FS_F_ARG])
+                return fail(ret_why, "fork mode takes ARGBYTES, not ARG", -EBADMSG);
+        if (f.count[FS_F_PATH] && f.count[FS_F_ARGBYTES])
+                return fail(ret_why, "exec mode takes ARG, not ARGBYTES", -EBADMSG);
+        if (f.count[FS_F_PATH] && f.val[FS_F_PATH][0] != '/')
                 return fail(ret_why, "program path must be absolute", -EINVAL);
+        if (f.count[FS_F_ENTRY] && !fs_proto_entry_ok((const char *)f.val[FS_F_ENTRY]))
+                return fail(ret_why, "entry must be LIBNAME:SYMBOL", -EINVAL);
         if (f.val[FS_F_CWD] && f.val[FS_F_CWD][0] != '/')
                 return fail(ret_why, "cwd must be absolute", -EINVAL);
         if (f.val[FS_F_PROFILE] &&
@@ -496,6 +555,8 @@ int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, const char **ptrs, size_
                                 return fail(ret_why, "child fd number too large", -EINVAL);
                         if (fd_seen[cfd / 64] & (1ull << (cfd % 64)))
                                 return fail(ret_why, "child fd number given twice", -EINVAL);
+                        if (cfd == FS_CHANNEL_FD && (f.num[FS_F_FLAGS] & FS_SPAWN_CHANNEL))
+                                return fail(ret_why, "fd 3 is the channel's", -EINVAL);
                         fd_seen[cfd / 64] |= 1ull << (cfd % 64);
                         ret->child_fd[nfd++] = cfd;
                         break;
@@ -510,6 +571,9 @@ int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, const char **ptrs, size_
         ret->envc = envc;
         ret->nfds = nfd;
         ret->path = (const char *)f.val[FS_F_PATH];
+        ret->entry = (const char *)f.val[FS_F_ENTRY];
+        ret->arg = f.val[FS_F_ARGBYTES];
+        ret->arglen = f.len[FS_F_ARGBYTES];
         ret->cwd = (const char *)f.val[FS_F_CWD];
         ret->profile = (const char *)f.val[FS_F_PROFILE];
         ret->flags = (uint32_t)f.num[FS_F_FLAGS];

@@ -37,7 +37,8 @@ enum fs_msg_type {
         FS_MSG_STATUS = 11,
         FS_MSG_STATUS_REPLY = 12,
         FS_MSG_STOP = 13,
-        FS_MSG_MAX_ = FS_MSG_STOP,
+        FS_MSG_DATA = 14, /* on a worker's channel: raw payload bytes */
+        FS_MSG_MAX_ = FS_MSG_DATA,
 };
 
 enum fs_field_tag {
@@ -63,16 +64,21 @@ enum fs_field_tag {
         FS_F_PROFILE = 20,    /* string */
         FS_F_RLIMIT = 21,     /* u32 resource, u64 soft, u64 hard; repeated */
         FS_F_UMASK = 22,      /* u32, 0..0777 */
-        FS_F_MAX_ = FS_F_UMASK,
+        FS_F_ENTRY = 23,      /* string "LIBNAME:SYMBOL": fork mode */
+        FS_F_ARGBYTES = 24,   /* bytes: the argument of a fork-mode entry */
+        FS_F_MAX_ = FS_F_ARGBYTES,
 };
 
 enum fs_spawn_flags {
         FS_SPAWN_DETACH = 1u << 0,  /* survives its connection; no parent-death signal */
         FS_SPAWN_NEWPGRP = 1u << 1, /* the worker leads its own process group */
-        FS_SPAWN_KNOWN_FLAGS = FS_SPAWN_DETACH | FS_SPAWN_NEWPGRP,
+        FS_SPAWN_CHANNEL = 1u << 2, /* a socketpair: one end the worker's fd 3, one the client's */
+        FS_SPAWN_KNOWN_FLAGS = FS_SPAWN_DETACH | FS_SPAWN_NEWPGRP | FS_SPAWN_CHANNEL,
 };
 
 #define FS_MAX_RLIMITS 16
+#define FS_CHANNEL_FD 3          /* the worker's end of its channel */
+#define FS_MAX_ENTRY 192         /* "LIBNAME:SYMBOL" */
 #define FS_MAX_PROFILE_NAME 32
 
 /* Where a spawn failed; reported in ERROR replies so a setup failure never looks like a crash. */
@@ -85,7 +91,8 @@ enum fs_spawn_step {
         FS_STEP_RLIMIT = 6,
         FS_STEP_PGRP = 7,
         FS_STEP_SECCOMP = 8,
-        FS_STEP_MAX_ = FS_STEP_SECCOMP,
+        FS_STEP_ENTRY = 9,
+        FS_STEP_MAX_ = FS_STEP_ENTRY,
 };
 
 struct fs_hdr {
@@ -114,6 +121,8 @@ int fs_msg_finish(struct fs_msgw *w);
 
 /* Checks the header of a whole datagram and returns a reader over its payload. */
 int fs_proto_parse_hdr(const void *msg, size_t len, struct fs_hdr *ret, struct fs_buf *ret_payload);
+/* Checks a header whose payload (len - FS_HDR_LEN bytes) lies elsewhere. */
+int fs_proto_parse_hdr_only(const uint8_t hdr[FS_HDR_LEN], size_t len, struct fs_hdr *ret);
 /* How many fds a message of this type may carry (SPAWN: as many as its FD fields). */
 size_t fs_proto_max_fds(uint16_t type);
 const char *fs_proto_type_name(uint16_t type);
@@ -153,7 +162,10 @@ struct fs_rlimit {
 };
 
 struct fs_spawn {
-        const char *path;
+        const char *path;    /* exec mode; NULL in fork mode */
+        const char *entry;   /* fork mode: "LIBNAME:SYMBOL"; NULL in exec mode */
+        const uint8_t *arg;  /* fork mode: argument bytes */
+        size_t arglen;
         const char *cwd;     /* NULL: the worker starts in / */
         const char *profile; /* NULL: server default */
         uint32_t flags;
@@ -167,7 +179,7 @@ struct fs_spawn {
 };
 
 /* Storage a spawn parse needs for its argv and envp pointer arrays. */
-#define FS_SPAWN_PTRS (FS_MAX_ARGV + FS_MAX_ENVP + 2)
+#define FS_SPAWN_PTRS (FS_MAX_ARGV + FS_MAX_ENVP + 3) /* + one entry the zygote may add */
 
 /* Each returns 0, or -EBADMSG for a malformed payload (-EINVAL for a well-formed one that
  * asks for something invalid); *ret_why, when given, names the problem. */
@@ -180,6 +192,8 @@ int fs_proto_parse_exited(struct fs_buf *p, struct fs_msg_exited *ret, const cha
 int fs_proto_parse_empty(struct fs_buf *p, const char **ret_why);
 int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, const char **ptrs, size_t nptrs,
                          struct fs_spawn *ret, const char **ret_why);
+/* "LIBNAME:SYMBOL": a file-name-like library name and a C identifier. */
+bool fs_proto_entry_ok(const char *e);
 /* Calls fn for each STAT field; stops at the first negative return. */
 int fs_proto_parse_status(struct fs_buf *p, int (*fn)(void *ud, const char *name, uint64_t v),
                           void *ud, const char **ret_why);

@@ -8,6 +8,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include "common/proto.h"
@@ -18,53 +19,52 @@ static int lift_child(int fd, int floor)
         return fd > floor ? fd : fcntl(fd, F_DUPFD_CLOEXEC, floor + 1);
 }
 
-int fsd_child_exec(void *arg)
+/* Everything both modes do before the program runs. Returns 0, or -1 with *e filled.
+ * In fork mode (close_now) unwanted fds are closed; in exec mode exec closes them. */
+static int setup_child(const struct fsd_child_plan *p, bool close_now, int *errfd,
+                       struct fsd_child_error *e)
 {
-        const struct fsd_child_plan *p = arg;
         uint64_t keep[(FS_MAX_CHILD_FD + 64) / 64] = {0};
         int src[FS_MAX_MSG_FDS];
-        struct fsd_child_error e = {0, 0};
-        int maxt = 2, errfd = p->errpipe, devnull;
-        sigset_t none;
+        int maxt = 2, devnull;
+        unsigned flag = close_now ? 0 : CLOSE_RANGE_CLOEXEC;
 
         if (!p->detached) {
                 /* The worker dies with the front; the getppid() check closes the race where
                  * the front died before the prctl. */
-                if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) {
-                        e.step = FS_STEP_PARENT;
-                        goto fail;
-                }
+                e->step = FS_STEP_PARENT;
+                if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+                        return -1;
                 if (getppid() != p->front) {
-                        e.step = FS_STEP_PARENT;
                         errno = ESRCH;
-                        goto fail;
+                        return -1;
                 }
         }
 
-        e.step = FS_STEP_FDS;
+        e->step = FS_STEP_FDS;
         for (size_t i = 0; i < p->nfds; i++) {
                 if ((int)p->targets[i] > maxt)
                         maxt = (int)p->targets[i];
                 keep[p->targets[i] / 64] |= 1ull << (p->targets[i] % 64);
         }
         /* Lift every source above the highest target so that no dup3 clobbers another. */
-        if ((errfd = lift_child(errfd, maxt)) < 0) {
-                errfd = p->errpipe;
-                goto fail;
+        if ((*errfd = lift_child(p->errpipe, maxt)) < 0) {
+                *errfd = p->errpipe;
+                return -1;
         }
         if ((devnull = lift_child(p->devnull, maxt)) < 0)
-                goto fail;
+                return -1;
         for (size_t i = 0; i < p->nfds; i++)
                 if ((src[i] = lift_child(p->fds[i], maxt)) < 0)
-                        goto fail;
+                        return -1;
         for (size_t i = 0; i < p->nfds; i++)
                 if (dup3(src[i], (int)p->targets[i], 0) < 0)
-                        goto fail;
+                        return -1;
         for (int fd = 0; fd <= 2; fd++)
                 if (!(keep[0] & (1ull << fd)) && dup3(devnull, fd, 0) < 0)
-                        goto fail;
-        /* Everything not asked for stays behind at exec, even an fd a library leaked without
-         * CLOEXEC. */
+                        return -1;
+        /* Everything not asked for stays behind, even an fd a library leaked without
+         * CLOEXEC; the error pipe goes last, at the very end. */
         for (int fd = 3; fd <= maxt; fd++) {
                 int end = fd;
 
@@ -72,21 +72,22 @@ int fsd_child_exec(void *arg)
                         continue;
                 while (end + 1 <= maxt && !(keep[(end + 1) / 64] & (1ull << ((end + 1) % 64))))
                         end++;
-                if (close_range((unsigned)fd, (unsigned)end, CLOSE_RANGE_CLOEXEC) < 0)
-                        goto fail;
+                if (close_range((unsigned)fd, (unsigned)end, flag) < 0)
+                        return -1;
                 fd = end;
         }
-        if (close_range((unsigned)maxt + 1, ~0u, CLOSE_RANGE_CLOEXEC) < 0)
-                goto fail;
+        if ((*errfd > maxt + 1 && close_range((unsigned)maxt + 1, (unsigned)*errfd - 1, flag) < 0) ||
+            close_range((unsigned)*errfd + 1, ~0u, flag) < 0)
+                return -1;
 
         if (p->newpgrp) {
-                e.step = FS_STEP_PGRP;
+                e->step = FS_STEP_PGRP;
                 if (setpgid(0, 0) < 0)
-                        goto fail;
+                        return -1;
         }
         umask((mode_t)p->umask);
 
-        e.step = FS_STEP_RLIMIT;
+        e->step = FS_STEP_RLIMIT;
         {
                 struct rlimit no_core = {0, 0};
                 bool core_given = false;
@@ -96,33 +97,72 @@ int fsd_child_exec(void *arg)
 
                         core_given |= p->rlimits[i].resource == RLIMIT_CORE;
                         if (setrlimit((__rlimit_resource_t)p->rlimits[i].resource, &rl) < 0)
-                                goto fail;
+                                return -1;
                 }
                 if (!core_given && setrlimit(RLIMIT_CORE, &no_core) < 0)
-                        goto fail;
+                        return -1;
         }
 
         if (p->cwd) {
-                e.step = FS_STEP_CHDIR;
+                e->step = FS_STEP_CHDIR;
                 if (chdir(p->cwd) < 0)
-                        goto fail;
+                        return -1;
         }
 
-        /* Last before exec: from here on the filters judge every call we make. */
-        e.step = FS_STEP_SECCOMP;
+        /* Last: from here on the filters judge every call we make. */
+        e->step = FS_STEP_SECCOMP;
         if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-                goto fail;
+                return -1;
         for (size_t i = 0; i < p->nfilters; i++)
                 if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, p->filters[i]) < 0)
-                        goto fail;
+                        return -1;
+        return 0;
+}
 
+static __attribute__((noreturn)) void fail_child(int errfd, struct fsd_child_error *e)
+{
+        e->err = errno;
+        (void)!write(errfd, e, sizeof(*e));
+        _exit(127);
+}
+
+int fsd_child_exec(void *arg)
+{
+        const struct fsd_child_plan *p = arg;
+        struct fsd_child_error e = {0, 0};
+        int errfd = p->errpipe;
+        sigset_t none;
+
+        if (setup_child(p, false, &errfd, &e) < 0)
+                fail_child(errfd, &e);
         e.step = FS_STEP_EXEC;
         sigemptyset(&none);
         if (sigprocmask(SIG_SETMASK, &none, NULL) < 0)
-                goto fail;
+                fail_child(errfd, &e);
         execve(p->path, p->argv, p->envp);
-fail:
-        e.err = errno;
-        (void)!write(errfd, &e, sizeof(e));
-        _exit(127);
+        fail_child(errfd, &e);
+}
+
+int fsd_child_entry(void *arg)
+{
+        const struct fsd_child_plan *p = arg;
+        struct fsd_child_error e = {0, 0};
+        int errfd = p->errpipe, fds[FS_MAX_MSG_FDS + 1];
+        struct forkserver_worker w;
+        sigset_t none;
+
+        if (setup_child(p, true, &errfd, &e) < 0)
+                fail_child(errfd, &e);
+        e.step = FS_STEP_ENTRY;
+        sigemptyset(&none);
+        if (sigprocmask(SIG_SETMASK, &none, NULL) < 0)
+                fail_child(errfd, &e);
+        for (size_t i = 0; i < p->nfds; i++)
+                fds[i] = (int)p->targets[i];
+        w = (struct forkserver_worker){.arg = p->arg, .arglen = p->arglen,
+                                       .channel_fd = p->channel ? FS_CHANNEL_FD : -1,
+                                       .fds = fds, .nfds = p->nfds - (p->channel ? 1 : 0)};
+        environ = (char **)p->envp;
+        close(errfd); /* EOF: the zygote may go on */
+        exit(p->entry(&w) & 0xff);
 }

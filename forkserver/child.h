@@ -7,6 +7,7 @@
 #include <linux/filter.h>
 #include <sys/types.h>
 
+#include "client/forkserver.h"
 #include "common/proto.h"
 
 struct fsd_child_plan {
@@ -27,6 +28,11 @@ struct fsd_child_plan {
         size_t nrlimits;
         const struct sock_fprog *filters[2]; /* installed in order; both apply */
         size_t nfilters;
+        /* fork mode */
+        int (*entry)(const struct forkserver_worker *w);
+        const void *arg;
+        size_t arglen;
+        bool channel; /* fd 3 is the channel */
 };
 
 struct fsd_child_error {
@@ -36,3 +42,9 @@ struct fsd_child_error {
 
 /* clone() entry under CLONE_VM|CLONE_VFORK: writes only its own stack; never returns. */
 int fsd_child_exec(void *plan);
+
+/* clone() entry for fork mode (a copy of the zygote, no CLONE_VM): sets up like exec mode,
+ * closes every fd not asked for, reports success by closing the error pipe, then calls the
+ * entry and exits with its value. The zygote is single-threaded, so the copy may use libc
+ * freely once set up. */
+int fsd_child_entry(void *plan);

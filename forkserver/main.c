@@ -17,6 +17,7 @@
 #include "forkserver/server.h"
 #include "forkserver/sockdir.h"
 #include "forkserver/zygote.h"
+#include <stdlib.h>
 
 #define EXIT_USAGE 2
 
@@ -24,6 +25,7 @@ static const char usage_text[] =
         "Usage: forkserverd [--socket PATH] (--key-file PATH | --key-fd N) [--allow-uid UID]...\n"
         "                   [--max-workers N] [--max-pending N] [--handshake-timeout MS]\n"
         "                   [--min-profile NAME] [--allow-profile LIST] [--profile-dir DIR]\n"
+        "                   [--preload LIB]...\n"
         "                   [--ready-fd N] [--log-level LEVEL] [--foreground]\n"
         "\n"
         "Creates worker processes for authenticated local clients.\n"
@@ -43,6 +45,8 @@ static const char usage_text[] =
         "  --allow-profile LIST    profiles clients may ask for, comma-separated\n"
         "                          (default: default,strict; requests naming none get default)\n"
         "  --profile-dir DIR       load more profiles from DIR/NAME.profile\n"
+        "  --preload LIB           load LIB (/dir/LIBNAME.so) into the zygotes before listening;\n"
+        "                          requests may then run LIBNAME:SYMBOL without exec (max 16)\n"
         "  --ready-fd N            write \"READY\\n\" to fd N once listening, then close it\n"
         "  --log-level LEVEL       error, warning, info (default) or debug\n"
         "  --foreground            do not detach\n"
@@ -76,7 +80,7 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
 {
         enum { O_SOCKET = 256, O_KEY_FILE, O_KEY_FD, O_ALLOW_UID, O_MAX_WORKERS, O_MAX_PENDING,
                O_HS_TIMEOUT, O_READY_FD, O_LOG_LEVEL, O_FOREGROUND, O_MIN_PROFILE,
-               O_ALLOW_PROFILE, O_PROFILE_DIR };
+               O_ALLOW_PROFILE, O_PROFILE_DIR, O_PRELOAD };
         static const struct option opts[] = {
                 {"socket", required_argument, NULL, O_SOCKET},
                 {"key-file", required_argument, NULL, O_KEY_FILE},
@@ -91,6 +95,7 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                 {"min-profile", required_argument, NULL, O_MIN_PROFILE},
                 {"allow-profile", required_argument, NULL, O_ALLOW_PROFILE},
                 {"profile-dir", required_argument, NULL, O_PROFILE_DIR},
+                {"preload", required_argument, NULL, O_PRELOAD},
                 {"help", no_argument, NULL, 'h'},
                 {0},
         };
@@ -155,6 +160,27 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                 case O_PROFILE_DIR:
                         o->profile_dir = optarg;
                         break;
+                case O_PRELOAD: {
+                        char *abs;
+
+                        if (o->npreload == FSD_MAX_PRELOAD)
+                                return usage_error("--preload: at most %d", FSD_MAX_PRELOAD);
+                        /* resolved now: the zygote works from / */
+                        if (!(abs = realpath(optarg, NULL))) {
+                                fprintf(stderr, "forkserverd: --preload %s: %s\n", optarg,
+                                        strerror(errno));
+                                return 1;
+                        }
+                        if (fsd_preload_name(abs, o->preload_name[o->npreload],
+                                             sizeof(o->preload_name[0])) < 0)
+                                return usage_error("--preload %s: bad library name", optarg);
+                        for (size_t i = 0; i < o->npreload; i++)
+                                if (strcmp(o->preload_name[i], o->preload_name[o->npreload]) == 0)
+                                        return usage_error("--preload: two libraries named %s",
+                                                           o->preload_name[i]);
+                        o->preload[o->npreload++] = abs;
+                        break;
+                }
                 case 'h':
                         fputs(usage_text, stdout);
                         exit(0);
@@ -240,7 +266,7 @@ static int load_key(const struct fsd_options *o, struct fs_key **ret)
         return r;
 }
 
-static int start_zygotes(struct fsd_server *s)
+static int start_zygotes(struct fsd_server *s, const struct fsd_options *o)
 {
         const struct fsd_sandbox *sb = &s->sandbox;
         bool min_ok = !sb->min || sb->min->zygote_safe;
@@ -255,8 +281,13 @@ static int start_zygotes(struct fsd_server *s)
                 *z = (struct fsd_zygote){.src.kind = FSD_SRC_ZYGOTE,
                                          .src_exit.kind = FSD_SRC_ZYGOTE_EXIT, .sandboxed = p,
                                          .fd = -1, .pidfd = -1};
-                if ((r = fsd_zygote_start(sb, p, &z->pid, &z->pidfd, &z->fd)) < 0)
+                char err[512];
+
+                if ((r = fsd_zygote_start(sb, p, o->preload, o->npreload, &z->pid, &z->pidfd,
+                                          &z->fd, err, sizeof(err))) < 0) {
+                        fs_log(FS_LOG_ERROR, "%s", err);
                         return r;
+                }
                 s->nzyg++;
         }
         return 0;
@@ -295,8 +326,8 @@ static int start(struct fsd_server *s, struct fsd_options *o)
         /* The zygotes first: they must never see the key. One installs filters per worker;
          * one more for each built-in profile that a zygote can live under and that clients
          * may get, so that those workers inherit their filter instead. */
-        if ((r = start_zygotes(s)) < 0)
-                return fs_log_errno(FS_LOG_ERROR, r, "starting the zygotes");
+        if ((r = start_zygotes(s, o)) < 0)
+                return r;
         if ((r = load_key(o, &s->key)) < 0)
                 return r;
         if (!s->key->locked)

@@ -36,6 +36,9 @@ struct fsd_options {
         const char *profile_dir;
         const char *allow_profile;
         const char *min_profile;
+        const char *preload[16];       /* absolute paths (FSD_MAX_PRELOAD) */
+        char preload_name[16][128];    /* their LIBNAMEs */
+        size_t npreload;
 };
 
 enum fsd_src_kind {

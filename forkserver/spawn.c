@@ -46,6 +46,19 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
                         goto out;
                 }
         }
+        if (sp.entry) {
+                size_t n = (size_t)(strchr(sp.entry, ':') - sp.entry);
+                bool found = false;
+
+                for (size_t i = 0; i < s->opt->npreload && !found; i++)
+                        found = strlen(s->opt->preload_name[i]) == n &&
+                                memcmp(s->opt->preload_name[i], sp.entry, n) == 0;
+                if (!found) {
+                        fsd_conn_send_error(s, c, id, EPERM, "SPAWN: '%.*s' is not a preloaded "
+                                            "library (--preload)", (int)n, sp.entry);
+                        goto out;
+                }
+        }
         /* A zygote already running under the profile gives the filter for free. */
         for (unsigned i = 1; i < s->nzyg; i++)
                 if (s->zyg[i].sandboxed == prof && s->zyg[i].fd >= 0)
@@ -110,7 +123,7 @@ static void reap_failed(int pidfd)
 }
 
 static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t *msg, size_t len,
-                     int pidfd)
+                     int pidfd, int chan)
 {
         struct fsd_conn *c = e->conn;
         const char *why = "malformed zygote reply";
@@ -130,7 +143,8 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
                 struct fs_msgw mw;
                 int n;
 
-                if (pidfd < 0 || fs_proto_parse_spawned(&p, &sp, &why) < 0)
+                if (pidfd < 0 || fs_proto_parse_spawned(&p, &sp, &why) < 0 ||
+                    (chan >= 0) != !!(e->flags & FS_SPAWN_CHANNEL))
                         goto fail;
                 w = fsd_worker_new(s, c, pidfd, (pid_t)sp.pid, e->req_id,
                                    e->flags & FS_SPAWN_DETACH);
@@ -152,8 +166,10 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
                 fs_msg_begin(&mw, s->tx, sizeof(s->tx), FS_MSG_SPAWNED, e->req_id);
                 fs_msg_put_u64(&mw, FS_F_WORKER, w->id);
                 fs_msg_put_u32(&mw, FS_F_PID, (uint32_t)w->pid);
+                int out_fds[2] = {w->pidfd, chan};
+
                 if ((n = fs_msg_finish(&mw)) > 0)
-                        (void)fsd_conn_send(s, c, s->tx, (size_t)n, &w->pidfd, 1);
+                        (void)fsd_conn_send(s, c, s->tx, (size_t)n, out_fds, chan >= 0 ? 2 : 1);
                 fs_log(FS_LOG_DEBUG, "conn %llu: worker %llu pid %d spawned",
                        (unsigned long long)c->id, (unsigned long long)w->id, (int)w->pid);
                 goto out;
@@ -182,6 +198,7 @@ fail_reply:
                 fsd_conn_send_error(s, c, e->req_id, r, "spawn failed: %s", why);
 out:
         fs_close(pidfd);
+        fs_close(chan); /* the client has its copy; the daemon keeps neither end */
 }
 
 static void zygote_lost(struct fsd_server *s, struct fsd_zygote *z)
@@ -218,7 +235,7 @@ void fsd_spawn_complete(struct fsd_server *s, struct fsd_zygote *z, bool block)
         z->ring_head = (z->ring_head + 1) % FSD_ZYGOTE_INFLIGHT;
         z->ring_len--;
         s->inflight--;
-        if (n <= 0 || nfds > 1) {
+        if (n <= 0 || nfds > 2) {
                 fs_close_many(fds, nfds);
                 if (e.conn) {
                         e.conn->inflight--;
@@ -230,5 +247,5 @@ void fsd_spawn_complete(struct fsd_server *s, struct fsd_zygote *z, bool block)
                         zygote_lost(s, z);
                 return;
         }
-        complete(s, &e, msg, (size_t)n, nfds ? fds[0] : -1);
+        complete(s, &e, msg, (size_t)n, nfds > 0 ? fds[0] : -1, nfds > 1 ? fds[1] : -1);
 }

@@ -1,6 +1,10 @@
 #include "forkserver/zygote.h"
 
+#include <dirent.h>
+#include <dlfcn.h>
 #include <errno.h>
+#include <poll.h>
+#include <sys/wait.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -21,9 +25,16 @@
 #define ZYGOTE_SOCK_FD 3
 #define CHILD_STACK_SIZE (128 * 1024)
 
+struct preload {
+        char name[128];
+        void *handle;
+};
+
 struct zygote {
         const struct fsd_sandbox *sb;
         const struct fsd_profile *sandboxed;
+        struct preload preload[FSD_MAX_PRELOAD];
+        size_t npreload;
         int sock;
         int devnull;
         pid_t front;
@@ -52,6 +63,8 @@ static const char *step_name(uint32_t step)
                 return "process group";
         case FS_STEP_SECCOMP:
                 return "seccomp";
+        case FS_STEP_ENTRY:
+                return "entry";
         default:
                 return "spawn";
         }
@@ -77,8 +90,35 @@ static int reply_error(struct zygote *z, uint32_t id, uint32_t step, int err, co
         return fs_fdpass_send(z->sock, z->out, (size_t)n, &pidfd, pidfd >= 0 ? 1 : 0, 0);
 }
 
-static int spawn_one(struct zygote *z, size_t len, const int *fds, size_t nfds)
+/* Finds SYMBOL of a preloaded LIBNAME for "LIBNAME:SYMBOL". */
+static void *find_entry(const struct zygote *z, const char *entry)
 {
+        const char *colon = strchr(entry, ':');
+
+        for (size_t i = 0; i < z->npreload; i++)
+                if (strlen(z->preload[i].name) == (size_t)(colon - entry) &&
+                    memcmp(z->preload[i].name, entry, (size_t)(colon - entry)) == 0)
+                        return dlsym(z->preload[i].handle, colon + 1);
+        return NULL;
+}
+
+/* Drops NAME=... entries of envp (NULL-terminated) in place. */
+static void env_drop(const char **envp, const char *name)
+{
+        size_t n = strlen(name), k = 0;
+
+        for (size_t i = 0; envp[i]; i++)
+                if (!(strncmp(envp[i], name, n) == 0 && envp[i][n] == '='))
+                        envp[k++] = envp[i];
+        envp[k] = NULL;
+}
+
+static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfds_in)
+{
+        int fds[FS_MAX_MSG_FDS + 1], chan[2] = {-1, -1}, out_fds[2];
+        uint32_t targets[FS_MAX_MSG_FDS + 1];
+        void *entry = NULL;
+        size_t nfds = nfds_in;
         struct fsd_child_plan plan;
         struct fsd_child_error ce;
         struct fs_spawn sp;
@@ -93,22 +133,41 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds, size_t nfds)
         if ((r = fs_proto_parse_hdr(z->buf, len, &h, &p)) < 0 || h.type != FS_MSG_SPAWN ||
             (r = fs_proto_parse_spawn(&p, nfds, z->ptrs, FS_ARRAY_SIZE(z->ptrs), &sp, NULL)) < 0)
                 return reply_error(z, h.id, FS_STEP_CLONE, EBADMSG, "request", 0, -1);
+        if (sp.entry && !(entry = find_entry(z, sp.entry)))
+                return reply_error(z, h.id, FS_STEP_ENTRY, ENOENT, sp.entry, 0, -1);
+        memcpy(fds, fds_in, nfds * sizeof(int));
+        memcpy(targets, sp.child_fd, nfds * sizeof(uint32_t));
+        if (sp.flags & FS_SPAWN_CHANNEL) {
+                if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, chan) < 0)
+                        return reply_error(z, h.id, FS_STEP_FDS, errno, "channel", 0, -1);
+                fds[nfds] = chan[1];
+                targets[nfds++] = FS_CHANNEL_FD;
+                if (!sp.entry) { /* exec mode learns its channel from the environment */
+                        env_drop(sp.envp, "FORKSERVER_CHANNEL_FD");
+                        for (sp.envc = 0; sp.envp[sp.envc]; sp.envc++)
+                                ;
+                        sp.envp[sp.envc++] = "FORKSERVER_CHANNEL_FD=3";
+                        sp.envp[sp.envc] = NULL;
+                }
+        }
 
         const struct fsd_profile *prof = sp.profile ? fsd_sandbox_find(z->sb, sp.profile)
                                                     : z->sb->dflt;
 
-        if (!prof)
-                return reply_error(z, h.id, FS_STEP_SECCOMP, ENOENT, "profile", 0, -1);
-        if (pipe2(errpipe, O_CLOEXEC) < 0)
-                return reply_error(z, h.id, FS_STEP_CLONE, errno, NULL, 0, -1);
+        if (!prof || pipe2(errpipe, O_CLOEXEC) < 0) {
+                r = prof ? errno : ENOENT;
+                fs_close_many(chan, 2);
+                return reply_error(z, h.id, prof ? FS_STEP_CLONE : FS_STEP_SECCOMP, r,
+                                   prof ? NULL : "profile", 0, -1);
+        }
         plan = (struct fsd_child_plan){
                 .path = sp.path,
                 .argv = (char *const *)sp.argv,
                 .envp = (char *const *)sp.envp,
                 .cwd = sp.cwd,
                 .fds = fds,
-                .targets = sp.child_fd,
-                .nfds = sp.nfds,
+                .targets = targets,
+                .nfds = nfds,
                 .devnull = z->devnull,
                 .errpipe = errpipe[1],
                 .front = z->front,
@@ -117,11 +176,16 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds, size_t nfds)
                 .umask = sp.umask >= 0 ? sp.umask : 022,
                 .rlimits = sp.rlimits,
                 .nrlimits = sp.nrlimits,
+                .entry = (int (*)(const struct forkserver_worker *))entry,
+                .arg = sp.arg,
+                .arglen = sp.arglen,
+                .channel = chan[1] >= 0,
         };
         if (z->sandboxed) {
                 /* Our own filter is inherited: nothing to install per worker. */
                 if (prof != z->sandboxed) {
                         fs_close_many(errpipe, 2);
+                        fs_close_many(chan, 2);
                         return reply_error(z, h.id, FS_STEP_SECCOMP, EINVAL, "profile", 0, -1);
                 }
         } else {
@@ -132,12 +196,19 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds, size_t nfds)
         }
         /* posix_spawn's route: the child borrows our memory and we sleep until it execs,
          * so the cost does not grow with our size. CLONE_PARENT makes it the front's child. */
-        pid = clone(fsd_child_exec, z->stack_top,
-                    CLONE_VM | CLONE_VFORK | CLONE_PARENT | CLONE_PIDFD, &plan, &pidfd);
+        if (entry)
+                /* fork mode: a copy of us runs the entry; we wait only for its set-up */
+                pid = clone(fsd_child_entry, z->stack_top, CLONE_PARENT | CLONE_PIDFD, &plan,
+                            &pidfd);
+        else
+                pid = clone(fsd_child_exec, z->stack_top,
+                            CLONE_VM | CLONE_VFORK | CLONE_PARENT | CLONE_PIDFD, &plan, &pidfd);
         r = -errno;
         errpipe[1] = fs_close(errpipe[1]);
+        chan[1] = fs_close(chan[1]);
         if (pid < 0) {
                 errpipe[0] = fs_close(errpipe[0]);
+                chan[0] = fs_close(chan[0]);
                 return reply_error(z, h.id, FS_STEP_CLONE, -r, NULL, 0, -1);
         }
         do
@@ -152,17 +223,80 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds, size_t nfds)
                 r = reply_error(z, h.id, (uint32_t)ce.step, ce.err > 0 ? ce.err : EIO, what, pid,
                                 pidfd);
                 pidfd = fs_close(pidfd);
+                chan[0] = fs_close(chan[0]);
                 return r;
         }
         fs_msg_begin(&w, z->out, sizeof(z->out), FS_MSG_SPAWNED, h.id);
         fs_msg_put_u64(&w, FS_F_WORKER, 0);
         fs_msg_put_u32(&w, FS_F_PID, (uint32_t)pid);
+        out_fds[0] = pidfd;
+        out_fds[1] = chan[0];
         if ((n = fs_msg_finish(&w)) < 0)
                 r = n;
         else
-                r = fs_fdpass_send(z->sock, z->out, (size_t)n, &pidfd, 1, 0);
+                r = fs_fdpass_send(z->sock, z->out, (size_t)n, out_fds, chan[0] >= 0 ? 2 : 1, 0);
         pidfd = fs_close(pidfd);
+        chan[0] = fs_close(chan[0]); /* the front passes it on and keeps none */
         return r;
+}
+
+static int count_threads(void)
+{
+        DIR *d = opendir("/proc/self/task");
+        int n = 0;
+
+        if (!d)
+                return -errno;
+        for (struct dirent *e; (e = readdir(d));)
+                n += e->d_name[0] != '.';
+        closedir(d);
+        return n;
+}
+
+int fsd_preload_name(const char *path, char *buf, size_t size)
+{
+        const char *base = strrchr(path, '/');
+        size_t n;
+
+        base = base ? base + 1 : path;
+        n = strlen(base);
+        if (n > 3 && strcmp(base + n - 3, ".so") == 0)
+                n -= 3;
+        if (n == 0 || n >= size)
+                return -EINVAL;
+        memcpy(buf, base, n);
+        buf[n] = '\0';
+        return 0;
+}
+
+/* Loads the libraries; a failure is described in err. Runs before anything else is set up,
+ * so constructors see a plain process. */
+static int preload_all(struct zygote *z, const char *const *paths, size_t n, char *err,
+                       size_t errlen)
+{
+        for (size_t i = 0; i < n; i++) {
+                struct preload *p = &z->preload[z->npreload];
+
+                if (fsd_preload_name(paths[i], p->name, sizeof(p->name)) < 0) {
+                        snprintf(err, errlen, "--preload %s: bad library name", paths[i]);
+                        return -EINVAL;
+                }
+                if (!(p->handle = dlopen(paths[i], RTLD_NOW | RTLD_LOCAL))) {
+                        const char *e = dlerror();
+
+                        snprintf(err, errlen, "--preload %s: %s", paths[i], e ? e : "cannot load");
+                        return -ENOENT;
+                }
+                /* fork() copies only the calling thread: a library thread would be missing,
+                 * or hold a lock forever, in every worker. */
+                if (count_threads() != 1) {
+                        snprintf(err, errlen, "--preload %s: the library started a thread; "
+                                 "fork-mode workers need a single-threaded zygote", paths[i]);
+                        return -EBUSY;
+                }
+                z->npreload++;
+        }
+        return 0;
 }
 
 static int zygote_setup(struct zygote *z, int sock)
@@ -202,31 +336,61 @@ static int zygote_setup(struct zygote *z, int sock)
                 return -errno;
         (void)mprotect(stack, 4096, PROT_NONE); /* guard page */
         z->stack_top = stack + CHILD_STACK_SIZE;
-        if (z->sandboxed) {
-                /* Last: from here on this zygote and all its workers live under the filters. */
-                if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-                        return -errno;
-                if (z->sb->min && z->sb->min != z->sandboxed &&
-                    syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &z->sb->min->prog) < 0)
-                        return -errno;
-                if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &z->sandboxed->prog) < 0)
-                        return -errno;
-        }
         return 0;
 }
 
+/* Last: from here on this zygote and all its workers live under the filters. */
+static int zygote_sandbox(struct zygote *z)
+{
+        if (!z->sandboxed)
+                return 0;
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+                return -errno;
+        if (z->sb->min && z->sb->min != z->sandboxed &&
+            syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &z->sb->min->prog) < 0)
+                return -errno;
+        if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &z->sandboxed->prog) < 0)
+                return -errno;
+        return 0;
+}
+
+/* The first message: OK, or ERROR with the reason start-up failed. */
+static void report_start(struct zygote *z, int r, const char *err)
+{
+        struct fs_msgw w;
+        int n;
+
+        fs_msg_begin(&w, z->out, sizeof(z->out), r < 0 ? FS_MSG_ERROR : FS_MSG_OK, 0);
+        if (r < 0) {
+                fs_msg_put_u32(&w, FS_F_ERRNO, (uint32_t)-r);
+                fs_msg_put_str(&w, FS_F_REASON, err);
+        }
+        if ((n = fs_msg_finish(&w)) > 0)
+                (void)fs_fdpass_send(z->sock, z->out, (size_t)n, NULL, 0, 0);
+        if (r < 0)
+                _exit(1);
+}
+
 static __attribute__((noreturn)) void zygote_main(const struct fsd_sandbox *sb,
-                                                  const struct fsd_profile *sandboxed, int sock,
-                                                  pid_t front)
+                                                  const struct fsd_profile *sandboxed,
+                                                  const char *const *preload, size_t npreload,
+                                                  int sock, pid_t front)
 {
         static struct zygote z;
         int fds[FS_MAX_MSG_FDS];
+        char err[512] = "zygote set-up failed";
+        int r;
 
         z.sb = sb;
         z.sandboxed = sandboxed;
         z.front = front;
-        if (zygote_setup(&z, sock) < 0)
-                _exit(1);
+        z.sock = sock;
+        r = zygote_setup(&z, sock);
+        if (r >= 0)
+                r = preload_all(&z, preload, npreload, err, sizeof(err));
+        if (r >= 0)
+                r = zygote_sandbox(&z);
+        report_start(&z, r, err);
         for (;;) {
                 size_t nfds;
                 int n = fs_fdpass_recv(z.sock, z.buf, sizeof(z.buf), fds, FS_MAX_MSG_FDS, &nfds,
@@ -247,32 +411,76 @@ static __attribute__((noreturn)) void zygote_main(const struct fsd_sandbox *sb,
         }
 }
 
+/* Waits for the zygote's first message: 0, or its error with the reason in err. */
+static int await_start(int sock, char *err, size_t errlen)
+{
+        struct pollfd pf = {.fd = sock, .events = POLLIN};
+        uint8_t buf[1024];
+        struct fs_msg_error e;
+        struct fs_hdr h;
+        struct fs_buf p;
+        int fds[2], n, r;
+        size_t nfds;
+
+        /* library constructors may take a while; a zygote that hangs in one is an error */
+        if ((r = poll(&pf, 1, 60000)) <= 0) {
+                snprintf(err, errlen, "the zygote did not start within 60 s");
+                return r < 0 ? -errno : -ETIMEDOUT;
+        }
+        n = fs_fdpass_recv(sock, buf, sizeof(buf), fds, 2, &nfds, 0);
+        if (n > 0)
+                fs_close_many(fds, nfds);
+        if (n <= 0 || fs_proto_parse_hdr(buf, (size_t)n, &h, &p) < 0) {
+                snprintf(err, errlen, "the zygote failed to start");
+                return n < 0 ? n : -EIO;
+        }
+        if (h.type == FS_MSG_OK)
+                return 0;
+        if (h.type == FS_MSG_ERROR && fs_proto_parse_error(&p, &e, NULL) == 0) {
+                snprintf(err, errlen, "%s", e.reason);
+                return -(int)e.err;
+        }
+        snprintf(err, errlen, "the zygote sent an unexpected first message");
+        return -EPROTO;
+}
+
 int fsd_zygote_start(const struct fsd_sandbox *sb, const struct fsd_profile *sandboxed,
-                     pid_t *ret_pid, int *ret_pidfd, int *ret_sock)
+                     const char *const *preload, size_t npreload, pid_t *ret_pid, int *ret_pidfd,
+                     int *ret_sock, char *err, size_t errlen)
 {
         pid_t front = getpid(), pid;
-        int sv[2], pidfd;
+        int sv[2], pidfd, r;
 
-        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+                snprintf(err, errlen, "socketpair: %s", strerror(errno));
                 return -errno;
+        }
         pid = fork();
         if (pid < 0) {
-                int r = -errno;
-
+                r = -errno;
+                snprintf(err, errlen, "fork: %s", strerror(-r));
                 fs_close_many(sv, 2);
                 return r;
         }
         if (pid == 0) {
                 close(sv[0]);
-                zygote_main(sb, sandboxed, sv[1], front);
+                zygote_main(sb, sandboxed, preload, npreload, sv[1], front);
         }
         close(sv[1]);
         pidfd = pidfd_open(pid, 0);
         if (pidfd < 0) {
-                int r = -errno;
-
+                r = -errno;
+                snprintf(err, errlen, "pidfd_open: %s", strerror(-r));
                 kill(pid, SIGKILL);
+                waitpid(pid, NULL, 0);
                 close(sv[0]);
+                return r;
+        }
+        if ((r = await_start(sv[0], err, errlen)) < 0) {
+                kill(pid, SIGKILL);
+                waitpid(pid, NULL, 0);
+                close(sv[0]);
+                close(pidfd);
                 return r;
         }
         *ret_pid = pid;

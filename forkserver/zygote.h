@@ -4,7 +4,9 @@
  * fds) from the front over a socketpair. Workers are created with CLONE_PARENT, so they are
  * the front's children: the front reaps them through their pidfds.
  *
- * Zygote → front replies, in request order: SPAWNED {PID} + pidfd, or
+ * A zygote first dlopens every --preload library (fork-mode entries come from them), refusing
+ * one that fails to load or leaves a thread behind, and reports OK or ERROR {REASON} as its
+ * first message. Zygote → front replies, in request order: SPAWNED {PID} + pidfd, or
  * ERROR {ERRNO, STEP, REASON[, PID]} + the pidfd of a child that failed before exec.
  */
 #pragma once
@@ -20,4 +22,10 @@
  * it and the front's end of the socketpair.
  */
 int fsd_zygote_start(const struct fsd_sandbox *sb, const struct fsd_profile *sandboxed,
-                     pid_t *ret_pid, int *ret_pidfd, int *ret_sock);
+                     const char *const *preload, size_t npreload, pid_t *ret_pid, int *ret_pidfd,
+                     int *ret_sock, char *err, size_t errlen);
+
+#define FSD_MAX_PRELOAD 16
+
+/* LIBNAME of a --preload path: the file name without directory and without ".so". */
+int fsd_preload_name(const char *path, char *buf, size_t size);

@@ -1,0 +1,139 @@
+/* Fork-mode entries for the tests (preloaded as libjobs), and the channel echo service. */
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "client/forkserver.h"
+
+#define EXPORT __attribute__((visibility("default")))
+
+EXPORT int job_exit(const struct forkserver_worker *w);
+EXPORT int job_signal(const struct forkserver_worker *w);
+EXPORT int job_sleep(const struct forkserver_worker *w);
+EXPORT int job_echo(const struct forkserver_worker *w);
+EXPORT int job_report(const struct forkserver_worker *w);
+EXPORT int job_noop(const struct forkserver_worker *w);
+
+static long arg_number(const struct forkserver_worker *w)
+{
+        char buf[32] = {0};
+
+        memcpy(buf, w->arg, w->arglen < sizeof(buf) - 1 ? w->arglen : sizeof(buf) - 1);
+        return strtol(buf, NULL, 10);
+}
+
+int job_noop(const struct forkserver_worker *w)
+{
+        (void)w;
+        return 0;
+}
+
+int job_exit(const struct forkserver_worker *w)
+{
+        return (int)arg_number(w);
+}
+
+int job_signal(const struct forkserver_worker *w)
+{
+        raise((int)arg_number(w));
+        return 99;
+}
+
+int job_sleep(const struct forkserver_worker *w)
+{
+        (void)w;
+        for (;;)
+                pause();
+}
+
+static int count_fds(void)
+{
+        DIR *d = opendir("/proc/self/fd");
+        int n = 0;
+
+        if (!d)
+                return -1;
+        for (struct dirent *e; (e = readdir(d));)
+                n += e->d_name[0] != '.';
+        closedir(d);
+        return n - 1;
+}
+
+/* Prints what the worker was given: arg, channel, fds, open fds and $X, on stdout. */
+int job_report(const struct forkserver_worker *w)
+{
+        printf("arg=%.*s channel=%d nfds=%zu open=%d X=%s\n", (int)w->arglen,
+               (const char *)w->arg, w->channel_fd, w->nfds, count_fds(),
+               getenv("X") ? getenv("X") : "-");
+        return 0;
+}
+
+static int reply(int ch, const char *text, const int *fds, size_t nfds)
+{
+        return forkserver_channel_send(ch, text, strlen(text), fds, nfds);
+}
+
+/*
+ * Serves the channel until EOF: "mem"+memfd → "mem"+a new memfd with the contents in upper
+ * case; "pipe"+fd → writes a line into it; "count"+fds → their number; "fds" → how many fds
+ * this process has open; "env" → $FORKSERVER_CHANNEL_FD; "bye" → exits 7. A message it cannot
+ * receive gets "refused: ERRNO".
+ */
+int job_echo(const struct forkserver_worker *w)
+{
+        static char buf[FORKSERVER_CHANNEL_MAX_BYTES + 1];
+        int fds[FORKSERVER_CHANNEL_MAX_FDS], ch = w->channel_fd;
+        char text[64];
+
+        for (;;) {
+                size_t nfds;
+                int n = forkserver_channel_recv(ch, buf, sizeof(buf) - 1, fds, 64, &nfds);
+
+                if (n == -EPIPE)
+                        return 0;
+                if (n < 0) {
+                        snprintf(text, sizeof(text), "refused: %d", -n);
+                        reply(ch, text, NULL, 0);
+                        continue;
+                }
+                buf[n] = '\0';
+                if (strcmp(buf, "mem") == 0 && nfds == 1) {
+                        char data[256];
+                        ssize_t k = pread(fds[0], data, sizeof(data), 0);
+                        int out = memfd_create("upper", MFD_CLOEXEC);
+
+                        for (ssize_t i = 0; i < k; i++)
+                                data[i] = (char)toupper((unsigned char)data[i]);
+                        if (k < 0 || out < 0 || write(out, data, (size_t)k) != k)
+                                return 1;
+                        reply(ch, "mem", &out, 1);
+                        close(out);
+                } else if (strcmp(buf, "pipe") == 0 && nfds == 1) {
+                        if (write(fds[0], "from worker\n", 12) != 12)
+                                return 1;
+                        reply(ch, "ok", NULL, 0);
+                } else if (strcmp(buf, "count") == 0) {
+                        snprintf(text, sizeof(text), "%zu", nfds);
+                        reply(ch, text, NULL, 0);
+                } else if (strcmp(buf, "fds") == 0) {
+                        snprintf(text, sizeof(text), "%d", count_fds());
+                        reply(ch, text, NULL, 0);
+                } else if (strcmp(buf, "env") == 0) {
+                        const char *e = getenv("FORKSERVER_CHANNEL_FD");
+
+                        reply(ch, e ? e : "-", NULL, 0);
+                } else if (strcmp(buf, "bye") == 0) {
+                        return 7;
+                } else {
+                        reply(ch, "?", NULL, 0);
+                }
+                for (size_t i = 0; i < nfds; i++)
+                        close(fds[i]);
+        }
+}
