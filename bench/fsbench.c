@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
@@ -32,7 +33,9 @@ extern char **environ;
 #define MAX_SAMPLES (1 << 16)
 
 struct config {
-        const char *sock, *key, *static_prog;
+        const char *sock, *key, *static_prog, *libbench;
+        const char *only; /* comma-separated method names, or NULL for all */
+        int zygote_mib;
         struct forkserver_key *fkey;
         int reps;
         bool quick;
@@ -52,6 +55,30 @@ static double now_s(void)
 }
 
 /* ---- raw methods in this process ---- */
+
+static char *ballast;
+static size_t ballast_len;
+static double untimed; /* seconds a run spent on set-up that its rate must not count */
+
+/* Makes this process hold mib MiB of touched memory, on 4 KiB pages or huge pages. */
+static int hold_ballast(int mib, bool huge)
+{
+        if (ballast)
+                munmap(ballast, ballast_len);
+        ballast = NULL;
+        ballast_len = (size_t)mib << 20;
+        if (mib == 0)
+                return 0;
+        ballast = mmap(NULL, ballast_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                       -1, 0);
+        if (ballast == MAP_FAILED) {
+                ballast = NULL;
+                return -1;
+        }
+        madvise(ballast, ballast_len, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+        memset(ballast, 1, ballast_len);
+        return 0;
+}
 
 struct slot {
         pid_t pid;
@@ -83,7 +110,7 @@ static pid_t start_raw(const struct method *m)
         char *argv[] = {(char *)m->program, NULL};
         pid_t pid;
 
-        if (strcmp(m->name, "fork") == 0) {
+        if (strcmp(m->name, "fork") == 0 || strcmp(m->name, "fork_sized") == 0) {
                 pid = fork();
                 if (pid == 0)
                         _exit(0);
@@ -105,7 +132,13 @@ static int run_raw(const struct method *m, const struct config *c, int active, i
         struct slot slots[64] = {{0}};
         int started = 0, done = 0;
 
+        double t0 = now_s();
+
         (void)c;
+        if (strcmp(m->name, "fork_sized") == 0 &&
+            hold_ballast(c->zygote_mib, strcmp(m->program, "thp") == 0) < 0)
+                return -1;
+        untimed += now_s() - t0;
         while (started < active && started < total) {
                 slots[started].t0 = fs_now_us();
                 if ((slots[started].pid = start_raw(m)) <= 0)
@@ -125,6 +158,10 @@ static int run_raw(const struct method *m, const struct config *c, int active, i
                         started++;
                 }
         }
+        t0 = now_s();
+        if (ballast)
+                hold_ballast(0, false);
+        untimed += now_s() - t0;
         return 0;
 }
 
@@ -145,7 +182,10 @@ static int run_fs_exec(const struct method *m, const struct config *c, int activ
                        double *lat, int *nlat)
 {
         const char *argv[] = {m->program, NULL};
-        struct forkserver_spawn_args a = {.path = m->program, .argv = argv,
+        bool fork_mode = strcmp(m->name, "fs_fork") == 0;
+        struct forkserver_spawn_args a = {.path = fork_mode ? NULL : m->program,
+                                          .argv = fork_mode ? NULL : argv,
+                                          .entry = fork_mode ? "libbench:noop" : NULL,
                                           .profile = m->profile};
         struct {
                 uint64_t id; /* 0: free */
@@ -324,7 +364,7 @@ static double pct(double *v, int n, double p)
 
 struct result {
         const struct method *m;
-        int active, total;
+        int active, total, zygote_mib;
         double rates[32];
         int nrates;
         double *lat;
@@ -371,10 +411,11 @@ static void write_json(const char *path, struct result *res, int nres)
                 double med = pct(rs, r->nrates, 0.5), mn = pct(rs, r->nrates, 0),
                        mx = pct(rs, r->nrates, 1);
                 fprintf(f, "  {\"method\": \"%s\", \"program\": \"%s\", \"profile\": \"%s\", "
-                           "\"zygote_mib\": 0, \"active\": %d, \"total\": %d, "
+                           "\"zygote_mib\": %d, \"active\": %d, \"total\": %d, "
                            "\"procs_per_sec\": {\"median\": %.1f, \"min\": %.1f, \"max\": %.1f}, "
                            "\"latency_us\": {\"p50\": %.1f, \"p99\": %.1f}}%s\n",
-                        r->m->name, r->m->program, r->m->profile, r->active, r->total, med, mn, mx,
+                        r->m->name, r->m->program, r->m->profile, r->zygote_mib, r->active,
+                        r->total, med, mn, mx,
                         pct(r->lat, r->nlat, 0.5), pct(r->lat, r->nlat, 0.99),
                         i + 1 < nres ? "," : "");
         }
@@ -386,7 +427,7 @@ static void write_json(const char *path, struct result *res, int nres)
 
 static pid_t start_daemon(struct config *c, char *dir)
 {
-        static char sock[256], key[256];
+        static char sock[256], key[256], mib[32];
         char exe[4096], daemon[4096], hex[FS_KEY_HEX_LEN + 1];
         const char *env = getenv("FORKSERVERD");
         struct fs_key *k;
@@ -404,6 +445,7 @@ static pid_t start_daemon(struct config *c, char *dir)
         }
         if (!mkdtemp(dir) || fs_key_generate(&k) < 0)
                 return -1;
+        snprintf(mib, sizeof(mib), "%d", c->zygote_mib);
         snprintf(sock, sizeof(sock), "%s/s.sock", dir);
         snprintf(key, sizeof(key), "%s/key", dir);
         fs_key_hex(k, hex);
@@ -416,14 +458,16 @@ static pid_t start_daemon(struct config *c, char *dir)
                 return -1;
         if ((pid = fork()) == 0) {
                 dup2(p[1], 3);
+                setenv("FSBENCH_ZYGOTE_MIB", mib, 1);
                 execl(daemon, "forkserverd", "--foreground", "--socket", sock, "--key-file", key,
                       "--ready-fd", "3", "--allow-profile", "default,none", "--max-workers",
-                      "4096", "--log-level", "warning", NULL);
+                      "4096", "--log-level", "warning", "--preload", c->libbench, NULL);
                 _exit(127);
         }
         close(p[1]);
         char buf[8];
-        if (read(p[0], buf, sizeof(buf)) != 6) {
+        struct pollfd pf = {.fd = p[0], .events = POLLIN};
+        if (poll(&pf, 1, 120000) != 1 || read(p[0], buf, sizeof(buf)) != 6) {
                 fprintf(stderr, "fsbench: %s did not start\n", daemon);
                 return -1;
         }
@@ -433,12 +477,92 @@ static pid_t start_daemon(struct config *c, char *dir)
         return pid;
 }
 
+static void print_result(const struct config *c, struct result *r)
+{
+        double rs[32];
+
+        memcpy(rs, r->rates, sizeof(rs));
+        printf("%-18s %-10s %-8s zyg=%-5d N=%d total=%-5d %8.0f/s (min %8.0f max %8.0f)  p50 "
+               "%8.1f us  p99 %8.1f us\n",
+               r->m->name, strcmp(r->m->program, c->static_prog) == 0 ? "static" : r->m->program,
+               r->m->profile, r->zygote_mib, r->active, r->total, pct(rs, r->nrates, 0.5),
+               pct(rs, r->nrates, 0), pct(rs, r->nrates, 1), pct(r->lat, r->nlat, 0.5),
+               pct(r->lat, r->nlat, 0.99));
+}
+
+static bool selected(const struct config *c, const char *name)
+{
+        size_t n = strlen(name);
+
+        for (const char *p = c->only; p && *p;) {
+                const char *end = strchr(p, ',');
+                size_t k = end ? (size_t)(end - p) : strlen(p);
+
+                if (k == n && strncmp(p, name, n) == 0)
+                        return true;
+                p = end ? end + 1 : p + k;
+        }
+        return !c->only;
+}
+
+/* Every (active, total), each method reps times, interleaved in a rotating order. */
+static int series(const struct config *c, const struct method *all, int nall, const int *actives,
+                  int nact, const int *totals, int ntot, struct result *res, int *nres)
+{
+        struct method m[32];
+        int nm = 0;
+
+        for (int i = 0; i < nall; i++)
+                if (selected(c, all[i].name))
+                        m[nm++] = all[i];
+        if (nm == 0)
+                return 0;
+        for (int ti = 0; ti < ntot; ti++)
+                for (int ai = 0; ai < nact; ai++) {
+                        int base = *nres;
+
+                        for (int mi = 0; mi < nm; mi++) {
+                                res[*nres] = (struct result){.m = &all[0], .active = actives[ai],
+                                                             .total = totals[ti],
+                                                             .zygote_mib = c->zygote_mib};
+                                for (int i = 0; i < nall; i++) /* point at the caller's table */
+                                        if (all[i].run == m[mi].run && all[i].name == m[mi].name &&
+                                            all[i].program == m[mi].program &&
+                                            all[i].profile == m[mi].profile)
+                                                res[*nres].m = &all[i];
+                                res[*nres].lat = calloc(MAX_SAMPLES, sizeof(double));
+                                (*nres)++;
+                        }
+                        for (int rep = 0; rep < c->reps; rep++)
+                                for (int k = 0; k < nm; k++) {
+                                        struct result *r = &res[base + (k + rep) % nm];
+                                        double t0 = now_s();
+
+                                        untimed = 0;
+
+                                        if (r->m->run(r->m, c, r->active, r->total, r->lat,
+                                                      &r->nlat) < 0) {
+                                                fprintf(stderr, "fsbench: %s failed\n",
+                                                        r->m->name);
+                                                return -1;
+                                        }
+                                        r->rates[r->nrates++] =
+                                                r->total / (now_s() - t0 - untimed);
+                                }
+                        for (int i = base; i < *nres; i++)
+                                print_result(c, &res[i]);
+                        fflush(stdout);
+                }
+        return 0;
+}
+
 int main(int argc, char **argv)
 {
         static const struct option opts[] = {
                 {"quick", no_argument, NULL, 'q'}, {"json", required_argument, NULL, 'j'},
-                {"reps", required_argument, NULL, 'r'}, {"help", no_argument, NULL, 'h'}, {0}};
-        char dir[] = "/tmp/fsbench-XXXXXX", static_prog[4096], exe[4096];
+                {"reps", required_argument, NULL, 'r'}, {"methods", required_argument, NULL, 'm'},
+                {"help", no_argument, NULL, 'h'}, {0}};
+        char dir[] = "/tmp/fsbench-XXXXXX", static_prog[4096], exe[4096], libbench[4096];
         struct config c = {.reps = 5};
         const char *json = NULL;
         int opt;
@@ -452,8 +576,11 @@ int main(int argc, char **argv)
                         json = optarg;
                 else if (opt == 'r')
                         c.reps = atoi(optarg);
+                else if (opt == 'm')
+                        c.only = optarg;
                 else {
-                        fprintf(stderr, "usage: fsbench [--quick] [--reps N] [--json FILE]\n");
+                        fprintf(stderr, "usage: fsbench [--quick] [--reps N] [--json FILE] "
+                                        "[--methods NAME,...]\n");
                         return opt == 'h' ? 0 : 2;
                 }
         }
@@ -468,6 +595,9 @@ int main(int argc, char **argv)
         if (fs_format(static_prog, sizeof(static_prog), "%s/true-static", exe) < 0)
                 return 1;
         c.static_prog = static_prog;
+        if (fs_format(libbench, sizeof(libbench), "%s/libbench.so", exe) < 0)
+                return 1;
+        c.libbench = libbench;
         if ((daemon = start_daemon(&c, dir)) < 0)
                 return 1;
         if (forkserver_key_load_file(c.key, &c.fkey, NULL) < 0)
@@ -483,63 +613,48 @@ int main(int argc, char **argv)
                 {"fs_exec", static_prog, "none", run_fs_exec},
                 {"fs_exec", "/bin/true", "default", run_fs_exec},
                 {"fs_exec_reconnect", static_prog, "default", run_fs_reconnect},
+                {"fs_fork", "", "default", run_fs_exec},
+                {"fs_fork", "", "none", run_fs_exec},
                 {"fs_handshake", "", "", run_fs_handshake},
                 {"uds_rtt", "", "", run_uds_rtt},
         };
-        const int nm = (int)FS_ARRAY_SIZE(methods);
+        /* the zygote-size series: forkserver with a large zygote beside raw fork from a bench
+         * process holding the same memory, on 4 KiB pages and on huge pages */
+        const struct method sized[] = {
+                {"fs_exec", static_prog, "default", run_fs_exec},
+                {"fs_fork", "", "default", run_fs_exec},
+                {"fork_sized", "4k", "", run_raw},
+                {"fork_sized", "thp", "", run_raw},
+        };
         const int totals_full[] = {256, 1024, 4096}, totals_quick[] = {256};
-        const int actives[] = {1, 2, 8};
-        const int *totals = c.quick ? totals_quick : totals_full;
-        int ntotals = c.quick ? 1 : 3;
+        const int actives[] = {1, 2, 8}, sizes[] = {256, 1024};
         static struct result res[256];
         int nres = 0;
 
-        for (int ti = 0; ti < ntotals; ti++)
-                for (int ai = 0; ai < 3; ai++) {
-                        int base = nres;
+        if (series(&c, methods, (int)FS_ARRAY_SIZE(methods), actives, 3,
+                   c.quick ? totals_quick : totals_full, c.quick ? 1 : 3, res, &nres) < 0)
+                goto fail;
+        for (int i = 0; i < 2; i++) {
+                const int two[] = {2}, total[] = {c.quick ? 64 : 256};
 
-                        for (int mi = 0; mi < nm; mi++) {
-                                res[nres] = (struct result){.m = &methods[mi], .active = actives[ai],
-                                                            .total = totals[ti]};
-                                res[nres].lat = calloc(MAX_SAMPLES, sizeof(double));
-                                nres++;
-                        }
-                        for (int rep = 0; rep < c.reps; rep++)
-                                for (int k = 0; k < nm; k++) {
-                                        int mi = (k + rep) % nm; /* rotate the order */
-                                        struct result *r = &res[base + mi];
-                                        double t0 = now_s();
-
-                                        if (r->m->run(r->m, &c, r->active, r->total, r->lat,
-                                                      &r->nlat) < 0) {
-                                                fprintf(stderr, "fsbench: %s failed\n", r->m->name);
-                                                kill(daemon, SIGTERM);
-                                                return 1;
-                                        }
-                                        r->rates[r->nrates++] = r->total / (now_s() - t0);
-                                }
-                        for (int i = base; i < nres; i++) {
-                                double rs[32];
-
-                                memcpy(rs, res[i].rates, sizeof(rs));
-                                printf("%-18s %-12s %-8s N=%d total=%-5d %9.0f/s (min %9.0f max "
-                                       "%9.0f)  p50 %7.1f us  p99 %7.1f us\n",
-                                       res[i].m->name,
-                                       strcmp(res[i].m->program, static_prog) == 0
-                                               ? "static"
-                                               : res[i].m->program,
-                                       res[i].m->profile, res[i].active, res[i].total,
-                                       pct(rs, res[i].nrates, 0.5), pct(rs, res[i].nrates, 0),
-                                       pct(rs, res[i].nrates, 1), pct(res[i].lat, res[i].nlat, 0.5),
-                                       pct(res[i].lat, res[i].nlat, 0.99));
-                        }
-                        fflush(stdout);
-                }
+                kill(daemon, SIGTERM);
+                waitpid(daemon, NULL, 0);
+                unlink(c.key);
+                rmdir(dir);
+                strcpy(dir, "/tmp/fsbench-XXXXXX");
+                c.zygote_mib = sizes[i];
+                forkserver_key_free(c.fkey);
+                if ((daemon = start_daemon(&c, dir)) < 0 ||
+                    forkserver_key_load_file(c.key, &c.fkey, NULL) < 0)
+                        return 1;
+                if (series(&c, sized, (int)FS_ARRAY_SIZE(sized), two, 1, total, 1, res, &nres) < 0)
+                        goto fail;
+        }
         if (json) {
                 /* the JSON names the static program "static" too */
-                for (int i = 0; i < nm; i++)
-                        if (strcmp(methods[i].program, static_prog) == 0)
-                                ((struct method *)&methods[i])->program = "static";
+                for (int i = 0; i < nres; i++)
+                        if (strcmp(res[i].m->program, static_prog) == 0)
+                                ((struct method *)res[i].m)->program = "static";
                 write_json(json, res, nres);
         }
         forkserver_key_free(c.fkey);
@@ -548,4 +663,10 @@ int main(int argc, char **argv)
         unlink(c.key);
         rmdir(dir);
         return 0;
+fail:
+        kill(daemon, SIGTERM);
+        waitpid(daemon, NULL, 0);
+        unlink(c.key);
+        rmdir(dir);
+        return 1;
 }

@@ -187,8 +187,9 @@ FORKSERVER_EXPORT int forkserver_channel_fd(void);
  *
  *     int SYMBOL(const struct forkserver_worker *w);
  *
- * and exits with its return value (low 8 bits). No exec: the child starts with everything the
- * library set up at load time. It has the fds, environment, rlimits and profile of its
+ * and exits with its return value (low 8 bits) after flushing stdio; atexit handlers and
+ * library destructors belong to the zygote and do not run in workers. No exec: the child
+ * starts with everything the library set up at load time. It has the fds, environment, rlimits and profile of its
  * request, like an exec-mode worker.
  */
 struct forkserver_worker {

@@ -8,6 +8,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -164,5 +165,10 @@ int fsd_child_entry(void *arg)
                                        .fds = fds, .nfds = p->nfds - (p->channel ? 1 : 0)};
         environ = (char **)p->envp;
         close(errfd); /* EOF: the zygote may go on */
-        exit(p->entry(&w) & 0xff);
+        int r = p->entry(&w);
+
+        /* The worker's output is flushed; the zygote's atexit handlers and destructors
+         * (OpenSSL's cleanup, say) are the zygote's business, not every worker's. */
+        fflush(NULL);
+        _exit(r & 0xff);
 }

@@ -45,6 +45,6 @@ int fsd_child_exec(void *plan);
 
 /* clone() entry for fork mode (a copy of the zygote, no CLONE_VM): sets up like exec mode,
  * closes every fd not asked for, reports success by closing the error pipe, then calls the
- * entry and exits with its value. The zygote is single-threaded, so the copy may use libc
- * freely once set up. */
+ * entry, flushes stdio and _exits with its value (atexit handlers are the zygote's). The
+ * zygote is single-threaded, so the copy may use libc freely once set up. */
 int fsd_child_entry(void *plan);
