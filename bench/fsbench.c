@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
@@ -458,6 +459,7 @@ static pid_t start_daemon(struct config *c, char *dir)
                 return -1;
         if ((pid = fork()) == 0) {
                 dup2(p[1], 3);
+                prctl(PR_SET_PDEATHSIG, SIGTERM); /* a killed fsbench leaves no daemon */
                 setenv("FSBENCH_ZYGOTE_MIB", mib, 1);
                 execl(daemon, "forkserverd", "--foreground", "--socket", sock, "--key-file", key,
                       "--ready-fd", "3", "--allow-profile", "default,none", "--max-workers",
@@ -561,11 +563,12 @@ int main(int argc, char **argv)
         static const struct option opts[] = {
                 {"quick", no_argument, NULL, 'q'}, {"json", required_argument, NULL, 'j'},
                 {"reps", required_argument, NULL, 'r'}, {"methods", required_argument, NULL, 'm'},
+                {"totals", required_argument, NULL, 't'},
                 {"help", no_argument, NULL, 'h'}, {0}};
         char dir[] = "/tmp/fsbench-XXXXXX", static_prog[4096], exe[4096], libbench[4096];
         struct config c = {.reps = 5};
         const char *json = NULL;
-        int opt;
+        int opt, totals_arg[8], ntot_arg = 0;
         pid_t daemon;
         ssize_t n;
 
@@ -578,9 +581,17 @@ int main(int argc, char **argv)
                         c.reps = atoi(optarg);
                 else if (opt == 'm')
                         c.only = optarg;
+                else if (opt == 't') {
+                        ntot_arg = 0;
+                        for (char *save, *t = strtok_r(optarg, ",", &save); t && ntot_arg < 8;
+                             t = strtok_r(NULL, ",", &save))
+                                if ((totals_arg[ntot_arg++] = atoi(t)) < 1 ||
+                                    totals_arg[ntot_arg - 1] > MAX_SAMPLES)
+                                        return 2;
+                }
                 else {
                         fprintf(stderr, "usage: fsbench [--quick] [--reps N] [--json FILE] "
-                                        "[--methods NAME,...]\n");
+                                        "[--methods NAME,...] [--totals N,...]\n");
                         return opt == 'h' ? 0 : 2;
                 }
         }
@@ -632,7 +643,8 @@ int main(int argc, char **argv)
         int nres = 0;
 
         if (series(&c, methods, (int)FS_ARRAY_SIZE(methods), actives, 3,
-                   c.quick ? totals_quick : totals_full, c.quick ? 1 : 3, res, &nres) < 0)
+                   ntot_arg ? totals_arg : c.quick ? totals_quick : totals_full,
+                   ntot_arg ? ntot_arg : c.quick ? 1 : 3, res, &nres) < 0)
                 goto fail;
         for (int i = 0; i < 2; i++) {
                 const int two[] = {2}, total[] = {c.quick ? 64 : 256};

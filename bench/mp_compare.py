@@ -46,9 +46,14 @@ def main():
     ap.add_argument("--json", required=True, help="fsbench JSON file to add results to")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--methods", help="accepted for fsbench's sake; ignored")
+    ap.add_argument("--totals", help="comma-separated, as fsbench's (capped at 256: CPython "
+                    "start methods are slow)")
     args = ap.parse_args()
     reps = min(args.reps, 3) if args.quick else args.reps
     totals = [64] if args.quick else [64, 256]
+    if args.totals:
+        totals = sorted({min(int(t), 256) for t in args.totals.split(",")})
     methods = ["fork", "forkserver", "spawn"]
     with open(args.json) as f:
         doc = json.load(f)

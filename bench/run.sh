@@ -11,5 +11,5 @@ ninja -C build >/dev/null
 out=${OUT:-bench/results}
 mkdir -p "$out"
 build/bench/fsbench "$@" --json "$out/results.json" | tee "$out/fsbench.txt"
-python3 bench/mp_compare.py "$@" --json "$out/results.json" | tee "$out/mp.txt"
+python3 bench/mp_compare.py "$@" --json "$out/results.json" | tee "$out/mp.txt"  # same options
 python3 bench/plot.py "$out/results.json" "$out"

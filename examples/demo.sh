@@ -15,7 +15,7 @@ trap cleanup EXIT
 
 build/client/forkctl keygen -o "$dir/key"
 build/forkserver/forkserverd --socket "$sock" --key-file "$dir/key" --foreground \
-        --ready-fd 4 4>"$dir/ready" &
+        --preload build/examples/libwordcount.so --ready-fd 4 4>"$dir/ready" &
 daemon=$!
 for _ in $(seq 100); do grep -q READY "$dir/ready" 2>/dev/null && break; sleep 0.05; done
 echo "--- forkserverd is listening on $sock (pid $daemon)"
@@ -34,6 +34,10 @@ echo "exit status: $? (128 + 9)"
 set -e
 echo "--- the C API (examples/spawn-demo.c): three workers at once"
 build/examples/spawn-demo "$sock" "$dir/key"
+echo "--- fork mode: a preloaded job library, fed files over a private channel"
+build/examples/wordcount-client "$sock" "$dir/key" README.md docs/PROTOCOL.md
+echo "--- forkctl run --profile strict -- sh -c 'echo sandboxed'"
+"${ctl[@]}" run --profile strict -- sh -c 'echo sandboxed'
 echo "--- forkctl status"
 "${ctl[@]}" status
 echo "--- forkctl stop"
