@@ -235,6 +235,16 @@ START_TEST(fork_mode_workers)
         ck_assert_int_eq(forkserver_wait(fs, w, &st), 0);
         forkserver_proc_free(fs, w);
 
+        /* a set-up failure is an error for the request, not an exit of a worker */
+        struct forkserver_spawn_args bad = {.entry = "libjobs:job_exit", .cwd = "/nonexistent"};
+        ck_assert_int_eq(forkserver_spawn(fs, &bad, &w), -ENOENT);
+        ck_assert_ptr_nonnull(strstr(forkserver_error(fs), "chdir"));
+        ck_assert_int_eq(forkserver_ping(fs), 0);
+        ck_assert_int_eq(forkserver_wait_any(fs, 0, &w), -ECHILD); /* no stray exit event */
+        usleep(100000);
+        ck_assert_int_eq(count_zombies(d.pid), 0); /* and the child was reaped */
+        ck_assert_uint_eq(daemon_stat(fs, "spawn_failures"), 1);
+
         /* only symbols of preloaded libraries */
         struct forkserver_spawn_args b = {.entry = "libjobs:no_such_symbol"};
         ck_assert_int_eq(forkserver_spawn(fs, &b, &w), -ENOENT);
