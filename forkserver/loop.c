@@ -162,10 +162,12 @@ int fsd_loop_run(struct fsd_server *s)
                         }
                 }
                 fsd_conn_free_dead(s);
+                fsd_worker_free_dead(s);
         }
         while (s->conns)
                 fsd_conn_close(s, s->conns, "server stopped");
         fsd_conn_free_dead(s);
+        fsd_worker_free_dead(s);
         fsd_zygotes_stop(s);
         if (s->listen_fd >= 0) {
                 s->listen_fd = fs_close(s->listen_fd);

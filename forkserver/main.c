@@ -391,6 +391,8 @@ int main(int argc, char **argv)
         }
         if (start(&srv, &o) < 0) {
                 cleanup(&srv);
+                for (size_t i = 0; i < o.npreload; i++)
+                        free((char *)o.preload[i]);
                 return 1; /* the ready fds close unwritten: start-up failed */
         }
         fs_log(FS_LOG_INFO, "listening on %s (zygote pid %d, %u zygote(s))", o.socket_path,
@@ -401,6 +403,8 @@ int main(int argc, char **argv)
         if (r < 0)
                 srv.exit_code = 1;
         cleanup(&srv);
+        for (size_t i = 0; i < o.npreload; i++)
+                free((char *)o.preload[i]);
         fs_log(FS_LOG_INFO, "stopped");
         return srv.exit_code;
 }

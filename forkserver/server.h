@@ -150,6 +150,7 @@ struct fsd_server {
         struct fsd_conn *dead;    /* to free after the event batch */
         unsigned npending, nconns;
         struct fsd_worker *orphans;
+        struct fsd_worker *dead_workers; /* reaped; freed after the event batch */
         unsigned nworkers;
         uint64_t next_conn_id, next_worker_id;
         bool stopping;
@@ -196,3 +197,4 @@ void fsd_worker_terminate(struct fsd_server *s, struct fsd_worker *w, int64_t no
 void fsd_worker_orphan_all(struct fsd_server *s, struct fsd_conn *c);
 void fsd_worker_tick(struct fsd_server *s, int64_t now, int64_t *next_deadline);
 void fsd_worker_terminate_all(struct fsd_server *s);
+void fsd_worker_free_dead(struct fsd_server *s);

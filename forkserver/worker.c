@@ -112,6 +112,8 @@ void fsd_worker_event(struct fsd_server *s, struct fsd_worker *w)
 {
         siginfo_t si = {0};
 
+        if (w->pidfd < 0)
+                return; /* reaped earlier in this batch of events */
         /* its set-up outcome first, so that SPAWNED (or ERROR) precedes any exit event */
         fsd_worker_setup_event(s, w);
         if (waitid(P_PIDFD, (id_t)w->pidfd, &si, WEXITED | WNOHANG) < 0) {
@@ -138,9 +140,11 @@ void fsd_worker_event(struct fsd_server *s, struct fsd_worker *w)
                (unsigned long long)w->id, (int)w->pid, si.si_code, si.si_status);
         unlink_worker(s, w);
         (void)epoll_ctl(s->epfd, EPOLL_CTL_DEL, w->pidfd, NULL);
-        fs_close(w->pidfd);
-        fs_close(w->chan_fd);
-        free(w);
+        w->pidfd = fs_close(w->pidfd);
+        w->chan_fd = fs_close(w->chan_fd);
+        /* Another event of this batch may still name it (its set-up pipe): free it later. */
+        w->next = s->dead_workers;
+        s->dead_workers = w;
         s->nworkers--;
 }
 
@@ -198,4 +202,14 @@ void fsd_worker_tick(struct fsd_server *s, int64_t now, int64_t *next)
         if (s->stopping)
                 for (struct fsd_conn *c = s->conns; c; c = c->next)
                         tick_list(c->workers, now, next);
+}
+
+void fsd_worker_free_dead(struct fsd_server *s)
+{
+        while (s->dead_workers) {
+                struct fsd_worker *w = s->dead_workers;
+
+                s->dead_workers = w->next;
+                free(w);
+        }
 }

@@ -35,7 +35,10 @@ static void ask(int ch, const char *text, const int *fds, size_t nfds, char *out
 static struct forkserver_proc *spawn_echo(struct forkserver *fs, bool fork_mode)
 {
         const char *argv[] = {env_or_die("CHANWORKER"), NULL};
-        struct forkserver_spawn_args a = {.flags = FORKSERVER_SPAWN_CHANNEL};
+        /* In the sanitizer build LeakSanitizer would stop the world with ptrace at exit,
+         * which the default profile denies; the setting is inert elsewhere. */
+        const char *envp[] = {"ASAN_OPTIONS=detect_leaks=0", NULL};
+        struct forkserver_spawn_args a = {.flags = FORKSERVER_SPAWN_CHANNEL, .envp = envp};
         struct forkserver_proc *w;
 
         if (fork_mode)
@@ -389,13 +392,20 @@ int main(void)
         Suite *s = suite_create("channel");
         TCase *tc = tcase_create("integration");
 
+        /* signal workers through pidfds: valgrind 3.19 cannot, so its run leaves them out */
+        TCase *tp = tcase_create("pidfd-signal");
+
+        tcase_set_tags(tp, "pidfd");
+        tcase_set_timeout(tp, 120);
+        tcase_add_test(tp, channel_eof_on_kill);
+        tcase_add_test(tp, fork_mode_holds_no_key);
+        suite_add_tcase(s, tp);
+
         tcase_set_timeout(tc, 120);
         tcase_add_test(tc, exec_mode_channel);
         tcase_add_test(tc, fork_mode_channel);
-        tcase_add_test(tc, channel_eof_on_kill);
         tcase_add_test(tc, fork_mode_workers);
         tcase_add_test(tc, preload_failures);
-        tcase_add_test(tc, fork_mode_holds_no_key);
         suite_add_tcase(s, tc);
         return run_suite(s);
 }
