@@ -31,26 +31,13 @@ const char *fs_proto_type_name(uint16_t type)
         return type >= 1 && type <= FS_MSG_MAX_ ? type_names[type] : "unknown";
 }
 
-const char *fs_proto_step_name(uint32_t step)
-{
-        static const char *const names[FS_STEP_MAX_ + 1] = {
-                [FS_STEP_CLONE] = "clone",     [FS_STEP_PARENT] = "parent-death signal",
-                [FS_STEP_FDS] = "fd set-up",   [FS_STEP_CHDIR] = "chdir",
-                [FS_STEP_EXEC] = "exec",       [FS_STEP_RLIMIT] = "rlimit",
-                [FS_STEP_PGRP] = "process group", [FS_STEP_SECCOMP] = "seccomp",
-                [FS_STEP_ENTRY] = "entry",
-        };
-
-        return step >= 1 && step <= FS_STEP_MAX_ ? names[step] : "spawn";
-}
-
 size_t fs_proto_max_fds(uint16_t type)
 {
         switch (type) {
         case FS_MSG_SPAWN:
                 return FS_MAX_MSG_FDS;
         case FS_MSG_SPAWNED:
-                return 3; /* pidfd; zygote → front: fork mode's set-up pipe; the channel */
+                return 2; /* pidfd, then the channel when asked for */
         case FS_MSG_ERROR:
                 return 1; /* zygote → front only: the pidfd of a child that failed to exec */
         case FS_MSG_DATA:

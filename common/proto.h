@@ -126,7 +126,6 @@ int fs_proto_parse_hdr_only(const uint8_t hdr[FS_HDR_LEN], size_t len, struct fs
 /* How many fds a message of this type may carry (SPAWN: as many as its FD fields). */
 size_t fs_proto_max_fds(uint16_t type);
 const char *fs_proto_type_name(uint16_t type);
-const char *fs_proto_step_name(uint32_t step);
 
 struct fs_msg_hello {
         uint16_t version_min, version_max;

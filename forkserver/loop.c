@@ -155,10 +155,6 @@ int fsd_loop_run(struct fsd_server *s)
                         case FSD_SRC_WORKER:
                                 fsd_worker_event(s, (struct fsd_worker *)src);
                                 break;
-                        case FSD_SRC_SETUP:
-                                fsd_worker_setup_event(s, fsd_container_of(src, struct fsd_worker,
-                                                                           setup_src));
-                                break;
                         }
                 }
                 fsd_conn_free_dead(s);

@@ -48,7 +48,6 @@ enum fsd_src_kind {
         FSD_SRC_ZYGOTE_EXIT,
         FSD_SRC_CONN,
         FSD_SRC_WORKER,
-        FSD_SRC_SETUP, /* a fork-mode worker's set-up pipe */
 };
 
 /* First member of everything registered with epoll. */
@@ -88,10 +87,6 @@ struct fsd_conn {
 
 struct fsd_worker {
         struct fsd_source src;
-        struct fsd_source setup_src;
-        int setup_fd;    /* fork mode, until set up: EOF = running, data = {step, errno} */
-        int chan_fd;     /* the client's channel end, held until the worker is set up */
-        bool failed;     /* set-up failed: the client got ERROR, no EXITED follows */
         int pidfd;
         pid_t pid;
         uint64_t id;
@@ -107,7 +102,6 @@ struct fsd_inflight {
         uint32_t req_id;
         uint32_t seq;
         uint32_t flags;
-        bool fork_mode;
 };
 
 #define FSD_MAX_ZYGOTES 3
@@ -190,9 +184,6 @@ void fsd_spawn_forget_conn(struct fsd_server *s, struct fsd_conn *c);
 struct fsd_worker *fsd_worker_new(struct fsd_server *s, struct fsd_conn *c, int pidfd, pid_t pid,
                                   uint32_t req_id, bool detached);
 void fsd_worker_event(struct fsd_server *s, struct fsd_worker *w);
-void fsd_worker_setup_event(struct fsd_server *s, struct fsd_worker *w);
-/* Tells the client its worker is running: SPAWNED with the pidfd and any channel. */
-void fsd_worker_announce(struct fsd_server *s, struct fsd_worker *w);
 void fsd_worker_terminate(struct fsd_server *s, struct fsd_worker *w, int64_t now);
 void fsd_worker_orphan_all(struct fsd_server *s, struct fsd_conn *c);
 void fsd_worker_tick(struct fsd_server *s, int64_t now, int64_t *next_deadline);

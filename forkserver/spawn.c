@@ -90,8 +90,7 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
                 goto out;
         }
         slot = &z->ring[(z->ring_head + z->ring_len++) % FSD_ZYGOTE_INFLIGHT];
-        *slot = (struct fsd_inflight){.conn = c, .req_id = id, .seq = z->seq, .flags = sp.flags,
-                                      .fork_mode = sp.entry != NULL};
+        *slot = (struct fsd_inflight){.conn = c, .req_id = id, .seq = z->seq, .flags = sp.flags};
         s->inflight++;
         c->inflight++;
 out:
@@ -123,37 +122,30 @@ static void reap_failed(int pidfd)
                 ;
 }
 
-/* Handles one zygote reply for entry e; takes ownership of its fds. */
 static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t *msg, size_t len,
-                     int *fds, size_t nfds)
+                     int pidfd, int chan)
 {
         struct fsd_conn *c = e->conn;
         const char *why = "malformed zygote reply";
-        int pidfd = -1, setup = -1, chan = -1;
         struct fs_hdr h;
         struct fs_buf p;
-        int r = -EIO;
+        int r;
 
         if (c)
                 c->inflight--;
-        if (fs_proto_parse_hdr(msg, len, &h, &p) < 0 || h.id != e->seq) {
+        if ((r = fs_proto_parse_hdr(msg, len, &h, &p)) < 0 || h.id != e->seq) {
                 fs_log(FS_LOG_ERROR, "zygote reply out of order or malformed");
                 goto fail;
         }
         if (h.type == FS_MSG_SPAWNED) {
-                /* pidfd, then fork mode's set-up pipe, then the channel, each when expected */
-                size_t want = 1 + e->fork_mode + !!(e->flags & FS_SPAWN_CHANNEL), k = 0;
                 struct fs_msg_spawned sp;
                 struct fsd_worker *w;
+                struct fs_msgw mw;
+                int n;
 
-                if (nfds != want || fs_proto_parse_spawned(&p, &sp, &why) < 0)
+                if (pidfd < 0 || fs_proto_parse_spawned(&p, &sp, &why) < 0 ||
+                    (chan >= 0) != !!(e->flags & FS_SPAWN_CHANNEL))
                         goto fail;
-                pidfd = fds[k++];
-                if (e->fork_mode)
-                        setup = fds[k++];
-                if (e->flags & FS_SPAWN_CHANNEL)
-                        chan = fds[k++];
-                nfds = 0;
                 w = fsd_worker_new(s, c, pidfd, (pid_t)sp.pid, e->req_id,
                                    e->flags & FS_SPAWN_DETACH);
                 if (!w) {
@@ -164,48 +156,49 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
                         r = -ENOMEM;
                         goto fail_reply;
                 }
-                pidfd = -1; /* the worker owns it now, and the channel end until announced */
-                w->chan_fd = fs_take_fd(&chan);
-                if (setup >= 0) {
-                        /* fork mode: running once its set-up pipe says so */
-                        w->setup_fd = fs_take_fd(&setup);
-                        w->setup_src.kind = FSD_SRC_SETUP;
-                        if (fsd_epoll_add(s, w->setup_fd, EPOLLIN, &w->setup_src) < 0)
-                                fsd_worker_setup_event(s, w); /* resolve it now, blocking */
-                } else {
-                        fsd_worker_announce(s, w);
+                pidfd = -1; /* the worker owns it now */
+                s->stats.spawns++;
+                if (!c) {
+                        if (!w->detached)
+                                fsd_worker_terminate(s, w, fs_now_ms());
+                        goto out;
                 }
-                if (!c && !w->detached)
-                        fsd_worker_terminate(s, w, fs_now_ms());
-                return;
+                fs_msg_begin(&mw, s->tx, sizeof(s->tx), FS_MSG_SPAWNED, e->req_id);
+                fs_msg_put_u64(&mw, FS_F_WORKER, w->id);
+                fs_msg_put_u32(&mw, FS_F_PID, (uint32_t)w->pid);
+                int out_fds[2] = {w->pidfd, chan};
+
+                if ((n = fs_msg_finish(&mw)) > 0)
+                        (void)fsd_conn_send(s, c, s->tx, (size_t)n, out_fds, chan >= 0 ? 2 : 1);
+                fs_log(FS_LOG_DEBUG, "conn %llu: worker %llu pid %d spawned",
+                       (unsigned long long)c->id, (unsigned long long)w->id, (int)w->pid);
+                goto out;
         }
-        if (h.type == FS_MSG_ERROR && nfds <= 1) {
+        if (h.type == FS_MSG_ERROR) {
                 struct fs_msg_error er;
 
                 if (fs_proto_parse_error(&p, &er, &why) < 0)
                         goto fail;
-                if (nfds == 1)
-                        reap_failed(fds[0]);
-                fs_close_many(fds, nfds);
+                if (pidfd >= 0)
+                        reap_failed(pidfd);
                 s->stats.spawn_failures++;
                 if (c)
                         fsd_conn_send_error(s, c, e->req_id, -(int)er.err, "%s", er.reason);
-                return;
+                goto out;
         }
 fail:
-        /* a child we cannot account for is ended and reaped */
-        if (nfds > 0) {
-                (void)pidfd_send_signal(fds[0], SIGKILL, NULL, 0);
-                reap_failed(fds[0]);
+        r = -EIO;
+        if (pidfd >= 0) {
+                (void)pidfd_send_signal(pidfd, SIGKILL, NULL, 0);
+                reap_failed(pidfd);
         }
 fail_reply:
-        fs_close_many(fds, nfds);
-        fs_close(pidfd);
-        fs_close(setup);
-        fs_close(chan);
         s->stats.spawn_failures++;
         if (c)
                 fsd_conn_send_error(s, c, e->req_id, r, "spawn failed: %s", why);
+out:
+        fs_close(pidfd);
+        fs_close(chan); /* the client has its copy; the daemon keeps neither end */
 }
 
 static void zygote_lost(struct fsd_server *s, struct fsd_zygote *z)
@@ -220,12 +213,12 @@ void fsd_spawn_complete(struct fsd_server *s, struct fsd_zygote *z, bool block)
 {
         struct fsd_inflight e;
         uint8_t msg[1024]; /* zygote replies are small; a larger one is an error */
-        int fds[3] = {-1, -1, -1};
+        int fds[2] = {-1, -1};
         size_t nfds = 0;
         int n = -EPIPE;
 
         if (z->fd >= 0) {
-                n = fs_fdpass_recv(z->fd, msg, sizeof(msg), fds, 3, &nfds,
+                n = fs_fdpass_recv(z->fd, msg, sizeof(msg), fds, 2, &nfds,
                                    block ? 0 : MSG_DONTWAIT);
                 if (n == -EAGAIN)
                         return;
@@ -242,7 +235,7 @@ void fsd_spawn_complete(struct fsd_server *s, struct fsd_zygote *z, bool block)
         z->ring_head = (z->ring_head + 1) % FSD_ZYGOTE_INFLIGHT;
         z->ring_len--;
         s->inflight--;
-        if (n <= 0) {
+        if (n <= 0 || nfds > 2) {
                 fs_close_many(fds, nfds);
                 if (e.conn) {
                         e.conn->inflight--;
@@ -254,5 +247,5 @@ void fsd_spawn_complete(struct fsd_server *s, struct fsd_zygote *z, bool block)
                         zygote_lost(s, z);
                 return;
         }
-        complete(s, &e, msg, (size_t)n, fds, nfds);
+        complete(s, &e, msg, (size_t)n, nfds > 0 ? fds[0] : -1, nfds > 1 ? fds[1] : -1);
 }

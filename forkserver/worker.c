@@ -1,6 +1,4 @@
 #include <errno.h>
-#include <string.h>
-#include <unistd.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
@@ -8,7 +6,6 @@
 #include <sys/wait.h>
 
 #include "common/util.h"
-#include "forkserver/child.h"
 #include "forkserver/server.h"
 
 static struct fsd_worker **list_of(struct fsd_server *s, struct fsd_worker *w)
@@ -44,8 +41,7 @@ struct fsd_worker *fsd_worker_new(struct fsd_server *s, struct fsd_conn *c, int 
         if (!w)
                 return NULL;
         *w = (struct fsd_worker){.src.kind = FSD_SRC_WORKER, .pid = pid, .id = ++s->next_worker_id,
-                                 .req_id = req_id, .detached = detached, .conn = c,
-                                 .setup_fd = -1, .chan_fd = -1};
+                                 .req_id = req_id, .detached = detached, .conn = c};
         w->pidfd = pidfd; /* ours from here on, unless we fail */
         if (fsd_epoll_add(s, w->pidfd, EPOLLIN, &w->src) < 0) {
                 free(w);
@@ -56,66 +52,12 @@ struct fsd_worker *fsd_worker_new(struct fsd_server *s, struct fsd_conn *c, int 
         return w;
 }
 
-void fsd_worker_announce(struct fsd_server *s, struct fsd_worker *w)
-{
-        int fds[2] = {w->pidfd, w->chan_fd}, n;
-        struct fs_msgw m;
-
-        s->stats.spawns++;
-        if (w->conn) {
-                fs_msg_begin(&m, s->tx, sizeof(s->tx), FS_MSG_SPAWNED, w->req_id);
-                fs_msg_put_u64(&m, FS_F_WORKER, w->id);
-                fs_msg_put_u32(&m, FS_F_PID, (uint32_t)w->pid);
-                if ((n = fs_msg_finish(&m)) > 0)
-                        (void)fsd_conn_send(s, w->conn, s->tx, (size_t)n, fds,
-                                            w->chan_fd >= 0 ? 2 : 1);
-                fs_log(FS_LOG_DEBUG, "conn %llu: worker %llu pid %d spawned",
-                       (unsigned long long)w->conn->id, (unsigned long long)w->id, (int)w->pid);
-        }
-        w->chan_fd = fs_close(w->chan_fd); /* the client has its copy; we keep no end */
-}
-
-void fsd_worker_setup_event(struct fsd_server *s, struct fsd_worker *w)
-{
-        struct fsd_child_error ce;
-        ssize_t n;
-
-        if (w->setup_fd < 0)
-                return;
-        do
-                n = read(w->setup_fd, &ce, sizeof(ce));
-        while (n < 0 && errno == EINTR);
-        if (n < 0 && errno == EAGAIN)
-                return;
-        (void)epoll_ctl(s->epfd, EPOLL_CTL_DEL, w->setup_fd, NULL);
-        w->setup_fd = fs_close(w->setup_fd);
-        if (n == 0) {
-                fsd_worker_announce(s, w);
-                return;
-        }
-        /* A set-up failure is an error for the request, never an exit of a worker. */
-        w->failed = true;
-        w->chan_fd = fs_close(w->chan_fd);
-        s->stats.spawn_failures++;
-        if (w->conn) {
-                if (n == sizeof(ce))
-                        fsd_conn_send_error(s, w->conn, w->req_id, ce.err > 0 ? -ce.err : -EIO,
-                                            "%s: %s", fs_proto_step_name((uint32_t)ce.step),
-                                            strerror(ce.err > 0 ? ce.err : EIO));
-                else
-                        fsd_conn_send_error(s, w->conn, w->req_id, EIO,
-                                            "the worker died during set-up");
-        }
-}
-
 void fsd_worker_event(struct fsd_server *s, struct fsd_worker *w)
 {
         siginfo_t si = {0};
 
         if (w->pidfd < 0)
                 return; /* reaped earlier in this batch of events */
-        /* its set-up outcome first, so that SPAWNED (or ERROR) precedes any exit event */
-        fsd_worker_setup_event(s, w);
         if (waitid(P_PIDFD, (id_t)w->pidfd, &si, WEXITED | WNOHANG) < 0) {
                 if (errno == EINTR || errno == EAGAIN)
                         return;
@@ -125,7 +67,7 @@ void fsd_worker_event(struct fsd_server *s, struct fsd_worker *w)
                 return; /* not yet */
         }
         s->stats.exits++;
-        if (w->conn && si.si_pid && !w->failed) {
+        if (w->conn && si.si_pid) {
                 struct fs_msgw m;
                 int n;
 
@@ -141,8 +83,7 @@ void fsd_worker_event(struct fsd_server *s, struct fsd_worker *w)
         unlink_worker(s, w);
         (void)epoll_ctl(s->epfd, EPOLL_CTL_DEL, w->pidfd, NULL);
         w->pidfd = fs_close(w->pidfd);
-        w->chan_fd = fs_close(w->chan_fd);
-        /* Another event of this batch may still name it (its set-up pipe): free it later. */
+        /* Freed after the current batch of events, which may still name it. */
         w->next = s->dead_workers;
         s->dead_workers = w;
         s->nworkers--;

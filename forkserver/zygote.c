@@ -44,6 +44,32 @@ struct zygote {
         const char *ptrs[FS_SPAWN_PTRS];
 };
 
+static const char *step_name(uint32_t step)
+{
+        switch (step) {
+        case FS_STEP_CLONE:
+                return "clone";
+        case FS_STEP_PARENT:
+                return "parent-death signal";
+        case FS_STEP_FDS:
+                return "fd set-up";
+        case FS_STEP_CHDIR:
+                return "chdir";
+        case FS_STEP_EXEC:
+                return "exec";
+        case FS_STEP_RLIMIT:
+                return "rlimit";
+        case FS_STEP_PGRP:
+                return "process group";
+        case FS_STEP_SECCOMP:
+                return "seccomp";
+        case FS_STEP_ENTRY:
+                return "entry";
+        default:
+                return "spawn";
+        }
+}
+
 static int reply_error(struct zygote *z, uint32_t id, uint32_t step, int err, const char *what,
                        pid_t pid, int pidfd)
 {
@@ -51,7 +77,7 @@ static int reply_error(struct zygote *z, uint32_t id, uint32_t step, int err, co
         struct fs_msgw w;
         int n;
 
-        snprintf(reason, sizeof(reason), "%s%s%s: %s", fs_proto_step_name(step), what ? " " : "",
+        snprintf(reason, sizeof(reason), "%s%s%s: %s", step_name(step), what ? " " : "",
                  what ? what : "", strerror(err));
         fs_msg_begin(&w, z->out, sizeof(z->out), FS_MSG_ERROR, id);
         fs_msg_put_u32(&w, FS_F_ERRNO, (uint32_t)err);
@@ -89,8 +115,7 @@ static void env_drop(const char **envp, const char *name)
 
 static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfds_in)
 {
-        int fds[FS_MAX_MSG_FDS + 1], chan[2] = {-1, -1}, out_fds[3];
-        size_t nout = 0;
+        int fds[FS_MAX_MSG_FDS + 1], chan[2] = {-1, -1}, out_fds[2];
         uint32_t targets[FS_MAX_MSG_FDS + 1];
         void *entry = NULL;
         size_t nfds = nfds_in;
@@ -172,7 +197,7 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
         /* posix_spawn's route: the child borrows our memory and we sleep until it execs,
          * so the cost does not grow with our size. CLONE_PARENT makes it the front's child. */
         if (entry)
-                /* fork mode: a copy of us runs the entry */
+                /* fork mode: a copy of us runs the entry; we wait only for its set-up */
                 pid = clone(fsd_child_entry, z->stack_top, CLONE_PARENT | CLONE_PIDFD, &plan,
                             &pidfd);
         else
@@ -186,13 +211,10 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
                 chan[0] = fs_close(chan[0]);
                 return reply_error(z, h.id, FS_STEP_CLONE, -r, NULL, 0, -1);
         }
-        /* Fork mode: the front watches the child's set-up; we go on with the next request.
-         * Exec mode: the child has exec'd or failed by now (CLONE_VFORK). */
-        got = 0;
-        while (!entry && (got = read(errpipe[0], &ce, sizeof(ce))) < 0 && errno == EINTR)
-                ;
-        if (!entry)
-                errpipe[0] = fs_close(errpipe[0]);
+        do
+                got = read(errpipe[0], &ce, sizeof(ce));
+        while (got < 0 && errno == EINTR);
+        errpipe[0] = fs_close(errpipe[0]);
         if (got == sizeof(ce)) {
                 const char *what = ce.step == FS_STEP_EXEC ? sp.path
                                    : ce.step == FS_STEP_CHDIR ? sp.cwd
@@ -207,17 +229,13 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
         fs_msg_begin(&w, z->out, sizeof(z->out), FS_MSG_SPAWNED, h.id);
         fs_msg_put_u64(&w, FS_F_WORKER, 0);
         fs_msg_put_u32(&w, FS_F_PID, (uint32_t)pid);
-        out_fds[nout++] = pidfd;
-        if (errpipe[0] >= 0)
-                out_fds[nout++] = errpipe[0];
-        if (chan[0] >= 0)
-                out_fds[nout++] = chan[0];
+        out_fds[0] = pidfd;
+        out_fds[1] = chan[0];
         if ((n = fs_msg_finish(&w)) < 0)
                 r = n;
         else
-                r = fs_fdpass_send(z->sock, z->out, (size_t)n, out_fds, nout, 0);
+                r = fs_fdpass_send(z->sock, z->out, (size_t)n, out_fds, chan[0] >= 0 ? 2 : 1, 0);
         pidfd = fs_close(pidfd);
-        errpipe[0] = fs_close(errpipe[0]);
         chan[0] = fs_close(chan[0]); /* the front passes it on and keeps none */
         return r;
 }
