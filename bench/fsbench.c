@@ -346,6 +346,109 @@ static int run_uds_rtt(const struct method *m, const struct config *c, int activ
         return 0;
 }
 
+/* ---- 1 MiB round trips: through a worker's channel (memfd passed) and through pipes ---- */
+
+#define RTT_BYTES (1 << 20)
+
+static int run_chan_rtt(const struct method *m, const struct config *c, int active, int total,
+                        double *lat, int *nlat)
+{
+        static char data[RTT_BYTES];
+        struct forkserver_spawn_args a = {.entry = "libbench:echo_memfd",
+                                          .flags = FORKSERVER_SPAWN_CHANNEL};
+        struct forkserver_proc *w;
+        struct forkserver *fs;
+        int mfd, ch, st, r = -1;
+
+        (void)m;
+        (void)active;
+        if (connect_fs(c, &fs) < 0)
+                return -1;
+        if (forkserver_spawn(fs, &a, &w) < 0 || (mfd = memfd_create("rtt", MFD_CLOEXEC)) < 0) {
+                forkserver_close(fs);
+                return -1;
+        }
+        ch = forkserver_proc_channel(w);
+        memset(data, 'x', sizeof(data));
+        for (int i = 0; i < total; i++) {
+                int64_t t0 = fs_now_us();
+                size_t nfds;
+                int back;
+                char msg[8];
+
+                /* write the bytes, pass the fd, the worker reads them all, the fd comes back
+                 * and the bytes are read again here: 1 MiB each way, as through a pipe */
+                if (pwrite(mfd, data, sizeof(data), 0) != sizeof(data) ||
+                    forkserver_channel_send(ch, "rtt", 3, &mfd, 1) < 0 ||
+                    forkserver_channel_recv(ch, msg, sizeof(msg), &back, 1, &nfds) < 0 ||
+                    nfds != 1)
+                        goto out;
+                if (pread(back, data, sizeof(data), 0) != sizeof(data)) {
+                        close(back);
+                        goto out;
+                }
+                close(back);
+                if (*nlat < MAX_SAMPLES)
+                        lat[(*nlat)++] = (double)(fs_now_us() - t0);
+        }
+        r = 0;
+out:
+        close(mfd);
+        close(forkserver_proc_take_channel(w)); /* EOF: the worker returns */
+        forkserver_wait(fs, w, &st);
+        forkserver_close(fs);
+        return r;
+}
+
+static int run_pipe_rtt(const struct method *m, const struct config *c, int active, int total,
+                        double *lat, int *nlat)
+{
+        static char data[RTT_BYTES];
+        int there[2], back[2], st;
+        pid_t pid;
+
+        (void)m;
+        (void)c;
+        (void)active;
+        if (pipe2(there, O_CLOEXEC) < 0 || pipe2(back, O_CLOEXEC) < 0)
+                return -1;
+        if ((pid = fork()) == 0) {
+                close(there[1]); /* or it never sees EOF */
+                close(back[0]);
+                for (;;) {
+                        size_t got = 0;
+                        ssize_t n = 0;
+
+                        while (got < sizeof(data) && (n = read(there[0], data + got,
+                                                               sizeof(data) - got)) > 0)
+                                got += (size_t)n;
+                        if (got < sizeof(data) || fs_write_all(back[1], data, got) < 0)
+                                _exit(0);
+                }
+        }
+        close(there[0]);
+        close(back[1]);
+        memset(data, 'x', sizeof(data));
+        for (int i = 0; i < total; i++) {
+                int64_t t0 = fs_now_us();
+                size_t got = 0;
+                ssize_t n = 0;
+
+                if (fs_write_all(there[1], data, sizeof(data)) < 0)
+                        break;
+                while (got < sizeof(data) && (n = read(back[0], data + got, sizeof(data) - got)) > 0)
+                        got += (size_t)n;
+                if (got < sizeof(data))
+                        break;
+                if (*nlat < MAX_SAMPLES)
+                        lat[(*nlat)++] = (double)(fs_now_us() - t0);
+        }
+        close(there[1]);
+        close(back[0]);
+        waitpid(pid, &st, 0);
+        return 0;
+}
+
 /* ---- statistics and output ---- */
 
 static int cmp_double(const void *a, const void *b)
@@ -596,7 +699,7 @@ int main(int argc, char **argv)
                 }
         }
         if (c.quick)
-                c.reps = c.reps > 3 ? 3 : c.reps;
+                c.reps = c.reps > 2 ? 2 : c.reps;
         if (c.reps < 1 || c.reps > 32)
                 return 2;
         if ((n = readlink("/proc/self/exe", exe, sizeof(exe) - 1)) <= 0)
@@ -628,6 +731,8 @@ int main(int argc, char **argv)
                 {"fs_fork", "", "none", run_fs_exec},
                 {"fs_handshake", "", "", run_fs_handshake},
                 {"uds_rtt", "", "", run_uds_rtt},
+                {"chan_rtt_1m", "", "", run_chan_rtt},
+                {"pipe_rtt_1m", "", "", run_pipe_rtt},
         };
         /* the zygote-size series: forkserver with a large zygote beside raw fork from a bench
          * process holding the same memory, on 4 KiB pages and on huge pages */
@@ -637,7 +742,7 @@ int main(int argc, char **argv)
                 {"fork_sized", "4k", "", run_raw},
                 {"fork_sized", "thp", "", run_raw},
         };
-        const int totals_full[] = {256, 1024, 4096}, totals_quick[] = {256};
+        const int totals_full[] = {256, 1024, 4096}, totals_quick[] = {128};
         const int actives[] = {1, 2, 8}, sizes[] = {256, 1024};
         static struct result res[256];
         int nres = 0;
@@ -647,7 +752,7 @@ int main(int argc, char **argv)
                    ntot_arg ? ntot_arg : c.quick ? 1 : 3, res, &nres) < 0)
                 goto fail;
         for (int i = 0; i < 2; i++) {
-                const int two[] = {2}, total[] = {c.quick ? 64 : 256};
+                const int two[] = {2}, total[] = {c.quick ? 32 : 256};
 
                 kill(daemon, SIGTERM);
                 waitpid(daemon, NULL, 0);

@@ -6,11 +6,14 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "client/forkserver.h"
 
 __attribute__((visibility("default"))) int noop(const struct forkserver_worker *w);
+__attribute__((visibility("default"))) int echo_memfd(const struct forkserver_worker *w);
 
 static char *held;
 
@@ -18,6 +21,31 @@ int noop(const struct forkserver_worker *w)
 {
         (void)w;
         return 0;
+}
+
+/* Channel round trips: reads all of each memfd it is sent (as a consumer would), then sends
+ * it back with the message. Ends at EOF. */
+int echo_memfd(const struct forkserver_worker *w)
+{
+        static char data[1 << 20];
+        char msg[64];
+        int fd;
+
+        for (;;) {
+                size_t nfds;
+                int n = forkserver_channel_recv(w->channel_fd, msg, sizeof(msg), &fd, 1, &nfds);
+
+                if (n < 0)
+                        return n == -EPIPE ? 0 : 1;
+                if (nfds != 1)
+                        return 1;
+                for (off_t off = 0; pread(fd, data, sizeof(data), off) > 0; off += sizeof(data))
+                        ;
+                n = forkserver_channel_send(w->channel_fd, msg, (size_t)n, &fd, 1);
+                close(fd);
+                if (n < 0)
+                        return 1;
+        }
 }
 
 __attribute__((constructor)) static void hold_memory(void)
