@@ -313,3 +313,40 @@ static inline void raw_auth(int fd, const char *key_path)
         ck_assert_int_eq(fs_auth_client_finish(&c, k, buf, (size_t)n, NULL), 0);
         fs_key_free(k);
 }
+
+/* Counts occurrences of needle in every readable mapping of pid (needs ptrace rights). */
+static inline int scan_memory(pid_t pid, const uint8_t *needle, size_t n)
+{
+        char path[64], line[512];
+        static uint8_t chunk[1 << 20];
+        int found = 0, mem;
+        FILE *maps;
+
+        snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+        ck_assert_ptr_nonnull(maps = fopen(path, "re"));
+        snprintf(path, sizeof(path), "/proc/%d/mem", (int)pid);
+        ck_assert_int_ge(mem = open(path, O_RDONLY | O_CLOEXEC), 0);
+        while (fgets(line, sizeof(line), maps)) {
+                unsigned long lo, hi;
+                char perms[8];
+
+                /* over 1 GiB is a sanitizer's shadow reservation, not our data */
+                if (sscanf(line, "%lx-%lx %7s", &lo, &hi, perms) != 3 || perms[0] != 'r' ||
+                    strstr(line, "[vvar]") || strstr(line, "[vsyscall]") || hi - lo > (1ul << 30))
+                        continue;
+                for (unsigned long a = lo; a < hi; a += sizeof(chunk) - n) {
+                        size_t want = hi - a < sizeof(chunk) ? hi - a : sizeof(chunk);
+                        ssize_t got = pread(mem, chunk, want, (off_t)a);
+
+                        if (got < (ssize_t)n)
+                                break;
+                        for (ssize_t i = 0; i + (ssize_t)n <= got; i++)
+                                found += memcmp(chunk + i, needle, n) == 0;
+                        if (want < sizeof(chunk))
+                                break;
+                }
+        }
+        fclose(maps);
+        close(mem);
+        return found;
+}

@@ -328,41 +328,6 @@ START_TEST(preload_failures)
 }
 END_TEST
 
-static int scan_for(pid_t pid, const uint8_t *needle, size_t n)
-{
-        char path[64], line[512];
-        static uint8_t chunk[1 << 20];
-        int found = 0, mem;
-        FILE *maps;
-
-        snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
-        ck_assert_ptr_nonnull(maps = fopen(path, "re"));
-        snprintf(path, sizeof(path), "/proc/%d/mem", (int)pid);
-        ck_assert_int_ge(mem = open(path, O_RDONLY | O_CLOEXEC), 0);
-        while (fgets(line, sizeof(line), maps)) {
-                unsigned long lo, hi;
-                char perms[8];
-
-                if (sscanf(line, "%lx-%lx %7s", &lo, &hi, perms) != 3 || perms[0] != 'r' ||
-                    strstr(line, "[vvar]") || strstr(line, "[vsyscall]") || hi - lo > (1ul << 30))
-                        continue;
-                for (unsigned long a = lo; a < hi; a += sizeof(chunk) - n) {
-                        size_t want = hi - a < sizeof(chunk) ? hi - a : sizeof(chunk);
-                        ssize_t got = pread(mem, chunk, want, (off_t)a);
-
-                        if (got < (ssize_t)n)
-                                break;
-                        for (ssize_t i = 0; i + (ssize_t)n <= got; i++)
-                                found += memcmp(chunk + i, needle, n) == 0;
-                        if (want < sizeof(chunk))
-                                break;
-                }
-        }
-        fclose(maps);
-        close(mem);
-        return found;
-}
-
 START_TEST(fork_mode_holds_no_key)
 {
         struct forkserver_spawn_args a = {.entry = "libjobs:job_sleep"};
@@ -377,8 +342,8 @@ START_TEST(fork_mode_holds_no_key)
         fs = daemon_connect(&d);
         ck_assert_int_eq(forkserver_spawn(fs, &a, &w), 0);
         ck_assert_int_eq(fs_key_load_file(d.key, &k, NULL), 0);
-        ck_assert_int_eq(scan_for(forkserver_proc_pid(w), k->bytes, FS_KEY_LEN), 0);
-        ck_assert_int_ge(scan_for(d.pid, k->bytes, FS_KEY_LEN), 1); /* the scan can find it */
+        ck_assert_int_eq(scan_memory(forkserver_proc_pid(w), k->bytes, FS_KEY_LEN), 0);
+        ck_assert_int_ge(scan_memory(d.pid, k->bytes, FS_KEY_LEN), 1); /* the scan can find it */
         fs_key_free(k);
         ck_assert_int_eq(forkserver_kill(fs, w, SIGKILL), 0);
         ck_assert_int_eq(forkserver_wait(fs, w, &st), 0);
