@@ -1,4 +1,5 @@
 /* libFuzzer target: every client-reachable message parser. First byte: number of fds. */
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -60,7 +61,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                 n += __builtin_strlen(sp.argv[i]);
                         for (size_t i = 0; sp.envp[i]; i++)
                                 n += __builtin_strlen(sp.envp[i]);
-                        if (n == SIZE_MAX || sp.argc == 0 || sp.nfds != nfds || sp.path[0] != '/')
+                        /* exec mode: an absolute path and argv[0]; fork mode: an entry, no argv */
+                        bool exec_ok = sp.path && !sp.entry && sp.argc > 0 && sp.path[0] == '/';
+                        bool fork_ok = sp.entry && !sp.path && sp.argc == 0 &&
+                                       fs_proto_entry_ok(sp.entry);
+
+                        if (n == SIZE_MAX || sp.nfds != nfds || !(exec_ok || fork_ok) ||
+                            sp.nrlimits > FS_MAX_RLIMITS || sp.umask > 0777)
                                 __builtin_trap();
                 }
                 break;

@@ -39,6 +39,17 @@ int main(int argc, char **argv)
         fs_msg_put_u32(&w, FS_F_FLAGS, 1);
         fs_msg_put_u32(&w, FS_F_FD, 1);
         save(argv[1], "spawn", 1, m, fs_msg_finish(&w));
+        fs_msg_begin(&w, m, sizeof(m), FS_MSG_SPAWN, 2);
+        fs_msg_put_str(&w, FS_F_ENTRY, "libjobs:job_exit");
+        fs_msg_put_bytes(&w, FS_F_ARGBYTES, "42", 2);
+        fs_msg_put_str(&w, FS_F_PROFILE, "strict");
+        fs_msg_put_rlimit(&w, 7, 64, 64);
+        fs_msg_put_u32(&w, FS_F_UMASK, 077);
+        fs_msg_put_u32(&w, FS_F_FLAGS, 4 | 2);
+        save(argv[1], "spawn-fork", 0, m, fs_msg_finish(&w));
+        fs_msg_begin(&w, m, sizeof(m), FS_MSG_DATA, 0);
+        fs_buf_put_bytes(&w.b, "payload", 7);
+        save(argv[1], "data", 0, m, fs_msg_finish(&w));
         fs_msg_begin(&w, m, sizeof(m), FS_MSG_ERROR, 1);
         fs_msg_put_u32(&w, FS_F_ERRNO, 2);
         fs_msg_put_u32(&w, FS_F_STEP, 5);
