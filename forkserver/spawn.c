@@ -79,6 +79,13 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
          * replies always fit in the socket buffer and neither side can block the other. */
         while (z->ring_len == FSD_ZYGOTE_INFLIGHT && z->fd >= 0)
                 fsd_spawn_complete(s, z, true);
+        /* that may have closed this very connection (a reply it could not take) */
+        if (c->dead)
+                goto out;
+        if (z->fd < 0) {
+                fsd_conn_send_error(s, c, id, ESHUTDOWN, "zygote is gone");
+                goto out;
+        }
 
         /* Forward the validated datagram as it came, with our sequence number as its id. */
         fs_buf_init_reader(&patch, msg, len);
