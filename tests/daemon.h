@@ -156,53 +156,73 @@ static inline struct forkserver *daemon_connect(struct daemon *d)
         return fs;
 }
 
-/* Spawns argv with stdout into a pipe; returns the wait status and the output. */
-static inline int run_capture(struct forkserver *fs, const char *const *argv, char *out, size_t cap)
+/* Reads fd to EOF into out (NUL-terminated, cut at cap - 1 bytes) and closes it. */
+static inline void read_all_close(int fd, char *out, size_t cap)
 {
-        int p[2], status;
-        struct forkserver_fd_map map[] = {{1, -1}};
-        struct forkserver_spawn_args a = {.path = argv[0], .argv = argv, .fds = map, .nfds = 1};
-        struct forkserver_proc *w;
         size_t len = 0;
         ssize_t n;
 
-        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
-        map[0].fd = p[1];
-        ck_assert_msg(forkserver_spawn(fs, &a, &w) == 0, "spawn: %s", forkserver_error(fs));
-        close(p[1]);
-        while (cap > 1 && (n = read(p[0], out + len, cap - 1 - len)) > 0)
+        while (len + 1 < cap && (n = read(fd, out + len, cap - 1 - len)) > 0)
                 len += (size_t)n;
         if (cap)
                 out[len] = '\0';
-        close(p[0]);
+        close(fd);
+}
+
+/* Spawns a with its fd child_fd (and no other given fd) writing into a pipe, reads that to EOF,
+ * waits; returns the wait status. */
+static inline int spawn_capture(struct forkserver *fs, const struct forkserver_spawn_args *a,
+                                int child_fd, char *out, size_t cap)
+{
+        struct forkserver_spawn_args b = *a;
+        struct forkserver_fd_map map[1];
+        struct forkserver_proc *w;
+        int p[2], status;
+
+        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+        map[0] = (struct forkserver_fd_map){child_fd, p[1]};
+        b.fds = map;
+        b.nfds = 1;
+        ck_assert_msg(forkserver_spawn(fs, &b, &w) == 0, "spawn: %s", forkserver_error(fs));
+        close(p[1]);
+        read_all_close(p[0], out, cap);
         ck_assert_int_eq(forkserver_wait(fs, w, &status), 0);
         forkserver_proc_free(fs, w);
+        return status;
+}
+
+/* Spawns argv with stdout into a pipe; returns the wait status and the output. */
+static inline int run_capture(struct forkserver *fs, const char *const *argv, char *out,
+                              size_t cap)
+{
+        struct forkserver_spawn_args a = {.path = argv[0], .argv = argv};
+
+        return spawn_capture(fs, &a, 1, out, cap);
+}
+
+/* Runs argv (argv[0] a path) with fd `to` (1 or 2) into a pipe; returns its wait status. */
+static inline int exec_capture(const char *const *argv, int to, char *out, size_t cap)
+{
+        int p[2], status;
+        pid_t pid;
+
+        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+        pid = fork();
+        if (pid == 0) {
+                dup2(p[1], to);
+                execv(argv[0], (char *const *)argv);
+                _exit(127);
+        }
+        close(p[1]);
+        read_all_close(p[0], out, cap);
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
         return status;
 }
 
 /* Runs a command with stdout captured; returns its wait status. */
 static inline int run_cmd(const char *const *argv, char *out, size_t cap)
 {
-        int p[2], status;
-        size_t len = 0;
-        ssize_t n;
-        pid_t pid;
-
-        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
-        pid = fork();
-        if (pid == 0) {
-                dup2(p[1], 1);
-                execv(argv[0], (char *const *)argv);
-                _exit(127);
-        }
-        close(p[1]);
-        while (cap > 1 && (n = read(p[0], out + len, cap - 1 - len)) > 0)
-                len += (size_t)n;
-        if (cap)
-                out[len] = '\0';
-        close(p[0]);
-        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
-        return status;
+        return exec_capture(argv, 1, out, cap);
 }
 
 struct stat_lookup {

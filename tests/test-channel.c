@@ -189,23 +189,10 @@ END_TEST
 static int run_entry(struct forkserver *fs, const char *entry, const char *arg, char *out,
                      size_t cap)
 {
-        struct forkserver_fd_map map[] = {{1, -1}};
         struct forkserver_spawn_args a = {.entry = entry, .arg = arg,
-                                          .arglen = arg ? strlen(arg) : 0, .fds = map, .nfds = 1};
-        struct forkserver_proc *w;
-        int p[2], st;
-        ssize_t n;
+                                          .arglen = arg ? strlen(arg) : 0};
 
-        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
-        map[0].fd = p[1];
-        ck_assert_msg(forkserver_spawn(fs, &a, &w) == 0, "%s", forkserver_error(fs));
-        close(p[1]);
-        n = read(p[0], out, cap - 1);
-        out[n > 0 ? n : 0] = '\0';
-        close(p[0]);
-        ck_assert_int_eq(forkserver_wait(fs, w, &st), 0);
-        forkserver_proc_free(fs, w);
-        return st;
+        return spawn_capture(fs, &a, 1, out, cap);
 }
 
 START_TEST(fork_mode_workers)
@@ -223,20 +210,10 @@ START_TEST(fork_mode_workers)
         ck_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM);
         /* exactly fds 0-2, the request's environment and argument */
         const char *envp[] = {"X=given", NULL};
-        struct forkserver_fd_map map[] = {{1, -1}};
         struct forkserver_spawn_args a = {.entry = "libjobs:job_report", .arg = "abc",
-                                          .arglen = 3, .envp = envp, .fds = map, .nfds = 1};
-        int p[2];
-        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
-        map[0].fd = p[1];
-        ck_assert_int_eq(forkserver_spawn(fs, &a, &w), 0);
-        close(p[1]);
-        ssize_t n = read(p[0], out, sizeof(out) - 1);
-        out[n > 0 ? n : 0] = '\0';
-        close(p[0]);
+                                          .arglen = 3, .envp = envp};
+        st = spawn_capture(fs, &a, 1, out, sizeof(out));
         ck_assert_str_eq(out, "arg=abc channel=-1 nfds=1 open=3 X=given\n");
-        ck_assert_int_eq(forkserver_wait(fs, w, &st), 0);
-        forkserver_proc_free(fs, w);
 
         /* a set-up failure is an error for the request, not an exit of a worker */
         struct forkserver_spawn_args bad = {.entry = "libjobs:job_exit", .cwd = "/nonexistent"};
@@ -276,22 +253,8 @@ END_TEST
 /* Starts the daemon with args and returns its exit status and stderr. */
 static int failed_start(const char **args, char *err, size_t cap)
 {
-        int p[2], st;
-        ssize_t n;
-        pid_t pid;
-
-        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
-        if ((pid = fork()) == 0) {
-                dup2(p[1], 2);
-                execv(env_or_die("FORKSERVERD"), (char *const *)args);
-                _exit(127);
-        }
-        close(p[1]);
-        n = read(p[0], err, cap - 1);
-        err[n > 0 ? n : 0] = '\0';
-        close(p[0]);
-        ck_assert_int_eq(waitpid(pid, &st, 0), pid);
-        return st;
+        args[0] = env_or_die("FORKSERVERD");
+        return exec_capture(args, 2, err, cap);
 }
 
 START_TEST(preload_failures)

@@ -34,22 +34,11 @@ START_TEST(stdio_and_exit_codes)
         ck_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM);
 
         /* explicit environment and cwd; the default cwd is / */
-        int p[2];
-        struct forkserver_fd_map map[] = {{1, -1}};
         struct forkserver_spawn_args a = {.path = env[0], .argv = env, .envp = envp,
-                                          .cwd = "/tmp", .fds = map, .nfds = 1};
-        struct forkserver_proc *w;
+                                          .cwd = "/tmp"};
 
-        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
-        map[0].fd = p[1];
-        ck_assert_int_eq(forkserver_spawn(fs, &a, &w), 0);
-        close(p[1]);
-        ssize_t n = read(p[0], out, sizeof(out) - 1);
-        ck_assert_int_gt(n, 0);
-        out[n] = '\0';
+        st = spawn_capture(fs, &a, 1, out, sizeof(out));
         ck_assert_str_eq(out, "1|two words|/tmp\n");
-        close(p[0]);
-        ck_assert_int_eq(forkserver_wait(fs, w, &st), 0);
         forkserver_close(fs);
         stop_ok();
 }
@@ -69,18 +58,10 @@ START_TEST(fds_exactly_as_asked)
 
         daemon_start(&d, NULL);
         fs = daemon_connect(&d);
-        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
-        struct forkserver_fd_map map[] = {{200, p[1]}};
-        struct forkserver_spawn_args a = {.path = ls[0], .argv = ls, .fds = map, .nfds = 1};
-        ck_assert_int_eq(forkserver_spawn(fs, &a, &w), 0);
-        close(p[1]);
-        n = read(p[0], out, sizeof(out) - 1);
-        ck_assert_int_gt(n, 0);
-        out[n] = '\0';
+        struct forkserver_spawn_args a = {.path = ls[0], .argv = ls};
+        st = spawn_capture(fs, &a, 200, out, sizeof(out));
         /* ls's own directory fd shows as 3 */
         ck_assert_str_eq(out, "0 1 2 3 200 ");
-        close(p[0]);
-        ck_assert_int_eq(forkserver_wait(fs, w, &st), 0);
         ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 
         /* the same pipe at two numbers, and a swap-prone layout (1 -> 5, 5 -> 1) */

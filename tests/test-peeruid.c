@@ -34,9 +34,7 @@ static int connect_as(uid_t uid, char *why_out, size_t cap)
                 _exit(r == 0 ? 0 : -r);
         }
         close(p[1]);
-        ssize_t n = read(p[0], why_out, cap - 1);
-        why_out[n > 0 ? n : 0] = '\0';
-        close(p[0]);
+        read_all_close(p[0], why_out, cap);
         ck_assert_int_eq(waitpid(pid, &st, 0), pid);
         ck_assert(WIFEXITED(st) && WEXITSTATUS(st) != 100);
         return -WEXITSTATUS(st);

@@ -208,7 +208,7 @@ START_TEST(profile_dir)
 {
         char pdir[160], pfile[200], arg[200], errbuf[2048] = {0};
         struct forkserver *fs;
-        int st, p[2];
+        int st;
 
         daemon_paths(&d);
         make_key_file(d.key);
@@ -230,19 +230,9 @@ START_TEST(profile_dir)
 
         /* a bad line stops start-up with file:line and the token */
         write_file(pfile, "default allow\nkill socket not_a_syscall\n", 0600);
-        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
-        pid_t pid = fork();
-        if (pid == 0) {
-                dup2(p[1], 2);
-                execl(env_or_die("FORKSERVERD"), "forkserverd", "--foreground", "--socket", d.sock,
-                      "--key-file", d.key, "--profile-dir", pdir, NULL);
-                _exit(127);
-        }
-        close(p[1]);
-        ssize_t n = read(p[0], errbuf, sizeof(errbuf) - 1);
-        (void)n;
-        close(p[0]);
-        ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+        const char *bad[] = {env_or_die("FORKSERVERD"), "--foreground", "--socket", d.sock,
+                             "--key-file", d.key, "--profile-dir", pdir, NULL};
+        st = exec_capture(bad, 2, errbuf, sizeof(errbuf));
         ck_assert(EXITS(st, 1));
         ck_assert_msg(strstr(errbuf, "nosock.profile:2: unknown syscall 'not_a_syscall'"),
                       "got: %s", errbuf);
@@ -262,27 +252,10 @@ static int shell(struct forkserver *fs, struct forkserver_spawn_args *a, const c
                  char *out, size_t cap)
 {
         const char *argv[] = {"/bin/sh", "-c", line, NULL};
-        struct forkserver_fd_map map[] = {{1, -1}};
-        struct forkserver_proc *w;
-        int p[2], st;
-        size_t len = 0;
-        ssize_t n;
 
-        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
-        map[0].fd = p[1];
         a->path = argv[0];
         a->argv = argv;
-        a->fds = map;
-        a->nfds = 1;
-        ck_assert_msg(forkserver_spawn(fs, a, &w) == 0, "%s", forkserver_error(fs));
-        close(p[1]);
-        while ((n = read(p[0], out + len, cap - 1 - len)) > 0)
-                len += (size_t)n;
-        out[len] = '\0';
-        close(p[0]);
-        ck_assert_int_eq(forkserver_wait(fs, w, &st), 0);
-        forkserver_proc_free(fs, w);
-        return st;
+        return spawn_capture(fs, a, 1, out, cap);
 }
 
 START_TEST(child_hygiene)
@@ -321,30 +294,17 @@ START_TEST(child_hygiene)
 
         /* exactly the environment given */
         const char *envp[] = {"ONLY=this", "AND=that", NULL};
-        a = (struct forkserver_spawn_args){.envp = envp};
         const char *argv[] = {"/usr/bin/env", NULL};
-        int p[2];
-        struct forkserver_fd_map map[] = {{1, -1}};
-        struct forkserver_proc *w;
-        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
-        map[0].fd = p[1];
-        a.path = argv[0];
-        a.argv = argv;
-        a.fds = map;
-        a.nfds = 1;
-        ck_assert_int_eq(forkserver_spawn(fs, &a, &w), 0);
-        close(p[1]);
-        ssize_t n = read(p[0], out, sizeof(out) - 1);
-        out[n > 0 ? n : 0] = '\0';
-        close(p[0]);
+        a = (struct forkserver_spawn_args){.path = argv[0], .argv = argv, .envp = envp};
+        st = spawn_capture(fs, &a, 1, out, sizeof(out));
         ck_assert_str_eq(out, "ONLY=this\nAND=that\n");
-        ck_assert_int_eq(forkserver_wait(fs, w, &st), 0);
 
         /* a hard limit above ours cannot be granted to a non-root worker */
         if (geteuid() != 0) {
                 struct rlimit cur;
                 getrlimit(RLIMIT_NOFILE, &cur);
                 struct forkserver_rlimit up[] = {{RLIMIT_NOFILE, cur.rlim_max, cur.rlim_max + 1}};
+                struct forkserver_proc *w;
                 a = (struct forkserver_spawn_args){.path = "/bin/true",
                                                    .argv = (const char *[]){"true", NULL},
                                                    .rlimits = up, .nrlimits = 1};
