@@ -39,25 +39,30 @@ bool fs_log_enabled(enum fs_log_level level)
         return level <= log_max;
 }
 
+/* Where a write of k characters (an snprintf result) leaves a line of room cap. */
+static size_t advance(size_t n, int k, size_t cap)
+{
+        if (k < 0)
+                return n;
+        return (size_t)k >= cap - n ? cap - 1 : n + (size_t)k;
+}
+
 static __attribute__((format(printf, 3, 0))) void vlog(enum fs_log_level level, int err,
                                                      const char *fmt, va_list ap)
 {
         char line[1024];
-        int n;
+        const size_t cap = sizeof(line) - 1; /* keeps room for the newline */
+        size_t n = 0;
 
-        n = snprintf(line, sizeof(line), "%s%s[%d]: %s: ", isatty(STDERR_FILENO) ? "" :
-                     level_prefix[level], log_ident, (int)getpid(), level_names[level]);
-        if (n < 0 || (size_t)n >= sizeof(line))
-                return;
-        int m = vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
-        if (m > 0)
-                n = (size_t)(n + m) >= sizeof(line) - 1 ? (int)sizeof(line) - 2 : n + m;
+        n = advance(n, snprintf(line, cap, "%s%s[%d]: %s: ",
+                                isatty(STDERR_FILENO) ? "" : level_prefix[level], log_ident,
+                                (int)getpid(), level_names[level]),
+                    cap);
+        n = advance(n, vsnprintf(line + n, cap - n, fmt, ap), cap);
         if (err)
-                n += snprintf(line + n, sizeof(line) - (size_t)n - 1, ": %s", strerror(-err));
-        if ((size_t)n > sizeof(line) - 2)
-                n = (int)sizeof(line) - 2;
+                n = advance(n, snprintf(line + n, cap - n, ": %s", strerror(-err)), cap);
         line[n++] = '\n';
-        (void)fs_write_all(STDERR_FILENO, line, (size_t)n); /* one write: one line */
+        (void)fs_write_all(STDERR_FILENO, line, n); /* one write: one line */
 }
 
 void fs_log(enum fs_log_level level, const char *fmt, ...)

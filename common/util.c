@@ -1,8 +1,10 @@
 #include "common/util.h"
 
+#include <dirent.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 
 void fs_close_many(int *fds, size_t n)
@@ -68,4 +70,17 @@ int fs_format(char *buf, size_t size, const char *fmt, ...)
         n = vsnprintf(buf, size, fmt, ap);
         va_end(ap);
         return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : 0;
+}
+
+int fs_count_dir(const char *path)
+{
+        DIR *d = opendir(path);
+        int n = 0;
+
+        if (!d)
+                return -errno;
+        for (struct dirent *e; (e = readdir(d));)
+                n += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+        closedir(d);
+        return n;
 }

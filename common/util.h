@@ -59,6 +59,10 @@ int64_t fs_now_us(void);
 /* Parses a decimal integer in [min, max]; the whole string must be the number. */
 int fs_parse_long(const char *s, long min, long max, long *ret);
 
+/* Entries of a directory other than "." and ".."; a negative errno if it cannot be read.
+ * For /proc/self/fd the count includes the fd this call itself opens. */
+int fs_count_dir(const char *path);
+
 /* Writes all of buf to fd, retrying on EINTR and short writes. */
 int fs_write_all(int fd, const void *buf, size_t len);
 

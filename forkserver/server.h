@@ -175,8 +175,9 @@ void fsd_conn_send_error(struct fsd_server *s, struct fsd_conn *c, uint32_t id, 
                          const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 /* spawn.c */
+/* msg is the whole datagram (forwarded to a zygote), payload its already-checked fields. */
 void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, uint8_t *msg,
-                       size_t len, int *fds, size_t nfds);
+                       size_t len, struct fs_buf *payload, int *fds, size_t nfds);
 void fsd_spawn_complete(struct fsd_server *s, struct fsd_zygote *z, bool block);
 void fsd_spawn_forget_conn(struct fsd_server *s, struct fsd_conn *c);
 

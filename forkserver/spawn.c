@@ -14,20 +14,17 @@
 static const char *spawn_ptrs[FS_SPAWN_PTRS];
 
 void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, uint8_t *msg,
-                       size_t len, int *fds, size_t nfds)
+                       size_t len, struct fs_buf *payload, int *fds, size_t nfds)
 {
         const struct fsd_profile *prof = s->sandbox.dflt;
         const char *why = "bad request";
         struct fsd_zygote *z = &s->zyg[0];
         struct fs_spawn sp;
-        struct fs_hdr h;
-        struct fs_buf p;
         struct fs_buf patch;
         struct fsd_inflight *slot;
         int r;
 
-        if ((r = fs_proto_parse_hdr(msg, len, &h, &p)) < 0 ||
-            (r = fs_proto_parse_spawn(&p, nfds, spawn_ptrs, FS_ARRAY_SIZE(spawn_ptrs), &sp,
+        if ((r = fs_proto_parse_spawn(payload, nfds, spawn_ptrs, FS_ARRAY_SIZE(spawn_ptrs), &sp,
                                       &why)) < 0) {
                 s->stats.bad_requests++;
                 fsd_conn_send_error(s, c, id, r, "SPAWN: %s", why);

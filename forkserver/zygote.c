@@ -1,6 +1,5 @@
 #include "forkserver/zygote.h"
 
-#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <poll.h>
@@ -240,19 +239,6 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
         return r;
 }
 
-static int count_threads(void)
-{
-        DIR *d = opendir("/proc/self/task");
-        int n = 0;
-
-        if (!d)
-                return -errno;
-        for (struct dirent *e; (e = readdir(d));)
-                n += e->d_name[0] != '.';
-        closedir(d);
-        return n;
-}
-
 int fsd_preload_name(const char *path, char *buf, size_t size)
 {
         const char *base = strrchr(path, '/');
@@ -289,7 +275,7 @@ static int preload_all(struct zygote *z, const char *const *paths, size_t n, cha
                 }
                 /* fork() copies only the calling thread: a library thread would be missing,
                  * or hold a lock forever, in every worker. */
-                if (count_threads() != 1) {
+                if (fs_count_dir("/proc/self/task") != 1) {
                         snprintf(err, errlen, "--preload %s: the library started a thread; "
                                  "fork-mode workers need a single-threaded zygote", paths[i]);
                         return -EBUSY;

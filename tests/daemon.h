@@ -1,6 +1,7 @@
 /* Integration helpers: start the real forkserverd in a fresh directory, drive it, stop it. */
 #pragma once
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
