@@ -219,23 +219,52 @@ static struct fsd_profile *add_profile(struct fsd_sandbox *sb, const char *name,
         return p;
 }
 
-/* kind: 0 none, 1 default (EPERM), 2 default-kill, 3 strict, 4 from src */
-static int compile(struct fsd_profile *p, int kind, const struct fsd_profile_src *src)
+enum kind {
+        KIND_NONE,
+        KIND_DEFAULT,      /* denials fail with EPERM */
+        KIND_DEFAULT_KILL, /* the same denials kill */
+        KIND_STRICT,
+        KIND_FILE,         /* from a --profile-dir file */
+};
+
+static const struct {
+        const char *name;
+        enum kind kind;
+        bool zygote_safe; /* everything a zygote does (recvmsg, clone without namespaces,
+                             pipes, exec set-up, seccomp) is allowed */
+} builtins[] = {
+        {"none", KIND_NONE, false},
+        {"default", KIND_DEFAULT, true},
+        {"default-kill", KIND_DEFAULT_KILL, true},
+        {"strict", KIND_STRICT, false},
+};
+
+static int compile(struct fsd_profile *p, enum kind kind, const struct fsd_profile_src *src)
 {
         scmp_filter_ctx ctx;
         int r;
 
-        if (kind == 0)
+        if (kind == KIND_NONE)
                 return 0;
-        ctx = new_ctx(kind == 3 ? SCMP_ACT_KILL_PROCESS
-                      : kind == 4 ? scmp_action(src->dflt)
-                                  : SCMP_ACT_ALLOW);
+        ctx = new_ctx(kind == KIND_STRICT ? SCMP_ACT_KILL_PROCESS
+                      : kind == KIND_FILE ? scmp_action(src->dflt)
+                                          : SCMP_ACT_ALLOW);
         if (!ctx)
                 return -ENOMEM;
-        r = kind == 1   ? build_default(ctx, SCMP_ACT_ERRNO(EPERM))
-            : kind == 2 ? build_default(ctx, SCMP_ACT_KILL_PROCESS)
-            : kind == 3 ? build_strict(ctx)
-                        : build_src(ctx, src);
+        switch (kind) {
+        case KIND_DEFAULT:
+                r = build_default(ctx, SCMP_ACT_ERRNO(EPERM));
+                break;
+        case KIND_DEFAULT_KILL:
+                r = build_default(ctx, SCMP_ACT_KILL_PROCESS);
+                break;
+        case KIND_STRICT:
+                r = build_strict(ctx);
+                break;
+        default:
+                r = build_src(ctx, src);
+                break;
+        }
         if (r >= 0)
                 r = export_prog(ctx, &p->prog);
         seccomp_release(ctx);
@@ -305,7 +334,7 @@ static int load_dir(struct fsd_sandbox *sb, const char *dir, char *err, size_t e
                                   FSD_MAX_PROFILES);
                         break;
                 }
-                if ((r = compile(p, 4, &src)) < 0) {
+                if ((r = compile(p, KIND_FILE, &src)) < 0) {
                         r = failf(err, errlen, r, "%s: cannot compile: %s", path, strerror(-r));
                         break;
                 }
@@ -325,20 +354,18 @@ const struct fsd_profile *fsd_sandbox_find(const struct fsd_sandbox *sb, const c
 int fsd_sandbox_init(struct fsd_sandbox *sb, const char *profile_dir, const char *allow,
                      const char *min, char *err, size_t errlen)
 {
-        static const char *const builtin[] = {"none", "default", "default-kill", "strict"};
         char list[1024];
         int r;
 
         memset(sb, 0, sizeof(*sb));
-        for (size_t i = 0; i < FS_ARRAY_SIZE(builtin); i++) {
-                struct fsd_profile *p = add_profile(sb, builtin[i], strlen(builtin[i]));
+        for (size_t i = 0; i < FS_ARRAY_SIZE(builtins); i++) {
+                struct fsd_profile *p = add_profile(sb, builtins[i].name,
+                                                    strlen(builtins[i].name));
 
-                if ((r = compile(p, (int)i, NULL)) < 0)
+                if ((r = compile(p, builtins[i].kind, NULL)) < 0)
                         return failf(err, errlen, r, "cannot compile profile '%s': %s",
-                                     builtin[i], strerror(-r));
-                /* Everything a zygote does (recvmsg, clone without namespaces, pipes, exec
-                 * set-up, seccomp) is allowed by these two. */
-                p->zygote_safe = i == 1 || i == 2;
+                                     builtins[i].name, strerror(-r));
+                p->zygote_safe = builtins[i].zygote_safe;
         }
         if (profile_dir && (r = load_dir(sb, profile_dir, err, errlen)) < 0)
                 return r;
