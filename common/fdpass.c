@@ -1,6 +1,7 @@
 #include "common/fdpass.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -51,16 +52,9 @@ int fs_fdpass_sendv(int sock, const struct iovec *iov, size_t iovcnt, const int 
         return (size_t)n == len ? 0 : -EMSGSIZE;
 }
 
-int fs_fdpass_recv(int sock, void *buf, size_t cap, int *fds, size_t maxfds, size_t *ret_nfds,
-                   int flags)
-{
-        struct iovec iov = {.iov_base = buf, .iov_len = cap};
-
-        return fs_fdpass_recvv(sock, &iov, 1, fds, maxfds, ret_nfds, flags);
-}
-
-int fs_fdpass_recvv(int sock, const struct iovec *iov, size_t iovcnt, int *fds, size_t maxfds,
-                    size_t *ret_nfds, int flags)
+/* ret_lost NULL: fds this process could not take make the datagram -EMFILE. */
+static int recv_core(int sock, const struct iovec *iov, size_t iovcnt, int *fds, size_t maxfds,
+                     size_t *ret_nfds, bool *ret_lost, int flags)
 {
         union {
                 struct cmsghdr align;
@@ -68,11 +62,13 @@ int fs_fdpass_recvv(int sock, const struct iovec *iov, size_t iovcnt, int *fds, 
         } ctl;
         struct msghdr mh = {.msg_iov = (struct iovec *)iov, .msg_iovlen = iovcnt,
                             .msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf)};
-        size_t nfds = 0;
+        size_t nfds = 0, arrived = 0;
         bool foreign = false;
         ssize_t n;
 
         *ret_nfds = 0;
+        if (ret_lost)
+                *ret_lost = false;
         do
                 n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC | flags);
         while (n < 0 && errno == EINTR);
@@ -88,6 +84,7 @@ int fs_fdpass_recvv(int sock, const struct iovec *iov, size_t iovcnt, int *fds, 
                 size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
                 const unsigned char *data = CMSG_DATA(c);
 
+                arrived += k;
                 for (size_t i = 0; i < k; i++) {
                         int fd;
 
@@ -104,10 +101,41 @@ int fs_fdpass_recvv(int sock, const struct iovec *iov, size_t iovcnt, int *fds, 
                 fs_close_many(fds, nfds);
                 return -EMSGSIZE;
         }
+        /* The kernel fills the control buffer unless installing an fd fails (this process
+         * is out of fds): fewer fds than room for them, and MSG_CTRUNC, means exactly that. */
+        if ((mh.msg_flags & MSG_CTRUNC) && !foreign && arrived < FS_MAX_MSG_FDS) {
+                fs_close_many(fds, nfds);
+                if (!ret_lost)
+                        return -EMFILE;
+                *ret_lost = true;
+                return (int)n;
+        }
         if (foreign || (mh.msg_flags & MSG_CTRUNC)) {
                 fs_close_many(fds, nfds);
                 return -EBADMSG;
         }
         *ret_nfds = nfds;
         return (int)n;
+}
+
+int fs_fdpass_recv(int sock, void *buf, size_t cap, int *fds, size_t maxfds, size_t *ret_nfds,
+                   int flags)
+{
+        struct iovec iov = {.iov_base = buf, .iov_len = cap};
+
+        return recv_core(sock, &iov, 1, fds, maxfds, ret_nfds, NULL, flags);
+}
+
+int fs_fdpass_recv_lossy(int sock, void *buf, size_t cap, int *fds, size_t maxfds,
+                         size_t *ret_nfds, bool *ret_lost, int flags)
+{
+        struct iovec iov = {.iov_base = buf, .iov_len = cap};
+
+        return recv_core(sock, &iov, 1, fds, maxfds, ret_nfds, ret_lost, flags);
+}
+
+int fs_fdpass_recvv(int sock, const struct iovec *iov, size_t iovcnt, int *fds, size_t maxfds,
+                    size_t *ret_nfds, int flags)
+{
+        return recv_core(sock, iov, iovcnt, fds, maxfds, ret_nfds, NULL, flags);
 }

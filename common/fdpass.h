@@ -1,6 +1,7 @@
 /* One datagram plus SCM_RIGHTS fds over a SOCK_SEQPACKET socket. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <sys/uio.h>
@@ -12,10 +13,16 @@ int fs_fdpass_send(int sock, const void *buf, size_t len, const int *fds, size_t
  * Receives one datagram into buf and up to maxfds fds (MSG_CMSG_CLOEXEC).
  * Returns its length (0 = peer closed) or a negative errno. A datagram larger than cap is
  * -EMSGSIZE; a truncated control message, a foreign cmsg or more than maxfds fds is
- * -EBADMSG. On every error, each fd that arrived is already closed.
+ * -EBADMSG; fds this process could not take (it is out of fds: the kernel drops them) make
+ * it -EMFILE. On every error, each fd that arrived is already closed.
  */
 int fs_fdpass_recv(int sock, void *buf, size_t cap, int *fds, size_t maxfds, size_t *ret_nfds,
                    int flags);
+
+/* The same, except that fds lost for want of fd slots give the datagram (its length) with no
+ * fds and *ret_lost set: the caller can still answer the message it could not take. */
+int fs_fdpass_recv_lossy(int sock, void *buf, size_t cap, int *fds, size_t maxfds,
+                         size_t *ret_nfds, bool *ret_lost, int flags);
 
 /* The same over several buffers (a header and a payload, say). */
 int fs_fdpass_sendv(int sock, const struct iovec *iov, size_t iovcnt, const int *fds, size_t nfds,

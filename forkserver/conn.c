@@ -344,6 +344,8 @@ static int put_status(struct fsd_server *s, uint32_t id)
         fs_msg_put_stat(&w, "spawns", st->spawns);
         fs_msg_put_stat(&w, "spawn_failures", st->spawn_failures);
         fs_msg_put_stat(&w, "exits", st->exits);
+        fs_msg_put_stat(&w, "out_of_fds", st->out_of_fds);
+        fs_msg_put_stat(&w, "out_of_processes", st->out_of_processes);
         /* less the one fs_count_dir opens to count them */
         fs_msg_put_stat(&w, "open_fds", (uint64_t)(fs_count_dir("/proc/self/fd") - 1));
         return fs_msg_finish(&w);
@@ -410,6 +412,23 @@ static void request(struct fsd_server *s, struct fsd_conn *c, size_t len, int *f
                             why ? why : "bad request");
 }
 
+/* The kernel could not give us the fds that came with a request: we are out of fds. The
+ * request is answered, not dropped, and the connection (and its workers) lives on. */
+static void refuse_lost_fds(struct fsd_server *s, struct fsd_conn *c, size_t len)
+{
+        struct fs_hdr h;
+        uint32_t id = 0;
+
+        if (fs_proto_parse_hdr_only(s->rx, len, &h) == 0)
+                id = h.id;
+        s->stats.out_of_fds++;
+        fs_log_limited(FS_LOG_WARNING, "conn %llu pid %d uid %u: out of file descriptors, "
+                       "request refused", (unsigned long long)c->id, (int)c->pid,
+                       (unsigned)c->uid);
+        fsd_conn_send_error(s, c, id, EMFILE, "server is out of file descriptors "
+                            "(RLIMIT_NOFILE): the fds sent with the request were dropped");
+}
+
 void fsd_conn_event(struct fsd_server *s, struct fsd_conn *c, uint32_t events)
 {
         int fds[FS_MAX_MSG_FDS];
@@ -427,11 +446,18 @@ void fsd_conn_event(struct fsd_server *s, struct fsd_conn *c, uint32_t events)
         }
         for (int i = 0; i < FSD_READ_BATCH && c->reading && !c->dead; i++) {
                 size_t nfds;
-                int n = fs_fdpass_recv(c->fd, s->rx, sizeof(s->rx), fds, FS_MAX_MSG_FDS, &nfds,
-                                       MSG_DONTWAIT);
+                bool lost;
+                int n = fs_fdpass_recv_lossy(c->fd, s->rx, sizeof(s->rx), fds, FS_MAX_MSG_FDS,
+                                             &nfds, &lost, MSG_DONTWAIT);
 
                 if (n == -EAGAIN)
                         return;
+                if (n > 0 && lost && c->authed) {
+                        refuse_lost_fds(s, c, (size_t)n);
+                        continue;
+                }
+                if (n > 0 && lost)
+                        n = -EBADMSG; /* a handshake message carries no fds */
                 if (n == 0) {
                         fsd_conn_close(s, c, "peer closed");
                         return;

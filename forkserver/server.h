@@ -125,6 +125,7 @@ struct fsd_zygote {
 struct fsd_stats {
         uint64_t spawns, spawn_failures, exits, auth_ok, auth_failed, peer_refused;
         uint64_t bad_requests, connections;
+        uint64_t out_of_fds, out_of_processes; /* spawns refused for want of either */
 };
 
 struct fsd_server {

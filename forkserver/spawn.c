@@ -126,8 +126,32 @@ static void reap_failed(int pidfd)
                 ;
 }
 
+/* Ends and reaps a child whose pidfd never reached us (we were out of fds). It is our own
+ * child (CLONE_PARENT) and nothing here waits for "any child", so its pid cannot have been
+ * reused: it stays ours until we reap it. */
+static void reap_by_pid(pid_t pid, bool kill_it)
+{
+        siginfo_t si;
+
+        if (pid <= 0)
+                return;
+        if (kill_it)
+                (void)kill(pid, SIGKILL);
+        while (waitid(P_PID, (id_t)pid, &si, WEXITED) < 0 && errno == EINTR)
+                ;
+}
+
+static void count_failure(struct fsd_server *s, uint32_t err)
+{
+        s->stats.spawn_failures++;
+        if (err == EMFILE || err == ENFILE)
+                s->stats.out_of_fds++;
+        else if (err == EAGAIN)
+                s->stats.out_of_processes++;
+}
+
 static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t *msg, size_t len,
-                     int pidfd, int chan)
+                     int pidfd, int chan, bool lost)
 {
         struct fsd_conn *c = e->conn;
         const char *why = "malformed zygote reply";
@@ -147,8 +171,19 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
                 struct fs_msgw mw;
                 int n;
 
-                if (pidfd < 0 || fs_proto_parse_spawned(&p, &sp, &why) < 0 ||
-                    (chan >= 0) != !!(e->flags & FS_SPAWN_CHANNEL))
+                if (fs_proto_parse_spawned(&p, &sp, &why) < 0)
+                        goto fail;
+                if (lost) {
+                        reap_by_pid((pid_t)sp.pid, true);
+                        count_failure(s, EMFILE);
+                        fs_log_limited(FS_LOG_WARNING, "out of file descriptors: new worker "
+                                       "ended");
+                        if (c)
+                                fsd_conn_send_error(s, c, e->req_id, EMFILE, "server is out of "
+                                                    "file descriptors (RLIMIT_NOFILE)");
+                        goto out;
+                }
+                if (pidfd < 0 || (chan >= 0) != !!(e->flags & FS_SPAWN_CHANNEL))
                         goto fail;
                 w = fsd_worker_new(s, c, pidfd, (pid_t)sp.pid, e->req_id,
                                    e->flags & FS_SPAWN_DETACH);
@@ -185,7 +220,9 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
                         goto fail;
                 if (pidfd >= 0)
                         reap_failed(pidfd);
-                s->stats.spawn_failures++;
+                else if (lost)
+                        reap_by_pid((pid_t)er.pid, false);
+                count_failure(s, er.err);
                 if (c)
                         fsd_conn_send_error(s, c, e->req_id, -(int)er.err, "%s", er.reason);
                 goto out;
@@ -219,11 +256,12 @@ void fsd_spawn_complete(struct fsd_server *s, struct fsd_zygote *z, bool block)
         uint8_t msg[1024]; /* zygote replies are small; a larger one is an error */
         int fds[2] = {-1, -1};
         size_t nfds = 0;
+        bool lost = false;
         int n = -EPIPE;
 
         if (z->fd >= 0) {
-                n = fs_fdpass_recv(z->fd, msg, sizeof(msg), fds, 2, &nfds,
-                                   block ? 0 : MSG_DONTWAIT);
+                n = fs_fdpass_recv_lossy(z->fd, msg, sizeof(msg), fds, 2, &nfds, &lost,
+                                         block ? 0 : MSG_DONTWAIT);
                 if (n == -EAGAIN)
                         return;
         }
@@ -251,5 +289,5 @@ void fsd_spawn_complete(struct fsd_server *s, struct fsd_zygote *z, bool block)
                         zygote_lost(s, z);
                 return;
         }
-        complete(s, &e, msg, (size_t)n, nfds > 0 ? fds[0] : -1, nfds > 1 ? fds[1] : -1);
+        complete(s, &e, msg, (size_t)n, nfds > 0 ? fds[0] : -1, nfds > 1 ? fds[1] : -1, lost);
 }

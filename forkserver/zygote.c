@@ -112,6 +112,8 @@ static void env_drop(const char **envp, const char *name)
         envp[k] = NULL;
 }
 
+#define PROC_LIMITS "(out of processes: RLIMIT_NPROC, the pids cgroup or kernel.threads-max)"
+
 static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfds_in)
 {
         int fds[FS_MAX_MSG_FDS + 1], chan[2] = {-1, -1}, out_fds[2];
@@ -208,7 +210,9 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
         if (pid < 0) {
                 errpipe[0] = fs_close(errpipe[0]);
                 chan[0] = fs_close(chan[0]);
-                return reply_error(z, h.id, FS_STEP_CLONE, -r, NULL, 0, -1);
+                return reply_error(z, h.id, FS_STEP_CLONE, -r, r == -EAGAIN ? PROC_LIMITS
+                                   : r == -EMFILE ? "(zygote out of file descriptors)" : NULL,
+                                   0, -1);
         }
         do
                 got = read(errpipe[0], &ce, sizeof(ce));
@@ -379,11 +383,22 @@ static __attribute__((noreturn)) void zygote_main(const struct fsd_sandbox *sb,
         report_start(&z, r, err);
         for (;;) {
                 size_t nfds;
-                int n = fs_fdpass_recv(z.sock, z.buf, sizeof(z.buf), fds, FS_MAX_MSG_FDS, &nfds,
-                                       0);
+                bool lost;
+                int n = fs_fdpass_recv_lossy(z.sock, z.buf, sizeof(z.buf), fds, FS_MAX_MSG_FDS,
+                                             &nfds, &lost, 0);
+                struct fs_hdr h;
 
                 if (n == 0)
                         _exit(0); /* the front closed its end: we are done */
+                if (n > 0 && lost) {
+                        /* the front waits for an answer to this sequence number */
+                        h.id = 0;
+                        (void)fs_proto_parse_hdr_only(z.buf, (size_t)n, &h);
+                        if (reply_error(&z, h.id, FS_STEP_FDS, EMFILE,
+                                        "(zygote out of file descriptors)", 0, -1) == -EPIPE)
+                                _exit(0);
+                        continue;
+                }
                 if (n < 0) {
                         if (n == -EBADMSG || n == -EMSGSIZE) {
                                 (void)reply_error(&z, 0, FS_STEP_CLONE, -n, "request", 0, -1);

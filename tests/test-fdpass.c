@@ -2,6 +2,7 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
 #include "common/fdpass.h"
@@ -107,6 +108,52 @@ START_TEST(eof_and_nonblock)
 }
 END_TEST
 
+/* Regression: a receiver out of fd slots used to see a plain "bad control data", with the one
+ * fd the kernel did install left to the caller's error path and the datagram unanswerable. */
+START_TEST(receiver_out_of_fds)
+{
+        struct rlimit rl;
+        int fill[64], got[4], three[3] = {0, 1, 2}, probe;
+        size_t nfill = 0, n;
+        bool lost = true;
+        char buf[16];
+
+        ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+        rl.rlim_cur = 48;
+        ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+        while ((probe = fcntl(sv[1], F_DUPFD_CLOEXEC, 0)) >= 0) {
+                ck_assert_uint_lt(nfill, 64);
+                fill[nfill++] = probe;
+        }
+        ck_assert_int_eq(errno, EMFILE);
+        close(fill[--nfill]); /* one slot free */
+
+        /* three fds, room for one: -EMFILE, and the one that was installed is closed */
+        ck_assert_int_eq(fs_fdpass_send(sv[0], "abc", 3, three, 3, 0), 0);
+        ck_assert_int_eq(fs_fdpass_recv(sv[1], buf, sizeof(buf), got, 4, &n, 0), -EMFILE);
+        ck_assert_uint_eq(n, 0);
+        /* the lossy variant gives the datagram, no fds, and says so */
+        ck_assert_int_eq(fs_fdpass_send(sv[0], "defg", 4, three, 3, 0), 0);
+        ck_assert_int_eq(fs_fdpass_recv_lossy(sv[1], buf, sizeof(buf), got, 4, &n, &lost, 0), 4);
+        ck_assert(lost);
+        ck_assert_uint_eq(n, 0);
+        ck_assert_mem_eq(buf, "defg", 4);
+        /* the slot is free again, and only it */
+        ck_assert_int_ge(probe = fcntl(sv[1], F_DUPFD_CLOEXEC, 0), 0);
+        ck_assert_int_eq(fcntl(sv[1], F_DUPFD_CLOEXEC, 0), -1);
+        close(probe);
+        /* with room, nothing is lost */
+        close(fill[--nfill]);
+        close(fill[--nfill]);
+        ck_assert_int_eq(fs_fdpass_send(sv[0], "h", 1, three, 3, 0), 0);
+        ck_assert_int_eq(fs_fdpass_recv_lossy(sv[1], buf, sizeof(buf), got, 4, &n, &lost, 0), 1);
+        ck_assert(!lost);
+        ck_assert_uint_eq(n, 3);
+        fs_close_many(got, n);
+        fs_close_many(fill, nfill);
+}
+END_TEST
+
 static Suite *suite(void)
 {
         Suite *s = suite_create("fdpass");
@@ -119,6 +166,14 @@ static Suite *suite(void)
         tcase_add_test(tc, credentials_refused);
         tcase_add_test(tc, eof_and_nonblock);
         suite_add_tcase(s, tc);
+
+        /* valgrind keeps its own fd table limit, so its run leaves this out */
+        TCase *tr = tcase_create("rlimit");
+
+        tcase_set_tags(tr, "rlimit");
+        tcase_add_checked_fixture(tr, setup, teardown);
+        tcase_add_test(tr, receiver_out_of_fds);
+        suite_add_tcase(s, tr);
         return s;
 }
 
