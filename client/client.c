@@ -60,7 +60,8 @@ struct forkserver {
         struct forkserver_proc *workers;
         struct stash *stash;
         char err[512];
-        uint8_t buf[FS_MAX_MSG];
+        uint8_t buf[FS_MAX_MSG]; /* received messages */
+        uint8_t tx[FS_MAX_MSG];  /* a request being sent: replies read meanwhile go to buf */
 };
 
 static int set_err(struct forkserver *fs, int r, const char *fmt, ...)
@@ -506,7 +507,7 @@ int forkserver_spawn_submit(struct forkserver *fs, const struct forkserver_spawn
         if (a->umask && (a->umask & ~01777) != 0)
                 return set_err(fs, -EINVAL, "spawn: bad umask (use FORKSERVER_UMASK)");
         id = new_id(fs);
-        fs_msg_begin(&w, fs->buf, sizeof(fs->buf), FS_MSG_SPAWN, id);
+        fs_msg_begin(&w, fs->tx, sizeof(fs->tx), FS_MSG_SPAWN, id);
         if (a->path) {
                 fs_msg_put_str(&w, FS_F_PATH, a->path);
                 for (size_t i = 0; a->argv[i]; i++)
@@ -535,7 +536,7 @@ int forkserver_spawn_submit(struct forkserver *fs, const struct forkserver_spawn
                 fs_msg_put_u32(&w, FS_F_UMASK, (uint32_t)a->umask & 0777);
         if ((n = fs_msg_finish(&w)) < 0)
                 return set_err(fs, n, "spawn: request larger than %d bytes", FS_MAX_MSG);
-        if ((n = send_msg(fs, fs->buf, (size_t)n, fds, a->nfds)) < 0)
+        if ((n = send_msg(fs, fs->tx, (size_t)n, fds, a->nfds)) < 0)
                 return n;
         *ret_ticket = id;
         return 0;

@@ -88,6 +88,19 @@ int fs_log_errno(enum fs_log_level level, int err, const char *fmt, ...)
         return err;
 }
 
+int64_t fs_log_limited_flush(int64_t now)
+{
+        if (!suppressed)
+                return -1;
+        if (now - window_start < 1000)
+                return window_start + 1000;
+        fs_log(FS_LOG_WARNING, "%u similar messages suppressed", suppressed);
+        window_start = now;
+        window_count = 0;
+        suppressed = 0;
+        return -1;
+}
+
 void fs_log_limited(enum fs_log_level level, const char *fmt, ...)
 {
         int64_t now = fs_now_ms();

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stdint.h>
 
 enum fs_log_level {
         FS_LOG_ERROR = 0,
@@ -23,3 +24,6 @@ void fs_log_limited(enum fs_log_level level, const char *fmt, ...)
         __attribute__((format(printf, 2, 3)));
 
 #define FS_LOG_BURST 20
+/* Logs the count of suppressed lines once their second is over (now = INT64_MAX: at once).
+ * Returns when to call again, or -1 when nothing waits. */
+int64_t fs_log_limited_flush(int64_t now);

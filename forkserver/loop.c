@@ -117,6 +117,10 @@ int fsd_loop_run(struct fsd_server *s)
                 fsd_worker_tick(s, now, &next);
                 if (s->pending && (next < 0 || s->pending->deadline < next))
                         next = s->pending->deadline;
+                int64_t flush = fs_log_limited_flush(now);
+
+                if (flush >= 0 && (next < 0 || flush < next))
+                        next = flush;
                 if (next >= 0)
                         timeout = next > now ? (int)(next - now) : 0;
                 if (finished(s))
@@ -165,6 +169,7 @@ int fsd_loop_run(struct fsd_server *s)
         fsd_conn_free_dead(s);
         fsd_worker_free_dead(s);
         fsd_zygotes_stop(s);
+        (void)fs_log_limited_flush(INT64_MAX);
         if (s->listen_fd >= 0) {
                 s->listen_fd = fs_close(s->listen_fd);
                 remove_socket(s);

@@ -25,6 +25,8 @@ struct daemon {
         char dir[64];
         char sock[128];
         char key[128];
+        const char *log_path; /* when set, the daemon's stderr is appended there */
+        uid_t run_as;         /* when set (root only), the daemon runs as this uid and gid */
 };
 
 static inline const char *env_or_die(const char *name)
@@ -94,6 +96,17 @@ static inline int daemon_spawn(struct daemon *d, const char *const *args, int *r
         ck_assert_int_ge(d->pid, 0);
         if (d->pid == 0) {
                 dup2(p[1], 3);
+                if (d->log_path) {
+                        int lf = open(d->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC,
+                                      0600);
+
+                        if (lf < 0 || dup2(lf, 2) < 0)
+                                _exit(126);
+                }
+                if (d->run_as && (setgroups(0, NULL) < 0 ||
+                                  setresgid(d->run_as, d->run_as, d->run_as) < 0 ||
+                                  setresuid(d->run_as, d->run_as, d->run_as) < 0))
+                        _exit(126);
                 execvp(argv[0], (char *const *)argv);
                 _exit(127);
         }
@@ -117,6 +130,10 @@ static inline void daemon_start(struct daemon *d, const char *const *extra)
 
         daemon_paths(d);
         make_key_file(d->key);
+        if (d->run_as) {
+                ck_assert_int_eq(chown(d->dir, d->run_as, d->run_as), 0);
+                ck_assert_int_eq(chown(d->key, d->run_as, d->run_as), 0);
+        }
         for (size_t i = 0; extra && extra[i]; i++)
                 args[n++] = extra[i];
         args[n] = NULL;

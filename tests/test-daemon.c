@@ -413,7 +413,7 @@ END_TEST
 
 START_TEST(startup_refusals)
 {
-        struct daemon e;
+        struct daemon e = {0};
         int st, p[2];
         char fdarg[16];
 
@@ -462,7 +462,7 @@ END_TEST
 
 START_TEST(key_over_fd)
 {
-        struct daemon e;
+        struct daemon e = {0};
         struct fs_key *k;
         char hex[FS_KEY_HEX_LEN + 1], fdarg[16];
         int p[2], st;

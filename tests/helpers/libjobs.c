@@ -19,6 +19,7 @@ EXPORT int job_sleep(const struct forkserver_worker *w);
 EXPORT int job_echo(const struct forkserver_worker *w);
 EXPORT int job_report(const struct forkserver_worker *w);
 EXPORT int job_noop(const struct forkserver_worker *w);
+EXPORT int job_index(const struct forkserver_worker *w);
 
 static long arg_number(const struct forkserver_worker *w)
 {
@@ -32,6 +33,19 @@ int job_noop(const struct forkserver_worker *w)
 {
         (void)w;
         return 0;
+}
+
+/* The load test's worker: its argument as one line on stdout, exit (index*7)%256. */
+int job_index(const struct forkserver_worker *w)
+{
+        char line[34];
+        size_t n = w->arglen < 32 ? w->arglen : 32;
+
+        memcpy(line, w->arg, n);
+        line[n++] = '\n';
+        if (write(1, line, n) != (ssize_t)n)
+                return 254;
+        return (int)(arg_number(w) * 7 % 256);
 }
 
 int job_exit(const struct forkserver_worker *w)
