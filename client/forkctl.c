@@ -39,7 +39,7 @@ static const char usage_text[] =
         "               [--cwd DIR] [--env K=V]... [--fd CHILD=PARENT]... [--detach] -- PROG "
         "[ARG]...\n"
         "       forkctl [...] run [options] --entry LIBNAME:SYMBOL [-- ARG...]\n"
-        "       forkctl [...] ping | status | stop\n"
+        "       forkctl [...] ping | status [--prometheus] | stop\n"
         "\n"
         "  keygen      write a fresh key (64 hex digits, mode 600) to FILE, '-' for stdout,\n"
         "              or by default to the default key path; never overwrites\n"
@@ -49,7 +49,8 @@ static const char usage_text[] =
         "              --entry runs SYMBOL of a library the server preloaded, without exec;\n"
         "              the ARGs become its argument bytes, each ended by a NUL.\n"
         "  ping        check that the server answers\n"
-        "  status      print the server's counters as JSON\n"
+        "  status      print the server's counters as JSON, or with --prometheus in the\n"
+        "              Prometheus text format\n"
         "  stop        ask the server to stop (as SIGTERM)\n"
         "\n"
         "Exit status: run: the worker's, or 125 forkctl failed, 126 PROG not executable,\n"
@@ -552,32 +553,182 @@ static int cmd_run(const struct global *g, int argc, char **argv)
 
 /* ---- ping, status, stop ---- */
 
-struct json_state {
-        bool first;
+/* STATUS counters as nested JSON: "a.b.c" is c inside object b inside object a. The server
+ * sends the names of one group together. */
+#define STATUS_DEPTH 4
+
+struct status_out {
+        bool prometheus;
+        bool started, any; /* JSON: "{" written; a member written in the open object */
+        size_t depth;
+        char open[STATUS_DEPTH][64]; /* JSON: the objects open now */
+        char family[96];             /* Prometheus: the metric family typed last */
+        char conn_uid[24], conn_pid[24];
 };
+
+static void json_key(const char *k, size_t len)
+{
+        putchar('"');
+        for (size_t i = 0; i < len; i++) /* names are the server's, but escape all the same */
+                printf(k[i] == '"' || k[i] == '\\' ? "\\%c" : (unsigned char)k[i] < 0x20 ? "?"
+                                                                                     : "%c",
+                       k[i]);
+        putchar('"');
+}
+
+static void json_sep(struct status_out *o)
+{
+        if (!o->started)
+                putchar('{');
+        o->started = true;
+        printf("%s\n%*s", o->any ? "," : "", (int)(2 * o->depth + 2), "");
+}
+
+static void json_stat(struct status_out *o, const char *name, uint64_t v)
+{
+        const char *part[STATUS_DEPTH + 1];
+        size_t len[STATUS_DEPTH + 1], n = 0, common = 0;
+
+        for (const char *p = name;;) {
+                const char *dot = n < STATUS_DEPTH ? strchr(p, '.') : NULL;
+
+                part[n] = p;
+                len[n++] = dot ? (size_t)(dot - p) : strlen(p);
+                if (!dot)
+                        break;
+                p = dot + 1;
+        }
+        while (common < o->depth && common + 1 < n && strlen(o->open[common]) == len[common] &&
+               memcmp(o->open[common], part[common], len[common]) == 0)
+                common++;
+        for (; o->depth > common; o->depth--) {
+                printf("\n%*s}", (int)(2 * o->depth), "");
+                o->any = true;
+        }
+        for (; o->depth + 1 < n; o->depth++) {
+                json_sep(o);
+                json_key(part[o->depth], len[o->depth]);
+                printf(": {");
+                snprintf(o->open[o->depth], sizeof(o->open[0]), "%.*s", (int)len[o->depth],
+                         part[o->depth]);
+                o->any = false;
+        }
+        json_sep(o);
+        json_key(part[n - 1], len[n - 1]);
+        printf(": %llu", (unsigned long long)v);
+        o->any = true;
+}
+
+static bool is_counter(const char *name)
+{
+        static const char *const counters[] = {"connections_total", "auth_ok", "auth_failed",
+                                               "peer_refused", "bad_requests", "spawns",
+                                               "spawn_failures", "exits"};
+
+        for (size_t i = 0; i < FS_ARRAY_SIZE(counters); i++)
+                if (strcmp(name, counters[i]) == 0)
+                        return true;
+        return false;
+}
+
+static void prom_family(struct status_out *o, const char *family, const char *type,
+                        const char *help)
+{
+        if (strcmp(o->family, family) == 0)
+                return;
+        snprintf(o->family, sizeof(o->family), "%s", family);
+        printf("# HELP %s %s\n# TYPE %s %s\n", family, help, family, type);
+}
+
+/* Prometheus text format: counters end in _total, groups become labels. */
+static void prom_stat(struct status_out *o, const char *name, uint64_t v)
+{
+        unsigned long long u = (unsigned long long)v;
+        char family[96], id[24], field[32];
+        const char *leaf;
+
+        if ((leaf = fs_startswith(name, "spawn_failures_by_cause."))) {
+                prom_family(o, "forkserver_spawn_failures_by_cause_total", "counter",
+                            "Spawn requests that gave no worker, by cause.");
+                printf("forkserver_spawn_failures_by_cause_total{cause=\"%s\"} %llu\n", leaf, u);
+        } else if ((leaf = fs_startswith(name, "spawn_latency_us."))) {
+                static const char *const q[][2] = {{"p50", "0.5"}, {"p90", "0.9"},
+                                                   {"p99", "0.99"}, {"max", "1"}};
+
+                if (strcmp(leaf, "samples") == 0) {
+                        prom_family(o, "forkserver_spawn_latency_samples", "gauge",
+                                    "Spawns the latency quantiles are taken over.");
+                        printf("forkserver_spawn_latency_samples %llu\n", u);
+                        return;
+                }
+                prom_family(o, "forkserver_spawn_latency_seconds", "gauge",
+                            "Time from a spawn request to its reply, recent spawns.");
+                for (size_t i = 0; i < FS_ARRAY_SIZE(q); i++)
+                        if (strcmp(leaf, q[i][0]) == 0)
+                                printf("forkserver_spawn_latency_seconds{quantile=\"%s\"} "
+                                       "%.6f\n", q[i][1], (double)v / 1e6);
+        } else if (sscanf(name, "connection.%23[0-9].%31s", id, field) == 2) {
+                /* uid and pid come first and become labels of the workers gauge */
+                if (strcmp(field, "uid") == 0) {
+                        snprintf(o->conn_uid, sizeof(o->conn_uid), "%llu", u);
+                } else if (strcmp(field, "pid") == 0) {
+                        snprintf(o->conn_pid, sizeof(o->conn_pid), "%llu", u);
+                } else {
+                        snprintf(family, sizeof(family), "forkserver_connection_%s", field);
+                        prom_family(o, family, "gauge", "Live workers of a connection.");
+                        printf("%s{connection=\"%s\",uid=\"%s\",pid=\"%s\"} %llu\n", family, id,
+                               o->conn_uid, o->conn_pid, u);
+                }
+        } else {
+                bool counter = is_counter(name);
+
+                snprintf(family, sizeof(family), "forkserver_%s%s", name,
+                         counter && !fs_endswith(name, "_total") ? "_total" : "");
+                for (char *p = family; *p; p++)
+                        if (*p == '.')
+                                *p = '_';
+                prom_family(o, family, counter ? "counter" : "gauge", "See forkctl(1).");
+                printf("%s %llu\n", family, u);
+        }
+}
 
 static int print_stat(void *ud, const char *name, uint64_t v)
 {
-        struct json_state *j = ud;
+        struct status_out *o = ud;
 
-        printf("%s\n  \"", j->first ? "{" : ",");
-        for (const char *p = name; *p; p++) /* names are ours, but escape all the same */
-                printf(*p == '"' || *p == '\\' ? "\\%c" : (unsigned char)*p < 0x20 ? "?" : "%c",
-                       *p);
-        printf("\": %llu", (unsigned long long)v);
-        j->first = false;
+        if (o->prometheus)
+                prom_stat(o, name, v);
+        else
+                json_stat(o, name, v);
         return 0;
 }
 
-static int cmd_simple(const struct global *g, const char *cmd, int argc)
+static void status_end(struct status_out *o)
+{
+        if (o->prometheus)
+                return;
+        if (!o->started) {
+                puts("{}");
+                return;
+        }
+        for (; o->depth > 0; o->depth--)
+                printf("\n%*s}", (int)(2 * o->depth), "");
+        printf("\n}\n");
+}
+
+static int cmd_simple(const struct global *g, const char *cmd, int argc, char **argv)
 {
         struct private_daemon none = {0};
         struct forkserver *fs;
         int64_t t0;
         int r;
 
-        if (argc != 1)
-                return fail(EXIT_USAGE, "%s takes no arguments", cmd);
+        bool prometheus = argc == 2 && strcmp(cmd, "status") == 0 &&
+                          strcmp(argv[1], "--prometheus") == 0;
+
+        if (argc != 1 && !prometheus)
+                return fail(EXIT_USAGE, "%s takes no arguments%s", cmd,
+                            strcmp(cmd, "status") == 0 ? " but --prometheus" : "");
         if (open_conn(g, false, &none, &fs) < 0)
                 return EXIT_FAIL;
         t0 = fs_now_us();
@@ -585,10 +736,10 @@ static int cmd_simple(const struct global *g, const char *cmd, int argc)
                 if ((r = forkserver_ping(fs)) == 0)
                         printf("pong: %.0f us\n", (double)(fs_now_us() - t0));
         } else if (strcmp(cmd, "status") == 0) {
-                struct json_state j = {.first = true};
+                struct status_out o = {.prometheus = prometheus};
 
-                if ((r = forkserver_status(fs, print_stat, &j)) == 0)
-                        printf("%s}\n", j.first ? "{" : "\n");
+                if ((r = forkserver_status(fs, print_stat, &o)) == 0)
+                        status_end(&o);
         } else {
                 if ((r = forkserver_stop(fs)) == 0)
                         fprintf(stderr, "forkctl: server stopping\n");
@@ -647,6 +798,6 @@ int main(int argc, char **argv)
         if (strcmp(cmd, "run") == 0)
                 return cmd_run(&g, argc, argv);
         if (strcmp(cmd, "ping") == 0 || strcmp(cmd, "status") == 0 || strcmp(cmd, "stop") == 0)
-                return cmd_simple(&g, cmd, argc);
+                return cmd_simple(&g, cmd, argc, argv);
         return fail(EXIT_USAGE, "unknown command '%s' (see forkctl --help)", cmd);
 }

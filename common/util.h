@@ -68,3 +68,7 @@ int fs_write_all(int fd, const void *buf, size_t len);
 
 /* snprintf that reports truncation: 0, or -ENAMETOOLONG when buf was too small. */
 int fs_format(char *buf, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* The rest of s after prefix, or NULL when s does not start with it. */
+const char *fs_startswith(const char *s, const char *prefix);
+bool fs_endswith(const char *s, const char *suffix);

@@ -1,6 +1,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -321,6 +322,74 @@ static void handshake(struct fsd_server *s, struct fsd_conn *c, size_t len, size
                (int)c->pid, (unsigned)c->uid);
 }
 
+static const char *const fail_names[FSD_FAIL_N_] = {
+        [FSD_FAIL_BAD_REQUEST] = "bad_request",
+        [FSD_FAIL_POLICY] = "policy",
+        [FSD_FAIL_MAX_WORKERS] = "max_workers",
+        [FSD_FAIL_OUT_OF_FDS] = "out_of_fds",
+        [FSD_FAIL_OUT_OF_PROCESSES] = "out_of_processes",
+        [FSD_FAIL_SETUP] = "setup",
+        [FSD_FAIL_ZYGOTE] = "zygote",
+};
+
+static int cmp_u32(const void *a, const void *b)
+{
+        uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+        return (x > y) - (x < y);
+}
+
+/* Percentiles of the last FSD_LATENCY_SAMPLES spawns (nearest rank). */
+static void put_latency(struct fs_msgw *w, const struct fsd_stats *st)
+{
+        static const struct {
+                const char *name;
+                unsigned permille;
+        } q[] = {{"p50", 500}, {"p90", 900}, {"p99", 990}, {"max", 1000}};
+        static uint32_t sorted[FSD_LATENCY_SAMPLES];
+        size_t n = st->nlatency < FSD_LATENCY_SAMPLES ? (size_t)st->nlatency
+                                                       : FSD_LATENCY_SAMPLES;
+
+        fs_msg_put_stat(w, "spawn_latency_us.samples", n);
+        if (!n)
+                return;
+        memcpy(sorted, st->latency_us, n * sizeof(sorted[0]));
+        qsort(sorted, n, sizeof(sorted[0]), cmp_u32);
+        for (size_t i = 0; i < FS_ARRAY_SIZE(q); i++) {
+                char name[48];
+                size_t rank = (n * q[i].permille + 999) / 1000;
+
+                snprintf(name, sizeof(name), "spawn_latency_us.%s", q[i].name);
+                fs_msg_put_stat(w, name, sorted[rank ? rank - 1 : 0]);
+        }
+}
+
+/* Each connection's peer and live workers; the first FSD_STATUS_CONNS only (one datagram). */
+#define FSD_STATUS_CONNS 256
+
+static void put_connections(struct fsd_server *s, struct fs_msgw *w)
+{
+        unsigned listed = 0;
+
+        for (struct fsd_conn *c = s->conns; c && listed < FSD_STATUS_CONNS; c = c->next) {
+                char name[64];
+                uint64_t nw = 0;
+
+                if (c->dead)
+                        continue;
+                for (struct fsd_worker *k = c->workers; k; k = k->next)
+                        nw++;
+                snprintf(name, sizeof(name), "connection.%llu.uid", (unsigned long long)c->id);
+                fs_msg_put_stat(w, name, c->uid);
+                snprintf(name, sizeof(name), "connection.%llu.pid", (unsigned long long)c->id);
+                fs_msg_put_stat(w, name, (uint64_t)c->pid);
+                snprintf(name, sizeof(name), "connection.%llu.workers", (unsigned long long)c->id);
+                fs_msg_put_stat(w, name, nw);
+                listed++;
+        }
+        fs_msg_put_stat(w, "connections_listed", listed);
+}
+
 static int put_status(struct fsd_server *s, uint32_t id)
 {
         const struct fsd_stats *st = &s->stats;
@@ -344,8 +413,15 @@ static int put_status(struct fsd_server *s, uint32_t id)
         fs_msg_put_stat(&w, "spawns", st->spawns);
         fs_msg_put_stat(&w, "spawn_failures", st->spawn_failures);
         fs_msg_put_stat(&w, "exits", st->exits);
-        fs_msg_put_stat(&w, "out_of_fds", st->out_of_fds);
-        fs_msg_put_stat(&w, "out_of_processes", st->out_of_processes);
+        for (size_t i = 0; i < FSD_FAIL_N_; i++) {
+                char name[64];
+
+                snprintf(name, sizeof(name), "spawn_failures_by_cause.%s", fail_names[i]);
+                fs_msg_put_stat(&w, name, st->fail[i]);
+        }
+        put_latency(&w, st);
+        put_connections(s, &w);
+        fs_msg_put_stat(&w, "gpu_broker.enabled", 0);
         /* less the one fs_count_dir opens to count them */
         fs_msg_put_stat(&w, "open_fds", (uint64_t)(fs_count_dir("/proc/self/fd") - 1));
         return fs_msg_finish(&w);
@@ -421,7 +497,7 @@ static void refuse_lost_fds(struct fsd_server *s, struct fsd_conn *c, size_t len
 
         if (fs_proto_parse_hdr_only(s->rx, len, &h) == 0)
                 id = h.id;
-        s->stats.out_of_fds++;
+        fsd_spawn_failed(s, FSD_FAIL_OUT_OF_FDS);
         fs_log_limited(FS_LOG_WARNING, "conn %llu pid %d uid %u: out of file descriptors, "
                        "request refused", (unsigned long long)c->id, (int)c->pid,
                        (unsigned)c->uid);

@@ -98,6 +98,7 @@ struct fsd_worker {
 };
 
 struct fsd_inflight {
+        int64_t t0_us; /* when the request arrived */
         struct fsd_conn *conn; /* NULL when the connection closed meanwhile */
         uint32_t req_id;
         uint32_t seq;
@@ -122,10 +123,26 @@ struct fsd_zygote {
         uint32_t seq;
 };
 
+/* Why a spawn request did not give a worker. */
+enum fsd_fail {
+        FSD_FAIL_BAD_REQUEST,      /* malformed SPAWN */
+        FSD_FAIL_POLICY,           /* profile or entry not allowed */
+        FSD_FAIL_MAX_WORKERS,      /* --max-workers reached */
+        FSD_FAIL_OUT_OF_FDS,       /* front or zygote out of fds */
+        FSD_FAIL_OUT_OF_PROCESSES, /* clone: EAGAIN */
+        FSD_FAIL_SETUP,            /* the child's set-up or exec failed (bad path, cwd, ...) */
+        FSD_FAIL_ZYGOTE,           /* zygote gone or not answering */
+        FSD_FAIL_N_
+};
+
+#define FSD_LATENCY_SAMPLES 1024 /* spawn latencies kept for the percentiles */
+
 struct fsd_stats {
         uint64_t spawns, spawn_failures, exits, auth_ok, auth_failed, peer_refused;
         uint64_t bad_requests, connections;
-        uint64_t out_of_fds, out_of_processes; /* spawns refused for want of either */
+        uint64_t fail[FSD_FAIL_N_];
+        uint32_t latency_us[FSD_LATENCY_SAMPLES]; /* request in → SPAWNED out, a ring */
+        uint64_t nlatency;
 };
 
 struct fsd_server {
@@ -176,6 +193,7 @@ void fsd_conn_send_error(struct fsd_server *s, struct fsd_conn *c, uint32_t id, 
                          const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 /* spawn.c */
+void fsd_spawn_failed(struct fsd_server *s, enum fsd_fail why);
 /* msg is the whole datagram (forwarded to a zygote), payload its already-checked fields. */
 void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, uint8_t *msg,
                        size_t len, struct fs_buf *payload, int *fds, size_t nfds);

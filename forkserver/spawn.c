@@ -10,6 +10,12 @@
 #include "common/util.h"
 #include "forkserver/server.h"
 
+void fsd_spawn_failed(struct fsd_server *s, enum fsd_fail why)
+{
+        s->stats.spawn_failures++;
+        s->stats.fail[why]++;
+}
+
 /* Pointer storage for validating argv/envp; the front is single-threaded. */
 static const char *spawn_ptrs[FS_SPAWN_PTRS];
 
@@ -27,17 +33,20 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
         if ((r = fs_proto_parse_spawn(payload, nfds, spawn_ptrs, FS_ARRAY_SIZE(spawn_ptrs), &sp,
                                       &why)) < 0) {
                 s->stats.bad_requests++;
+                fsd_spawn_failed(s, FSD_FAIL_BAD_REQUEST);
                 fsd_conn_send_error(s, c, id, r, "SPAWN: %s", why);
                 goto out;
         }
         if (sp.profile) {
                 prof = fsd_sandbox_find(&s->sandbox, sp.profile);
                 if (!prof) {
+                        fsd_spawn_failed(s, FSD_FAIL_POLICY);
                         fsd_conn_send_error(s, c, id, EINVAL, "SPAWN: unknown profile '%s'",
                                             sp.profile);
                         goto out;
                 }
                 if (!prof->allowed) {
+                        fsd_spawn_failed(s, FSD_FAIL_POLICY);
                         fsd_conn_send_error(s, c, id, EPERM, "SPAWN: profile '%s' is not allowed "
                                             "by this server (--allow-profile)", sp.profile);
                         goto out;
@@ -51,6 +60,7 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
                         found = strlen(s->opt->preload_name[i]) == n &&
                                 memcmp(s->opt->preload_name[i], sp.entry, n) == 0;
                 if (!found) {
+                        fsd_spawn_failed(s, FSD_FAIL_POLICY);
                         fsd_conn_send_error(s, c, id, EPERM, "SPAWN: '%.*s' is not a preloaded "
                                             "library (--preload)", (int)n, sp.entry);
                         goto out;
@@ -61,7 +71,7 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
                 if (s->zyg[i].sandboxed == prof && s->zyg[i].fd >= 0)
                         z = &s->zyg[i];
         if (s->nworkers + s->inflight >= s->opt->max_workers) {
-                s->stats.spawn_failures++;
+                fsd_spawn_failed(s, FSD_FAIL_MAX_WORKERS);
                 fs_log_limited(FS_LOG_WARNING, "conn %llu pid %d uid %u: worker limit reached",
                                (unsigned long long)c->id, (int)c->pid, (unsigned)c->uid);
                 fsd_conn_send_error(s, c, id, EAGAIN, "worker limit reached (--max-workers %u)",
@@ -69,6 +79,7 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
                 goto out;
         }
         if (z->fd < 0) {
+                fsd_spawn_failed(s, FSD_FAIL_ZYGOTE);
                 fsd_conn_send_error(s, c, id, ESHUTDOWN, "zygote is gone");
                 goto out;
         }
@@ -80,6 +91,7 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
         if (c->dead)
                 goto out;
         if (z->fd < 0) {
+                fsd_spawn_failed(s, FSD_FAIL_ZYGOTE);
                 fsd_conn_send_error(s, c, id, ESHUTDOWN, "zygote is gone");
                 goto out;
         }
@@ -90,11 +102,13 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
         (void)fs_buf_patch_u32(&patch, 8, ++z->seq);
         if ((r = fs_fdpass_send(z->fd, msg, len, fds, nfds, 0)) < 0) {
                 fs_log_errno(FS_LOG_ERROR, r, "sending a request to the zygote");
+                fsd_spawn_failed(s, FSD_FAIL_ZYGOTE);
                 fsd_conn_send_error(s, c, id, r, "zygote unreachable");
                 goto out;
         }
         slot = &z->ring[(z->ring_head + z->ring_len++) % FSD_ZYGOTE_INFLIGHT];
-        *slot = (struct fsd_inflight){.conn = c, .req_id = id, .seq = z->seq, .flags = sp.flags};
+        *slot = (struct fsd_inflight){.conn = c, .req_id = id, .seq = z->seq, .flags = sp.flags,
+                                      .t0_us = fs_now_us()};
         s->inflight++;
         c->inflight++;
 out:
@@ -141,13 +155,12 @@ static void reap_by_pid(pid_t pid, bool kill_it)
                 ;
 }
 
-static void count_failure(struct fsd_server *s, uint32_t err)
+static void count_failure(struct fsd_server *s, const struct fs_msg_error *er)
 {
-        s->stats.spawn_failures++;
-        if (err == EMFILE || err == ENFILE)
-                s->stats.out_of_fds++;
-        else if (err == EAGAIN)
-                s->stats.out_of_processes++;
+        fsd_spawn_failed(s, er->err == EMFILE || er->err == ENFILE ? FSD_FAIL_OUT_OF_FDS
+                            : er->err == EAGAIN && er->step == FS_STEP_CLONE
+                                    ? FSD_FAIL_OUT_OF_PROCESSES
+                                    : FSD_FAIL_SETUP);
 }
 
 static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t *msg, size_t len,
@@ -175,7 +188,7 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
                         goto fail;
                 if (lost) {
                         reap_by_pid((pid_t)sp.pid, true);
-                        count_failure(s, EMFILE);
+                        fsd_spawn_failed(s, FSD_FAIL_OUT_OF_FDS);
                         fs_log_limited(FS_LOG_WARNING, "out of file descriptors: new worker "
                                        "ended");
                         if (c)
@@ -197,6 +210,8 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
                 }
                 pidfd = -1; /* the worker owns it now */
                 s->stats.spawns++;
+                s->stats.latency_us[s->stats.nlatency++ % FSD_LATENCY_SAMPLES] =
+                        (uint32_t)(fs_now_us() - e->t0_us);
                 if (!c) {
                         if (!w->detached)
                                 fsd_worker_terminate(s, w, fs_now_ms());
@@ -222,7 +237,7 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
                         reap_failed(pidfd);
                 else if (lost)
                         reap_by_pid((pid_t)er.pid, false);
-                count_failure(s, er.err);
+                count_failure(s, &er);
                 if (c)
                         fsd_conn_send_error(s, c, e->req_id, -(int)er.err, "%s", er.reason);
                 goto out;
@@ -234,7 +249,7 @@ fail:
                 reap_failed(pidfd);
         }
 fail_reply:
-        s->stats.spawn_failures++;
+        fsd_spawn_failed(s, FSD_FAIL_ZYGOTE);
         if (c)
                 fsd_conn_send_error(s, c, e->req_id, r, "spawn failed: %s", why);
 out:
@@ -284,7 +299,7 @@ void fsd_spawn_complete(struct fsd_server *s, struct fsd_zygote *z, bool block)
                         fsd_conn_send_error(s, e.conn, e.req_id, EIO,
                                             "zygote failed to answer");
                 }
-                s->stats.spawn_failures++;
+                fsd_spawn_failed(s, FSD_FAIL_ZYGOTE);
                 if (n <= 0)
                         zygote_lost(s, z);
                 return;

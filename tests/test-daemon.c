@@ -543,6 +543,99 @@ START_TEST(forkctl_cli)
 }
 END_TEST
 
+/* Writes text to a fresh pipe and returns its read end (text must fit in the pipe). */
+static int pipe_with(const char *text)
+{
+        int p[2];
+
+        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+        ck_assert_int_eq(fs_write_all(p[1], text, strlen(text)), 0);
+        close(p[1]);
+        return p[0];
+}
+
+/* Runs python3 with stdin from text; returns its wait status (0: the checks held). */
+static int python_check(const char *script, const char *text)
+{
+        const char *py[] = {"/usr/bin/python3", "-c", script, NULL};
+        int in = pipe_with(text), st;
+        pid_t pid = fork();
+
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                dup2(in, 0);
+                execv(py[0], (char *const *)py);
+                _exit(127);
+        }
+        close(in);
+        ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+        return st;
+}
+
+START_TEST(status_json_and_prometheus)
+{
+        const char *ctl = env_or_die("FORKCTL");
+        const char *sleeper[] = {"/bin/sleep", "100", NULL};
+        struct forkserver_spawn_args a = {.path = sleeper[0], .argv = sleeper};
+        struct forkserver_spawn_args bad = {.path = sleeper[0], .argv = sleeper,
+                                            .profile = "no-such-profile"};
+        static char out[65536];
+        struct forkserver_proc *w;
+        struct forkserver *fs;
+        char expect[128];
+        int st;
+
+        daemon_start(&d, NULL);
+        fs = daemon_connect(&d);
+        ck_assert_int_eq(forkserver_spawn(fs, &a, &w), 0);
+        ck_assert_int_eq(forkserver_spawn(fs, &bad, &w), -EINVAL);
+        const char *status[] = {ctl, "--socket", d.sock, "--key-file", d.key, "status", NULL};
+        st = run_cmd(status, out, sizeof(out));
+        ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        /* valid JSON, nested by group; our connection holds the one live worker */
+        st = python_check("import json, sys\n"
+                          "d = json.load(sys.stdin)\n"
+                          "assert d['workers'] == 1 and d['spawns'] == 1, d\n"
+                          "assert d['spawn_failures'] == 1, d\n"
+                          "assert d['spawn_failures_by_cause']['policy'] == 1, d\n"
+                          "assert d['spawn_latency_us']['samples'] == 1, d\n"
+                          "assert 0 < d['spawn_latency_us']['p50'] <= d['spawn_latency_us']['max']\n"
+                          "c = d['connection']\n"
+                          "assert sorted(v['workers'] for v in c.values()) == [0, 1], c\n"
+                          "assert d['gpu_broker']['enabled'] == 0\n"
+                          "assert d['uptime_ms'] >= 0 and d['pending_handshakes'] == 0\n",
+                          out);
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status JSON:\n%s", out);
+        const char *prom[] = {ctl, "--socket", d.sock, "--key-file", d.key, "status",
+                              "--prometheus", NULL};
+        st = run_cmd(prom, out, sizeof(out));
+        ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        ck_assert_ptr_nonnull(strstr(out, "# TYPE forkserver_spawns_total counter\n"
+                                          "forkserver_spawns_total 1\n"));
+        ck_assert_ptr_nonnull(strstr(out, "forkserver_spawn_failures_by_cause_total"
+                                          "{cause=\"policy\"} 1\n"));
+        ck_assert_ptr_nonnull(strstr(out, "forkserver_spawn_latency_seconds{quantile=\"0.5\"} "));
+        snprintf(expect, sizeof(expect), ",uid=\"%u\",pid=\"%d\"} 1\n", (unsigned)getuid(),
+                 (int)getpid());
+        ck_assert_msg(strstr(out, expect), "no %s in\n%s", expect, out);
+        /* every sample line is NAME{LABELS} VALUE or NAME VALUE, after its TYPE */
+        st = python_check("import re, sys\n"
+                          "typed = set()\n"
+                          "for l in sys.stdin.read().splitlines():\n"
+                          "    if l.startswith('# TYPE '): typed.add(l.split()[2]); continue\n"
+                          "    if l.startswith('#'): continue\n"
+                          "    m = re.fullmatch(r'([a-z_]+)(\\{[a-z]+=\"[^\"]*\"(,[a-z]+=\"[^\"]*\")*\\})? [0-9.]+', l)\n"
+                          "    assert m and m.group(1) in typed, l\n", out);
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "prometheus:\n%s", out);
+        const char *extra[] = {ctl, "--socket", d.sock, "--key-file", d.key, "status", "--json",
+                               NULL};
+        st = run_cmd(extra, out, sizeof(out));
+        ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2);
+        forkserver_close(fs);
+        stop_ok();
+}
+END_TEST
+
 START_TEST(forkctl_private_daemon)
 {
         const char *ctl = env_or_die("FORKCTL");
@@ -649,6 +742,7 @@ static Suite *suite(void)
         tcase_add_test(tc, key_over_fd);
         tcase_add_test(tc, forkctl_cli);
         tcase_add_test(tc, forkctl_private_daemon);
+        tcase_add_test(tc, status_json_and_prometheus);
         tcase_add_test(tc, secrets_not_exposed);
         suite_add_tcase(s, tc);
         return s;

@@ -579,7 +579,7 @@ START_TEST(out_of_fds)
         /* the connection lives, its workers too */
         ck_assert_int_eq(forkserver_ping(fs), 0);
         ck_assert_uint_eq(daemon_stat(fs, "workers"), nw);
-        ck_assert_uint_ge(daemon_stat(fs, "out_of_fds"), 2);
+        ck_assert_uint_ge(daemon_stat(fs, "spawn_failures_by_cause.out_of_fds"), 2);
         ck_assert_int_eq(count_zombies(d.pid), 0);
         /* resources return: service returns */
         ck_assert_int_eq(prlimit(d.pid, RLIMIT_NOFILE, &old, NULL), 0);
@@ -692,7 +692,7 @@ START_TEST(out_of_processes)
         set_nproc(zyg, nz, 1); /* this uid already runs more than one process */
         ck_assert_int_eq(try_spawn(fs, &a, &w, why, sizeof(why)), -EAGAIN);
         ck_assert_msg(strstr(why, "out of processes"), "%s", why);
-        ck_assert_uint_eq(daemon_stat(fs, "out_of_processes"), 1);
+        ck_assert_uint_eq(daemon_stat(fs, "spawn_failures_by_cause.out_of_processes"), 1);
         set_nproc(zyg, nz, RLIM_INFINITY);
         ck_assert_int_eq(try_spawn(fs, &a, &w, why, sizeof(why)), 0);
         ck_assert_int_eq(forkserver_kill(fs, w, SIGKILL), 0);
