@@ -8,6 +8,7 @@
 
 #include "common/util.h"
 #include "forkserver/server.h"
+#include "forkserver/systemd.h"
 
 #define MAX_EVENTS 64
 
@@ -23,7 +24,7 @@ static void remove_socket(struct fsd_server *s)
 {
         struct stat st;
 
-        if (lstat(s->opt->socket_path, &st) == 0 && st.st_dev == s->sock_dev &&
+        if (s->socket_ours && lstat(s->opt->socket_path, &st) == 0 && st.st_dev == s->sock_dev &&
             st.st_ino == s->sock_ino)
                 (void)unlink(s->opt->socket_path);
 }
@@ -34,6 +35,7 @@ void fsd_server_stop(struct fsd_server *s, const char *why)
                 return;
         s->stopping = true;
         fs_log(FS_LOG_INFO, "stopping (%s): ending %u worker(s)", why, s->nworkers);
+        (void)fsd_systemd_notify("STOPPING=1");
         if (s->listen_fd >= 0) {
                 s->listen_fd = fs_close(s->listen_fd);
                 remove_socket(s);

@@ -16,6 +16,7 @@
 #include "common/util.h"
 #include "forkserver/server.h"
 #include "forkserver/sockdir.h"
+#include "forkserver/systemd.h"
 #include "forkserver/zygote.h"
 #include <stdlib.h>
 
@@ -333,10 +334,15 @@ static int start(struct fsd_server *s, struct fsd_options *o)
         if (!s->key->locked)
                 fs_log(FS_LOG_WARNING, "cannot mlock the key page (RLIMIT_MEMLOCK?); "
                        "it is still excluded from core dumps and forks");
-        r = fsd_sock_listen(o->socket_path, o->n_allow_uid > 0, &s->listen_fd, &s->sock_dev,
-                            &s->sock_ino, &why);
-        if (r < 0)
+        if (o->listen_fd >= 0) {
+                s->listen_fd = o->listen_fd; /* systemd's: it stays when we stop */
+                o->listen_fd = -1;
+        } else if ((r = fsd_sock_listen(o->socket_path, o->n_allow_uid > 0, &s->listen_fd,
+                                        &s->sock_dev, &s->sock_ino, &why)) < 0) {
                 return fs_log_errno(FS_LOG_ERROR, r, "%s: %s", o->socket_path, why);
+        } else {
+                s->socket_ours = true;
+        }
         sigdelset(&sigs, SIGPIPE);
         if ((s->sig_fd = signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK)) < 0 ||
             (s->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0)
@@ -367,24 +373,46 @@ int main(int argc, char **argv)
 {
         static struct fsd_server srv;
         static char socket_buf[FS_SOCKET_PATH_MAX], key_buf[4096];
-        struct fsd_options o = {.key_fd = -1, .ready_fd = -1, .max_workers = 1024,
+        struct fsd_options o = {.key_fd = -1, .ready_fd = -1, .listen_fd = -1, .max_workers = 1024,
                                 .max_pending = 64, .handshake_timeout_ms = 5000,
                                 .log_level = FS_LOG_INFO};
         int notify_fd = -1, r;
 
+        static char activated[FS_SOCKET_PATH_MAX];
+        const char *why = "";
+
         if ((r = parse_args(argc, argv, &o)) != 0)
                 return r;
+        fs_log_init("forkserverd", o.log_level);
+        if ((r = fsd_systemd_listen_fd(&o.listen_fd, activated, sizeof(activated), &why)) < 0) {
+                fs_log(FS_LOG_ERROR, "socket activation: %s", why);
+                return 1;
+        }
+        if (r > 0) {
+                if (o.socket_path && strcmp(o.socket_path, activated) != 0) {
+                        fs_log(FS_LOG_ERROR, "--socket %s, but systemd passed a socket bound to "
+                               "%s", o.socket_path, activated);
+                        return 1;
+                }
+                o.socket_path = activated;
+        }
         if (!o.socket_path) {
                 if (fs_default_socket(socket_buf, sizeof(socket_buf)) < 0)
                         return usage_error("%s", "default socket path is too long; use --socket");
                 o.socket_path = socket_buf;
         }
+        const char *creds = getenv("CREDENTIALS_DIRECTORY");
+
+        /* systemd's LoadCredential=forkserver.key:PATH, checked like any key file */
+        if (!o.key_file && o.key_fd < 0 && creds && *creds &&
+            fs_format(key_buf, sizeof(key_buf), "%s/forkserver.key", creds) == 0 &&
+            access(key_buf, F_OK) == 0)
+                o.key_file = key_buf;
         if (!o.key_file && o.key_fd < 0) {
                 if (fs_default_key(o.socket_path, key_buf, sizeof(key_buf)) < 0)
                         return usage_error("%s", "default key path is too long; use --key-file");
                 o.key_file = key_buf;
         }
-        fs_log_init("forkserverd", o.log_level);
         if (!o.foreground && (r = daemonize(&notify_fd)) < 0) {
                 fs_log_errno(FS_LOG_ERROR, r, "daemonize");
                 return 1;
@@ -399,6 +427,12 @@ int main(int argc, char **argv)
                (int)srv.zyg[0].pid, srv.nzyg);
         notify_ready(&o.ready_fd);
         notify_ready(&notify_fd);
+        char state[FS_SOCKET_PATH_MAX + 64];
+
+        (void)fs_format(state, sizeof(state), "READY=1\nMAINPID=%d\nSTATUS=listening on %s",
+                        (int)getpid(), o.socket_path);
+        if ((r = fsd_systemd_notify(state)) < 0)
+                fs_log_errno(FS_LOG_WARNING, r, "sd_notify READY=1");
         r = fsd_loop_run(&srv);
         if (r < 0)
                 srv.exit_code = 1;

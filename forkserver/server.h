@@ -31,6 +31,7 @@ struct fsd_options {
         unsigned max_pending;
         unsigned handshake_timeout_ms;
         int ready_fd;
+        int listen_fd;                 /* from systemd (socket activation), or -1 */
         bool foreground;
         enum fs_log_level log_level;
         const char *profile_dir;
@@ -150,6 +151,7 @@ struct fsd_server {
         struct fsd_sandbox sandbox;
         struct fs_key *key;
         int epfd, listen_fd, sig_fd, reserve_fd;
+        bool socket_ours; /* we made it (not systemd): remove it when we stop */
         dev_t sock_dev;
         ino_t sock_ino;
         struct fsd_source src_listen, src_signal;

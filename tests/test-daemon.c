@@ -636,6 +636,157 @@ START_TEST(status_json_and_prometheus)
 }
 END_TEST
 
+/* Starts forkserverd as systemd would: listen_fd as fd 3 (LISTEN_FDS=1, LISTEN_PID its pid),
+ * NOTIFY_SOCKET, CREDENTIALS_DIRECTORY when creds; its ready fd is 4. Returns 0 when ready,
+ * else -1 with the exit status in *st. */
+static int spawn_activated(pid_t *pid, int listen_fd, const char *notify, const char *creds,
+                           const char *const *args, int *st)
+{
+        const char *argv[16] = {env_or_die("FORKSERVERD"), "--foreground", "--ready-fd", "4",
+                                "--log-level", "warning"};
+        char buf[16] = {0};
+        size_t n = 6;
+        int p[2];
+        ssize_t got;
+
+        for (size_t i = 0; args && args[i]; i++)
+                argv[n++] = args[i];
+        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+        ck_assert_int_ge(*pid = fork(), 0);
+        if (*pid == 0) {
+                char me[16];
+
+                dup2(p[1], 4);
+                if (listen_fd >= 0)
+                        dup2(listen_fd, 3);
+                snprintf(me, sizeof(me), "%d", (int)getpid());
+                setenv("LISTEN_PID", me, 1);
+                setenv("LISTEN_FDS", listen_fd >= 0 ? "1" : "0", 1);
+                setenv("NOTIFY_SOCKET", notify, 1);
+                if (creds)
+                        setenv("CREDENTIALS_DIRECTORY", creds, 1);
+                execv(argv[0], (char *const *)argv);
+                _exit(127);
+        }
+        close(p[1]);
+        got = read(p[0], buf, sizeof(buf) - 1);
+        close(p[0]);
+        if (got == 6 && strcmp(buf, "READY\n") == 0)
+                return 0;
+        ck_assert_int_eq(waitpid(*pid, st, 0), *pid);
+        return -1;
+}
+
+static int listening_socket(const char *path, int type)
+{
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        int s = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
+
+        ck_assert_int_ge(s, 0);
+        strcpy(sa.sun_path, path);
+        ck_assert_int_eq(bind(s, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        ck_assert_int_eq(listen(s, 128), 0);
+        return s;
+}
+
+static void notify_expect(int n, const char *what)
+{
+        char msg[512];
+        struct pollfd pf = {.fd = n, .events = POLLIN};
+        ssize_t k;
+
+        ck_assert_int_eq(poll(&pf, 1, 5000), 1);
+        ck_assert_int_gt(k = recv(n, msg, sizeof(msg) - 1, 0), 0);
+        msg[k] = '\0';
+        ck_assert_msg(strstr(msg, what), "notification '%s' lacks '%s'", msg, what);
+}
+
+START_TEST(systemd_activation_and_notify)
+{
+        const char *echo[] = {"/bin/echo", "activated", NULL};
+        char notify[160], creds[160], cred[200], out[256], expect[256];
+        struct sockaddr_un na = {.sun_family = AF_UNIX};
+        struct forkserver *fs;
+        int ls, n, st;
+        pid_t pid;
+
+        daemon_paths(&d);
+        make_key_file(d.key);
+        snprintf(notify, sizeof(notify), "%s/notify", d.dir);
+        ck_assert_int_ge(n = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0), 0);
+        strcpy(na.sun_path, notify);
+        ck_assert_int_eq(bind(n, (struct sockaddr *)&na, sizeof(na)), 0);
+
+        /* the socket comes from "systemd"; its path is the default key's directory */
+        ls = listening_socket(d.sock, SOCK_SEQPACKET);
+        ck_assert_int_eq(spawn_activated(&pid, ls, notify, NULL, NULL, &st), 0);
+        d.pid = pid;
+        snprintf(expect, sizeof(expect), "READY=1\nMAINPID=%d\nSTATUS=listening on %s",
+                 (int)pid, d.sock);
+        notify_expect(n, expect);
+        fs = daemon_connect(&d);
+        st = run_capture(fs, echo, out, sizeof(out));
+        ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        ck_assert_str_eq(out, "activated\n");
+        forkserver_close(fs);
+        kill(pid, SIGTERM);
+        notify_expect(n, "STOPPING=1");
+        ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+        d.pid = 0;
+        ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        ck_assert_int_eq(access(d.sock, F_OK), 0); /* systemd's socket stays */
+        /* the same listening socket serves the next instance, as after a restart */
+        ck_assert_int_eq(spawn_activated(&pid, ls, notify, NULL, NULL, &st), 0);
+        notify_expect(n, "READY=1");
+        kill(pid, SIGTERM);
+        ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+        close(ls);
+        unlink(d.sock);
+
+        /* a socket of the wrong type, or one --socket does not name, stops start-up */
+        ls = listening_socket(d.sock, SOCK_STREAM);
+        ck_assert_int_eq(spawn_activated(&pid, ls, notify, NULL, NULL, &st), -1);
+        ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1);
+        close(ls);
+        unlink(d.sock);
+        ls = listening_socket(d.sock, SOCK_SEQPACKET);
+        const char *other[] = {"--socket", "/tmp/elsewhere.sock", NULL};
+        ck_assert_int_eq(spawn_activated(&pid, ls, notify, NULL, other, &st), -1);
+        ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1);
+        close(ls);
+        unlink(d.sock);
+
+        /* the key from $CREDENTIALS_DIRECTORY/forkserver.key, with the usual checks */
+        snprintf(creds, sizeof(creds), "%s/creds", d.dir);
+        snprintf(cred, sizeof(cred), "%s/forkserver.key", creds);
+        ck_assert_int_eq(mkdir(creds, 0700), 0);
+        ck_assert_int_eq(link(d.key, cred), 0);
+        ck_assert_int_eq(unlink(d.key), 0);
+        ls = listening_socket(d.sock, SOCK_SEQPACKET);
+        ck_assert_int_eq(chmod(cred, 0640), 0);
+        ck_assert_int_eq(spawn_activated(&pid, ls, notify, creds, NULL, &st), -1);
+        ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1);
+        ck_assert_int_eq(chmod(cred, 0400), 0);
+        ck_assert_int_eq(spawn_activated(&pid, ls, notify, creds, NULL, &st), 0);
+        d.pid = pid;
+        struct forkserver_options o = {.socket_path = d.sock, .key_file = cred, .key_fd = -1};
+        const char *why;
+        ck_assert_msg(forkserver_connect(&o, &fs, &why) == 0, "%s", why);
+        ck_assert_int_eq(forkserver_ping(fs), 0);
+        forkserver_close(fs);
+        kill(pid, SIGTERM);
+        ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+        ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        d.pid = 0;
+        close(ls);
+        close(n);
+        unlink(cred);
+        rmdir(creds);
+        unlink(notify);
+        daemon_cleanup_dir(&d);
+}
+END_TEST
+
 START_TEST(forkctl_private_daemon)
 {
         const char *ctl = env_or_die("FORKCTL");
@@ -743,6 +894,7 @@ static Suite *suite(void)
         tcase_add_test(tc, forkctl_cli);
         tcase_add_test(tc, forkctl_private_daemon);
         tcase_add_test(tc, status_json_and_prometheus);
+        tcase_add_test(tc, systemd_activation_and_notify);
         tcase_add_test(tc, secrets_not_exposed);
         suite_add_tcase(s, tc);
         return s;
