@@ -52,6 +52,7 @@ static const char usage_text[] =
         "  status      print the server's counters as JSON, or with --prometheus in the\n"
         "              Prometheus text format\n"
         "  stop        ask the server to stop (as SIGTERM)\n"
+        "  -h, --help  this text\n"
         "\n"
         "Exit status: run: the worker's, or 125 forkctl failed, 126 PROG not executable,\n"
         "127 PROG not found; others: 0 success, 1 failure, 2 usage error.\n";

@@ -53,6 +53,13 @@ static const char usage_text[] =
         "  --foreground            do not detach\n"
         "  -h, --help              this text\n"
         "\n"
+        "\n"
+        "Under systemd: a socket passed by socket activation (LISTEN_FDS=1, one listening\n"
+        "SOCK_SEQPACKET filesystem socket) is used instead of creating one; READY=1 and\n"
+        "STOPPING=1 go to $NOTIFY_SOCKET; with no key option, the key is read from\n"
+        "$CREDENTIALS_DIRECTORY/forkserver.key when that file exists.\n"
+        "Signals: SIGTERM, SIGINT stop; SIGHUP is logged and ignored (nothing is reloaded).\n"
+        "\n"
         "Exit status: 0 stopped cleanly, 1 start-up or runtime failure, 2 usage error.\n";
 
 static __attribute__((format(printf, 1, 2))) int usage_error(const char *fmt, ...)

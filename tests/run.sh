@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: builds with -Werror and runs every suite; again under
+# The whole test suite: builds with -Werror and runs every suite; checks what `meson install`
+# and `meson dist` give; again under
 # AddressSanitizer + UndefinedBehaviorSanitizer; the suites' client side under valgrind;
 # each libFuzzer target for FUZZ_SECONDS (default 60). Ends with "N passed, N failed, N skipped".
 set -uo pipefail
@@ -33,6 +34,9 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
 
 if setup build; then
         suite build testlog
+        echo "== install: build"
+        tests/install-check.sh build build/meson-logs/install.json
+        logs+=(build/meson-logs/install.json)
         # valgrind 3.19 (Debian 12) lacks the pidfd syscalls the daemon is built on, so it
         # checks the client library and the harness; ASan/LSan below check the daemon. It
         # also keeps its own fd limit, so tests of fd exhaustion ("rlimit") are left out,
