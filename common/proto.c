@@ -3,7 +3,7 @@
 #include <errno.h>
 #include <string.h>
 
-enum kind { K_NONE, K_U16, K_U32, K_U64, K_STR, K_B32, K_STAT, K_RLIM, K_BYTES };
+enum kind { K_NONE, K_U16, K_U32, K_U64, K_STR, K_B32, K_STAT, K_RLIM, K_BYTES, K_GPU, K_B16 };
 
 static const uint8_t field_kind[FS_F_MAX_ + 1] = {
         [FS_F_VERSION_MIN] = K_U16, [FS_F_VERSION_MAX] = K_U16, [FS_F_NONCE] = K_B32,
@@ -14,6 +14,7 @@ static const uint8_t field_kind[FS_F_MAX_ + 1] = {
         [FS_F_CODE] = K_U32,        [FS_F_STATUS] = K_U32,      [FS_F_STAT] = K_STAT,
         [FS_F_STEP] = K_U32,        [FS_F_PROFILE] = K_STR,     [FS_F_RLIMIT] = K_RLIM,
         [FS_F_UMASK] = K_U32,       [FS_F_ENTRY] = K_STR,       [FS_F_ARGBYTES] = K_BYTES,
+        [FS_F_GPU] = K_GPU,         [FS_F_LEASE] = K_U64,       [FS_F_UUID] = K_B16,
 };
 
 static const char *const type_names[FS_MSG_MAX_ + 1] = {
@@ -24,6 +25,8 @@ static const char *const type_names[FS_MSG_MAX_ + 1] = {
         [FS_MSG_SPAWNED] = "SPAWNED", [FS_MSG_EXITED] = "EXITED",
         [FS_MSG_STATUS] = "STATUS",   [FS_MSG_STATUS_REPLY] = "STATUS_REPLY",
         [FS_MSG_STOP] = "STOP",       [FS_MSG_DATA] = "DATA",
+        [FS_MSG_GPU_ALLOC] = "GPU_ALLOC", [FS_MSG_GPU_LEASE] = "GPU_LEASE",
+        [FS_MSG_GPU_FREE] = "GPU_FREE",
 };
 
 const char *fs_proto_type_name(uint16_t type)
@@ -37,7 +40,9 @@ size_t fs_proto_max_fds(uint16_t type)
         case FS_MSG_SPAWN:
                 return FS_MAX_MSG_FDS;
         case FS_MSG_SPAWNED:
-                return 2; /* pidfd, then the channel when asked for */
+                return 2 + FS_MAX_GPU; /* pidfd, the channel when asked for, GPU buffers */
+        case FS_MSG_GPU_LEASE:
+                return 1;
         case FS_MSG_ERROR:
                 return 1; /* zygote → front only: the pidfd of a child that failed to exec */
         case FS_MSG_DATA:
@@ -121,6 +126,15 @@ void fs_msg_put_stat(struct fs_msgw *w, const char *name, uint64_t v)
                 put_or_fail(w, fs_buf_put_u64(&w->b, v));
         if (!w->err)
                 put_or_fail(w, fs_buf_put_bytes(&w->b, name, n));
+}
+
+void fs_msg_put_gpu(struct fs_msgw *w, uint32_t device, uint64_t size)
+{
+        put_field(w, FS_F_GPU, 12);
+        if (!w->err)
+                put_or_fail(w, fs_buf_put_u32(&w->b, device));
+        if (!w->err)
+                put_or_fail(w, fs_buf_put_u64(&w->b, size));
 }
 
 void fs_msg_put_rlimit(struct fs_msgw *w, uint32_t resource, uint64_t soft, uint64_t hard)
@@ -247,7 +261,7 @@ static int check_value(uint16_t tag, const uint8_t *v, uint16_t len, uint64_t *n
                        const char **ret_why)
 {
         static const uint8_t fixed[] = {[K_U16] = 2, [K_U32] = 4, [K_U64] = 8, [K_B32] = 32,
-                                        [K_RLIM] = 20};
+                                        [K_RLIM] = 20, [K_GPU] = 12, [K_B16] = 16};
         uint8_t k = field_kind[tag];
 
         *num = 0;
@@ -257,9 +271,11 @@ static int check_value(uint16_t tag, const uint8_t *v, uint16_t len, uint64_t *n
         case K_U64:
         case K_B32:
         case K_RLIM:
+        case K_GPU:
+        case K_B16:
                 if (len != fixed[k])
                         return fail(ret_why, "field has the wrong length", -EBADMSG);
-                if (k != K_B32 && k != K_RLIM)
+                if (k == K_U16 || k == K_U32 || k == K_U64)
                         *num = be(v, len);
                 return 0;
         case K_STR:
@@ -396,17 +412,26 @@ int fs_proto_parse_error(struct fs_buf *p, struct fs_msg_error *ret, const char 
 
 int fs_proto_parse_spawned(struct fs_buf *p, struct fs_msg_spawned *ret, const char **ret_why)
 {
+        struct fs_buf again = *p;
         struct fields f;
+        uint16_t tag, len;
+        const uint8_t *v;
         int r;
 
         memset(ret, 0, sizeof(*ret));
-        r = DECODE(p, &f, ret_why, {FS_F_WORKER, REQ}, {FS_F_PID, REQ});
+        r = DECODE(p, &f, ret_why, {FS_F_WORKER, REQ}, {FS_F_PID, REQ}, {FS_F_GPU, REP});
         if (r < 0)
                 return r;
         if (f.num[FS_F_PID] == 0 || f.num[FS_F_PID] > INT32_MAX)
                 return fail(ret_why, "pid out of range", -EBADMSG);
+        if (f.count[FS_F_GPU] > FS_MAX_GPU)
+                return fail(ret_why, "too many GPU buffers", -EBADMSG);
         ret->worker = f.num[FS_F_WORKER];
         ret->pid = (uint32_t)f.num[FS_F_PID];
+        while (next_field(&again, &tag, &len, &v) > 0)
+                if (tag == FS_F_GPU)
+                        ret->gpu[ret->ngpu++] = (struct fs_gpu_buf){(uint32_t)be(v, 4),
+                                                                    be(v + 4, 8)};
         return 0;
 }
 
@@ -469,8 +494,8 @@ bool fs_proto_entry_ok(const char *e)
         return true;
 }
 
-int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, const char **ptrs, size_t nptrs,
-                         struct fs_spawn *ret, const char **ret_why)
+int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, bool gpu_fds, const char **ptrs,
+                         size_t nptrs, struct fs_spawn *ret, const char **ret_why)
 {
         struct fs_buf again = *p;
         uint64_t fd_seen[(FS_MAX_CHILD_FD + 64) / 64] = {0};
@@ -483,10 +508,13 @@ int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, const char **ptrs, size_
         memset(ret, 0, sizeof(*ret));
         r = DECODE(p, &f, ret_why, {FS_F_PATH, 0}, {FS_F_ARG, REP}, {FS_F_ENV, REP},
                    {FS_F_CWD, 0}, {FS_F_FD, REP}, {FS_F_FLAGS, 0}, {FS_F_PROFILE, 0},
-                   {FS_F_RLIMIT, REP}, {FS_F_UMASK, 0}, {FS_F_ENTRY, 0}, {FS_F_ARGBYTES, 0});
+                   {FS_F_RLIMIT, REP}, {FS_F_UMASK, 0}, {FS_F_ENTRY, 0}, {FS_F_ARGBYTES, 0},
+                   {FS_F_GPU, REP});
         if (r < 0)
                 return r;
-        if (f.count[FS_F_FD] != nfds)
+        if (f.count[FS_F_GPU] > FS_MAX_GPU)
+                return fail(ret_why, "too many GPU buffers", -E2BIG);
+        if (f.count[FS_F_FD] + (gpu_fds ? f.count[FS_F_GPU] : 0) != nfds)
                 return fail(ret_why, "number of fds differs from FD fields", -EBADMSG);
         if (f.count[FS_F_ARG] > FS_MAX_ARGV)
                 return fail(ret_why, "too many arguments", -E2BIG);
@@ -548,6 +576,14 @@ int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, const char **ptrs, size_
                         ret->rlimits[ret->nrlimits++] = rl;
                         break;
                 }
+                case FS_F_GPU: {
+                        struct fs_gpu_buf g = {(uint32_t)be(v, 4), be(v + 4, 8)};
+
+                        if (g.size == 0)
+                                return fail(ret_why, "GPU buffer of size 0", -EINVAL);
+                        ret->gpu[ret->ngpu++] = g;
+                        break;
+                }
                 case FS_F_FD: {
                         uint32_t cfd = (uint32_t)be(v, 4);
 
@@ -578,5 +614,64 @@ int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, const char **ptrs, size_
         ret->profile = (const char *)f.val[FS_F_PROFILE];
         ret->flags = (uint32_t)f.num[FS_F_FLAGS];
         ret->umask = f.count[FS_F_UMASK] ? (int32_t)f.num[FS_F_UMASK] : -1;
+        return 0;
+}
+
+int fs_proto_patch_gpu_sizes(uint8_t *msg, size_t len, const uint64_t *sizes, size_t n)
+{
+        struct fs_buf p;
+        struct fs_hdr h;
+        uint16_t tag, flen;
+        const uint8_t *v;
+        size_t i = 0;
+        int r;
+
+        if ((r = fs_proto_parse_hdr(msg, len, &h, &p)) < 0)
+                return r;
+        while ((r = next_field(&p, &tag, &flen, &v)) > 0 && i < n) {
+                if (tag != FS_F_GPU || flen != 12)
+                        continue;
+                uint8_t *at = msg + (v - msg) + 4;
+
+                for (int k = 0; k < 8; k++)
+                        at[k] = (uint8_t)(sizes[i] >> (56 - 8 * k));
+                i++;
+        }
+        return r < 0 ? r : i == n ? 0 : -EBADMSG;
+}
+
+int fs_proto_parse_lease(struct fs_buf *p, struct fs_msg_lease *ret, const char **ret_why)
+{
+        struct fields f;
+        int r = DECODE(p, &f, ret_why, {FS_F_LEASE, REQ}, {FS_F_GPU, REQ}, {FS_F_UUID, REQ});
+
+        if (r < 0)
+                return r;
+        ret->lease = f.num[FS_F_LEASE];
+        ret->gpu = (struct fs_gpu_buf){(uint32_t)be(f.val[FS_F_GPU], 4),
+                                       be(f.val[FS_F_GPU] + 4, 8)};
+        ret->uuid = f.val[FS_F_UUID];
+        return 0;
+}
+
+int fs_proto_parse_gpu_alloc(struct fs_buf *p, struct fs_gpu_buf *ret, const char **ret_why)
+{
+        struct fields f;
+        int r = DECODE(p, &f, ret_why, {FS_F_GPU, REQ});
+
+        if (r < 0)
+                return r;
+        *ret = (struct fs_gpu_buf){(uint32_t)be(f.val[FS_F_GPU], 4), be(f.val[FS_F_GPU] + 4, 8)};
+        return 0;
+}
+
+int fs_proto_parse_gpu_free(struct fs_buf *p, uint64_t *ret_lease, const char **ret_why)
+{
+        struct fields f;
+        int r = DECODE(p, &f, ret_why, {FS_F_LEASE, REQ});
+
+        if (r < 0)
+                return r;
+        *ret_lease = f.num[FS_F_LEASE];
         return 0;
 }

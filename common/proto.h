@@ -38,7 +38,11 @@ enum fs_msg_type {
         FS_MSG_STATUS_REPLY = 12,
         FS_MSG_STOP = 13,
         FS_MSG_DATA = 14, /* on a worker's channel: raw payload bytes */
-        FS_MSG_MAX_ = FS_MSG_DATA,
+        /* between forkserverd and its gpu-broker only */
+        FS_MSG_GPU_ALLOC = 15, /* GPU: one buffer to allocate */
+        FS_MSG_GPU_LEASE = 16, /* LEASE, GPU (size rounded), UUID + the buffer's fd */
+        FS_MSG_GPU_FREE = 17,  /* LEASE: the broker releases its handle */
+        FS_MSG_MAX_ = FS_MSG_GPU_FREE,
 };
 
 enum fs_field_tag {
@@ -66,7 +70,10 @@ enum fs_field_tag {
         FS_F_UMASK = 22,      /* u32, 0..0777 */
         FS_F_ENTRY = 23,      /* string "LIBNAME:SYMBOL": fork mode */
         FS_F_ARGBYTES = 24,   /* bytes: the argument of a fork-mode entry */
-        FS_F_MAX_ = FS_F_ARGBYTES,
+        FS_F_GPU = 25,        /* u32 device, u64 size: a GPU buffer; repeated */
+        FS_F_LEASE = 26,      /* u64: a GPU buffer's lease id (broker) */
+        FS_F_UUID = 27,       /* 16 bytes: a GPU's UUID */
+        FS_F_MAX_ = FS_F_UUID,
 };
 
 enum fs_spawn_flags {
@@ -77,6 +84,7 @@ enum fs_spawn_flags {
 };
 
 #define FS_MAX_RLIMITS 16
+#define FS_MAX_GPU 8             /* GPU buffers in one spawn */
 #define FS_CHANNEL_FD 3          /* the worker's end of its channel */
 #define FS_MAX_ENTRY 192         /* "LIBNAME:SYMBOL" */
 #define FS_MAX_PROFILE_NAME 32
@@ -145,9 +153,17 @@ struct fs_msg_error {
         uint32_t pid; /* 0 when absent */
 };
 
+struct fs_gpu_buf {
+        uint32_t device; /* index into the server's --cuda-devices */
+        uint64_t size;
+};
+
+/* SPAWNED: one GPU field per buffer fd attached after the pidfd (and the channel). */
 struct fs_msg_spawned {
         uint64_t worker;
         uint32_t pid;
+        size_t ngpu;
+        struct fs_gpu_buf gpu[FS_MAX_GPU];
 };
 
 struct fs_msg_exited {
@@ -176,6 +192,8 @@ struct fs_spawn {
         const char **argv;   /* NULL-terminated, in caller storage */
         const char **envp;   /* NULL-terminated, in caller storage */
         uint32_t child_fd[FS_MAX_MSG_FDS];
+        size_t ngpu;
+        struct fs_gpu_buf gpu[FS_MAX_GPU]; /* sizes as asked; the server rounds them up */
 };
 
 /* Storage a spawn parse needs for its argv and envp pointer arrays. */
@@ -190,8 +208,23 @@ int fs_proto_parse_error(struct fs_buf *p, struct fs_msg_error *ret, const char 
 int fs_proto_parse_spawned(struct fs_buf *p, struct fs_msg_spawned *ret, const char **ret_why);
 int fs_proto_parse_exited(struct fs_buf *p, struct fs_msg_exited *ret, const char **ret_why);
 int fs_proto_parse_empty(struct fs_buf *p, const char **ret_why);
-int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, const char **ptrs, size_t nptrs,
-                         struct fs_spawn *ret, const char **ret_why);
+/* nfds: the fds that came with it: one per FD field, plus one per GPU field when gpu_fds
+ * (a request the front forwards to its zygote with the buffers attached). */
+int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, bool gpu_fds, const char **ptrs,
+                         size_t nptrs, struct fs_spawn *ret, const char **ret_why);
+/* Overwrites the size of the i-th GPU field of a SPAWN datagram (same length), for each i. */
+int fs_proto_patch_gpu_sizes(uint8_t *msg, size_t len, const uint64_t *sizes, size_t n);
+/* GPU_LEASE from the broker. */
+struct fs_msg_lease {
+        uint64_t lease;
+        struct fs_gpu_buf gpu;
+        const uint8_t *uuid; /* 16 bytes */
+};
+int fs_proto_parse_lease(struct fs_buf *p, struct fs_msg_lease *ret, const char **ret_why);
+/* GPU_ALLOC (GPU field) and GPU_FREE (LEASE field). */
+int fs_proto_parse_gpu_alloc(struct fs_buf *p, struct fs_gpu_buf *ret, const char **ret_why);
+int fs_proto_parse_gpu_free(struct fs_buf *p, uint64_t *ret_lease, const char **ret_why);
+void fs_msg_put_gpu(struct fs_msgw *w, uint32_t device, uint64_t size);
 /* "LIBNAME:SYMBOL": a file-name-like library name and a C identifier. */
 bool fs_proto_entry_ok(const char *e);
 /* Calls fn for each STAT field; stops at the first negative return. */

@@ -30,7 +30,7 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
         struct fsd_inflight *slot;
         int r;
 
-        if ((r = fs_proto_parse_spawn(payload, nfds, spawn_ptrs, FS_ARRAY_SIZE(spawn_ptrs), &sp,
+        if ((r = fs_proto_parse_spawn(payload, nfds, false, spawn_ptrs, FS_ARRAY_SIZE(spawn_ptrs), &sp,
                                       &why)) < 0) {
                 s->stats.bad_requests++;
                 fsd_spawn_failed(s, FSD_FAIL_BAD_REQUEST);

@@ -132,7 +132,7 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
 
         /* The front validated this already; parse it again all the same, bounds-checked. */
         if ((r = fs_proto_parse_hdr(z->buf, len, &h, &p)) < 0 || h.type != FS_MSG_SPAWN ||
-            (r = fs_proto_parse_spawn(&p, nfds, z->ptrs, FS_ARRAY_SIZE(z->ptrs), &sp, NULL)) < 0)
+            (r = fs_proto_parse_spawn(&p, nfds, true, z->ptrs, FS_ARRAY_SIZE(z->ptrs), &sp, NULL)) < 0)
                 return reply_error(z, h.id, FS_STEP_CLONE, EBADMSG, "request", 0, -1);
         if (sp.entry && !(entry = find_entry(z, sp.entry)))
                 return reply_error(z, h.id, FS_STEP_ENTRY, ENOENT, sp.entry, 0, -1);

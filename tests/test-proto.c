@@ -33,7 +33,7 @@ static int parse_spawn(const uint8_t *m, size_t len, size_t nfds, struct fs_spaw
 
         if (r < 0)
                 return r;
-        return fs_proto_parse_spawn(&p, nfds, ptrs, FS_ARRAY_SIZE(ptrs), sp, why);
+        return fs_proto_parse_spawn(&p, nfds, false, ptrs, FS_ARRAY_SIZE(ptrs), sp, why);
 }
 
 START_TEST(header_roundtrip_and_errors)

@@ -53,7 +53,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 break;
         case FS_MSG_SPAWN:
                 if (nfds <= FS_MAX_MSG_FDS &&
-                    fs_proto_parse_spawn(&p, nfds, ptrs, FS_SPAWN_PTRS, &sp, &why) == 0) {
+                    fs_proto_parse_spawn(&p, nfds, false, ptrs, FS_SPAWN_PTRS, &sp, &why) == 0) {
                         /* a parse that succeeded must hand out valid, terminated arrays */
                         volatile size_t n = 0;
 
