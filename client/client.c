@@ -34,6 +34,8 @@ struct forkserver_proc {
         pid_t pid;
         int pidfd;
         int channel; /* the client's end of the worker's channel, or -1 */
+        size_t ngpu;
+        struct forkserver_gpu_buf gpu[FS_MAX_GPU];
         bool exited, reported;
         int status;
         uint64_t exit_seq; /* order of exit events, for forkserver_wait_any */
@@ -162,13 +164,14 @@ static int pump_one(struct forkserver *fs, int flags)
         const char *why = "bad message";
         struct fs_hdr h;
         struct fs_buf p;
-        int fds[2];
+        int fds[2 + FS_MAX_GPU];
         size_t nfds = 0;
         int n, r;
 
         if (fs->dead)
                 return fs->dead;
-        n = fs_fdpass_recv(fs->fd, fs->buf, sizeof(fs->buf), fds, 2, &nfds, flags);
+        n = fs_fdpass_recv(fs->fd, fs->buf, sizeof(fs->buf), fds, FS_ARRAY_SIZE(fds), &nfds,
+                           flags);
         if (n == -EAGAIN)
                 return n;
         if (n == 0)
@@ -186,7 +189,9 @@ static int pump_one(struct forkserver *fs, int flags)
                 struct fs_msg_spawned m;
                 struct forkserver_proc *w;
 
-                if (nfds < 1 || (r = fs_proto_parse_spawned(&p, &m, &why)) < 0) {
+                /* fds: the pidfd, the channel if asked for, one per GPU buffer */
+                if ((r = fs_proto_parse_spawned(&p, &m, &why)) < 0 || nfds < 1 + m.ngpu ||
+                    nfds > 2 + m.ngpu) {
                         r = -EBADMSG;
                         goto bad;
                 }
@@ -194,9 +199,17 @@ static int pump_one(struct forkserver *fs, int flags)
                         fs_close_many(fds, nfds);
                         return die(fs, -ENOMEM, "spawn reply");
                 }
+                bool chan = nfds == 2 + m.ngpu;
+
                 *w = (struct forkserver_proc){.id = m.worker, .pid = (pid_t)m.pid,
-                                              .pidfd = fds[0], .channel = nfds > 1 ? fds[1] : -1,
-                                              .next = fs->workers};
+                                              .pidfd = fds[0], .channel = chan ? fds[1] : -1,
+                                              .ngpu = m.ngpu, .next = fs->workers};
+                for (size_t i = 0; i < m.ngpu; i++) {
+                        w->gpu[i] = (struct forkserver_gpu_buf){.fd = fds[1 + chan + i],
+                                                                .device = m.gpu[i].device,
+                                                                .size = m.gpu[i].size};
+                        memcpy(w->gpu[i].uuid, m.gpu[i].uuid, 16);
+                }
                 if (fs->workers)
                         fs->workers->prev = w;
                 fs->workers = w;
@@ -504,6 +517,12 @@ int forkserver_spawn_submit(struct forkserver *fs, const struct forkserver_spawn
                 return set_err(fs, -EINVAL, "spawn: at most %d fds", FS_MAX_MSG_FDS);
         if (a->nrlimits > FS_MAX_RLIMITS || (a->nrlimits && !a->rlimits))
                 return set_err(fs, -EINVAL, "spawn: at most %d rlimits", FS_MAX_RLIMITS);
+        if (a->ngpu > FS_MAX_GPU || (a->ngpu && !a->gpu) || a->nfds + a->ngpu > FS_MAX_MSG_FDS)
+                return set_err(fs, -EINVAL, "spawn: at most %d GPU buffers, and %d fds and GPU "
+                               "buffers together", FS_MAX_GPU, FS_MAX_MSG_FDS);
+        for (size_t i = 0; i < a->ngpu; i++)
+                if (a->gpu[i].size == 0)
+                        return set_err(fs, -EINVAL, "spawn: a GPU buffer of size 0");
         if (a->umask && (a->umask & ~01777) != 0)
                 return set_err(fs, -EINVAL, "spawn: bad umask (use FORKSERVER_UMASK)");
         id = new_id(fs);
@@ -534,6 +553,8 @@ int forkserver_spawn_submit(struct forkserver *fs, const struct forkserver_spawn
                                   a->rlimits[i].hard);
         if (a->umask)
                 fs_msg_put_u32(&w, FS_F_UMASK, (uint32_t)a->umask & 0777);
+        for (size_t i = 0; i < a->ngpu; i++)
+                fs_msg_put_gpu(&w, a->gpu[i].device, a->gpu[i].size);
         if ((n = fs_msg_finish(&w)) < 0)
                 return set_err(fs, n, "spawn: request larger than %d bytes", FS_MAX_MSG);
         if ((n = send_msg(fs, fs->tx, (size_t)n, fds, a->nfds)) < 0)
@@ -661,7 +682,15 @@ void forkserver_proc_free(struct forkserver *fs, struct forkserver_proc *w)
                         s->worker = NULL;
         fs_close(w->pidfd);
         fs_close(w->channel);
+        for (size_t i = 0; i < w->ngpu; i++)
+                fs_close(w->gpu[i].fd);
         free(w);
+}
+
+size_t forkserver_proc_gpu(const struct forkserver_proc *w, const struct forkserver_gpu_buf **ret)
+{
+        *ret = w->gpu;
+        return w->ngpu;
 }
 
 int forkserver_proc_channel(const struct forkserver_proc *w)

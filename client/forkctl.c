@@ -36,8 +36,8 @@ extern char **environ;
 static const char usage_text[] =
         "Usage: forkctl keygen [-o FILE]\n"
         "       forkctl [--socket PATH] [--key-file PATH | --key-fd N] run [--profile NAME]\n"
-        "               [--cwd DIR] [--env K=V]... [--fd CHILD=PARENT]... [--detach] -- PROG "
-        "[ARG]...\n"
+        "               [--cwd DIR] [--env K=V]... [--fd CHILD=PARENT]... [--detach]\n"
+        "               [--gpu DEV:SIZE]... -- PROG [ARG]...\n"
         "       forkctl [...] run [options] --entry LIBNAME:SYMBOL [-- ARG...]\n"
         "       forkctl [...] ping | status [--prometheus] | stop\n"
         "\n"
@@ -48,6 +48,9 @@ static const char usage_text[] =
         "              reachable and none named, start a private one for this run.\n"
         "              --entry runs SYMBOL of a library the server preloaded, without exec;\n"
         "              the ARGs become its argument bytes, each ended by a NUL.\n"
+        "              --gpu gives the worker a GPU buffer of SIZE bytes (K, M, G) on the\n"
+        "              server's device DEV (in forkserverd --cuda-devices order), as an fd in\n"
+        "              $FORKSERVER_GPU_FDS (FD:UUID:SIZE,...).\n"
         "  ping        check that the server answers\n"
         "  status      print the server's counters as JSON, or with --prometheus in the\n"
         "              Prometheus text format\n"
@@ -398,7 +401,7 @@ static int wait_forwarding(struct forkserver *fs, struct forkserver_proc *w, int
 
 static int cmd_run(const struct global *g, int argc, char **argv)
 {
-        enum { O_PROFILE = 256, O_CWD, O_ENV, O_FD, O_DETACH, O_ENTRY };
+        enum { O_PROFILE = 256, O_CWD, O_ENV, O_FD, O_DETACH, O_ENTRY, O_GPU };
         static const struct option opts[] = {
                 {"profile", required_argument, NULL, O_PROFILE},
                 {"cwd", required_argument, NULL, O_CWD},
@@ -406,9 +409,12 @@ static int cmd_run(const struct global *g, int argc, char **argv)
                 {"fd", required_argument, NULL, O_FD},
                 {"detach", no_argument, NULL, O_DETACH},
                 {"entry", required_argument, NULL, O_ENTRY},
+                {"gpu", required_argument, NULL, O_GPU},
                 {0},
         };
         static char argbytes[60000];
+        struct forkserver_gpu_request gpu[8];
+        size_t ngpu = 0;
         const char *entry = NULL;
         size_t arglen = 0;
         static char *env_add[MAX_ENV_ADD];
@@ -470,6 +476,22 @@ static int cmd_run(const struct global *g, int argc, char **argv)
                                             optarg);
                         entry = optarg;
                         break;
+                case O_GPU: {
+                        const char *colon = strchr(optarg, ':');
+                        long dev;
+                        char num[16];
+
+                        if (!colon || (size_t)(colon - optarg) >= sizeof(num) || ngpu == 8)
+                                return fail(EXIT_RUN_FAIL, "--gpu: need DEV:SIZE (at most 8), "
+                                            "got '%s'", optarg);
+                        snprintf(num, sizeof(num), "%.*s", (int)(colon - optarg), optarg);
+                        if (fs_parse_long(num, 0, 1023, &dev) < 0 ||
+                            fs_parse_size(colon + 1, &gpu[ngpu].size) < 0 || !gpu[ngpu].size)
+                                return fail(EXIT_RUN_FAIL, "--gpu: bad device or size in '%s'",
+                                            optarg);
+                        gpu[ngpu++].device = (unsigned)dev;
+                        break;
+                }
                 default:
                         return fail(EXIT_RUN_FAIL, "run: bad option (see forkctl --help)");
                 }
@@ -521,6 +543,8 @@ static int cmd_run(const struct global *g, int argc, char **argv)
                                           .arglen = arglen,
                                           .argv = entry ? NULL : (const char *const *)argv + optind,
                                           .envp = env,
+                                          .gpu = gpu,
+                                          .ngpu = ngpu,
                                           .cwd = cwd,
                                           .fds = map,
                                           .nfds = nmap,

@@ -99,6 +99,24 @@ struct forkserver_spawn_args {
         const struct forkserver_rlimit *rlimits; /* applied in the worker; RLIMIT_CORE is 0 */
         size_t nrlimits;                 /* unless given here; at most 16 */
         int umask;                       /* 0: the default 022; else umask | 01000 */
+        const struct forkserver_gpu_request *gpu; /* GPU buffers to give the worker (the */
+        size_t ngpu;                     /* server needs --cuda); at most 8 */
+};
+
+/* A GPU buffer to allocate for a worker: on the server's device number `device` (its
+ * --cuda-devices, in order), at least size bytes (rounded up to the allocation granularity). */
+struct forkserver_gpu_request {
+        unsigned device;
+        uint64_t size;
+};
+
+/* A GPU buffer: an fd for device memory exported by the server's GPU broker (never a bearer
+ * handle: only who holds the fd can map it). */
+struct forkserver_gpu_buf {
+        int fd;
+        unsigned device;  /* the server's device number */
+        uint64_t size;    /* the allocation's size (rounded up) */
+        uint8_t uuid[16]; /* the device's UUID: how a process finds it */
 };
 
 #define FORKSERVER_UMASK(m) (01000 | (m)) /* e.g. .umask = FORKSERVER_UMASK(077) */
@@ -138,6 +156,11 @@ FORKSERVER_EXPORT int forkserver_wait_any(struct forkserver *fs, int timeout_ms,
 /* Sends a signal through the worker's pidfd. -ESRCH if it has exited. */
 FORKSERVER_EXPORT int forkserver_kill(struct forkserver *fs, struct forkserver_proc *w,
                                       int sig);
+/* The worker's GPU buffers (the same memory it got), *ret pointing into w: their fds stay
+ * open until forkserver_proc_free. Returns how many. */
+FORKSERVER_EXPORT size_t forkserver_proc_gpu(const struct forkserver_proc *w,
+                                            const struct forkserver_gpu_buf **ret);
+
 /* The client's end of a worker's channel (FORKSERVER_SPAWN_CHANNEL), or -1; closed by
  * forkserver_proc_free unless taken with forkserver_proc_take_channel. */
 FORKSERVER_EXPORT int forkserver_proc_channel(const struct forkserver_proc *w);
@@ -198,9 +221,43 @@ struct forkserver_worker {
         int channel_fd;   /* the worker's end of its channel, or -1 */
         const int *fds;   /* the fd numbers the request placed in this process */
         size_t nfds;
+        const struct forkserver_gpu_buf *gpu; /* its GPU buffers (see forkserver_gpu_map) */
+        size_t ngpu;
 };
 
 typedef int forkserver_entry_fn(const struct forkserver_worker *w);
+
+/*
+ * GPU buffers in a worker (or in the client that shares them). An exec-mode worker finds
+ * its buffers in FORKSERVER_GPU_FDS=FD:UUID:SIZE,... (forkserver_gpu_from_env); a fork-mode
+ * worker in w->gpu. forkserver_gpu_map loads the CUDA driver in this process (libcuda.so.1,
+ * or $FORKSERVER_LIBCUDA), initializes it, imports the buffer's fd on the device with that
+ * UUID and maps it read-write; the fd stays open (close it when no one else needs it).
+ * CUDA and fork() do not mix: map in the process that uses the memory, never before a fork.
+ * Without CUDA support in this build: -EOPNOTSUPP. Errors: -ENODEV (no driver or device),
+ * -EINVAL (not a buffer of this driver), -ENOMEM, -EIO.
+ */
+struct forkserver_gpu_map {
+        uint64_t dptr; /* the device address (a CUdeviceptr), valid in this process */
+        uint64_t size;
+        int device_;   /* internal */
+};
+
+#define FORKSERVER_GPU_UUID_STR 41 /* "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" + NUL */
+
+FORKSERVER_EXPORT int forkserver_gpu_from_env(struct forkserver_gpu_buf *out, size_t cap,
+                                              size_t *ret_n);
+FORKSERVER_EXPORT void forkserver_gpu_uuid_str(const uint8_t uuid[16],
+                                               char out[FORKSERVER_GPU_UUID_STR]);
+FORKSERVER_EXPORT int forkserver_gpu_map(const struct forkserver_gpu_buf *b,
+                                         struct forkserver_gpu_map *ret);
+FORKSERVER_EXPORT int forkserver_gpu_unmap(struct forkserver_gpu_map *m);
+/* Copies between host memory and the mapped buffer, or fills it (cuMemcpy, cuMemsetD8). */
+FORKSERVER_EXPORT int forkserver_gpu_write(const struct forkserver_gpu_map *m, uint64_t offset,
+                                           const void *src, size_t n);
+FORKSERVER_EXPORT int forkserver_gpu_read(const struct forkserver_gpu_map *m, uint64_t offset,
+                                          void *dst, size_t n);
+FORKSERVER_EXPORT int forkserver_gpu_fill(const struct forkserver_gpu_map *m, uint8_t byte);
 
 #ifdef __cplusplus
 }

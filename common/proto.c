@@ -419,19 +419,22 @@ int fs_proto_parse_spawned(struct fs_buf *p, struct fs_msg_spawned *ret, const c
         int r;
 
         memset(ret, 0, sizeof(*ret));
-        r = DECODE(p, &f, ret_why, {FS_F_WORKER, REQ}, {FS_F_PID, REQ}, {FS_F_GPU, REP});
+        r = DECODE(p, &f, ret_why, {FS_F_WORKER, REQ}, {FS_F_PID, REQ}, {FS_F_GPU, REP},
+                   {FS_F_UUID, REP});
         if (r < 0)
                 return r;
         if (f.num[FS_F_PID] == 0 || f.num[FS_F_PID] > INT32_MAX)
                 return fail(ret_why, "pid out of range", -EBADMSG);
-        if (f.count[FS_F_GPU] > FS_MAX_GPU)
-                return fail(ret_why, "too many GPU buffers", -EBADMSG);
+        if (f.count[FS_F_GPU] > FS_MAX_GPU || f.count[FS_F_UUID] != f.count[FS_F_GPU])
+                return fail(ret_why, "GPU buffers without their UUIDs, or too many", -EBADMSG);
         ret->worker = f.num[FS_F_WORKER];
         ret->pid = (uint32_t)f.num[FS_F_PID];
-        while (next_field(&again, &tag, &len, &v) > 0)
+        for (size_t nuuid = 0; next_field(&again, &tag, &len, &v) > 0;)
                 if (tag == FS_F_GPU)
-                        ret->gpu[ret->ngpu++] = (struct fs_gpu_buf){(uint32_t)be(v, 4),
-                                                                    be(v + 4, 8)};
+                        ret->gpu[ret->ngpu++] = (struct fs_gpu_buf){.device = (uint32_t)be(v, 4),
+                                                                    .size = be(v + 4, 8)};
+                else if (tag == FS_F_UUID)
+                        memcpy(ret->gpu[nuuid++].uuid, v, 16);
         return 0;
 }
 
@@ -499,7 +502,7 @@ int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, bool gpu_fds, const char
 {
         struct fs_buf again = *p;
         uint64_t fd_seen[(FS_MAX_CHILD_FD + 64) / 64] = {0};
-        size_t argc = 0, envc = 0, nfd = 0;
+        size_t argc = 0, envc = 0, nfd = 0, nuuid = 0;
         struct fields f;
         uint16_t tag, len;
         const uint8_t *v;
@@ -509,9 +512,12 @@ int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, bool gpu_fds, const char
         r = DECODE(p, &f, ret_why, {FS_F_PATH, 0}, {FS_F_ARG, REP}, {FS_F_ENV, REP},
                    {FS_F_CWD, 0}, {FS_F_FD, REP}, {FS_F_FLAGS, 0}, {FS_F_PROFILE, 0},
                    {FS_F_RLIMIT, REP}, {FS_F_UMASK, 0}, {FS_F_ENTRY, 0}, {FS_F_ARGBYTES, 0},
-                   {FS_F_GPU, REP});
+                   {FS_F_GPU, REP}, {FS_F_UUID, REP});
         if (r < 0)
                 return r;
+        if (f.count[FS_F_UUID] != (gpu_fds ? f.count[FS_F_GPU] : 0))
+                return fail(ret_why, "UUID fields only come from the server, one per GPU buffer",
+                            -EBADMSG);
         if (f.count[FS_F_GPU] > FS_MAX_GPU)
                 return fail(ret_why, "too many GPU buffers", -E2BIG);
         if (f.count[FS_F_FD] + (gpu_fds ? f.count[FS_F_GPU] : 0) != nfds)
@@ -577,13 +583,16 @@ int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, bool gpu_fds, const char
                         break;
                 }
                 case FS_F_GPU: {
-                        struct fs_gpu_buf g = {(uint32_t)be(v, 4), be(v + 4, 8)};
+                        struct fs_gpu_buf g = {.device = (uint32_t)be(v, 4), .size = be(v + 4, 8)};
 
                         if (g.size == 0)
                                 return fail(ret_why, "GPU buffer of size 0", -EINVAL);
                         ret->gpu[ret->ngpu++] = g;
                         break;
                 }
+                case FS_F_UUID:
+                        memcpy(ret->gpu[nuuid++].uuid, v, 16);
+                        break;
                 case FS_F_FD: {
                         uint32_t cfd = (uint32_t)be(v, 4);
 
@@ -648,9 +657,9 @@ int fs_proto_parse_lease(struct fs_buf *p, struct fs_msg_lease *ret, const char 
         if (r < 0)
                 return r;
         ret->lease = f.num[FS_F_LEASE];
-        ret->gpu = (struct fs_gpu_buf){(uint32_t)be(f.val[FS_F_GPU], 4),
-                                       be(f.val[FS_F_GPU] + 4, 8)};
-        ret->uuid = f.val[FS_F_UUID];
+        ret->gpu = (struct fs_gpu_buf){.device = (uint32_t)be(f.val[FS_F_GPU], 4),
+                                       .size = be(f.val[FS_F_GPU] + 4, 8)};
+        memcpy(ret->gpu.uuid, f.val[FS_F_UUID], 16);
         return 0;
 }
 
@@ -661,7 +670,8 @@ int fs_proto_parse_gpu_alloc(struct fs_buf *p, struct fs_gpu_buf *ret, const cha
 
         if (r < 0)
                 return r;
-        *ret = (struct fs_gpu_buf){(uint32_t)be(f.val[FS_F_GPU], 4), be(f.val[FS_F_GPU] + 4, 8)};
+        *ret = (struct fs_gpu_buf){.device = (uint32_t)be(f.val[FS_F_GPU], 4),
+                                   .size = be(f.val[FS_F_GPU] + 4, 8)};
         return 0;
 }
 
@@ -673,5 +683,22 @@ int fs_proto_parse_gpu_free(struct fs_buf *p, uint64_t *ret_lease, const char **
         if (r < 0)
                 return r;
         *ret_lease = f.num[FS_F_LEASE];
+        return 0;
+}
+
+int fs_proto_append_uuid(uint8_t *msg, size_t *len, size_t cap, const uint8_t uuid[16])
+{
+        struct fs_buf w;
+        size_t n = *len;
+
+        if (n < FS_HDR_LEN || n + 4 + 16 > cap || n + 4 + 16 > FS_MAX_MSG)
+                return -E2BIG;
+        fs_buf_init_writer(&w, msg + n, 4 + 16);
+        (void)fs_buf_put_u16(&w, FS_F_UUID);
+        (void)fs_buf_put_u16(&w, 16);
+        (void)fs_buf_put_bytes(&w, uuid, 16);
+        *len = n + 4 + 16;
+        fs_buf_init_writer(&w, msg + 12, 4);
+        (void)fs_buf_put_u32(&w, (uint32_t)(*len - FS_HDR_LEN));
         return 0;
 }

@@ -156,6 +156,7 @@ struct fs_msg_error {
 struct fs_gpu_buf {
         uint32_t device; /* index into the server's --cuda-devices */
         uint64_t size;
+        uint8_t uuid[16]; /* the device's, where the message carries UUID fields */
 };
 
 /* SPAWNED: one GPU field per buffer fd attached after the pidfd (and the channel). */
@@ -197,7 +198,7 @@ struct fs_spawn {
 };
 
 /* Storage a spawn parse needs for its argv and envp pointer arrays. */
-#define FS_SPAWN_PTRS (FS_MAX_ARGV + FS_MAX_ENVP + 3) /* + one entry the zygote may add */
+#define FS_SPAWN_PTRS (FS_MAX_ARGV + FS_MAX_ENVP + 4) /* + two entries the zygote may add */
 
 /* Each returns 0, or -EBADMSG for a malformed payload (-EINVAL for a well-formed one that
  * asks for something invalid); *ret_why, when given, names the problem. */
@@ -214,11 +215,12 @@ int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, bool gpu_fds, const char
                          size_t nptrs, struct fs_spawn *ret, const char **ret_why);
 /* Overwrites the size of the i-th GPU field of a SPAWN datagram (same length), for each i. */
 int fs_proto_patch_gpu_sizes(uint8_t *msg, size_t len, const uint64_t *sizes, size_t n);
+/* Appends a UUID field to a datagram and fixes its header's length. */
+int fs_proto_append_uuid(uint8_t *msg, size_t *len, size_t cap, const uint8_t uuid[16]);
 /* GPU_LEASE from the broker. */
 struct fs_msg_lease {
         uint64_t lease;
-        struct fs_gpu_buf gpu;
-        const uint8_t *uuid; /* 16 bytes */
+        struct fs_gpu_buf gpu; /* size rounded up; with the device's UUID */
 };
 int fs_proto_parse_lease(struct fs_buf *p, struct fs_msg_lease *ret, const char **ret_why);
 /* GPU_ALLOC (GPU field) and GPU_FREE (LEASE field). */

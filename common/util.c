@@ -1,5 +1,6 @@
 #include "common/util.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -97,4 +98,71 @@ bool fs_endswith(const char *s, const char *suffix)
         size_t n = strlen(s), k = strlen(suffix);
 
         return n >= k && memcmp(s + n - k, suffix, k) == 0;
+}
+
+int fs_parse_size(const char *s, uint64_t *ret)
+{
+        static const char units[] = "KMGT";
+        unsigned long long v;
+        const char *u;
+        char *end;
+
+        if (!s || *s < '0' || *s > '9')
+                return -EINVAL;
+        errno = 0;
+        v = strtoull(s, &end, 10);
+        if (errno)
+                return -ERANGE;
+        if (*end) {
+                if (end[1] || !(u = strchr(units, end[0] & ~0x20)))
+                        return -EINVAL;
+                for (int shift = (int)(u - units + 1) * 10; shift > 0; shift -= 10) {
+                        if (v > (~0ull >> 10))
+                                return -ERANGE;
+                        v <<= 10;
+                }
+        }
+        *ret = v;
+        return 0;
+}
+
+void fs_gpu_uuid_str(const uint8_t uuid[16], char out[FS_GPU_UUID_STR])
+{
+        static const char hex[] = "0123456789abcdef";
+        char *o = out;
+
+        memcpy(o, "GPU-", 4);
+        o += 4;
+        for (int i = 0; i < 16; i++) {
+                if (i == 4 || i == 6 || i == 8 || i == 10)
+                        *o++ = '-';
+                *o++ = hex[uuid[i] >> 4];
+                *o++ = hex[uuid[i] & 15];
+        }
+        *o = '\0';
+}
+
+int fs_gpu_uuid_parse(const char *s, uint8_t uuid[16])
+{
+        int n = 0;
+
+        if (strncmp(s, "GPU-", 4) != 0)
+                return -EINVAL;
+        s += 4;
+        for (int i = 0; i < 36; i++, s++) {
+                int hi, lo;
+
+                if (i == 8 || i == 13 || i == 18 || i == 23) {
+                        if (*s != '-')
+                                return -EINVAL;
+                        continue;
+                }
+                if (!isxdigit((unsigned char)s[0]) || !isxdigit((unsigned char)s[1]))
+                        return -EINVAL;
+                hi = isdigit((unsigned char)s[0]) ? s[0] - '0' : (s[0] | 0x20) - 'a' + 10;
+                lo = isdigit((unsigned char)s[1]) ? s[1] - '0' : (s[1] | 0x20) - 'a' + 10;
+                uuid[n++] = (uint8_t)(hi << 4 | lo);
+                s++, i++;
+        }
+        return *s == '\0' && n == 16 ? 0 : -EINVAL;
 }

@@ -72,3 +72,12 @@ int fs_format(char *buf, size_t size, const char *fmt, ...) __attribute__((forma
 /* The rest of s after prefix, or NULL when s does not start with it. */
 const char *fs_startswith(const char *s, const char *prefix);
 bool fs_endswith(const char *s, const char *suffix);
+
+/* A byte count: digits with an optional K, M, G or T (powers of 1024). 0 or -EINVAL/-ERANGE. */
+int fs_parse_size(const char *s, uint64_t *ret);
+
+/* A GPU UUID as nvidia-smi shows it: "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" (40 + NUL). */
+#define FS_GPU_UUID_STR 41
+void fs_gpu_uuid_str(const uint8_t uuid[16], char out[FS_GPU_UUID_STR]);
+/* The reverse: 0, or -EINVAL. */
+int fs_gpu_uuid_parse(const char *s, uint8_t uuid[16]);

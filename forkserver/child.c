@@ -162,7 +162,8 @@ int fsd_child_entry(void *arg)
                 fds[i] = (int)p->targets[i];
         w = (struct forkserver_worker){.arg = p->arg, .arglen = p->arglen,
                                        .channel_fd = p->channel ? FS_CHANNEL_FD : -1,
-                                       .fds = fds, .nfds = p->nfds - (p->channel ? 1 : 0)};
+                                       .fds = fds, .nfds = p->nreq, .gpu = p->gpu,
+                                       .ngpu = p->ngpu};
         environ = (char **)p->envp;
         close(errfd); /* EOF: the zygote may go on */
         int r = p->entry(&w);

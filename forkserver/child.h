@@ -33,6 +33,9 @@ struct fsd_child_plan {
         const void *arg;
         size_t arglen;
         bool channel; /* fd 3 is the channel */
+        size_t nreq;  /* fds[0..nreq) are the request's own; GPU buffers and channel follow */
+        size_t ngpu;
+        struct forkserver_gpu_buf gpu[FS_MAX_GPU]; /* .fd: the number in the worker */
 };
 
 struct fsd_child_error {

@@ -330,6 +330,7 @@ static const char *const fail_names[FSD_FAIL_N_] = {
         [FSD_FAIL_OUT_OF_PROCESSES] = "out_of_processes",
         [FSD_FAIL_SETUP] = "setup",
         [FSD_FAIL_ZYGOTE] = "zygote",
+        [FSD_FAIL_GPU] = "gpu",
 };
 
 static int cmp_u32(const void *a, const void *b)
@@ -421,7 +422,13 @@ static int put_status(struct fsd_server *s, uint32_t id)
         }
         put_latency(&w, st);
         put_connections(s, &w);
-        fs_msg_put_stat(&w, "gpu_broker.enabled", 0);
+        fs_msg_put_stat(&w, "gpu_broker.enabled", s->gpu.enabled);
+        fs_msg_put_stat(&w, "gpu_broker.up", s->gpu.up);
+        fs_msg_put_stat(&w, "gpu_broker.pid", (uint64_t)s->gpu.pid);
+        fs_msg_put_stat(&w, "gpu_broker.devices", s->gpu.enabled ? s->gpu.ndev : 0);
+        fs_msg_put_stat(&w, "gpu_broker.restarts", s->gpu.restarts);
+        fs_msg_put_stat(&w, "gpu_broker.leases", s->gpu.leases);
+        fs_msg_put_stat(&w, "gpu_broker.bytes", s->gpu.bytes);
         /* less the one fs_count_dir opens to count them */
         fs_msg_put_stat(&w, "open_fds", (uint64_t)(fs_count_dir("/proc/self/fd") - 1));
         return fs_msg_finish(&w);

@@ -117,6 +117,7 @@ int fsd_loop_run(struct fsd_server *s)
 
                 fsd_conn_expire(s, now);
                 fsd_worker_tick(s, now, &next);
+                fsd_gpu_tick(s, now, &next);
                 if (s->pending && (next < 0 || s->pending->deadline < next))
                         next = s->pending->deadline;
                 int64_t flush = fs_log_limited_flush(now);
@@ -161,6 +162,9 @@ int fsd_loop_run(struct fsd_server *s)
                         case FSD_SRC_WORKER:
                                 fsd_worker_event(s, (struct fsd_worker *)src);
                                 break;
+                        case FSD_SRC_BROKER_EXIT:
+                                fsd_gpu_exited(s);
+                                break;
                         }
                 }
                 fsd_conn_free_dead(s);
@@ -171,6 +175,7 @@ int fsd_loop_run(struct fsd_server *s)
         fsd_conn_free_dead(s);
         fsd_worker_free_dead(s);
         fsd_zygotes_stop(s);
+        fsd_gpu_stop(s);
         (void)fs_log_limited_flush(INT64_MAX);
         if (s->listen_fd >= 0) {
                 s->listen_fd = fs_close(s->listen_fd);

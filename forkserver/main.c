@@ -26,7 +26,8 @@ static const char usage_text[] =
         "Usage: forkserverd [--socket PATH] (--key-file PATH | --key-fd N) [--allow-uid UID]...\n"
         "                   [--max-workers N] [--max-pending N] [--handshake-timeout MS]\n"
         "                   [--min-profile NAME] [--allow-profile LIST] [--profile-dir DIR]\n"
-        "                   [--preload LIB]...\n"
+        "                   [--preload LIB]... [--cuda[=auto]] [--cuda-devices LIST]\n"
+        "                   [--cuda-quota SIZE] [--cuda-conn-quota SIZE]\n"
         "                   [--ready-fd N] [--log-level LEVEL] [--foreground]\n"
         "\n"
         "Creates worker processes for authenticated local clients.\n"
@@ -48,6 +49,14 @@ static const char usage_text[] =
         "  --profile-dir DIR       load more profiles from DIR/NAME.profile\n"
         "  --preload LIB           load LIB (/dir/LIBNAME.so) into the zygotes before listening;\n"
         "                          requests may then run LIBNAME:SYMBOL without exec (max 16)\n"
+        "  --cuda[=auto]           start a GPU broker that owns CUDA and leases GPU buffers to\n"
+        "                          workers as fds; without a usable driver, start-up fails\n"
+        "                          (--cuda=auto: the server starts without GPU support)\n"
+        "  --cuda-devices LIST     CUDA device ordinals the broker serves, comma-separated\n"
+        "                          (default: all); requests name them 0, 1, ... in this order\n"
+        "  --cuda-quota SIZE       GPU buffer bytes held by all workers at most (K, M, G, T;\n"
+        "                          default: what the devices have)\n"
+        "  --cuda-conn-quota SIZE  GPU buffer bytes held by one connection's workers at most\n"
         "  --ready-fd N            write \"READY\\n\" to fd N once listening, then close it\n"
         "  --log-level LEVEL       error, warning, info (default) or debug\n"
         "  --foreground            do not detach\n"
@@ -88,7 +97,8 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
 {
         enum { O_SOCKET = 256, O_KEY_FILE, O_KEY_FD, O_ALLOW_UID, O_MAX_WORKERS, O_MAX_PENDING,
                O_HS_TIMEOUT, O_READY_FD, O_LOG_LEVEL, O_FOREGROUND, O_MIN_PROFILE,
-               O_ALLOW_PROFILE, O_PROFILE_DIR, O_PRELOAD };
+               O_ALLOW_PROFILE, O_PROFILE_DIR, O_PRELOAD, O_CUDA, O_CUDA_DEVICES, O_CUDA_QUOTA,
+               O_CUDA_CONN_QUOTA };
         static const struct option opts[] = {
                 {"socket", required_argument, NULL, O_SOCKET},
                 {"key-file", required_argument, NULL, O_KEY_FILE},
@@ -104,6 +114,10 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                 {"allow-profile", required_argument, NULL, O_ALLOW_PROFILE},
                 {"profile-dir", required_argument, NULL, O_PROFILE_DIR},
                 {"preload", required_argument, NULL, O_PRELOAD},
+                {"cuda", optional_argument, NULL, O_CUDA},
+                {"cuda-devices", required_argument, NULL, O_CUDA_DEVICES},
+                {"cuda-quota", required_argument, NULL, O_CUDA_QUOTA},
+                {"cuda-conn-quota", required_argument, NULL, O_CUDA_CONN_QUOTA},
                 {"help", no_argument, NULL, 'h'},
                 {0},
         };
@@ -189,6 +203,44 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                         o->preload[o->npreload++] = abs;
                         break;
                 }
+                case O_CUDA:
+                        if (!optarg)
+                                o->cuda = FSD_CUDA_ON;
+                        else if (strcmp(optarg, "auto") == 0)
+                                o->cuda = FSD_CUDA_AUTO;
+                        else
+                                return usage_error("--cuda takes no value but 'auto', got '%s'",
+                                                   optarg);
+                        break;
+                case O_CUDA_DEVICES: {
+                        char copy[256], *save;
+
+                        snprintf(copy, sizeof(copy), "%s", optarg);
+                        o->ncuda_devices = 0;
+                        for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+                                long dev;
+
+                                if (o->ncuda_devices == FS_ARRAY_SIZE(o->cuda_devices) ||
+                                    fs_parse_long(t, 0, 1023, &dev) < 0)
+                                        return usage_error("--cuda-devices: need up to 16 device "
+                                                           "ordinals, got '%s'", optarg);
+                                for (size_t i = 0; i < o->ncuda_devices; i++)
+                                        if (o->cuda_devices[i] == dev)
+                                                return usage_error("--cuda-devices: %ld twice", dev);
+                                o->cuda_devices[o->ncuda_devices++] = (int)dev;
+                        }
+                        if (!o->ncuda_devices)
+                                return usage_error("--cuda-devices: empty list");
+                        break;
+                }
+                case O_CUDA_QUOTA:
+                case O_CUDA_CONN_QUOTA:
+                        if (fs_parse_size(optarg, c == O_CUDA_QUOTA ? &o->cuda_quota
+                                                                    : &o->cuda_conn_quota) < 0)
+                                return usage_error("--%s: not a size: '%s'",
+                                                   c == O_CUDA_QUOTA ? "cuda-quota"
+                                                                     : "cuda-conn-quota", optarg);
+                        break;
                 case 'h':
                         fputs(usage_text, stdout);
                         exit(0);
@@ -308,6 +360,7 @@ static int start(struct fsd_server *s, struct fsd_options *o)
         int r;
 
         s->epfd = s->listen_fd = s->sig_fd = s->reserve_fd = -1;
+        s->gpu.pidfd = s->gpu.fd = -1;
         s->opt = o;
         s->start_ms = fs_now_ms();
         s->src_listen.kind = FSD_SRC_LISTEN;
@@ -336,6 +389,14 @@ static int start(struct fsd_server *s, struct fsd_options *o)
          * may get, so that those workers inherit their filter instead. */
         if ((r = start_zygotes(s, o)) < 0)
                 return r;
+        /* The GPU broker too: it owns CUDA, which must never meet a fork of ours. */
+        if (o->cuda != FSD_CUDA_OFF && (r = fsd_gpu_start(s, err, sizeof(err))) < 0) {
+                if (o->cuda == FSD_CUDA_ON) {
+                        fs_log(FS_LOG_ERROR, "--cuda: %s", err);
+                        return r;
+                }
+                fs_log(FS_LOG_WARNING, "--cuda=auto: starting without GPU support: %s", err);
+        }
         if ((r = load_key(o, &s->key)) < 0)
                 return r;
         if (!s->key->locked)
@@ -358,6 +419,9 @@ static int start(struct fsd_server *s, struct fsd_options *o)
         if ((r = fsd_epoll_add(s, s->listen_fd, EPOLLIN, &s->src_listen)) < 0 ||
             (r = fsd_epoll_add(s, s->sig_fd, EPOLLIN, &s->src_signal)) < 0)
                 return fs_log_errno(FS_LOG_ERROR, r, "epoll_ctl");
+        if (s->gpu.pidfd >= 0 &&
+            (r = fsd_epoll_add(s, s->gpu.pidfd, EPOLLIN, &s->gpu.src_exit)) < 0)
+                return fs_log_errno(FS_LOG_ERROR, r, "epoll_ctl");
         for (unsigned i = 0; i < s->nzyg; i++)
                 if ((r = fsd_epoll_add(s, s->zyg[i].fd, EPOLLIN, &s->zyg[i].src)) < 0 ||
                     (r = fsd_epoll_add(s, s->zyg[i].pidfd, EPOLLIN, &s->zyg[i].src_exit)) < 0)
@@ -368,6 +432,7 @@ static int start(struct fsd_server *s, struct fsd_options *o)
 static void cleanup(struct fsd_server *s)
 {
         fsd_zygotes_stop(s);
+        fsd_gpu_stop(s);
         s->listen_fd = fs_close(s->listen_fd);
         s->sig_fd = fs_close(s->sig_fd);
         s->epfd = fs_close(s->epfd);

@@ -37,6 +37,11 @@ struct fsd_options {
         const char *profile_dir;
         const char *allow_profile;
         const char *min_profile;
+        enum { FSD_CUDA_OFF, FSD_CUDA_ON, FSD_CUDA_AUTO } cuda;
+        int cuda_devices[16];          /* CUDA ordinals; none given: all */
+        size_t ncuda_devices;
+        uint64_t cuda_quota;           /* bytes of GPU buffers in all; 0: no limit */
+        uint64_t cuda_conn_quota;      /* ... per connection; 0: no limit */
         const char *preload[16];       /* absolute paths (FSD_MAX_PRELOAD) */
         char preload_name[16][128];    /* their LIBNAMEs */
         size_t npreload;
@@ -49,6 +54,7 @@ enum fsd_src_kind {
         FSD_SRC_ZYGOTE_EXIT,
         FSD_SRC_CONN,
         FSD_SRC_WORKER,
+        FSD_SRC_BROKER_EXIT,
 };
 
 /* First member of everything registered with epoll. */
@@ -83,7 +89,13 @@ struct fsd_conn {
         size_t outq_len;
         struct fsd_worker *workers;
         unsigned inflight; /* spawns at the zygote */
+        uint64_t gpu_bytes; /* GPU buffers of its live workers */
         struct fsd_conn *prev, *next;
+};
+
+/* A GPU buffer as the front keeps the books: the broker's lease, while its worker lives. */
+struct fsd_lease {
+        uint64_t id, size, generation; /* generation: of the broker that made it */
 };
 
 struct fsd_worker {
@@ -95,11 +107,17 @@ struct fsd_worker {
         bool detached;
         int64_t kill_at; /* SIGKILL deadline after SIGTERM; 0: none */
         struct fsd_conn *conn; /* NULL: orphaned (connection gone) */
+        size_t ngpu;
+        struct fsd_lease gpu[FS_MAX_GPU];
         struct fsd_worker *prev, *next;
 };
 
 struct fsd_inflight {
         int64_t t0_us; /* when the request arrived */
+        size_t ngpu;   /* GPU buffers leased for it: given to the client with SPAWNED */
+        int gpu_fd[FS_MAX_GPU];
+        struct fsd_lease gpu[FS_MAX_GPU];
+        struct fs_gpu_buf gpu_buf[FS_MAX_GPU];
         struct fsd_conn *conn; /* NULL when the connection closed meanwhile */
         uint32_t req_id;
         uint32_t seq;
@@ -133,6 +151,7 @@ enum fsd_fail {
         FSD_FAIL_OUT_OF_PROCESSES, /* clone: EAGAIN */
         FSD_FAIL_SETUP,            /* the child's set-up or exec failed (bad path, cwd, ...) */
         FSD_FAIL_ZYGOTE,           /* zygote gone or not answering */
+        FSD_FAIL_GPU,              /* no broker, broker down, device memory or quota */
         FSD_FAIL_N_
 };
 
@@ -146,6 +165,20 @@ struct fsd_stats {
         uint64_t nlatency;
 };
 
+/* The gpu-broker as the front sees it (see broker.h). */
+struct fsd_gpu {
+        struct fsd_source src_exit;
+        bool enabled; /* --cuda given and the broker started once */
+        bool up;
+        pid_t pid;
+        int pidfd, fd;
+        unsigned ndev, restarts;
+        uint32_t next_id;
+        uint64_t generation;
+        int64_t restart_at, backoff_ms;
+        uint64_t leases, bytes; /* held by live workers */
+};
+
 struct fsd_server {
         const struct fsd_options *opt;
         struct fsd_sandbox sandbox;
@@ -156,6 +189,7 @@ struct fsd_server {
         ino_t sock_ino;
         struct fsd_source src_listen, src_signal;
         struct fsd_zygote zyg[FSD_MAX_ZYGOTES];
+        struct fsd_gpu gpu;
         unsigned nzyg;
         unsigned inflight; /* spawns at all zygotes */
         struct fsd_conn *pending; /* handshakes, oldest first */
@@ -193,6 +227,20 @@ int fsd_conn_send(struct fsd_server *s, struct fsd_conn *c, const void *buf, siz
                   const int *fds, size_t nfds);
 void fsd_conn_send_error(struct fsd_server *s, struct fsd_conn *c, uint32_t id, int err,
                          const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+/* gpu.c */
+int fsd_gpu_start(struct fsd_server *s, char *err, size_t errlen);
+void fsd_gpu_stop(struct fsd_server *s);
+void fsd_gpu_exited(struct fsd_server *s);
+void fsd_gpu_tick(struct fsd_server *s, int64_t now, int64_t *next);
+/* Leases every buffer sp asks for, into e (its fds and books); 0, or a negative errno with
+ * the reason in why (nothing held then). */
+int fsd_gpu_acquire(struct fsd_server *s, struct fsd_conn *c, const struct fs_spawn *sp,
+                    struct fsd_inflight *e, char *why, size_t whylen);
+/* Gives back what e holds and uncharges it (the spawn failed after fsd_gpu_acquire). */
+void fsd_gpu_abandon(struct fsd_server *s, struct fsd_inflight *e);
+/* The worker's buffers are done with (it exited). */
+void fsd_gpu_release_worker(struct fsd_server *s, struct fsd_worker *w);
 
 /* spawn.c */
 void fsd_spawn_failed(struct fsd_server *s, enum fsd_fail why);

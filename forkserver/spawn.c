@@ -24,6 +24,9 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
 {
         const struct fsd_profile *prof = s->sandbox.dflt;
         const char *why = "bad request";
+        int64_t t0 = fs_now_us();
+        struct fsd_inflight pre = {0};
+        int all_fds[FS_MAX_MSG_FDS + FS_MAX_GPU];
         struct fsd_zygote *z = &s->zyg[0];
         struct fs_spawn sp;
         struct fs_buf patch;
@@ -35,6 +38,12 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
                 s->stats.bad_requests++;
                 fsd_spawn_failed(s, FSD_FAIL_BAD_REQUEST);
                 fsd_conn_send_error(s, c, id, r, "SPAWN: %s", why);
+                goto out;
+        }
+        if (nfds + sp.ngpu > FS_MAX_MSG_FDS) {
+                fsd_spawn_failed(s, FSD_FAIL_BAD_REQUEST);
+                fsd_conn_send_error(s, c, id, E2BIG, "SPAWN: at most %d fds and GPU buffers "
+                                    "together", FS_MAX_MSG_FDS);
                 goto out;
         }
         if (sp.profile) {
@@ -96,19 +105,51 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
                 goto out;
         }
 
+        /* GPU buffers: leased now, their fds sent along after the request's own, their sizes
+         * (rounded up) and devices' UUIDs written into the request for the zygote. */
+        if (sp.ngpu) {
+                uint64_t sizes[FS_MAX_GPU];
+                char gwhy[256];
+
+                if ((r = fsd_gpu_acquire(s, c, &sp, &pre, gwhy, sizeof(gwhy))) < 0) {
+                        fsd_spawn_failed(s, FSD_FAIL_GPU);
+                        fsd_conn_send_error(s, c, id, r, "SPAWN: %s", gwhy);
+                        goto out;
+                }
+                for (size_t i = 0; i < pre.ngpu; i++)
+                        sizes[i] = pre.gpu_buf[i].size;
+                r = fs_proto_patch_gpu_sizes(msg, len, sizes, pre.ngpu);
+                for (size_t i = 0; i < pre.ngpu && r == 0; i++)
+                        r = fs_proto_append_uuid(msg, &len, sizeof(s->rx), pre.gpu_buf[i].uuid);
+                if (r < 0) {
+                        fsd_gpu_abandon(s, &pre);
+                        fsd_spawn_failed(s, FSD_FAIL_BAD_REQUEST);
+                        fsd_conn_send_error(s, c, id, r, "SPAWN: no room for the GPU buffers");
+                        goto out;
+                }
+                memcpy(all_fds, fds, nfds * sizeof(int));
+                memcpy(all_fds + nfds, pre.gpu_fd, pre.ngpu * sizeof(int));
+        }
+
         /* Forward the validated datagram as it came, with our sequence number as its id. */
         fs_buf_init_reader(&patch, msg, len);
         patch.cap = len;
         (void)fs_buf_patch_u32(&patch, 8, ++z->seq);
-        if ((r = fs_fdpass_send(z->fd, msg, len, fds, nfds, 0)) < 0) {
+        if ((r = fs_fdpass_send(z->fd, msg, len, pre.ngpu ? all_fds : fds, nfds + pre.ngpu, 0)) <
+            0) {
                 fs_log_errno(FS_LOG_ERROR, r, "sending a request to the zygote");
+                fsd_gpu_abandon(s, &pre);
                 fsd_spawn_failed(s, FSD_FAIL_ZYGOTE);
                 fsd_conn_send_error(s, c, id, r, "zygote unreachable");
                 goto out;
         }
         slot = &z->ring[(z->ring_head + z->ring_len++) % FSD_ZYGOTE_INFLIGHT];
-        *slot = (struct fsd_inflight){.conn = c, .req_id = id, .seq = z->seq, .flags = sp.flags,
-                                      .t0_us = fs_now_us()};
+        pre.conn = c;
+        pre.req_id = id;
+        pre.seq = z->seq;
+        pre.flags = sp.flags;
+        pre.t0_us = t0;
+        *slot = pre;
         s->inflight++;
         c->inflight++;
 out:
@@ -187,6 +228,7 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
                 if (fs_proto_parse_spawned(&p, &sp, &why) < 0)
                         goto fail;
                 if (lost) {
+                        fsd_gpu_abandon(s, e);
                         reap_by_pid((pid_t)sp.pid, true);
                         fsd_spawn_failed(s, FSD_FAIL_OUT_OF_FDS);
                         fs_log_limited(FS_LOG_WARNING, "out of file descriptors: new worker "
@@ -209,6 +251,8 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
                         goto fail_reply;
                 }
                 pidfd = -1; /* the worker owns it now */
+                w->ngpu = e->ngpu;
+                memcpy(w->gpu, e->gpu, e->ngpu * sizeof(e->gpu[0]));
                 s->stats.spawns++;
                 s->stats.latency_us[s->stats.nlatency++ % FSD_LATENCY_SAMPLES] =
                         (uint32_t)(fs_now_us() - e->t0_us);
@@ -220,10 +264,17 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
                 fs_msg_begin(&mw, s->tx, sizeof(s->tx), FS_MSG_SPAWNED, e->req_id);
                 fs_msg_put_u64(&mw, FS_F_WORKER, w->id);
                 fs_msg_put_u32(&mw, FS_F_PID, (uint32_t)w->pid);
-                int out_fds[2] = {w->pidfd, chan};
+                int out_fds[2 + FS_MAX_GPU] = {w->pidfd, chan};
+                size_t nout = chan >= 0 ? 2 : 1;
 
+                /* the client gets the worker's GPU buffers too, to share with it */
+                for (size_t i = 0; i < e->ngpu; i++) {
+                        fs_msg_put_gpu(&mw, e->gpu_buf[i].device, e->gpu_buf[i].size);
+                        fs_msg_put_bytes(&mw, FS_F_UUID, e->gpu_buf[i].uuid, 16);
+                        out_fds[nout++] = e->gpu_fd[i];
+                }
                 if ((n = fs_msg_finish(&mw)) > 0)
-                        (void)fsd_conn_send(s, c, s->tx, (size_t)n, out_fds, chan >= 0 ? 2 : 1);
+                        (void)fsd_conn_send(s, c, s->tx, (size_t)n, out_fds, nout);
                 fs_log(FS_LOG_DEBUG, "conn %llu: worker %llu pid %d spawned",
                        (unsigned long long)c->id, (unsigned long long)w->id, (int)w->pid);
                 goto out;
@@ -233,6 +284,7 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
 
                 if (fs_proto_parse_error(&p, &er, &why) < 0)
                         goto fail;
+                fsd_gpu_abandon(s, e);
                 if (pidfd >= 0)
                         reap_failed(pidfd);
                 else if (lost)
@@ -244,17 +296,21 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
         }
 fail:
         r = -EIO;
+        fsd_gpu_abandon(s, e);
         if (pidfd >= 0) {
                 (void)pidfd_send_signal(pidfd, SIGKILL, NULL, 0);
                 reap_failed(pidfd);
         }
 fail_reply:
+        fsd_gpu_abandon(s, e);
         fsd_spawn_failed(s, FSD_FAIL_ZYGOTE);
         if (c)
                 fsd_conn_send_error(s, c, e->req_id, r, "spawn failed: %s", why);
 out:
         fs_close(pidfd);
         fs_close(chan); /* the client has its copy; the daemon keeps neither end */
+        fs_close_many(e->gpu_fd, e->ngpu); /* the same for GPU buffers */
+        e->ngpu = 0;
 }
 
 static void zygote_lost(struct fsd_server *s, struct fsd_zygote *z)
@@ -294,6 +350,7 @@ void fsd_spawn_complete(struct fsd_server *s, struct fsd_zygote *z, bool block)
         s->inflight--;
         if (n <= 0 || nfds > 2) {
                 fs_close_many(fds, nfds);
+                fsd_gpu_abandon(s, &e);
                 if (e.conn) {
                         e.conn->inflight--;
                         fsd_conn_send_error(s, e.conn, e.req_id, EIO,

@@ -78,6 +78,7 @@ void fsd_worker_event(struct fsd_server *s, struct fsd_worker *w)
                 if ((n = fs_msg_finish(&m)) > 0)
                         (void)fsd_conn_send(s, w->conn, s->tx, (size_t)n, NULL, 0);
         }
+        fsd_gpu_release_worker(s, w);
         fs_log(FS_LOG_DEBUG, "worker %llu pid %d exited (code %d status %d)",
                (unsigned long long)w->id, (int)w->pid, si.si_code, si.si_status);
         unlink_worker(s, w);

@@ -41,6 +41,8 @@ struct zygote {
         uint8_t buf[FS_MAX_MSG];
         uint8_t out[4096];
         const char *ptrs[FS_SPAWN_PTRS];
+        struct forkserver_gpu_buf gpu[FS_MAX_GPU];
+        char gpu_env[FS_MAX_GPU * 80 + 32];
 };
 
 static const char *step_name(uint32_t step)
@@ -137,7 +139,39 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
         if (sp.entry && !(entry = find_entry(z, sp.entry)))
                 return reply_error(z, h.id, FS_STEP_ENTRY, ENOENT, sp.entry, 0, -1);
         memcpy(fds, fds_in, nfds * sizeof(int));
-        memcpy(targets, sp.child_fd, nfds * sizeof(uint32_t));
+        memcpy(targets, sp.child_fd, sp.nfds * sizeof(uint32_t));
+        /* GPU buffers take the numbers just above every other fd of the worker */
+        uint32_t base = (sp.flags & FS_SPAWN_CHANNEL) ? FS_CHANNEL_FD + 1 : 3;
+
+        for (size_t i = 0; i < sp.nfds; i++)
+                if (sp.child_fd[i] + 1 > base)
+                        base = sp.child_fd[i] + 1;
+        if (sp.ngpu && base + sp.ngpu - 1 > FS_MAX_CHILD_FD)
+                return reply_error(z, h.id, FS_STEP_FDS, EMFILE, "GPU buffers", 0, -1);
+        for (size_t i = 0; i < sp.ngpu; i++) {
+                targets[sp.nfds + i] = base + (uint32_t)i;
+                z->gpu[i] = (struct forkserver_gpu_buf){.fd = (int)(base + i),
+                                                        .device = sp.gpu[i].device,
+                                                        .size = sp.gpu[i].size};
+                memcpy(z->gpu[i].uuid, sp.gpu[i].uuid, 16);
+        }
+        if (sp.ngpu && !sp.entry) { /* exec mode learns its buffers from the environment */
+                size_t at = (size_t)snprintf(z->gpu_env, sizeof(z->gpu_env), "FORKSERVER_GPU_FDS=");
+
+                for (size_t i = 0; i < sp.ngpu && at < sizeof(z->gpu_env); i++) {
+                        char uuid[FS_GPU_UUID_STR];
+
+                        fs_gpu_uuid_str(z->gpu[i].uuid, uuid);
+                        at += (size_t)snprintf(z->gpu_env + at, sizeof(z->gpu_env) - at,
+                                               "%s%d:%s:%llu", i ? "," : "", z->gpu[i].fd, uuid,
+                                               (unsigned long long)z->gpu[i].size);
+                }
+                env_drop(sp.envp, "FORKSERVER_GPU_FDS");
+                for (sp.envc = 0; sp.envp[sp.envc]; sp.envc++)
+                        ;
+                sp.envp[sp.envc++] = z->gpu_env;
+                sp.envp[sp.envc] = NULL;
+        }
         if (sp.flags & FS_SPAWN_CHANNEL) {
                 if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, chan) < 0)
                         return reply_error(z, h.id, FS_STEP_FDS, errno, "channel", 0, -1);
@@ -181,7 +215,10 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
                 .arg = sp.arg,
                 .arglen = sp.arglen,
                 .channel = chan[1] >= 0,
+                .nreq = sp.nfds,
+                .ngpu = sp.ngpu,
         };
+        memcpy(plan.gpu, z->gpu, sp.ngpu * sizeof(z->gpu[0]));
         if (z->sandboxed) {
                 /* Our own filter is inherited: nothing to install per worker. */
                 if (prof != z->sandboxed) {

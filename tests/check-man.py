@@ -18,6 +18,7 @@ def main(argv):
     for prog, page in zip(argv[1::2], argv[2::2]):
         help_text = subprocess.run([prog, "--help"], check=True, capture_output=True,
                                    text=True).stdout
+        help_text = re.sub(r"\b(forkserverd|forkctl) --[a-z-]+", "", help_text)
         man = open(page, encoding="utf-8").read().replace("\\_", "_").replace("*", "")
         # another program's options, named with it ("forkserverd --preload"), are not ours
         man_own = re.sub(r"\b(forkserverd|forkctl) --[a-z-]+", "", man)

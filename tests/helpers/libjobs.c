@@ -151,3 +151,43 @@ int job_echo(const struct forkserver_worker *w)
                         close(fds[i]);
         }
 }
+
+/* GPU: maps its first buffer and writes its argument at offset 0. 0, or 10 + the step. */
+EXPORT int job_gpu_write(const struct forkserver_worker *w);
+int job_gpu_write(const struct forkserver_worker *w)
+{
+        struct forkserver_gpu_map m;
+
+        if (w->ngpu < 1)
+                return 10;
+        if (forkserver_gpu_map(&w->gpu[0], &m) < 0)
+                return 11;
+        if (forkserver_gpu_fill(&m, 0) < 0 || forkserver_gpu_write(&m, 0, w->arg, w->arglen) < 0)
+                return 12;
+        return forkserver_gpu_unmap(&m) < 0 ? 13 : 0;
+}
+
+/* GPU: arg "FD:UUID:SIZE:LEN": maps that fd (a plain extra fd, described the way
+ * FORKSERVER_GPU_FDS describes one) and prints its first LEN bytes. */
+EXPORT int job_gpu_read(const struct forkserver_worker *w);
+int job_gpu_read(const struct forkserver_worker *w)
+{
+        char arg[160], *len_at, data[256];
+        struct forkserver_gpu_buf b;
+        struct forkserver_gpu_map m;
+        size_t n, len;
+
+        snprintf(arg, sizeof(arg), "%.*s", (int)w->arglen, (const char *)w->arg);
+        if (!(len_at = strrchr(arg, ':')) || (len = strtoul(len_at + 1, NULL, 10)) > sizeof(data))
+                return 10;
+        *len_at = '\0';
+        if (setenv("FORKSERVER_GPU_FDS", arg, 1) < 0 || forkserver_gpu_from_env(&b, 1, &n) < 0 ||
+            n != 1)
+                return 11;
+        if (forkserver_gpu_map(&b, &m) < 0)
+                return 12;
+        if (forkserver_gpu_read(&m, 0, data, len) < 0)
+                return 13;
+        fwrite(data, 1, len, stdout);
+        return forkserver_gpu_unmap(&m) < 0 ? 14 : 0;
+}

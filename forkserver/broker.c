@@ -1,0 +1,320 @@
+#include "forkserver/broker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/pidfd.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/cudaload.h"
+#include "common/fdpass.h"
+#include "common/proto.h"
+#include "common/util.h"
+
+#define BROKER_SOCK_FD 3
+
+#ifdef FS_HAVE_CUDA
+#define MAX_LEASES 4096
+
+struct broker {
+        struct fs_cuda cu;
+        int sock;
+        unsigned ndev;
+        struct {
+                CUdevice dev;
+                CUcontext ctx;
+                size_t granularity;
+                uint8_t uuid[16];
+        } dev[FSD_MAX_GPUS];
+        struct {
+                uint64_t id;
+                CUmemGenericAllocationHandle h;
+        } lease[MAX_LEASES];
+        uint64_t next_lease;
+        uint8_t buf[4096], out[1024];
+};
+
+static int reply_error(struct broker *b, uint32_t id, int err, const char *fmt, ...)
+        __attribute__((format(printf, 4, 5)));
+
+static int reply_error(struct broker *b, uint32_t id, int err, const char *fmt, ...)
+{
+        char reason[256];
+        struct fs_msgw w;
+        va_list ap;
+        int n;
+
+        va_start(ap, fmt);
+        vsnprintf(reason, sizeof(reason), fmt, ap);
+        va_end(ap);
+        fs_msg_begin(&w, b->out, sizeof(b->out), FS_MSG_ERROR, id);
+        fs_msg_put_u32(&w, FS_F_ERRNO, (uint32_t)(err < 0 ? -err : err));
+        fs_msg_put_str(&w, FS_F_REASON, reason);
+        if ((n = fs_msg_finish(&w)) < 0)
+                return n;
+        return fs_fdpass_send(b->sock, b->out, (size_t)n, NULL, 0, 0);
+}
+
+static int alloc_one(struct broker *b, uint32_t id, const struct fs_gpu_buf *g)
+{
+        CUmemGenericAllocationHandle h;
+        CUmemAllocationProp prop;
+        struct fs_msgw w;
+        size_t size, slot = MAX_LEASES;
+        int fd = -1, n, r;
+        CUresult cr;
+
+        if (g->device >= b->ndev)
+                return reply_error(b, id, EINVAL, "no GPU %u (this server has %u)", g->device,
+                                   b->ndev);
+        for (size_t i = 0; i < MAX_LEASES && slot == MAX_LEASES; i++)
+                if (!b->lease[i].id)
+                        slot = i;
+        if (slot == MAX_LEASES)
+                return reply_error(b, id, ENOSPC, "the GPU broker holds %d buffers already",
+                                   MAX_LEASES);
+        size_t gran = b->dev[g->device].granularity;
+
+        if (g->size > SIZE_MAX - gran)
+                return reply_error(b, id, EINVAL, "GPU buffer too large");
+        size = (size_t)(g->size + gran - 1) / gran * gran;
+        fs_cuda_prop(&prop, b->dev[g->device].dev);
+        if ((cr = b->cu.cuCtxSetCurrent(b->dev[g->device].ctx)) != CUDA_SUCCESS ||
+            (cr = b->cu.cuMemCreate(&h, size, &prop, 0)) != CUDA_SUCCESS)
+                return reply_error(b, id, fs_cuda_errno(cr), "cuMemCreate of %zu bytes on GPU %u: "
+                                   "%s", size, g->device, fs_cuda_strerror(&b->cu, cr));
+        if ((cr = b->cu.cuMemExportToShareableHandle(&fd, h,
+                                                     CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
+                                                     0)) != CUDA_SUCCESS) {
+                (void)b->cu.cuMemRelease(h);
+                return reply_error(b, id, fs_cuda_errno(cr), "cuMemExportToShareableHandle: %s",
+                                   fs_cuda_strerror(&b->cu, cr));
+        }
+        /* the driver's fd may not be close-on-exec: ours are, from here on */
+        (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
+        b->lease[slot].id = ++b->next_lease;
+        b->lease[slot].h = h;
+        fs_msg_begin(&w, b->out, sizeof(b->out), FS_MSG_GPU_LEASE, id);
+        fs_msg_put_u64(&w, FS_F_LEASE, b->lease[slot].id);
+        fs_msg_put_gpu(&w, g->device, size);
+        fs_msg_put_bytes(&w, FS_F_UUID, b->dev[g->device].uuid, 16);
+        r = (n = fs_msg_finish(&w)) < 0 ? n : fs_fdpass_send(b->sock, b->out, (size_t)n, &fd, 1, 0);
+        close(fd); /* the receivers hold it now; our handle keeps the memory */
+        return r;
+}
+
+static void free_one(struct broker *b, uint64_t lease)
+{
+        for (size_t i = 0; i < MAX_LEASES; i++)
+                if (b->lease[i].id == lease) {
+                        (void)b->cu.cuMemRelease(b->lease[i].h);
+                        b->lease[i].id = 0;
+                        return;
+                }
+}
+
+static int setup(struct broker *b, const int *ordinals, size_t n, char *err, size_t errlen)
+{
+        const char *why = "";
+        int count = 0, r;
+
+        if ((r = fs_cuda_load(&b->cu, &why)) < 0) {
+                snprintf(err, errlen, "%s", why);
+                return r;
+        }
+        if (n == 0) { /* all devices */
+                if (b->cu.cuDeviceGetCount(&count) != CUDA_SUCCESS || count <= 0) {
+                        snprintf(err, errlen, "no CUDA device");
+                        return -ENODEV;
+                }
+        }
+        b->ndev = (unsigned)(n ? n : (size_t)count);
+        if (b->ndev > FSD_MAX_GPUS)
+                b->ndev = FSD_MAX_GPUS;
+        for (unsigned i = 0; i < b->ndev; i++) {
+                int ord = n ? ordinals[i] : (int)i;
+                CUmemAllocationProp prop;
+                CUresult cr;
+
+                if ((r = fs_cuda_device(&b->cu, ord, &b->dev[i].dev, b->dev[i].uuid, &why)) < 0) {
+                        snprintf(err, errlen, "CUDA device %d: %s", ord, why);
+                        return r;
+                }
+                fs_cuda_prop(&prop, b->dev[i].dev);
+                if ((cr = b->cu.cuDevicePrimaryCtxRetain(&b->dev[i].ctx, b->dev[i].dev)) !=
+                            CUDA_SUCCESS ||
+                    (cr = b->cu.cuMemGetAllocationGranularity(&b->dev[i].granularity, &prop,
+                                                              CU_MEM_ALLOC_GRANULARITY_MINIMUM)) !=
+                            CUDA_SUCCESS) {
+                        snprintf(err, errlen, "CUDA device %d: %s", ord,
+                                 fs_cuda_strerror(&b->cu, cr));
+                        return fs_cuda_errno(cr);
+                }
+        }
+        return 0;
+}
+
+static void release_all(struct broker *b)
+{
+        for (size_t i = 0; i < MAX_LEASES; i++)
+                if (b->lease[i].id)
+                        free_one(b, b->lease[i].id);
+        for (unsigned i = 0; i < b->ndev; i++)
+                (void)b->cu.cuDevicePrimaryCtxRelease(b->dev[i].dev);
+}
+
+static __attribute__((noreturn)) void broker_main(const int *ordinals, size_t n, int sock,
+                                                  pid_t front)
+{
+        static struct broker b;
+        char err[256] = "";
+        struct fs_msgw w;
+        int r, m;
+
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != front)
+                _exit(1);
+        (void)prctl(PR_SET_NAME, "forkserverd-gpu");
+        if (sock != BROKER_SOCK_FD) {
+                if (dup3(sock, BROKER_SOCK_FD, O_CLOEXEC) < 0)
+                        _exit(1);
+                if (sock < BROKER_SOCK_FD)
+                        close(sock);
+        }
+        /* nothing of the front's stays open here */
+        if (close_range(BROKER_SOCK_FD + 1, ~0u, 0) < 0)
+                _exit(1);
+        b.sock = BROKER_SOCK_FD;
+        r = setup(&b, ordinals, n, err, sizeof(err));
+        fs_msg_begin(&w, b.out, sizeof(b.out), r < 0 ? FS_MSG_ERROR : FS_MSG_OK, 0);
+        if (r < 0) {
+                fs_msg_put_u32(&w, FS_F_ERRNO, (uint32_t)-r);
+                fs_msg_put_str(&w, FS_F_REASON, err);
+        } else {
+                fs_msg_put_stat(&w, "devices", b.ndev);
+        }
+        if ((m = fs_msg_finish(&w)) < 0 || fs_fdpass_send(b.sock, b.out, (size_t)m, NULL, 0, 0) < 0 ||
+            r < 0)
+                _exit(1);
+        for (;;) {
+                struct fs_gpu_buf g;
+                struct fs_hdr h;
+                struct fs_buf p;
+                uint64_t lease;
+                int fds[1];
+                size_t nfds;
+
+                m = fs_fdpass_recv(b.sock, b.buf, sizeof(b.buf), fds, 0, &nfds, 0);
+                if (m == 0)
+                        break; /* the front closed its end */
+                if (m < 0 || fs_proto_parse_hdr(b.buf, (size_t)m, &h, &p) < 0)
+                        _exit(1); /* the front speaks correctly or not at all */
+                if (h.type == FS_MSG_GPU_ALLOC && fs_proto_parse_gpu_alloc(&p, &g, NULL) == 0)
+                        r = alloc_one(&b, h.id, &g);
+                else if (h.type == FS_MSG_GPU_FREE && fs_proto_parse_gpu_free(&p, &lease, NULL) == 0)
+                        free_one(&b, lease), r = 0;
+                else
+                        _exit(1);
+                if (r == -EPIPE)
+                        break;
+        }
+        release_all(&b);
+        exit(0); /* exit, not _exit: the driver may have its own clean-up */
+}
+#else
+static __attribute__((noreturn)) void broker_main(const int *ordinals, size_t n, int sock,
+                                                  pid_t front)
+{
+        (void)ordinals, (void)n, (void)front;
+        _exit(sock < 0);
+}
+#endif
+
+static int take_devices(void *ud, const char *name, uint64_t v)
+{
+        if (strcmp(name, "devices") == 0)
+                *(uint64_t *)ud = v;
+        return 0;
+}
+
+int fsd_broker_start(const int *ordinals, size_t n, pid_t *ret_pid, int *ret_pidfd,
+                     int *ret_sock, unsigned *ret_ndev, char *err, size_t errlen)
+{
+        struct pollfd pf;
+        struct fs_msg_error e;
+        struct fs_hdr h;
+        struct fs_buf p;
+        uint8_t buf[1024];
+        pid_t front = getpid(), pid;
+        int sv[2], pidfd = -1, fds[1], m, r;
+        size_t nfds;
+
+#ifndef FS_HAVE_CUDA
+        snprintf(err, errlen, "this forkserverd was built without CUDA support (no cuda.h)");
+        return -EOPNOTSUPP;
+#endif
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+                snprintf(err, errlen, "socketpair: %s", strerror(errno));
+                return -errno;
+        }
+        if ((pid = fork()) < 0) {
+                r = -errno;
+                snprintf(err, errlen, "fork: %s", strerror(-r));
+                fs_close_many(sv, 2);
+                return r;
+        }
+        if (pid == 0) {
+                close(sv[0]);
+                broker_main(ordinals, n, sv[1], front);
+        }
+        close(sv[1]);
+        if ((pidfd = pidfd_open(pid, 0)) < 0) {
+                r = -errno;
+                snprintf(err, errlen, "pidfd_open: %s", strerror(-r));
+                goto fail;
+        }
+        /* cuInit and the first contexts take seconds on real hardware */
+        pf = (struct pollfd){.fd = sv[0], .events = POLLIN};
+        if (poll(&pf, 1, 60000) <= 0) {
+                r = -ETIMEDOUT;
+                snprintf(err, errlen, "the GPU broker did not start within 60 s");
+                goto fail;
+        }
+        m = fs_fdpass_recv(sv[0], buf, sizeof(buf), fds, 0, &nfds, 0);
+        if (m <= 0 || fs_proto_parse_hdr(buf, (size_t)m, &h, &p) < 0) {
+                r = -EIO;
+                snprintf(err, errlen, "the GPU broker failed to start");
+                goto fail;
+        }
+        if (h.type == FS_MSG_ERROR && fs_proto_parse_error(&p, &e, NULL) == 0) {
+                r = -(int)e.err;
+                snprintf(err, errlen, "%s", e.reason);
+                goto fail;
+        }
+        uint64_t ndev = 0;
+
+        if (h.type != FS_MSG_OK || fs_proto_parse_status(&p, take_devices, &ndev, NULL) < 0 ||
+            ndev == 0 || ndev > FSD_MAX_GPUS) {
+                r = -EPROTO;
+                snprintf(err, errlen, "the GPU broker sent an unexpected first message");
+                goto fail;
+        }
+        *ret_pid = pid;
+        *ret_pidfd = pidfd;
+        *ret_sock = sv[0];
+        *ret_ndev = (unsigned)ndev;
+        return 0;
+fail:
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        close(sv[0]);
+        fs_close(pidfd);
+        return r;
+}

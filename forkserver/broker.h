@@ -1,0 +1,22 @@
+/*
+ * The gpu-broker: the one process that initializes CUDA. forkserverd forks it before its
+ * event loop (and again, with a back-off, if it dies); it never forks itself, so CUDA never
+ * meets fork(). It retains the primary context of each device it serves and answers, in
+ * order: GPU_ALLOC {GPU: device index, size} → GPU_LEASE {LEASE, GPU: index, size rounded up
+ * to the allocation granularity, UUID} + the buffer's POSIX fd (cuMemCreate with
+ * CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, cuMemExportToShareableHandle), or ERROR;
+ * GPU_FREE {LEASE} → releases its handle (no reply). Its first message is OK {STAT
+ * "devices"}, or ERROR {REASON} when it cannot serve. See docs/GPU.md.
+ */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define FSD_MAX_GPUS 16
+
+/* Forks the broker for the CUDA device ordinals given (none: all). Returns its pid, a pidfd,
+ * the front's end of the socketpair and the number of devices it serves. */
+int fsd_broker_start(const int *ordinals, size_t n, pid_t *ret_pid, int *ret_pidfd,
+                     int *ret_sock, unsigned *ret_ndev, char *err, size_t errlen);
