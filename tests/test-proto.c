@@ -341,6 +341,79 @@ static int count_stat(void *ud, const char *name, uint64_t v)
         return 0;
 }
 
+START_TEST(spawn_gpu_fields)
+{
+        static const uint8_t uuid_a[16] = "fakecuda-gpu00", uuid_b[16] = "fakecuda-gpu01";
+        uint64_t sizes[2] = {2 << 20, 4 << 20};
+        struct fs_msg_spawned sd;
+        struct fs_spawn sp;
+        struct fs_msgw w;
+        struct fs_hdr h;
+        struct fs_buf p;
+        size_t len;
+        const char *why;
+        int n;
+
+        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_SPAWN, 3);
+        fs_msg_put_str(&w, FS_F_PATH, "/bin/true");
+        fs_msg_put_str(&w, FS_F_ARG, "true");
+        fs_msg_put_gpu(&w, 0, 1);
+        fs_msg_put_u32(&w, FS_F_FD, 1);
+        fs_msg_put_gpu(&w, 1, 3 << 20);
+        ck_assert_int_gt(n = fs_msg_finish(&w), 0);
+        len = (size_t)n;
+        /* from a client: GPU fields, fds for FD fields only */
+        ck_assert_int_eq(parse_spawn(mem, len, 1, &sp, &why), 0);
+        ck_assert_uint_eq(sp.ngpu, 2);
+        ck_assert_uint_eq(sp.gpu[0].device, 0);
+        ck_assert_uint_eq(sp.gpu[0].size, 1);
+        ck_assert_uint_eq(sp.gpu[1].device, 1);
+        ck_assert_int_eq(parse_spawn(mem, len, 3, &sp, &why), -EBADMSG);
+        /* as forwarded: sizes rounded in place, a UUID each, the buffers' fds attached */
+        ck_assert_int_eq(fs_proto_patch_gpu_sizes(mem, len, sizes, 2), 0);
+        ck_assert_int_eq(fs_proto_append_uuid(mem, &len, sizeof(mem), uuid_a), 0);
+        ck_assert_int_eq(fs_proto_append_uuid(mem, &len, sizeof(mem), uuid_b), 0);
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, len, &h, &p), 0);
+        ck_assert_int_eq(fs_proto_parse_spawn(&p, 3, true, ptrs, FS_ARRAY_SIZE(ptrs), &sp, &why),
+                         0);
+        ck_assert_uint_eq(sp.gpu[0].size, 2 << 20);
+        ck_assert_uint_eq(sp.gpu[1].size, 4 << 20);
+        ck_assert_mem_eq(sp.gpu[1].uuid, uuid_b, 16);
+        ck_assert_uint_eq(sp.nfds, 1);
+        /* a client may not send UUIDs; a size of 0 or more than 8 buffers are refused */
+        ck_assert_int_eq(parse_spawn(mem, len, 1, &sp, &why), -EBADMSG);
+        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_SPAWN, 3);
+        fs_msg_put_str(&w, FS_F_PATH, "/bin/true");
+        fs_msg_put_str(&w, FS_F_ARG, "true");
+        fs_msg_put_gpu(&w, 0, 0);
+        ck_assert_int_eq(parse_spawn(mem, (size_t)fs_msg_finish(&w), 0, &sp, &why), -EINVAL);
+        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_SPAWN, 3);
+        fs_msg_put_str(&w, FS_F_PATH, "/bin/true");
+        fs_msg_put_str(&w, FS_F_ARG, "true");
+        for (int i = 0; i < FS_MAX_GPU + 1; i++)
+                fs_msg_put_gpu(&w, 0, 1);
+        ck_assert_int_eq(parse_spawn(mem, (size_t)fs_msg_finish(&w), 0, &sp, &why), -E2BIG);
+
+        /* SPAWNED: GPU and UUID fields pair up, in order */
+        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_SPAWNED, 3);
+        fs_msg_put_u64(&w, FS_F_WORKER, 9);
+        fs_msg_put_u32(&w, FS_F_PID, 1234);
+        fs_msg_put_gpu(&w, 1, 4 << 20);
+        fs_msg_put_bytes(&w, FS_F_UUID, uuid_b, 16);
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)fs_msg_finish(&w), &h, &p), 0);
+        ck_assert_int_eq(fs_proto_parse_spawned(&p, &sd, &why), 0);
+        ck_assert_uint_eq(sd.ngpu, 1);
+        ck_assert_uint_eq(sd.gpu[0].size, 4 << 20);
+        ck_assert_mem_eq(sd.gpu[0].uuid, uuid_b, 16);
+        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_SPAWNED, 3);
+        fs_msg_put_u64(&w, FS_F_WORKER, 9);
+        fs_msg_put_u32(&w, FS_F_PID, 1234);
+        fs_msg_put_gpu(&w, 1, 4 << 20);
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)fs_msg_finish(&w), &h, &p), 0);
+        ck_assert_int_eq(fs_proto_parse_spawned(&p, &sd, &why), -EBADMSG);
+}
+END_TEST
+
 START_TEST(status_fields)
 {
         struct fs_hdr h;
@@ -371,6 +444,7 @@ static Suite *suite(void)
         tcase_add_test(tc, spawn_too_many_args);
         tcase_add_test(tc, small_messages);
         tcase_add_test(tc, status_fields);
+        tcase_add_test(tc, spawn_gpu_fields);
         suite_add_tcase(s, tc);
         return s;
 }

@@ -51,7 +51,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         case FS_MSG_ERROR:
                 fs_proto_parse_error(&p, &m.error, &why);
                 break;
-        case FS_MSG_SPAWN:
+        case FS_MSG_SPAWN: {
+                /* the low bit of the first byte: as the zygote parses it, GPU fds attached */
+                bool gpu_fds = data[0] & 0x80;
+                struct fs_buf again = p;
+
+                if (gpu_fds && fs_proto_parse_spawn(&again, nfds, true, ptrs, FS_SPAWN_PTRS, &sp,
+                                                    &why) == 0 &&
+                    (sp.ngpu > FS_MAX_GPU || sp.nfds + sp.ngpu != nfds))
+                        __builtin_trap();
                 if (nfds <= FS_MAX_MSG_FDS &&
                     fs_proto_parse_spawn(&p, nfds, false, ptrs, FS_SPAWN_PTRS, &sp, &why) == 0) {
                         /* a parse that succeeded must hand out valid, terminated arrays */
@@ -67,10 +75,33 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                        fs_proto_entry_ok(sp.entry);
 
                         if (n == SIZE_MAX || sp.nfds != nfds || !(exec_ok || fork_ok) ||
-                            sp.nrlimits > FS_MAX_RLIMITS || sp.umask > 0777)
+                            sp.nrlimits > FS_MAX_RLIMITS || sp.umask > 0777 ||
+                            sp.ngpu > FS_MAX_GPU)
                                 __builtin_trap();
+                        for (size_t i = 0; i < sp.ngpu; i++)
+                                if (sp.gpu[i].size == 0)
+                                        __builtin_trap();
                 }
                 break;
+        }
+        case FS_MSG_GPU_ALLOC: {
+                struct fs_gpu_buf g;
+
+                fs_proto_parse_gpu_alloc(&p, &g, &why);
+                break;
+        }
+        case FS_MSG_GPU_LEASE: {
+                struct fs_msg_lease l;
+
+                fs_proto_parse_lease(&p, &l, &why);
+                break;
+        }
+        case FS_MSG_GPU_FREE: {
+                uint64_t lease;
+
+                fs_proto_parse_gpu_free(&p, &lease, &why);
+                break;
+        }
         case FS_MSG_SPAWNED:
                 fs_proto_parse_spawned(&p, &m.spawned, &why);
                 break;

@@ -47,6 +47,24 @@ int main(int argc, char **argv)
         fs_msg_put_u32(&w, FS_F_UMASK, 077);
         fs_msg_put_u32(&w, FS_F_FLAGS, 4 | 2);
         save(argv[1], "spawn-fork", 0, m, fs_msg_finish(&w));
+        /* GPU: a client's request, the front's forwarded form (0x80: fds for the buffers
+         * attached), and the broker's messages */
+        fs_msg_begin(&w, m, sizeof(m), FS_MSG_SPAWN, 3);
+        fs_msg_put_str(&w, FS_F_PATH, "/bin/true");
+        fs_msg_put_str(&w, FS_F_ARG, "true");
+        fs_msg_put_gpu(&w, 0, 1 << 20);
+        fs_msg_put_u32(&w, FS_F_FD, 1);
+        save(argv[1], "spawn-gpu", 1, m, fs_msg_finish(&w));
+        fs_msg_put_bytes(&w, FS_F_UUID, "fakecuda-gpu00\0\0", 16);
+        save(argv[1], "spawn-gpu-forwarded", 0x80 | 2, m, fs_msg_finish(&w));
+        fs_msg_begin(&w, m, sizeof(m), FS_MSG_GPU_LEASE, 4);
+        fs_msg_put_u64(&w, FS_F_LEASE, 7);
+        fs_msg_put_gpu(&w, 0, 2 << 20);
+        fs_msg_put_bytes(&w, FS_F_UUID, "fakecuda-gpu00\0\0", 16);
+        save(argv[1], "gpu-lease", 1, m, fs_msg_finish(&w));
+        fs_msg_begin(&w, m, sizeof(m), FS_MSG_GPU_ALLOC, 5);
+        fs_msg_put_gpu(&w, 0, 2 << 20);
+        save(argv[1], "gpu-alloc", 0, m, fs_msg_finish(&w));
         fs_msg_begin(&w, m, sizeof(m), FS_MSG_DATA, 0);
         fs_buf_put_bytes(&w.b, "payload", 7);
         save(argv[1], "data", 0, m, fs_msg_finish(&w));
