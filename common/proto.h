@@ -19,7 +19,7 @@
 #define FS_MAX_ARGV 4096
 #define FS_MAX_ENVP 4096
 #define FS_MAX_CHILD_FD 1023   /* highest fd number a worker may ask for */
-#define FS_MAX_STATS 64
+#define FS_MAX_STATS 1024
 #define FS_NONCE_LEN 32
 #define FS_MAC_LEN 32
 

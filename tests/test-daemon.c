@@ -585,10 +585,20 @@ START_TEST(status_json_and_prometheus)
         char expect[128];
         int st;
 
+        struct forkserver *more[40];
+
         daemon_start(&d, NULL);
         fs = daemon_connect(&d);
         ck_assert_int_eq(forkserver_spawn(fs, &a, &w), 0);
         ck_assert_int_eq(forkserver_spawn(fs, &bad, &w), -EINVAL);
+        /* regression: 40 connections' entries once overflowed the client's stat limit */
+        for (int i = 0; i < 40; i++)
+                more[i] = daemon_connect(&d);
+        ck_assert_uint_eq(daemon_stat(fs, "connections_listed"), 41);
+        for (int i = 0; i < 40; i++)
+                forkserver_close(more[i]);
+        for (int i = 0; i < 500 && daemon_stat(fs, "connections") != 1; i++)
+                usleep(10000);
         const char *status[] = {ctl, "--socket", d.sock, "--key-file", d.key, "status", NULL};
         st = run_cmd(status, out, sizeof(out));
         ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
