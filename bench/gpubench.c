@@ -205,9 +205,11 @@ int main(int argc, char **argv)
                 forkserver_close(fs);
                 return 1;
         }
-        forkserver_proc_free(fs, w);
+        unsigned long long bytes = (unsigned long long)b[0].size;
+
+        forkserver_proc_free(fs, w); /* b pointed into it */
         printf("scenario: a worker wrote %llu bytes of device memory (memset + copy); the "
-               "client read them back: OK\n", (unsigned long long)b[0].size);
+               "client read them back: OK\n", bytes);
 
         /* 2. time to a usable buffer in a new worker, the two ways, alternating */
         int64_t *tb = calloc((size_t)reps, sizeof(*tb)), *ts = calloc((size_t)reps, sizeof(*ts));

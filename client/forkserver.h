@@ -214,6 +214,11 @@ FORKSERVER_EXPORT int forkserver_channel_fd(void);
  * library destructors belong to the zygote and do not run in workers. No exec: the child
  * starts with everything the library set up at load time. It has the fds, environment, rlimits and profile of its
  * request, like an exec-mode worker.
+ *
+ * A preloaded library may export int forkserver_preload_init(char *err, size_t errlen): each
+ * zygote calls it once, right after loading the library and before any worker; a nonzero
+ * return stops the server's start-up with the message left in err. It must not start a
+ * thread (the zygote checks).
  */
 struct forkserver_worker {
         const void *arg;  /* the request's argument bytes (not NUL-terminated) */

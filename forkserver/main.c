@@ -28,6 +28,7 @@ static const char usage_text[] =
         "                   [--min-profile NAME] [--allow-profile LIST] [--profile-dir DIR]\n"
         "                   [--preload LIB]... [--cuda[=auto]] [--cuda-devices LIST]\n"
         "                   [--cuda-quota SIZE] [--cuda-conn-quota SIZE]\n"
+        "                   [--python-preload MODULES]\n"
         "                   [--ready-fd N] [--log-level LEVEL] [--foreground]\n"
         "\n"
         "Creates worker processes for authenticated local clients.\n"
@@ -49,6 +50,9 @@ static const char usage_text[] =
         "  --profile-dir DIR       load more profiles from DIR/NAME.profile\n"
         "  --preload LIB           load LIB (/dir/LIBNAME.so) into the zygotes before listening;\n"
         "                          requests may then run LIBNAME:SYMBOL without exec (max 16)\n"
+        "  --python-preload MODULES  host a Python zygote: preload libforkserver-python.so,\n"
+        "                          which starts Python in the zygotes and imports MODULES\n"
+        "                          (comma-separated; may be empty) for forkserver.Pool workers\n"
         "  --cuda[=auto]           start a GPU broker that owns CUDA and leases GPU buffers to\n"
         "                          workers as fds; without a usable driver, start-up fails\n"
         "                          (--cuda=auto: the server starts without GPU support)\n"
@@ -93,12 +97,33 @@ static int parse_uint(const char *s, long min, long max, unsigned *ret)
         return r;
 }
 
+/* libforkserver-python.so: $FORKSERVER_PYTHON_LIB, beside forkserverd, or installed. */
+static int python_lib(char *buf, size_t size)
+{
+        const char *e = getenv("FORKSERVER_PYTHON_LIB");
+        char self[4096], dir[4096];
+        ssize_t n;
+
+        if (e && *e)
+                return fs_format(buf, size, "%s", e) == 0 && access(buf, R_OK) == 0 ? 0 : -ENOENT;
+        if ((n = readlink("/proc/self/exe", self, sizeof(self) - 1)) > 0) {
+                self[n] = '\0';
+                if (fs_dirname(self, dir, sizeof(dir)) == 0 &&
+                    fs_format(buf, size, "%s/libforkserver-python.so", dir) == 0 &&
+                    access(buf, R_OK) == 0)
+                        return 0;
+        }
+        return fs_format(buf, size, "%s", FSD_PYTHON_LIB) == 0 && access(buf, R_OK) == 0 ? 0
+                                                                                      : -ENOENT;
+}
+
 static int parse_args(int argc, char **argv, struct fsd_options *o)
 {
+        static char pylib[4096];
         enum { O_SOCKET = 256, O_KEY_FILE, O_KEY_FD, O_ALLOW_UID, O_MAX_WORKERS, O_MAX_PENDING,
                O_HS_TIMEOUT, O_READY_FD, O_LOG_LEVEL, O_FOREGROUND, O_MIN_PROFILE,
                O_ALLOW_PROFILE, O_PROFILE_DIR, O_PRELOAD, O_CUDA, O_CUDA_DEVICES, O_CUDA_QUOTA,
-               O_CUDA_CONN_QUOTA };
+               O_CUDA_CONN_QUOTA, O_PYTHON_PRELOAD };
         static const struct option opts[] = {
                 {"socket", required_argument, NULL, O_SOCKET},
                 {"key-file", required_argument, NULL, O_KEY_FILE},
@@ -115,6 +140,7 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                 {"profile-dir", required_argument, NULL, O_PROFILE_DIR},
                 {"preload", required_argument, NULL, O_PRELOAD},
                 {"cuda", optional_argument, NULL, O_CUDA},
+                {"python-preload", required_argument, NULL, O_PYTHON_PRELOAD},
                 {"cuda-devices", required_argument, NULL, O_CUDA_DEVICES},
                 {"cuda-quota", required_argument, NULL, O_CUDA_QUOTA},
                 {"cuda-conn-quota", required_argument, NULL, O_CUDA_CONN_QUOTA},
@@ -182,6 +208,16 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                 case O_PROFILE_DIR:
                         o->profile_dir = optarg;
                         break;
+                case O_PYTHON_PRELOAD:
+                        if (python_lib(pylib, sizeof(pylib)) < 0)
+                                return usage_error("--python-preload: libforkserver-python.so not "
+                                                   "found (beside forkserverd, in %s, or "
+                                                   "$FORKSERVER_PYTHON_LIB)", FSD_PYTHON_LIB);
+                        if (setenv("FORKSERVER_PYTHON_PRELOAD", optarg, 1) < 0)
+                                return 1;
+                        optarg = pylib;
+                        /* it is one more --preload */
+                        __attribute__((fallthrough));
                 case O_PRELOAD: {
                         char *abs;
 

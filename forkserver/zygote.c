@@ -314,6 +314,19 @@ static int preload_all(struct zygote *z, const char *const *paths, size_t n, cha
                         snprintf(err, errlen, "--preload %s: %s", paths[i], e ? e : "cannot load");
                         return -ENOENT;
                 }
+                /* A library may ask to be set up here, once, before any worker. */
+                int (*init)(char *, size_t);
+
+                *(void **)&init = dlsym(p->handle, "forkserver_preload_init");
+                if (init) {
+                        char why[384] = "";
+
+                        if (init(why, sizeof(why)) != 0) {
+                                snprintf(err, errlen, "--preload %s: %s", paths[i],
+                                         why[0] ? why : "forkserver_preload_init failed");
+                                return -EINVAL;
+                        }
+                }
                 /* fork() copies only the calling thread: a library thread would be missing,
                  * or hold a lock forever, in every worker. */
                 if (fs_count_dir("/proc/self/task") != 1) {

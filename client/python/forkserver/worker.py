@@ -1,0 +1,96 @@
+"""The Pool's worker loop: tasks in, results out, over the worker's channel (fd 3).
+
+Run as `python3 -m forkserver.worker` (exec mode), or called by the Python zygote's fork-mode
+entry (forkserver_python_worker) in a fresh fork of an interpreter that already imported
+what --python-preload named.
+
+Messages are pickles cut into channel-sized frames (see _frames). The first message is plain
+data: the client's sys.path, main module (name or path) and cwd, set up before anything
+else is unpickled, as multiprocessing does; then (initializer, initargs, maxtasks); then tasks
+("task", id, func, args, kwargs) until EOF. Replies: ("ok", id, value, last) or
+("err", id, exception or None, traceback text, last); last is true when the worker reached
+maxtasks and exits after this reply.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import traceback
+from typing import Any, List, Tuple
+
+from ._frames import recv_obj, send_obj
+from .client import Channel
+
+def _setup_main(sys_path: List[str], main_name: str | None, main_path: str | None,
+                cwd: str | None) -> None:
+    """Makes the client's modules importable: its sys.path, and its main module as
+    __mp_main__ (aliased to __main__) so that its functions unpickle. A package's __main__
+    (python -m pkg) is left alone, as multiprocessing leaves it."""
+    for p in reversed(sys_path):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    if cwd:
+        try:
+            os.chdir(cwd)
+        except OSError:
+            pass
+    import runpy
+    import types
+
+    if main_name:
+        if main_name == "__main__" or main_name.endswith(".__main__"):
+            return
+        code = runpy.run_module(main_name, run_name="__mp_main__", alter_sys=False)
+    elif main_path and os.path.exists(main_path):
+        code = runpy.run_path(main_path, run_name="__mp_main__")
+    else:
+        return
+    mod = types.ModuleType("__mp_main__")
+    mod.__dict__.update(code)
+    sys.modules["__mp_main__"] = sys.modules["__main__"] = mod
+
+
+def _error(tid: int, exc: BaseException, last: bool) -> Tuple:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return ("err", tid, exc, tb, last)
+    except Exception:  # noqa: BLE001 - an exception that does not survive pickling
+        return ("err", tid, None, tb, last)
+
+
+def main(fd: int | None = None) -> int:
+    """The loop; returns the exit status."""
+    if fd is None:
+        fd = int(os.environ.get("FORKSERVER_CHANNEL_FD", "3"))
+    ch = Channel(fd)
+    try:
+        setup = recv_obj(ch)
+        _setup_main(*setup)
+        initializer, initargs, maxtasks = recv_obj(ch)
+        if initializer is not None:
+            initializer(*initargs)
+        done = 0
+        while maxtasks is None or done < maxtasks:
+            try:
+                msg = recv_obj(ch)
+            except EOFError:
+                return 0
+            _, tid, func, args, kwargs = msg
+            done += 1
+            last = maxtasks is not None and done >= maxtasks
+            try:
+                send_obj(ch, ("ok", tid, func(*args, **kwargs), last))
+            except BaseException as e:  # noqa: BLE001 - every failure goes back
+                send_obj(ch, _error(tid, e, last))
+        return 0
+    except EOFError:
+        return 0
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""The Python client and Pool against the real forkserverd (unittest, standard library)."""
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import secrets
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+import forkserver
+from forkserver import _protocol as P
+import pooltasks
+
+DAEMON = os.environ["FORKSERVERD"]
+HERE = os.path.dirname(os.path.abspath(__file__))
+PKG = os.path.normpath(os.path.join(HERE, "..", "..", "client", "python"))
+
+
+class Daemon:
+    """A forkserverd on a temporary socket, with a fresh key file."""
+
+    def __init__(self, *args: str, env: dict | None = None) -> None:
+        self.dir = tempfile.mkdtemp(prefix="fs-py-test-")
+        self.sock = os.path.join(self.dir, "s.sock")
+        self.key = os.path.join(self.dir, "key")
+        with open(os.open(self.key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+        r, w = os.pipe()
+        e = dict(os.environ, PYTHONPATH=os.pathsep.join([PKG, HERE]), **(env or {}))
+        self.proc = subprocess.Popen([DAEMON, "--foreground", "--socket", self.sock,
+                                      "--key-file", self.key, "--ready-fd", str(w),
+                                      "--log-level", "warning", *args],
+                                     pass_fds=(w,), env=e, stderr=subprocess.PIPE)
+        os.close(w)
+        ready = os.read(r, 16)
+        os.close(r)
+        if ready != b"READY\n":
+            err = self.proc.stderr.read().decode()
+            self.proc.wait()
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise RuntimeError(f"forkserverd did not start: {err}")
+
+    def connect(self, **kw) -> forkserver.Client:
+        return forkserver.connect(self.sock, self.key, **kw)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.proc.stderr.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ClientTests(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.d = Daemon()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.d.stop()
+
+    def test_spawn_exit_codes_and_stdio(self) -> None:
+        with self.d.connect() as fs:
+            r, w = os.pipe()
+            wk = fs.spawn(["sh", "-c", "echo out $X; exit 7"], env={"X": "1"}, stdout=w)
+            os.close(w)
+            with os.fdopen(r) as f:
+                self.assertEqual(f.read(), "out 1\n")
+            self.assertEqual(wk.wait(5), 7)
+            wk.close()
+            wk = fs.spawn(["sleep", "30"])
+            self.assertIsNone(wk.poll())
+            wk.kill()
+            self.assertEqual(wk.wait(5), -9)
+            wk.close()
+            with self.assertRaises(forkserver.SpawnError) as cm:
+                fs.spawn(["/nonexistent/prog"])
+            self.assertIn("exec /nonexistent/prog", cm.exception.strerror)
+            self.assertEqual(fs.status()["spawn_failures_by_cause"]["setup"], 1)
+
+    def test_wrong_key_refused(self) -> None:
+        with self.assertRaises(forkserver.AuthenticationError) as cm:
+            forkserver.connect(self.d.sock, key=b"\x01" * 32)
+        self.assertIn("refused our key", cm.exception.strerror)
+        with self.d.connect() as fs:  # the next honest client is served
+            fs.ping()
+
+    def test_impostor_server_detected(self) -> None:
+        path = os.path.join(self.d.dir, "impostor.sock")
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        srv.bind(path)
+        srv.listen(1)
+
+        def impostor() -> None:
+            c, _ = srv.accept()
+            hello = P.Writer(P.HELLO, 0).raw(P.F_VERSION_MIN, struct.pack(">H", 1))
+            hello.raw(P.F_VERSION_MAX, struct.pack(">H", 1)).raw(P.F_NONCE, b"\x07" * 32)
+            c.send(hello.finish())
+            c.recv(65536)  # the client's AUTH: useless without the key
+            c.send(P.Writer(P.AUTH_OK, 0).raw(P.F_MAC, b"\x00" * 32).finish())
+            time.sleep(0.5)
+            c.close()
+
+        t = threading.Thread(target=impostor)
+        t.start()
+        with self.assertRaises(forkserver.AuthenticationError) as cm:
+            forkserver.connect(path, self.d.key)
+        self.assertIn("could not prove", cm.exception.strerror)
+        t.join()
+        srv.close()
+
+    def test_fds_both_ways_over_channel(self) -> None:
+        script = ("import os, forkserver\n"
+                  "ch = forkserver.Channel(int(os.environ['FORKSERVER_CHANNEL_FD']))\n"
+                  "data, fds = ch.recv()\n"
+                  "text = os.pread(fds[0], 100, 0)\n"
+                  "r, w = os.pipe()\n"
+                  "ch.send(data + b':' + text.upper(), [r])\n"
+                  "os.write(w, b'through a pipe')\n")
+        env = {"PYTHONPATH": PKG}
+        with self.d.connect() as fs:
+            wk = fs.spawn([sys.executable, "-c", script], env=env, channel=True, stderr=2)
+            mfd = os.memfd_create("t")
+            os.write(mfd, b"memfd contents")
+            wk.channel.send(b"hello", [mfd])
+            os.close(mfd)
+            data, fds = wk.channel.recv()
+            self.assertEqual(data, b"hello:MEMFD CONTENTS")
+            self.assertEqual(len(fds), 1)
+            self.assertEqual(os.read(fds[0], 100), b"through a pipe")
+            os.close(fds[0])
+            self.assertEqual(wk.wait(10), 0)
+            with self.assertRaises(EOFError):
+                wk.channel.recv()
+            wk.close()
+
+    def test_module_run_mirrors_forkctl(self) -> None:
+        env = dict(os.environ, PYTHONPATH=PKG, FORKSERVER_SOCKET=self.d.sock,
+                   FORKSERVER_KEY_FILE=self.d.key)
+        r = subprocess.run([sys.executable, "-m", "forkserver", "run", "--env", "Y=2", "--",
+                            "sh", "-c", "echo $Y; exit 3"], env=env, capture_output=True,
+                           text=True, timeout=30)
+        self.assertEqual((r.returncode, r.stdout), (3, "2\n"))
+        r = subprocess.run([sys.executable, "-m", "forkserver", "run", "--", "sh", "-c",
+                            "kill -TERM $$"], env=env, timeout=30)
+        self.assertEqual(r.returncode, 128 + 15)
+        r = subprocess.run([sys.executable, "-m", "forkserver", "run", "--",
+                            "no-such-command-xyz"], env=env, capture_output=True, timeout=30)
+        self.assertEqual(r.returncode, 127)
+
+
+@unittest.skipUnless(os.environ.get("FS_PYZYGOTE") == "1",
+                     "no Python zygote in this build (python3-dev missing)")
+class PoolTests(unittest.TestCase):
+    """Run against a server with a Python zygote and, for the fallback, one without."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.zd = Daemon("--python-preload", "json")
+        cls.plain = Daemon()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.zd.stop()
+        cls.plain.stop()
+
+    def pool(self, *args, zygote: bool = True, **kw) -> forkserver.Pool:
+        d = self.zd if zygote else self.plain
+        return forkserver.Pool(*args, socket_path=d.sock, key_file=d.key, **kw)
+
+    def test_results_equal_multiprocessing(self) -> None:
+        with multiprocessing.get_context("fork").Pool(2) as mp:
+            want = (mp.map(pooltasks.square, range(50)),
+                    mp.starmap(pooltasks.add, [(i, i) for i in range(20)]),
+                    list(mp.imap(pooltasks.square, range(10))),
+                    sorted(mp.imap_unordered(pooltasks.square, range(10))),
+                    mp.apply(pooltasks.add, (2, 3)),
+                    mp.apply_async(pooltasks.square, (9,)).get(10),
+                    mp.map(pooltasks.square, []))
+        for zygote in (True, False):
+            with self.subTest(zygote=zygote), self.pool(2, zygote=zygote) as p:
+                got = (p.map(pooltasks.square, range(50)),
+                       p.starmap(pooltasks.add, [(i, i) for i in range(20)]),
+                       list(p.imap(pooltasks.square, range(10))),
+                       sorted(p.imap_unordered(pooltasks.square, range(10))),
+                       p.apply(pooltasks.add, (2, 3)),
+                       p.apply_async(pooltasks.square, (9,)).get(10),
+                       p.map(pooltasks.square, []))
+                self.assertEqual(got, want)
+                self.assertEqual(p.mode, "zygote" if zygote else "exec")
+                self.assertNotIn(os.getpid(), p.map(pooltasks.pid, range(4)))
+                # large arguments and results cross in several channel frames
+                self.assertEqual(len(p.apply(pooltasks.big, (300_000,))), 300_000)
+
+    def test_exceptions_carry_the_remote_traceback(self) -> None:
+        with self.pool(1) as p:
+            with self.assertRaises(ValueError) as cm:
+                p.apply(pooltasks.fail, (4,))
+            self.assertEqual(str(cm.exception), "task failed on 4")
+            self.assertIsInstance(cm.exception.__cause__, forkserver.RemoteTraceback)
+            self.assertIn("pooltasks.py", str(cm.exception.__cause__))
+            errors = []
+            r = p.map_async(pooltasks.fail, [1], error_callback=errors.append)
+            with self.assertRaises(ValueError):
+                r.get(10)
+            self.assertEqual(len(errors), 1)
+            self.assertEqual(p.apply(pooltasks.square, (5,)), 25)  # the worker goes on
+
+    def test_worker_crash_reported_and_replaced(self) -> None:
+        with self.pool(2) as p:
+            with self.assertRaises(forkserver.WorkerLostError) as cm:
+                p.apply(pooltasks.kill_self)
+            self.assertIn("signal 9", str(cm.exception))
+            with self.assertRaises(forkserver.WorkerLostError):
+                p.apply(pooltasks.die, (3,))
+            self.assertEqual(p.map(pooltasks.square, range(8)), [x * x for x in range(8)])
+        with forkserver.Executor(2, socket_path=self.zd.sock, key_file=self.zd.key) as ex:
+            f = ex.submit(pooltasks.kill_self)
+            with self.assertRaises(concurrent.futures.process.BrokenProcessPool):
+                f.result(10)
+            self.assertEqual(list(ex.map(pooltasks.square, range(5))), [0, 1, 4, 9, 16])
+            self.assertEqual(ex.submit(pooltasks.add, 1, b=2).result(10), 3)
+
+    def test_terminate_with_tasks_in_flight(self) -> None:
+        p = self.pool(2)
+        results = [p.apply_async(pooltasks.nap, (30,)) for _ in range(4)]
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        p.terminate()
+        self.assertLess(time.monotonic() - t0, 10)
+        for r in results:
+            with self.assertRaises(Exception):
+                r.get(5)
+        with self.assertRaises(ValueError):
+            p.apply_async(pooltasks.square, (1,))
+
+    def test_close_join_finishes_queued_work(self) -> None:
+        p = self.pool(2)
+        r = p.map_async(pooltasks.nap, [0.05] * 6)
+        p.close()
+        p.join()
+        self.assertEqual(r.get(1), [0.05] * 6)
+
+    def test_maxtasksperchild_and_initializer(self) -> None:
+        for zygote in (True, False):
+            with self.subTest(zygote=zygote), self.pool(1, pooltasks.init, ("ready",),
+                                                        maxtasksperchild=2,
+                                                        zygote=zygote) as p:
+                pids = [p.apply(pooltasks.pid) for _ in range(6)]
+                self.assertEqual(len(set(pids)), 3)  # a new worker every 2 tasks
+                self.assertEqual(p.apply(pooltasks.init_seen), ["ready"])
+
+    def test_thread_starting_module_refused(self) -> None:
+        with self.assertRaises(RuntimeError) as cm:
+            Daemon("--python-preload", "json,threader")
+        self.assertIn("importing threader started a thread", str(cm.exception))
+        self.assertIn("OPENBLAS_NUM_THREADS", str(cm.exception))
+
+
+if __name__ == "__main__":
+    unittest.main()
