@@ -17,8 +17,12 @@ cleanup() {
 trap cleanup EXIT
 build/client/forkctl keygen -o "$dir/key" 2>/dev/null
 mkfifo "$dir/ready"
+# The zygote preloads what pool_compare.py imports, as a user preloads their modules: each
+# worker runs the main script (as multiprocessing's spawn and forkserver methods do), and
+# preloaded imports cost it nothing.
 PYTHONPATH=$PWD/client/python build/forkserver/forkserverd --foreground --socket "$dir/s.sock" \
-        --key-file "$dir/key" --python-preload '' --log-level warning \
+        --key-file "$dir/key" --python-preload argparse,json,statistics,multiprocessing.pool \
+        --log-level warning \
         --ready-fd 3 3>"$dir/ready" &
 pid=$!
 read -r -t 60 line <"$dir/ready" && [ "$line" = READY ] ||

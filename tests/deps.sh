@@ -2,7 +2,7 @@
 # Installs the Debian packages the build and the tests need, if any is missing.
 set -euo pipefail
 pkgs=(meson ninja-build pkg-config gcc libssl-dev libseccomp-dev check clang libclang-rt-14-dev
-      valgrind python3 procps scdoc)
+      valgrind python3 python3-dev procps scdoc)
 missing=()
 for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -32,7 +32,7 @@ for f in sbin/forkserverd bin/forkctl include/forkserver.h \
          lib/sysusers.d/forkserver.conf; do
         [ -e "$base/$f" ] || { echo "missing: $prefix/$f"; missing=1; }
 done
-for g in libforkserver.so.0 libforkserver.a forkserver.pc; do
+for g in libforkserver.so.0 libforkserver.a forkserver.pc pool.py libforkserver-python.so; do
         [ -n "$(find "$base" -name "$g" -print -quit)" ] || { echo "missing: $g"; missing=1; }
 done
 grep -q "ExecStart=$prefix/sbin/forkserverd --foreground" "$base/lib/systemd/system/forkserverd.service" ||
@@ -72,6 +72,8 @@ if cc -Wall -Werror "$work/hello.c" -o "$work/hello-static" $(pkg-config --cflag
 else
         cat "$work/cc.log"; result "pkg-config program (static library)" FAIL
 fi
+
+unset PKG_CONFIG_PATH PKG_CONFIG_SYSROOT_DIR
 
 # a release tarball from the committed tree, built on its own
 if (cd "$build" && meson dist --no-tests --formats xztar --allow-dirty) >"$work/dist.log" 2>&1 &&

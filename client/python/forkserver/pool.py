@@ -56,7 +56,8 @@ class _Slot:
     def __init__(self, worker: C.Worker) -> None:
         self.worker = worker
         self.task: Optional[_Task] = None
-        self.retiring = False
+        self.assigned = 0
+        self.retiring = False  # given its last task (maxtasksperchild): gets no more
 
 
 class _Core:
@@ -226,9 +227,10 @@ class _Core:
         # keep n workers (fewer while there is little to do), and feed the idle ones
         with self.lock:
             want = min(self.n, max(len(self.pending) + sum(1 for s in self.slots if s.task), 1))
-        # a retiring worker (its last task answered) is replaced at once, not at its exit
+        # a retiring worker (given its last task) is replaced at once, not at its exit
         while sum(1 for s in self.slots if not s.retiring) < want:
             self._add_worker()
+            want = min(want, self.n)
         for s in self.slots:
             if s.task or s.retiring or not s.worker.channel:
                 continue
@@ -239,6 +241,9 @@ class _Core:
             try:
                 send_obj(s.worker.channel, ("task", t.id, t.func, t.args, t.kwargs))
                 s.task = t
+                s.assigned += 1
+                # its last task: its successor starts now, while this one runs
+                s.retiring = self.maxtasks is not None and s.assigned >= self.maxtasks
             except OSError:
                 with self.lock:
                     self.pending.appendleft(t)  # the worker is gone: another one takes it
@@ -253,8 +258,6 @@ class _Core:
             self._lost(s)
             return
         kind, tid = msg[0], msg[1]
-        if msg[-1]:  # its last task (maxtasksperchild): it exits, another takes its place
-            s.retiring = True
         t, s.task = s.task, None
         if t is None or t.id != tid:
             raise RuntimeError("a worker answered a task it was not given")
