@@ -44,6 +44,7 @@ class Daemon:
         os.close(r)
         if ready != b"READY\n":
             err = self.proc.stderr.read().decode()
+            self.proc.stderr.close()
             self.proc.wait()
             shutil.rmtree(self.dir, ignore_errors=True)
             raise RuntimeError(f"forkserverd did not start: {err}")

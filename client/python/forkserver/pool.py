@@ -80,7 +80,7 @@ class _Core:
         self.lock = threading.Lock()
         self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.next_id = 0
-        self.closing = self.terminating = False
+        self.closing = self.terminating = self.finished = False
         self.error: Optional[BaseException] = None
         self.setup = (list(sys.path), *_main_module(), os.getcwd())
         self._start_first()  # errors (no daemon, bad profile) reach the constructor's caller
@@ -139,10 +139,13 @@ class _Core:
         self._wake()
 
     def _wake(self) -> None:
-        try:
-            os.write(self.wake_w, b"x")
-        except BlockingIOError:
-            pass
+        with self.lock:  # never write to the pipe once the engine closed it (fd reuse)
+            if self.finished:
+                return
+            try:
+                os.write(self.wake_w, b"x")
+            except BlockingIOError:
+                pass
 
     def close(self) -> None:
         with self.lock:
@@ -172,8 +175,10 @@ class _Core:
                 self.client.close()
             except OSError:
                 pass
-            os.close(self.wake_r)
-            os.close(self.wake_w)
+            with self.lock:
+                self.finished = True
+                os.close(self.wake_r)
+                os.close(self.wake_w)
 
     def _fail_all(self, e: BaseException) -> None:
         with self.lock:
