@@ -200,6 +200,8 @@ START_TEST(quotas_and_device_memory)
         daemon_start(&d, gpu_args("--cuda-conn-quota", "4M"));
         unsetenv("FAKECUDA_MEM_BYTES");
         fs = daemon_connect(&d);
+        uint64_t fds0 = daemon_stat(fs, "open_fds");
+
         ck_assert_int_eq(forkserver_spawn(fs, &a, &w1), 0);
         ck_assert_int_eq(forkserver_spawn(fs, &a, &w2), 0);
         ck_assert_uint_eq(daemon_stat(fs, "gpu_broker.bytes"), 4 << 20);
@@ -226,6 +228,19 @@ START_TEST(quotas_and_device_memory)
         a.gpu = &g2;
         ck_assert_int_eq(forkserver_spawn(fs, &a, &w1), 0);
         ck_assert_uint_eq(daemon_stat(fs, "spawn_failures_by_cause.gpu"), 3);
+        /* every worker gone: no lease, no byte, no fd left in the daemon */
+        struct forkserver_proc *ws[2] = {w1, w2};
+
+        for (int i = 0; i < 2; i++) {
+                ck_assert_int_eq(forkserver_kill(fs, ws[i], SIGKILL), 0);
+                ck_assert_int_eq(forkserver_wait(fs, ws[i], &st), 0);
+                forkserver_proc_free(fs, ws[i]);
+        }
+        for (int i = 0; i < 500 && daemon_stat(fs, "workers"); i++)
+                usleep(10000);
+        ck_assert_uint_eq(daemon_stat(fs, "gpu_broker.leases"), 0);
+        ck_assert_uint_eq(daemon_stat(fs, "gpu_broker.bytes"), 0);
+        ck_assert_uint_eq(daemon_stat(fs, "open_fds"), fds0);
         forkserver_close(fs);
         stop_ok();
 }
