@@ -35,6 +35,8 @@ static const char *const *gpu_args(const char *extra1, const char *extra2)
         return args;
 }
 
+/* libcuda mappings in pid, or -1 when its maps cannot be read: the daemon's processes are
+ * not dumpable, so only root may (the tests that need it check as root only). */
 static int maps_libcuda(pid_t pid)
 {
         char path[64], line[512];
@@ -42,7 +44,10 @@ static int maps_libcuda(pid_t pid)
         FILE *f;
 
         snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
-        ck_assert_ptr_nonnull(f = fopen(path, "re"));
+        if (!(f = fopen(path, "re"))) {
+                ck_assert_int_ne(geteuid(), 0);
+                return -1;
+        }
         while (fgets(line, sizeof(line), f))
                 n += strstr(line, "libcuda") != NULL;
         fclose(f);
@@ -88,10 +93,13 @@ START_TEST(share_between_workers_and_client)
 
         daemon_start(&d, gpu_args(NULL, NULL));
         fs = daemon_connect(&d);
-        /* the front and the zygotes never load the driver; the broker does */
-        ck_assert_int_eq(maps_libcuda(d.pid), 0);
-        ck_assert_int_eq(maps_libcuda((pid_t)daemon_stat(fs, "zygote_pid")), 0);
-        ck_assert_int_gt(maps_libcuda((pid_t)daemon_stat(fs, "gpu_broker.pid")), 0);
+        /* the front and the zygotes never load the driver; the broker does (as root: the
+         * daemon's maps are not readable by its own uid) */
+        if (geteuid() == 0) {
+                ck_assert_int_eq(maps_libcuda(d.pid), 0);
+                ck_assert_int_eq(maps_libcuda((pid_t)daemon_stat(fs, "zygote_pid")), 0);
+                ck_assert_int_gt(maps_libcuda((pid_t)daemon_stat(fs, "gpu_broker.pid")), 0);
+        }
 
         /* one worker writes through its mapping ... */
         st = run_gpu_entry(fs, "libjobs:job_gpu_write", "hello-gpu", &one, 1, &writer, out,
@@ -130,7 +138,7 @@ START_TEST(share_between_workers_and_client)
         /* the books: the writer's lease went with it */
         ck_assert_uint_eq(daemon_stat(fs, "gpu_broker.leases"), 0);
         ck_assert_uint_eq(daemon_stat(fs, "gpu_broker.bytes"), 0);
-        ck_assert_int_eq(maps_libcuda(d.pid), 0);
+        ck_assert_int_le(maps_libcuda(d.pid), 0);
         forkserver_close(fs);
         stop_ok();
 }
@@ -284,7 +292,7 @@ START_TEST(broker_crash_and_restart)
         forkserver_proc_free(fs, w);
         ck_assert_uint_eq(daemon_stat(fs, "gpu_broker.restarts"), 1);
         ck_assert_int_ne((pid_t)daemon_stat(fs, "gpu_broker.pid"), broker);
-        ck_assert_int_eq(maps_libcuda(d.pid), 0); /* the restart forked; the front stays clean */
+        ck_assert_int_le(maps_libcuda(d.pid), 0); /* the restart forked; the front stays clean */
         forkserver_close(fs);
         stop_ok();
 }
