@@ -18,6 +18,7 @@
 #include "common/fdpass.h"
 #include "common/proto.h"
 #include "common/util.h"
+#include "forkserver/helper.h"
 
 #define BROKER_SOCK_FD 3
 
@@ -228,14 +229,6 @@ static __attribute__((noreturn)) void broker_main(const int *ordinals, size_t n,
         release_all(&b);
         exit(0); /* exit, not _exit: the driver may have its own clean-up */
 }
-#else
-static __attribute__((noreturn)) void broker_main(const int *ordinals, size_t n, int sock,
-                                                  pid_t front)
-{
-        (void)ordinals, (void)n, (void)front;
-        _exit(sock < 0);
-}
-#endif
 
 static int take_devices(void *ud, const char *name, uint64_t v)
 {
@@ -244,77 +237,52 @@ static int take_devices(void *ud, const char *name, uint64_t v)
         return 0;
 }
 
+struct broker_args {
+        const int *ordinals;
+        size_t n;
+};
+
+static void broker_entry(void *arg, int sock, pid_t front)
+{
+        const struct broker_args *a = arg;
+
+        broker_main(a->ordinals, a->n, sock, front);
+}
+#endif
+
 int fsd_broker_start(const int *ordinals, size_t n, pid_t *ret_pid, int *ret_pidfd,
                      int *ret_sock, unsigned *ret_ndev, char *err, size_t errlen)
 {
-        struct pollfd pf;
-        struct fs_msg_error e;
-        struct fs_hdr h;
-        struct fs_buf p;
-        uint8_t buf[1024];
-        pid_t front = getpid(), pid;
-        int sv[2], pidfd = -1, fds[1], m, r;
-        size_t nfds;
-
 #ifndef FS_HAVE_CUDA
+        (void)ordinals, (void)n, (void)ret_pid, (void)ret_pidfd, (void)ret_sock, (void)ret_ndev;
         snprintf(err, errlen, "this forkserverd was built without CUDA support (no cuda.h)");
         return -EOPNOTSUPP;
-#endif
-        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
-                snprintf(err, errlen, "socketpair: %s", strerror(errno));
-                return -errno;
-        }
-        if ((pid = fork()) < 0) {
-                r = -errno;
-                snprintf(err, errlen, "fork: %s", strerror(-r));
-                fs_close_many(sv, 2);
-                return r;
-        }
-        if (pid == 0) {
-                close(sv[0]);
-                broker_main(ordinals, n, sv[1], front);
-        }
-        close(sv[1]);
-        if ((pidfd = pidfd_open(pid, 0)) < 0) {
-                r = -errno;
-                snprintf(err, errlen, "pidfd_open: %s", strerror(-r));
-                goto fail;
-        }
-        /* cuInit and the first contexts take seconds on real hardware */
-        pf = (struct pollfd){.fd = sv[0], .events = POLLIN};
-        if (poll(&pf, 1, 60000) <= 0) {
-                r = -ETIMEDOUT;
-                snprintf(err, errlen, "the GPU broker did not start within 60 s");
-                goto fail;
-        }
-        m = fs_fdpass_recv(sv[0], buf, sizeof(buf), fds, 0, &nfds, 0);
-        if (m <= 0 || fs_proto_parse_hdr(buf, (size_t)m, &h, &p) < 0) {
-                r = -EIO;
-                snprintf(err, errlen, "the GPU broker failed to start");
-                goto fail;
-        }
-        if (h.type == FS_MSG_ERROR && fs_proto_parse_error(&p, &e, NULL) == 0) {
-                r = -(int)e.err;
-                snprintf(err, errlen, "%s", e.reason);
-                goto fail;
-        }
+#else
+        struct broker_args a = {ordinals, n};
+        uint8_t ok[1024];
         uint64_t ndev = 0;
+        struct fs_hdr h;
+        struct fs_buf p;
+        size_t len;
+        int r;
 
-        if (h.type != FS_MSG_OK || fs_proto_parse_status(&p, take_devices, &ndev, NULL) < 0 ||
-            ndev == 0 || ndev > FSD_MAX_GPUS) {
-                r = -EPROTO;
+        /* cuInit and the first contexts take seconds on real hardware: within the helper's
+         * start-up bound */
+        if ((r = fsd_helper_start("GPU broker", broker_entry, &a, ok, sizeof(ok), &len, ret_pid,
+                                  ret_pidfd, ret_sock, err, errlen)) < 0)
+                return r;
+        if (fs_proto_parse_hdr(ok, len, &h, &p) < 0 ||
+            fs_proto_parse_status(&p, take_devices, &ndev, NULL) < 0 || ndev == 0 ||
+            ndev > FSD_MAX_GPUS) {
                 snprintf(err, errlen, "the GPU broker sent an unexpected first message");
-                goto fail;
+                kill(*ret_pid, SIGKILL);
+                while (waitpid(*ret_pid, NULL, 0) < 0 && errno == EINTR)
+                        ;
+                *ret_pidfd = fs_close(*ret_pidfd);
+                *ret_sock = fs_close(*ret_sock);
+                return -EPROTO;
         }
-        *ret_pid = pid;
-        *ret_pidfd = pidfd;
-        *ret_sock = sv[0];
         *ret_ndev = (unsigned)ndev;
         return 0;
-fail:
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        close(sv[0]);
-        fs_close(pidfd);
-        return r;
+#endif
 }

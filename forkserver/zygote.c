@@ -20,6 +20,7 @@
 #include "common/proto.h"
 #include "common/util.h"
 #include "forkserver/child.h"
+#include "forkserver/helper.h"
 
 #define ZYGOTE_SOCK_FD 3
 #define CHILD_STACK_SIZE (128 * 1024)
@@ -462,80 +463,26 @@ static __attribute__((noreturn)) void zygote_main(const struct fsd_sandbox *sb,
         }
 }
 
-/* Waits for the zygote's first message: 0, or its error with the reason in err. */
-static int await_start(int sock, char *err, size_t errlen)
-{
-        struct pollfd pf = {.fd = sock, .events = POLLIN};
-        uint8_t buf[1024];
-        struct fs_msg_error e;
-        struct fs_hdr h;
-        struct fs_buf p;
-        int fds[2], n, r;
-        size_t nfds;
+struct zygote_args {
+        const struct fsd_sandbox *sb;
+        const struct fsd_profile *sandboxed;
+        const char *const *preload;
+        size_t npreload;
+};
 
-        /* library constructors may take a while; a zygote that hangs in one is an error */
-        if ((r = poll(&pf, 1, 60000)) <= 0) {
-                snprintf(err, errlen, "the zygote did not start within 60 s");
-                return r < 0 ? -errno : -ETIMEDOUT;
-        }
-        n = fs_fdpass_recv(sock, buf, sizeof(buf), fds, 2, &nfds, 0);
-        if (n > 0)
-                fs_close_many(fds, nfds);
-        if (n <= 0 || fs_proto_parse_hdr(buf, (size_t)n, &h, &p) < 0) {
-                snprintf(err, errlen, "the zygote failed to start");
-                return n < 0 ? n : -EIO;
-        }
-        if (h.type == FS_MSG_OK)
-                return 0;
-        if (h.type == FS_MSG_ERROR && fs_proto_parse_error(&p, &e, NULL) == 0) {
-                snprintf(err, errlen, "%s", e.reason);
-                return -(int)e.err;
-        }
-        snprintf(err, errlen, "the zygote sent an unexpected first message");
-        return -EPROTO;
+static void zygote_entry(void *arg, int sock, pid_t front)
+{
+        const struct zygote_args *a = arg;
+
+        zygote_main(a->sb, a->sandboxed, a->preload, a->npreload, sock, front);
 }
 
 int fsd_zygote_start(const struct fsd_sandbox *sb, const struct fsd_profile *sandboxed,
                      const char *const *preload, size_t npreload, pid_t *ret_pid, int *ret_pidfd,
                      int *ret_sock, char *err, size_t errlen)
 {
-        pid_t front = getpid(), pid;
-        int sv[2], pidfd, r;
+        struct zygote_args a = {sb, sandboxed, preload, npreload};
 
-        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
-                snprintf(err, errlen, "socketpair: %s", strerror(errno));
-                return -errno;
-        }
-        pid = fork();
-        if (pid < 0) {
-                r = -errno;
-                snprintf(err, errlen, "fork: %s", strerror(-r));
-                fs_close_many(sv, 2);
-                return r;
-        }
-        if (pid == 0) {
-                close(sv[0]);
-                zygote_main(sb, sandboxed, preload, npreload, sv[1], front);
-        }
-        close(sv[1]);
-        pidfd = pidfd_open(pid, 0);
-        if (pidfd < 0) {
-                r = -errno;
-                snprintf(err, errlen, "pidfd_open: %s", strerror(-r));
-                kill(pid, SIGKILL);
-                waitpid(pid, NULL, 0);
-                close(sv[0]);
-                return r;
-        }
-        if ((r = await_start(sv[0], err, errlen)) < 0) {
-                kill(pid, SIGKILL);
-                waitpid(pid, NULL, 0);
-                close(sv[0]);
-                close(pidfd);
-                return r;
-        }
-        *ret_pid = pid;
-        *ret_pidfd = pidfd;
-        *ret_sock = sv[0];
-        return 0;
+        return fsd_helper_start("zygote", zygote_entry, &a, NULL, 0, NULL, ret_pid, ret_pidfd,
+                                ret_sock, err, errlen);
 }

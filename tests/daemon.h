@@ -6,6 +6,8 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdbool.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -266,34 +268,55 @@ static inline uint64_t daemon_stat(struct forkserver *fs, const char *name)
         return l.value;
 }
 
-/* Children of pid in state Z. */
-static inline int count_zombies(pid_t parent)
+/* The state and parent of pid from /proc/PID/stat; -1 when it is gone. */
+static inline int proc_stat(pid_t pid, char *state, pid_t *ppid)
+{
+        char path[64], buf[512];
+        int pp, r = -1;
+        FILE *f;
+
+        snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+        if (!(f = fopen(path, "re")))
+                return -1;
+        if (fgets(buf, sizeof(buf), f)) {
+                char *rp = strrchr(buf, ')');
+
+                if (rp && sscanf(rp + 2, "%c %d", state, &pp) == 2) {
+                        *ppid = (pid_t)pp;
+                        r = 0;
+                }
+        }
+        fclose(f);
+        return r;
+}
+
+/* The children of parent (zombies only, if zombies): their pids into out, at most cap.
+ * Returns how many were stored, or with out NULL how many there are. */
+static inline size_t children_of(pid_t parent, bool zombies, pid_t *out, size_t cap)
 {
         DIR *d = opendir("/proc");
-        int n = 0;
+        size_t n = 0;
 
         ck_assert_ptr_nonnull(d);
         for (struct dirent *e; (e = readdir(d));) {
-                char path[300], buf[512], state;
-                int ppid;
-                FILE *f;
+                pid_t pid = (pid_t)atoi(e->d_name), ppid;
+                char state;
 
-                if (e->d_name[0] < '0' || e->d_name[0] > '9')
+                if (pid <= 0 || proc_stat(pid, &state, &ppid) < 0 || ppid != parent ||
+                    (zombies && state != 'Z'))
                         continue;
-                snprintf(path, sizeof(path), "/proc/%s/stat", e->d_name);
-                if (!(f = fopen(path, "re")))
-                        continue;
-                if (fgets(buf, sizeof(buf), f)) {
-                        char *rp = strrchr(buf, ')');
-
-                        if (rp && sscanf(rp + 2, "%c %d", &state, &ppid) == 2 && ppid == parent &&
-                            state == 'Z')
-                                n++;
-                }
-                fclose(f);
+                if (n < cap)
+                        out[n] = pid;
+                n++;
         }
         closedir(d);
-        return n;
+        return out && n > cap ? cap : n;
+}
+
+/* Children of pid in state Z. */
+static inline int count_zombies(pid_t parent)
+{
+        return (int)children_of(parent, true, NULL, 0);
 }
 
 /* A raw connection, for speaking the protocol by hand. */

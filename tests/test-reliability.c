@@ -34,54 +34,12 @@ static long rss_kib(pid_t pid)
         return kib;
 }
 
-/* Children of parent (pids into out, at most cap); returns how many. */
-static size_t children_of(pid_t parent, pid_t *out, size_t cap)
-{
-        DIR *dir = opendir("/proc");
-        size_t n = 0;
-
-        ck_assert_ptr_nonnull(dir);
-        for (struct dirent *e; (e = readdir(dir));) {
-                char path[300], buf[512];
-                int ppid;
-                FILE *f;
-
-                if (e->d_name[0] < '0' || e->d_name[0] > '9')
-                        continue;
-                snprintf(path, sizeof(path), "/proc/%s/stat", e->d_name);
-                if (!(f = fopen(path, "re")))
-                        continue;
-                if (fgets(buf, sizeof(buf), f)) {
-                        char *rp = strrchr(buf, ')');
-                        char state;
-
-                        if (rp && sscanf(rp + 2, "%c %d", &state, &ppid) == 2 && ppid == parent &&
-                            n < cap)
-                                out[n++] = (pid_t)atoi(e->d_name);
-                }
-                fclose(f);
-        }
-        closedir(dir);
-        return n;
-}
-
 static pid_t parent_of(pid_t pid)
 {
-        char path[64], buf[512], state;
-        int ppid = -1;
-        FILE *f;
+        pid_t ppid;
+        char state;
 
-        snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-        if (!(f = fopen(path, "re")))
-                return -1;
-        if (fgets(buf, sizeof(buf), f)) {
-                char *rp = strrchr(buf, ')');
-
-                if (!rp || sscanf(rp + 2, "%c %d", &state, &ppid) != 2)
-                        ppid = -1;
-        }
-        fclose(f);
-        return (pid_t)ppid;
+        return proc_stat(pid, &state, &ppid) < 0 ? -1 : ppid;
 }
 
 /* Polls the daemon until its books show no worker and only our connection. */
@@ -469,7 +427,7 @@ START_TEST(sigkill_daemon)
         ck_assert_int_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
         daemon_start(&d, NULL);
         fs = daemon_connect(&d);
-        nz = children_of(d.pid, zyg, 4);
+        nz = children_of(d.pid, false, zyg, 4);
         ck_assert_uint_eq(nz, daemon_stat(fs, "zygotes"));
         for (size_t i = 0; i < nz; i++)
                 ck_assert_int_ge(zfds[i] = pidfd_open(zyg[i], 0), 0);
@@ -592,7 +550,7 @@ START_TEST(out_of_fds)
         pid_t kids[32], zpids[4];
         size_t k = 0;
 
-        nz = children_of(d.pid, kids, 32);
+        nz = children_of(d.pid, false, kids, 32);
 
         for (size_t i = 0; i < nz; i++) {
                 bool worker = false;
@@ -688,7 +646,7 @@ START_TEST(out_of_processes)
         close(kf);
         ck_assert_msg(forkserver_connect(&o, &fs, &cwhy) == 0, "connect: %s", cwhy);
         unlink(mine);
-        nz = children_of(d.pid, zyg, 4);
+        nz = children_of(d.pid, false, zyg, 4);
         set_nproc(zyg, nz, 1); /* this uid already runs more than one process */
         ck_assert_int_eq(try_spawn(fs, &a, &w, why, sizeof(why)), -EAGAIN);
         ck_assert_msg(strstr(why, "out of processes"), "%s", why);

@@ -1,0 +1,100 @@
+#include "forkserver/helper.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/pidfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/fdpass.h"
+#include "common/proto.h"
+#include "common/util.h"
+
+#define START_TIMEOUT_MS 60000 /* library constructors, cuInit: slow, but not forever */
+
+static int await_start(const char *what, int sock, uint8_t *buf, size_t cap, size_t *len,
+                       char *err, size_t errlen)
+{
+        struct pollfd pf = {.fd = sock, .events = POLLIN};
+        struct fs_msg_error e;
+        struct fs_hdr h;
+        struct fs_buf p;
+        int fds[2], n, r;
+        size_t nfds;
+
+        if ((r = poll(&pf, 1, START_TIMEOUT_MS)) <= 0) {
+                snprintf(err, errlen, "the %s did not start within %d s", what,
+                         START_TIMEOUT_MS / 1000);
+                return r < 0 ? -errno : -ETIMEDOUT;
+        }
+        n = fs_fdpass_recv(sock, buf, cap, fds, 2, &nfds, 0);
+        if (n > 0)
+                fs_close_many(fds, nfds);
+        if (n <= 0 || fs_proto_parse_hdr(buf, (size_t)n, &h, &p) < 0) {
+                snprintf(err, errlen, "the %s failed to start", what);
+                return n < 0 ? n : -EIO;
+        }
+        if (h.type == FS_MSG_OK) {
+                *len = (size_t)n;
+                return 0;
+        }
+        if (h.type == FS_MSG_ERROR && fs_proto_parse_error(&p, &e, NULL) == 0) {
+                snprintf(err, errlen, "%s", e.reason);
+                return -(int)e.err;
+        }
+        snprintf(err, errlen, "the %s sent an unexpected first message", what);
+        return -EPROTO;
+}
+
+int fsd_helper_start(const char *what, fsd_helper_main *fn, void *arg, uint8_t *ok, size_t okcap,
+                     size_t *ok_len, pid_t *ret_pid, int *ret_pidfd, int *ret_sock, char *err,
+                     size_t errlen)
+{
+        uint8_t buf[1024];
+        pid_t front = getpid(), pid;
+        int sv[2], pidfd = -1, r;
+        size_t len = 0;
+
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+                r = -errno;
+                snprintf(err, errlen, "socketpair: %s", strerror(-r));
+                return r;
+        }
+        if ((pid = fork()) < 0) {
+                r = -errno;
+                snprintf(err, errlen, "fork: %s", strerror(-r));
+                fs_close_many(sv, 2);
+                return r;
+        }
+        if (pid == 0) {
+                close(sv[0]);
+                fn(arg, sv[1], front);
+                _exit(1); /* not reached */
+        }
+        close(sv[1]);
+        if ((pidfd = pidfd_open(pid, 0)) < 0) {
+                r = -errno;
+                snprintf(err, errlen, "pidfd_open: %s", strerror(-r));
+        } else {
+                r = await_start(what, sv[0], ok ? ok : buf, ok ? okcap : sizeof(buf), &len, err,
+                                errlen);
+        }
+        if (r < 0) {
+                kill(pid, SIGKILL);
+                while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+                        ;
+                close(sv[0]);
+                fs_close(pidfd);
+                return r;
+        }
+        if (ok_len)
+                *ok_len = len;
+        *ret_pid = pid;
+        *ret_pidfd = pidfd;
+        *ret_sock = sv[0];
+        return 0;
+}

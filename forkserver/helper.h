@@ -1,0 +1,20 @@
+/* The front's helper processes (zygotes, the GPU broker): forked on a socketpair, they report
+ * OK or ERROR {REASON} as their first message. */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* What runs in the child: never returns. sock is its end; front is the forking process. */
+typedef void fsd_helper_main(void *arg, int sock, pid_t front);
+
+/*
+ * Forks a helper running fn(arg, ...) and waits up to 60 s for its first message. On OK,
+ * returns 0 with its pid, a pidfd for it, the front's end of the socketpair, and the OK
+ * message (header included) in ok[0..*ok_len) when ok is given. Otherwise the helper is
+ * killed and reaped, and the reason (its own, for an ERROR) is in err, prefixed by what.
+ */
+int fsd_helper_start(const char *what, fsd_helper_main *fn, void *arg, uint8_t *ok, size_t okcap,
+                     size_t *ok_len, pid_t *ret_pid, int *ret_pidfd, int *ret_sock, char *err,
+                     size_t errlen);
