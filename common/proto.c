@@ -128,6 +128,14 @@ void fs_msg_put_stat(struct fs_msgw *w, const char *name, uint64_t v)
                 put_or_fail(w, fs_buf_put_bytes(&w->b, name, n));
 }
 
+void fs_msg_begin_error(struct fs_msgw *w, void *mem, size_t cap, uint32_t id, int err,
+                        const char *reason)
+{
+        fs_msg_begin(w, mem, cap, FS_MSG_ERROR, id);
+        fs_msg_put_u32(w, FS_F_ERRNO, (uint32_t)(err < 0 ? -err : err));
+        fs_msg_put_str(w, FS_F_REASON, reason);
+}
+
 void fs_msg_put_gpu(struct fs_msgw *w, uint32_t device, uint64_t size)
 {
         put_field(w, FS_F_GPU, 12);

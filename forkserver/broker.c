@@ -2,13 +2,11 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/pidfd.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -56,9 +54,7 @@ static int reply_error(struct broker *b, uint32_t id, int err, const char *fmt, 
         va_start(ap, fmt);
         vsnprintf(reason, sizeof(reason), fmt, ap);
         va_end(ap);
-        fs_msg_begin(&w, b->out, sizeof(b->out), FS_MSG_ERROR, id);
-        fs_msg_put_u32(&w, FS_F_ERRNO, (uint32_t)(err < 0 ? -err : err));
-        fs_msg_put_str(&w, FS_F_REASON, reason);
+        fs_msg_begin_error(&w, b->out, sizeof(b->out), id, err, reason);
         if ((n = fs_msg_finish(&w)) < 0)
                 return n;
         return fs_fdpass_send(b->sock, b->out, (size_t)n, NULL, 0, 0);
@@ -194,11 +190,10 @@ static __attribute__((noreturn)) void broker_main(const int *ordinals, size_t n,
                 _exit(1);
         b.sock = BROKER_SOCK_FD;
         r = setup(&b, ordinals, n, err, sizeof(err));
-        fs_msg_begin(&w, b.out, sizeof(b.out), r < 0 ? FS_MSG_ERROR : FS_MSG_OK, 0);
         if (r < 0) {
-                fs_msg_put_u32(&w, FS_F_ERRNO, (uint32_t)-r);
-                fs_msg_put_str(&w, FS_F_REASON, err);
+                fs_msg_begin_error(&w, b.out, sizeof(b.out), 0, r, err);
         } else {
+                fs_msg_begin(&w, b.out, sizeof(b.out), FS_MSG_OK, 0);
                 fs_msg_put_stat(&w, "devices", b.ndev);
         }
         if ((m = fs_msg_finish(&w)) < 0 || fs_fdpass_send(b.sock, b.out, (size_t)m, NULL, 0, 0) < 0 ||

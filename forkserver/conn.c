@@ -155,9 +155,7 @@ void fsd_conn_send_error(struct fsd_server *s, struct fsd_conn *c, uint32_t id, 
         va_start(ap, fmt);
         vsnprintf(reason, sizeof(reason), fmt, ap);
         va_end(ap);
-        fs_msg_begin(&w, s->tx, sizeof(s->tx), FS_MSG_ERROR, id);
-        fs_msg_put_u32(&w, FS_F_ERRNO, (uint32_t)(err < 0 ? -err : err));
-        fs_msg_put_str(&w, FS_F_REASON, reason);
+        fs_msg_begin_error(&w, s->tx, sizeof(s->tx), id, err, reason);
         if ((n = fs_msg_finish(&w)) > 0)
                 (void)fsd_conn_send(s, c, s->tx, (size_t)n, NULL, 0);
 }
@@ -183,9 +181,8 @@ static void refuse_no_fds(struct fsd_server *s)
                 struct fs_msgw w;
                 int n;
 
-                fs_msg_begin(&w, s->tx, sizeof(s->tx), FS_MSG_ERROR, 0);
-                fs_msg_put_u32(&w, FS_F_ERRNO, EMFILE);
-                fs_msg_put_str(&w, FS_F_REASON, "server is out of file descriptors");
+                fs_msg_begin_error(&w, s->tx, sizeof(s->tx), 0, EMFILE,
+                                   "server is out of file descriptors");
                 if ((n = fs_msg_finish(&w)) > 0)
                         (void)fs_fdpass_send(fd, s->tx, (size_t)n, NULL, 0, MSG_DONTWAIT);
                 fd = fs_close(fd);

@@ -2,8 +2,6 @@
 
 #include <dlfcn.h>
 #include <errno.h>
-#include <poll.h>
-#include <sys/wait.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -81,10 +79,8 @@ static int reply_error(struct zygote *z, uint32_t id, uint32_t step, int err, co
 
         snprintf(reason, sizeof(reason), "%s%s%s: %s", step_name(step), what ? " " : "",
                  what ? what : "", strerror(err));
-        fs_msg_begin(&w, z->out, sizeof(z->out), FS_MSG_ERROR, id);
-        fs_msg_put_u32(&w, FS_F_ERRNO, (uint32_t)err);
+        fs_msg_begin_error(&w, z->out, sizeof(z->out), id, err, reason);
         fs_msg_put_u32(&w, FS_F_STEP, step);
-        fs_msg_put_str(&w, FS_F_REASON, reason);
         if (pid > 0)
                 fs_msg_put_u32(&w, FS_F_PID, (uint32_t)pid);
         if ((n = fs_msg_finish(&w)) < 0)
@@ -401,11 +397,10 @@ static void report_start(struct zygote *z, int r, const char *err)
         struct fs_msgw w;
         int n;
 
-        fs_msg_begin(&w, z->out, sizeof(z->out), r < 0 ? FS_MSG_ERROR : FS_MSG_OK, 0);
-        if (r < 0) {
-                fs_msg_put_u32(&w, FS_F_ERRNO, (uint32_t)-r);
-                fs_msg_put_str(&w, FS_F_REASON, err);
-        }
+        if (r < 0)
+                fs_msg_begin_error(&w, z->out, sizeof(z->out), 0, r, err);
+        else
+                fs_msg_begin(&w, z->out, sizeof(z->out), FS_MSG_OK, 0);
         if ((n = fs_msg_finish(&w)) > 0)
                 (void)fs_fdpass_send(z->sock, z->out, (size_t)n, NULL, 0, 0);
         if (r < 0)
