@@ -36,6 +36,7 @@ int fsd_gpu_start(struct fsd_server *s, char *err, size_t errlen)
         }
         g->enabled = g->up = true;
         g->generation++;
+        g->started_at = fs_now_ms();
         return 0;
 }
 
@@ -61,6 +62,19 @@ void fsd_gpu_stop(struct fsd_server *s)
         g->pid = 0;
 }
 
+/* Next attempt: 100 ms after the first failure, doubling to 10 s while they go on; a broker
+ * that had run for 10 s or more counts as a first failure again. */
+static void schedule_restart(struct fsd_gpu *g, int64_t now)
+{
+        if (g->started_at && now - g->started_at >= GPU_BACKOFF_MAX_MS)
+                g->backoff_ms = 0;
+        g->started_at = 0;
+        g->backoff_ms = g->backoff_ms ? g->backoff_ms * 2 : GPU_BACKOFF_MIN_MS;
+        if (g->backoff_ms > GPU_BACKOFF_MAX_MS)
+                g->backoff_ms = GPU_BACKOFF_MAX_MS;
+        g->restart_at = now + g->backoff_ms;
+}
+
 void fsd_gpu_exited(struct fsd_server *s)
 {
         struct fsd_gpu *g = &s->gpu;
@@ -76,10 +90,7 @@ void fsd_gpu_exited(struct fsd_server *s)
         g->pid = 0;
         if (s->stopping)
                 return;
-        g->backoff_ms = g->backoff_ms ? g->backoff_ms * 2 : GPU_BACKOFF_MIN_MS;
-        if (g->backoff_ms > GPU_BACKOFF_MAX_MS)
-                g->backoff_ms = GPU_BACKOFF_MAX_MS;
-        g->restart_at = fs_now_ms() + g->backoff_ms;
+        schedule_restart(g, fs_now_ms());
         fs_log(FS_LOG_ERROR, "GPU broker exited (code %d, status %d); restarting in %lld ms",
                si.si_code, si.si_status, (long long)g->backoff_ms);
 }
@@ -99,10 +110,7 @@ void fsd_gpu_tick(struct fsd_server *s, int64_t now, int64_t *next)
         /* The key page is wiped in any fork (MADV_WIPEONFORK), and the broker closes every
          * fd but its socket before it loads the driver. */
         if (fsd_gpu_start(s, err, sizeof(err)) < 0) {
-                g->enabled = true; /* keep trying */
-                g->backoff_ms = g->backoff_ms * 2 > GPU_BACKOFF_MAX_MS ? GPU_BACKOFF_MAX_MS
-                                                                       : g->backoff_ms * 2;
-                g->restart_at = now + g->backoff_ms;
+                schedule_restart(g, now);
                 fs_log(FS_LOG_ERROR, "GPU broker restart failed: %s", err);
                 return;
         }

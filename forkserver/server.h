@@ -175,7 +175,7 @@ struct fsd_gpu {
         unsigned ndev, restarts;
         uint32_t next_id;
         uint64_t generation;
-        int64_t restart_at, backoff_ms;
+        int64_t restart_at, backoff_ms, started_at;
         uint64_t leases, bytes; /* held by live workers */
 };
 
