@@ -8,31 +8,18 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#include <dirent.h>
 #include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "client/forkserver.h"
+#include "common/util.h"
 
 #define EXPORT __attribute__((visibility("default")))
 
 EXPORT int forkserver_preload_init(char *err, size_t errlen);
 EXPORT int forkserver_python_worker(const struct forkserver_worker *w);
-
-static int threads(void)
-{
-        DIR *d = opendir("/proc/self/task");
-        int n = 0;
-
-        if (!d)
-                return -1;
-        for (struct dirent *e; (e = readdir(d));)
-                n += e->d_name[0] != '.';
-        closedir(d);
-        return n;
-}
 
 /* The pending Python exception as text (its type and message), cleared. */
 static void exception_text(char *buf, size_t len)
@@ -53,7 +40,7 @@ static void exception_text(char *buf, size_t len)
 
 static int import(const char *name, char *err, size_t errlen)
 {
-        int before = threads();
+        int before = fs_count_dir("/proc/self/task");
         PyObject *m = PyImport_ImportModule(name);
 
         if (!m) {
@@ -64,7 +51,7 @@ static int import(const char *name, char *err, size_t errlen)
                 return -1;
         }
         Py_DECREF(m);
-        if (threads() != before) {
+        if (fs_count_dir("/proc/self/task") != before) {
                 snprintf(err, errlen, "--python-preload: importing %s started a thread, and "
                          "fork-mode workers need a single-threaded zygote (for numpy and other "
                          "BLAS users, set OPENBLAS_NUM_THREADS=1, OMP_NUM_THREADS=1 and "
