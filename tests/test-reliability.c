@@ -63,6 +63,16 @@ static bool pidfd_dead_within(int pidfd, int ms)
         return poll(&p, 1, ms) == 1;
 }
 
+/* A connection for a forked child of the test (no Check asserts there): NULL on failure. */
+static struct forkserver *child_connect(void)
+{
+        struct forkserver_options o = {.socket_path = d.sock, .key_file = d.key, .key_fd = -1};
+        struct forkserver *fs;
+        const char *why;
+
+        return forkserver_connect(&o, &fs, &why) < 0 ? NULL : fs;
+}
+
 /* ---- load ------------------------------------------------------------------------------ */
 
 #define LOAD_CLIENTS 8
@@ -77,16 +87,14 @@ static bool pidfd_dead_within(int pidfd, int ms)
 static void load_client(bool fork_mode)
 {
         static char lines[LOAD_SPAWNS * 8], seen[LOAD_SPAWNS];
-        struct forkserver_options o = {.socket_path = d.sock, .key_file = d.key, .key_fd = -1};
         const char *worker = getenv("LOADWORKER");
         char num[LOAD_WINDOW][16];
-        struct forkserver *fs;
-        const char *why;
+        struct forkserver *fs = child_connect();
         size_t len = 0;
         int p[2];
         ssize_t n;
 
-        if (forkserver_connect(&o, &fs, &why) < 0 || pipe2(p, O_CLOEXEC) < 0)
+        if (!fs || pipe2(p, O_CLOEXEC) < 0)
                 _exit(2);
         for (int done = 0; done < LOAD_SPAWNS;) {
                 int k = LOAD_SPAWNS - done < LOAD_WINDOW ? LOAD_SPAWNS - done : LOAD_WINDOW;
@@ -277,13 +285,10 @@ START_TEST(clients_killed_at_every_stage)
         /* mid-request: a spawn sent, killed before its reply */
         ck_assert_int_ge(kid = fork(), 0);
         if (kid == 0) {
-                struct forkserver_options o = {.socket_path = d.sock, .key_file = d.key,
-                                               .key_fd = -1};
-                struct forkserver *c;
-                const char *why;
+                struct forkserver *c = child_connect();
                 uint32_t t;
 
-                if (forkserver_connect(&o, &c, &why) < 0 || forkserver_spawn_submit(c, &a, &t) < 0)
+                if (!c || forkserver_spawn_submit(c, &a, &t) < 0)
                         _exit(1);
                 raise(SIGKILL);
         }
@@ -294,12 +299,9 @@ START_TEST(clients_killed_at_every_stage)
         ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
         ck_assert_int_ge(kid = fork(), 0);
         if (kid == 0) {
-                struct forkserver_options o = {.socket_path = d.sock, .key_file = d.key,
-                                               .key_fd = -1};
-                struct forkserver *c;
-                const char *why;
+                struct forkserver *c = child_connect();
 
-                if (forkserver_connect(&o, &c, &why) < 0)
+                if (!c)
                         _exit(1);
                 for (int i = 0; i < 5; i++) {
                         struct forkserver_proc *w;
