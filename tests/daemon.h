@@ -190,9 +190,10 @@ static inline void read_all_close(int fd, char *out, size_t cap)
 }
 
 /* Spawns a with its fd child_fd (and no other given fd) writing into a pipe, reads that to EOF,
- * waits; returns the wait status. */
-static inline int spawn_capture(struct forkserver *fs, const struct forkserver_spawn_args *a,
-                                int child_fd, char *out, size_t cap)
+ * waits; returns the wait status. The worker's handle goes to *keep if given, else is freed. */
+static inline int spawn_capture_keep(struct forkserver *fs, const struct forkserver_spawn_args *a,
+                                     int child_fd, char *out, size_t cap,
+                                     struct forkserver_proc **keep)
 {
         struct forkserver_spawn_args b = *a;
         struct forkserver_fd_map map[1];
@@ -207,8 +208,17 @@ static inline int spawn_capture(struct forkserver *fs, const struct forkserver_s
         close(p[1]);
         read_all_close(p[0], out, cap);
         ck_assert_int_eq(forkserver_wait(fs, w, &status), 0);
-        forkserver_proc_free(fs, w);
+        if (keep)
+                *keep = w;
+        else
+                forkserver_proc_free(fs, w);
         return status;
+}
+
+static inline int spawn_capture(struct forkserver *fs, const struct forkserver_spawn_args *a,
+                                int child_fd, char *out, size_t cap)
+{
+        return spawn_capture_keep(fs, a, child_fd, out, cap, NULL);
 }
 
 /* Spawns argv with stdout into a pipe; returns the wait status and the output. */

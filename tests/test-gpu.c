@@ -63,23 +63,8 @@ static int run_gpu_entry(struct forkserver *fs, const char *entry, const char *a
 {
         struct forkserver_spawn_args a = {.entry = entry, .arg = arg, .arglen = strlen(arg),
                                           .gpu = g, .ngpu = ng, .envp = leak_env};
-        struct forkserver_fd_map map = {1, -1};
-        struct forkserver_proc *w;
-        int p[2], st;
 
-        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
-        map.fd = p[1];
-        a.fds = &map;
-        a.nfds = 1;
-        ck_assert_msg(forkserver_spawn(fs, &a, &w) == 0, "spawn: %s", forkserver_error(fs));
-        close(p[1]);
-        read_all_close(p[0], out, cap);
-        ck_assert_int_eq(forkserver_wait(fs, w, &st), 0);
-        if (keep)
-                *keep = w;
-        else
-                forkserver_proc_free(fs, w);
-        return st;
+        return spawn_capture_keep(fs, &a, 1, out, cap, keep);
 }
 
 START_TEST(share_between_workers_and_client)
@@ -157,22 +142,13 @@ START_TEST(exec_mode_environment)
         char out[512], line[160], uuid[FORKSERVER_GPU_UUID_STR];
         const struct forkserver_gpu_buf *b;
         struct forkserver_proc *w;
-        int p[2], st;
+        int st;
 
         /* an exec'd worker finds the driver as any program does: here, the fake */
         snprintf(lib, sizeof(lib), "FORKSERVER_LIBCUDA=%s", env_or_die("FAKECUDA"));
         daemon_start(&d, gpu_args(NULL, NULL));
         fs = daemon_connect(&d);
-        struct forkserver_fd_map map = {1, -1};
-
-        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
-        map.fd = p[1];
-        a.fds = &map;
-        a.nfds = 1;
-        ck_assert_msg(forkserver_spawn(fs, &a, &w) == 0, "%s", forkserver_error(fs));
-        close(p[1]);
-        read_all_close(p[0], out, sizeof(out));
-        ck_assert_int_eq(forkserver_wait(fs, w, &st), 0);
+        st = spawn_capture_keep(fs, &a, 1, out, sizeof(out), &w);
         ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %#x: %s", st, out);
         /* fds just above the request's (1): 3 and 4, sizes rounded, the device's UUID */
         ck_assert_uint_eq(forkserver_proc_gpu(w, &b), 2);
