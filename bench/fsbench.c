@@ -661,17 +661,32 @@ static int series(const struct config *c, const struct method *all, int nall, co
         return 0;
 }
 
+/* "N,N,..." into out[8], each within [lo, hi]: the count, or -1. "" gives 0. */
+static int int_list(char *arg, int *out, int lo, int hi)
+{
+        int n = 0;
+
+        for (char *save, *t = strtok_r(arg, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+                if (n == 8 || (out[n] = atoi(t)) < lo || out[n] > hi)
+                        return -1;
+                n++;
+        }
+        return n;
+}
+
 int main(int argc, char **argv)
 {
         static const struct option opts[] = {
                 {"quick", no_argument, NULL, 'q'}, {"json", required_argument, NULL, 'j'},
                 {"reps", required_argument, NULL, 'r'}, {"methods", required_argument, NULL, 'm'},
                 {"totals", required_argument, NULL, 't'},
+                {"actives", required_argument, NULL, 'a'}, {"sizes", required_argument, NULL, 's'},
                 {"help", no_argument, NULL, 'h'}, {0}};
         char dir[] = "/tmp/fsbench-XXXXXX", static_prog[4096], exe[4096], libbench[4096];
         struct config c = {.reps = 5};
         const char *json = NULL;
-        int opt, totals_arg[8], ntot_arg = 0;
+        int opt, totals_arg[8], ntot_arg = 0, actives[8] = {1, 2, 8}, nact = 3;
+        int sizes[8] = {256, 1024}, nsizes = 2;
         pid_t daemon;
         ssize_t n;
 
@@ -685,16 +700,18 @@ int main(int argc, char **argv)
                 else if (opt == 'm')
                         c.only = optarg;
                 else if (opt == 't') {
-                        ntot_arg = 0;
-                        for (char *save, *t = strtok_r(optarg, ",", &save); t && ntot_arg < 8;
-                             t = strtok_r(NULL, ",", &save))
-                                if ((totals_arg[ntot_arg++] = atoi(t)) < 1 ||
-                                    totals_arg[ntot_arg - 1] > MAX_SAMPLES)
-                                        return 2;
-                }
-                else {
+                        if ((ntot_arg = int_list(optarg, totals_arg, 1, MAX_SAMPLES)) < 1)
+                                return 2;
+                } else if (opt == 'a') {
+                        if ((nact = int_list(optarg, actives, 1, 64)) < 1)
+                                return 2;
+                } else if (opt == 's') {
+                        if ((nsizes = int_list(optarg, sizes, 1, 4096)) < 0)
+                                return 2;
+                } else {
                         fprintf(stderr, "usage: fsbench [--quick] [--reps N] [--json FILE] "
-                                        "[--methods NAME,...] [--totals N,...]\n");
+                                        "[--methods NAME,...] [--totals N,...] "
+                                        "[--actives N,...] [--sizes MIB,...]\n");
                         return opt == 'h' ? 0 : 2;
                 }
         }
@@ -743,15 +760,14 @@ int main(int argc, char **argv)
                 {"fork_sized", "thp", "", run_raw},
         };
         const int totals_full[] = {256, 1024, 4096}, totals_quick[] = {128};
-        const int actives[] = {1, 2, 8}, sizes[] = {256, 1024};
         static struct result res[256];
         int nres = 0;
 
-        if (series(&c, methods, (int)FS_ARRAY_SIZE(methods), actives, 3,
+        if (series(&c, methods, (int)FS_ARRAY_SIZE(methods), actives, nact,
                    ntot_arg ? totals_arg : c.quick ? totals_quick : totals_full,
                    ntot_arg ? ntot_arg : c.quick ? 1 : 3, res, &nres) < 0)
                 goto fail;
-        for (int i = 0; i < 2; i++) {
+        for (int i = 0; i < nsizes; i++) {
                 const int two[] = {2}, total[] = {c.quick ? 32 : 256};
 
                 kill(daemon, SIGTERM);

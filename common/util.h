@@ -15,8 +15,11 @@ static inline int fs_close(int fd)
 {
         if (fd >= 0) {
                 int saved = errno;
-                close(fd); /* never retried on EINTR: the fd is gone either way */
-                errno = saved;
+
+                /* never retried on EINTR: the fd is gone either way. errno is written only
+                 * when close changed it (a zygote's every write after a fork costs a fault). */
+                if (close(fd) < 0)
+                        errno = saved;
         }
         return -1;
 }

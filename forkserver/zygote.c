@@ -28,6 +28,23 @@ struct preload {
         void *handle;
 };
 
+/* Everything one spawn writes, right above the child stack. A clone() write-protects every
+ * private page of ours, and each page we write afterwards costs a copy-on-write fault (and, on
+ * a machine with more than one CPU, a TLB shootdown): keeping a spawn's writes in these few
+ * pages, and our replies in a page the workers never get (MADV_WIPEONFORK), keeps that cost
+ * small. A fork-mode worker starts with its own copy of the area, so what it reads stays
+ * put while we take the next request. */
+struct spawn_area {
+        uint8_t stack_end[64]; /* clone() stores its function here: no page of its own */
+        struct fsd_child_plan plan;
+        struct fs_spawn sp;
+        int fds[FS_MAX_MSG_FDS + 1];
+        uint32_t targets[FS_MAX_MSG_FDS + 1];
+        /* the request, then its argv and envp pointers right after its last byte */
+        _Alignas(8) uint8_t data[FS_MAX_MSG + FS_SPAWN_PTRS * sizeof(char *) + 8];
+        char gpu_env[FS_MAX_GPU * 80 + 32];
+};
+
 struct zygote {
         const struct fsd_sandbox *sb;
         const struct fsd_profile *sandboxed;
@@ -36,13 +53,16 @@ struct zygote {
         int sock;
         int devnull;
         pid_t front;
-        uint8_t *stack_top;
-        uint8_t buf[FS_MAX_MSG];
-        uint8_t out[4096];
-        const char *ptrs[FS_SPAWN_PTRS];
-        struct forkserver_gpu_buf gpu[FS_MAX_GPU];
-        char gpu_env[FS_MAX_GPU * 80 + 32];
+        struct spawn_area *a; /* page-aligned; the child stack ends in a->stack_end */
+        struct {
+                char name[128];
+                void *fn;
+        } entries[32]; /* dlsym() takes the loader's lock, a write: look each up once */
+        unsigned nentries;
+        uint8_t *out;         /* OUT_SIZE bytes for our messages, not inherited */
 };
+
+#define OUT_SIZE 4096
 
 static const char *step_name(uint32_t step)
 {
@@ -79,7 +99,7 @@ static int reply_error(struct zygote *z, uint32_t id, uint32_t step, int err, co
 
         snprintf(reason, sizeof(reason), "%s%s%s: %s", step_name(step), what ? " " : "",
                  what ? what : "", strerror(err));
-        fs_msg_begin_error(&w, z->out, sizeof(z->out), id, err, reason);
+        fs_msg_begin_error(&w, z->out, OUT_SIZE, id, err, reason);
         fs_msg_put_u32(&w, FS_F_STEP, step);
         if (pid > 0)
                 fs_msg_put_u32(&w, FS_F_PID, (uint32_t)pid);
@@ -89,15 +109,26 @@ static int reply_error(struct zygote *z, uint32_t id, uint32_t step, int err, co
 }
 
 /* Finds SYMBOL of a preloaded LIBNAME for "LIBNAME:SYMBOL". */
-static void *find_entry(const struct zygote *z, const char *entry)
+static void *find_entry(struct zygote *z, const char *entry)
 {
         const char *colon = strchr(entry, ':');
+        size_t n = FS_ARRAY_SIZE(z->entries);
+        void *fn = NULL;
 
-        for (size_t i = 0; i < z->npreload; i++)
+        for (size_t i = 0; i < z->nentries && i < n; i++)
+                if (strcmp(z->entries[i].name, entry) == 0)
+                        return z->entries[i].fn;
+        for (size_t i = 0; i < z->npreload && !fn; i++)
                 if (strlen(z->preload[i].name) == (size_t)(colon - entry) &&
                     memcmp(z->preload[i].name, entry, (size_t)(colon - entry)) == 0)
-                        return dlsym(z->preload[i].handle, colon + 1);
-        return NULL;
+                        fn = dlsym(z->preload[i].handle, colon + 1);
+        if (fn && strlen(entry) < sizeof(z->entries[0].name)) {
+                size_t slot = z->nentries++ % n;
+
+                strcpy(z->entries[slot].name, entry);
+                z->entries[slot].fn = fn;
+        }
+        return fn;
 }
 
 /* Drops NAME=... entries of envp (NULL-terminated) in place. */
@@ -115,13 +146,15 @@ static void env_drop(const char **envp, const char *name)
 
 static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfds_in)
 {
-        int fds[FS_MAX_MSG_FDS + 1], chan[2] = {-1, -1}, out_fds[2];
-        uint32_t targets[FS_MAX_MSG_FDS + 1];
+        struct spawn_area *a = z->a;
+        struct fsd_child_plan *plan = &a->plan;
+        struct fs_spawn *sp = &a->sp;
+        int *fds = a->fds, chan[2] = {-1, -1}, out_fds[2];
+        uint32_t *targets = a->targets;
         void *entry = NULL;
         size_t nfds = nfds_in;
-        struct fsd_child_plan plan;
+        struct forkserver_gpu_buf gpu[FS_MAX_GPU];
         struct fsd_child_error ce;
-        struct fs_spawn sp;
         struct fs_hdr h;
         struct fs_buf p;
         struct fs_msgw w;
@@ -130,61 +163,63 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
         ssize_t got;
 
         /* The front validated this already; parse it again all the same, bounds-checked. */
-        if ((r = fs_proto_parse_hdr(z->buf, len, &h, &p)) < 0 || h.type != FS_MSG_SPAWN ||
-            (r = fs_proto_parse_spawn(&p, nfds, true, z->ptrs, FS_ARRAY_SIZE(z->ptrs), &sp, NULL)) < 0)
+        const char **ptrs = (const char **)(a->data + ((len + 7) & ~(size_t)7));
+
+        if ((r = fs_proto_parse_hdr(a->data, len, &h, &p)) < 0 || h.type != FS_MSG_SPAWN ||
+            (r = fs_proto_parse_spawn(&p, nfds, true, ptrs, FS_SPAWN_PTRS, sp, NULL)) < 0)
                 return reply_error(z, h.id, FS_STEP_CLONE, EBADMSG, "request", 0, -1);
-        if (sp.entry && !(entry = find_entry(z, sp.entry)))
-                return reply_error(z, h.id, FS_STEP_ENTRY, ENOENT, sp.entry, 0, -1);
+        if (sp->entry && !(entry = find_entry(z, sp->entry)))
+                return reply_error(z, h.id, FS_STEP_ENTRY, ENOENT, sp->entry, 0, -1);
         memcpy(fds, fds_in, nfds * sizeof(int));
-        memcpy(targets, sp.child_fd, sp.nfds * sizeof(uint32_t));
+        memcpy(targets, sp->child_fd, sp->nfds * sizeof(uint32_t));
         /* GPU buffers take the numbers just above every other fd of the worker */
-        uint32_t base = (sp.flags & FS_SPAWN_CHANNEL) ? FS_CHANNEL_FD + 1 : 3;
+        uint32_t base = (sp->flags & FS_SPAWN_CHANNEL) ? FS_CHANNEL_FD + 1 : 3;
 
-        for (size_t i = 0; i < sp.nfds; i++)
-                if (sp.child_fd[i] + 1 > base)
-                        base = sp.child_fd[i] + 1;
-        if (sp.ngpu && base + sp.ngpu - 1 > FS_MAX_CHILD_FD)
+        for (size_t i = 0; i < sp->nfds; i++)
+                if (sp->child_fd[i] + 1 > base)
+                        base = sp->child_fd[i] + 1;
+        if (sp->ngpu && base + sp->ngpu - 1 > FS_MAX_CHILD_FD)
                 return reply_error(z, h.id, FS_STEP_FDS, EMFILE, "GPU buffers", 0, -1);
-        for (size_t i = 0; i < sp.ngpu; i++) {
-                targets[sp.nfds + i] = base + (uint32_t)i;
-                z->gpu[i] = (struct forkserver_gpu_buf){.fd = (int)(base + i),
-                                                        .device = sp.gpu[i].device,
-                                                        .size = sp.gpu[i].size};
-                memcpy(z->gpu[i].uuid, sp.gpu[i].uuid, 16);
+        for (size_t i = 0; i < sp->ngpu; i++) {
+                targets[sp->nfds + i] = base + (uint32_t)i;
+                gpu[i] = (struct forkserver_gpu_buf){.fd = (int)(base + i),
+                                                     .device = sp->gpu[i].device,
+                                                     .size = sp->gpu[i].size};
+                memcpy(gpu[i].uuid, sp->gpu[i].uuid, 16);
         }
-        if (sp.ngpu && !sp.entry) { /* exec mode learns its buffers from the environment */
-                size_t at = (size_t)snprintf(z->gpu_env, sizeof(z->gpu_env), "FORKSERVER_GPU_FDS=");
+        if (sp->ngpu && !sp->entry) { /* exec mode learns its buffers from the environment */
+                size_t at = (size_t)snprintf(a->gpu_env, sizeof(a->gpu_env), "FORKSERVER_GPU_FDS=");
 
-                for (size_t i = 0; i < sp.ngpu && at < sizeof(z->gpu_env); i++) {
+                for (size_t i = 0; i < sp->ngpu && at < sizeof(a->gpu_env); i++) {
                         char uuid[FS_GPU_UUID_STR];
 
-                        fs_gpu_uuid_str(z->gpu[i].uuid, uuid);
-                        at += (size_t)snprintf(z->gpu_env + at, sizeof(z->gpu_env) - at,
-                                               "%s%d:%s:%llu", i ? "," : "", z->gpu[i].fd, uuid,
-                                               (unsigned long long)z->gpu[i].size);
+                        fs_gpu_uuid_str(gpu[i].uuid, uuid);
+                        at += (size_t)snprintf(a->gpu_env + at, sizeof(a->gpu_env) - at,
+                                               "%s%d:%s:%llu", i ? "," : "", gpu[i].fd, uuid,
+                                               (unsigned long long)gpu[i].size);
                 }
-                env_drop(sp.envp, "FORKSERVER_GPU_FDS");
-                for (sp.envc = 0; sp.envp[sp.envc]; sp.envc++)
+                env_drop(sp->envp, "FORKSERVER_GPU_FDS");
+                for (sp->envc = 0; sp->envp[sp->envc]; sp->envc++)
                         ;
-                sp.envp[sp.envc++] = z->gpu_env;
-                sp.envp[sp.envc] = NULL;
+                sp->envp[sp->envc++] = a->gpu_env;
+                sp->envp[sp->envc] = NULL;
         }
-        if (sp.flags & FS_SPAWN_CHANNEL) {
+        if (sp->flags & FS_SPAWN_CHANNEL) {
                 if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, chan) < 0)
                         return reply_error(z, h.id, FS_STEP_FDS, errno, "channel", 0, -1);
                 fds[nfds] = chan[1];
                 targets[nfds++] = FS_CHANNEL_FD;
-                if (!sp.entry) { /* exec mode learns its channel from the environment */
-                        env_drop(sp.envp, "FORKSERVER_CHANNEL_FD");
-                        for (sp.envc = 0; sp.envp[sp.envc]; sp.envc++)
+                if (!sp->entry) { /* exec mode learns its channel from the environment */
+                        env_drop(sp->envp, "FORKSERVER_CHANNEL_FD");
+                        for (sp->envc = 0; sp->envp[sp->envc]; sp->envc++)
                                 ;
-                        sp.envp[sp.envc++] = "FORKSERVER_CHANNEL_FD=3";
-                        sp.envp[sp.envc] = NULL;
+                        sp->envp[sp->envc++] = "FORKSERVER_CHANNEL_FD=3";
+                        sp->envp[sp->envc] = NULL;
                 }
         }
 
-        const struct fsd_profile *prof = sp.profile ? fsd_sandbox_find(z->sb, sp.profile)
-                                                    : z->sb->dflt;
+        const struct fsd_profile *prof = sp->profile ? fsd_sandbox_find(z->sb, sp->profile)
+                                                     : z->sb->dflt;
 
         if (!prof || pipe2(errpipe, O_CLOEXEC) < 0) {
                 r = prof ? errno : ENOENT;
@@ -192,30 +227,30 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
                 return reply_error(z, h.id, prof ? FS_STEP_CLONE : FS_STEP_SECCOMP, r,
                                    prof ? NULL : "profile", 0, -1);
         }
-        plan = (struct fsd_child_plan){
-                .path = sp.path,
-                .argv = (char *const *)sp.argv,
-                .envp = (char *const *)sp.envp,
-                .cwd = sp.cwd,
+        *plan = (struct fsd_child_plan){
+                .path = sp->path,
+                .argv = (char *const *)sp->argv,
+                .envp = (char *const *)sp->envp,
+                .cwd = sp->cwd,
                 .fds = fds,
                 .targets = targets,
                 .nfds = nfds,
                 .devnull = z->devnull,
                 .errpipe = errpipe[1],
                 .front = z->front,
-                .detached = sp.flags & FS_SPAWN_DETACH,
-                .newpgrp = sp.flags & FS_SPAWN_NEWPGRP,
-                .umask = sp.umask >= 0 ? sp.umask : 022,
-                .rlimits = sp.rlimits,
-                .nrlimits = sp.nrlimits,
+                .detached = sp->flags & FS_SPAWN_DETACH,
+                .newpgrp = sp->flags & FS_SPAWN_NEWPGRP,
+                .umask = sp->umask >= 0 ? sp->umask : 022,
+                .rlimits = sp->rlimits,
+                .nrlimits = sp->nrlimits,
                 .entry = (int (*)(const struct forkserver_worker *))entry,
-                .arg = sp.arg,
-                .arglen = sp.arglen,
+                .arg = sp->arg,
+                .arglen = sp->arglen,
                 .channel = chan[1] >= 0,
-                .nreq = sp.nfds,
-                .ngpu = sp.ngpu,
+                .nreq = sp->nfds,
+                .ngpu = sp->ngpu,
         };
-        memcpy(plan.gpu, z->gpu, sp.ngpu * sizeof(z->gpu[0]));
+        memcpy(plan->gpu, gpu, sp->ngpu * sizeof(gpu[0]));
         if (z->sandboxed) {
                 /* Our own filter is inherited: nothing to install per worker. */
                 if (prof != z->sandboxed) {
@@ -225,19 +260,16 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
                 }
         } else {
                 if (z->sb->min && z->sb->min != prof)
-                        plan.filters[plan.nfilters++] = &z->sb->min->prog;
+                        plan->filters[plan->nfilters++] = &z->sb->min->prog;
                 if (prof->prog.len)
-                        plan.filters[plan.nfilters++] = &prof->prog;
+                        plan->filters[plan->nfilters++] = &prof->prog;
         }
         /* posix_spawn's route: the child borrows our memory and we sleep until it execs,
-         * so the cost does not grow with our size. CLONE_PARENT makes it the front's child. */
-        if (entry)
-                /* fork mode: a copy of us runs the entry; we wait only for its set-up */
-                pid = clone(fsd_child_entry, z->stack_top, CLONE_PARENT | CLONE_PIDFD, &plan,
-                            &pidfd);
-        else
-                pid = clone(fsd_child_exec, z->stack_top,
-                            CLONE_VM | CLONE_VFORK | CLONE_PARENT | CLONE_PIDFD, &plan, &pidfd);
+         * so the cost does not grow with our size. CLONE_PARENT makes it the front's child.
+         * In fork mode a copy of us runs the entry; we wait only for its set-up. */
+        pid = clone(entry ? fsd_child_entry : fsd_child_exec, a->stack_end + sizeof(a->stack_end),
+                    CLONE_PARENT | CLONE_PIDFD | (entry ? 0 : CLONE_VM | CLONE_VFORK), plan,
+                    &pidfd);
         r = -errno;
         errpipe[1] = fs_close(errpipe[1]);
         chan[1] = fs_close(chan[1]);
@@ -253,8 +285,8 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
         while (got < 0 && errno == EINTR);
         errpipe[0] = fs_close(errpipe[0]);
         if (got == sizeof(ce)) {
-                const char *what = ce.step == FS_STEP_EXEC ? sp.path
-                                   : ce.step == FS_STEP_CHDIR ? sp.cwd
+                const char *what = ce.step == FS_STEP_EXEC ? sp->path
+                                   : ce.step == FS_STEP_CHDIR ? sp->cwd
                                                               : NULL;
 
                 r = reply_error(z, h.id, (uint32_t)ce.step, ce.err > 0 ? ce.err : EIO, what, pid,
@@ -263,7 +295,7 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
                 chan[0] = fs_close(chan[0]);
                 return r;
         }
-        fs_msg_begin(&w, z->out, sizeof(z->out), FS_MSG_SPAWNED, h.id);
+        fs_msg_begin(&w, z->out, OUT_SIZE, FS_MSG_SPAWNED, h.id);
         fs_msg_put_u64(&w, FS_F_WORKER, 0);
         fs_msg_put_u32(&w, FS_F_PID, (uint32_t)pid);
         out_fds[0] = pidfd;
@@ -367,12 +399,17 @@ static int zygote_setup(struct zygote *z, int sock)
                 return -errno;
         if ((z->devnull = open("/dev/null", O_RDWR | O_CLOEXEC)) < 0)
                 return -errno;
-        stack = mmap(NULL, CHILD_STACK_SIZE, PROT_READ | PROT_WRITE,
+        /* [guard page][child stack][struct spawn_area] */
+        stack = mmap(NULL, CHILD_STACK_SIZE + sizeof(struct spawn_area), PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
         if (stack == MAP_FAILED)
                 return -errno;
-        (void)mprotect(stack, 4096, PROT_NONE); /* guard page */
-        z->stack_top = stack + CHILD_STACK_SIZE;
+        (void)mprotect(stack, 4096, PROT_NONE);
+        z->a = (struct spawn_area *)(stack + CHILD_STACK_SIZE);
+        z->out = mmap(NULL, OUT_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (z->out == MAP_FAILED)
+                return -errno;
+        (void)madvise(z->out, OUT_SIZE, MADV_WIPEONFORK); /* only a saving: before 4.14, none */
         return 0;
 }
 
@@ -394,15 +431,16 @@ static int zygote_sandbox(struct zygote *z)
 /* The first message: OK, or ERROR with the reason start-up failed. */
 static void report_start(struct zygote *z, int r, const char *err)
 {
+        uint8_t out[1024]; /* set-up may have failed before z->out was there */
         struct fs_msgw w;
         int n;
 
         if (r < 0)
-                fs_msg_begin_error(&w, z->out, sizeof(z->out), 0, r, err);
+                fs_msg_begin_error(&w, out, sizeof(out), 0, r, err);
         else
-                fs_msg_begin(&w, z->out, sizeof(z->out), FS_MSG_OK, 0);
+                fs_msg_begin(&w, out, sizeof(out), FS_MSG_OK, 0);
         if ((n = fs_msg_finish(&w)) > 0)
-                (void)fs_fdpass_send(z->sock, z->out, (size_t)n, NULL, 0, 0);
+                (void)fs_fdpass_send(z->sock, out, (size_t)n, NULL, 0, 0);
         if (r < 0)
                 _exit(1);
 }
@@ -430,7 +468,7 @@ static __attribute__((noreturn)) void zygote_main(const struct fsd_sandbox *sb,
         for (;;) {
                 size_t nfds;
                 bool lost;
-                int n = fs_fdpass_recv_lossy(z.sock, z.buf, sizeof(z.buf), fds, FS_MAX_MSG_FDS,
+                int n = fs_fdpass_recv_lossy(z.sock, z.a->data, FS_MAX_MSG, fds, FS_MAX_MSG_FDS,
                                              &nfds, &lost, 0);
                 struct fs_hdr h;
 
@@ -439,7 +477,7 @@ static __attribute__((noreturn)) void zygote_main(const struct fsd_sandbox *sb,
                 if (n > 0 && lost) {
                         /* the front waits for an answer to this sequence number */
                         h.id = 0;
-                        (void)fs_proto_parse_hdr_only(z.buf, (size_t)n, &h);
+                        (void)fs_proto_parse_hdr_only(z.a->data, (size_t)n, &h);
                         if (reply_error(&z, h.id, FS_STEP_FDS, EMFILE,
                                         "(zygote out of file descriptors)", 0, -1) == -EPIPE)
                                 _exit(0);
