@@ -62,7 +62,8 @@ static int setup_child(const struct fsd_child_plan *p, bool close_now, int *errf
                 if (dup3(src[i], (int)p->targets[i], 0) < 0)
                         return -1;
         for (int fd = 0; fd <= 2; fd++)
-                if (!(keep[0] & (1ull << fd)) && dup3(devnull, fd, 0) < 0)
+                if (!(keep[0] & (1ull << fd)) && !(p->null_stdio & (1u << fd)) &&
+                    dup3(devnull, fd, 0) < 0)
                         return -1;
         /* Everything not asked for stays behind, even an fd a library leaked without
          * CLOEXEC; the error pipe goes last, at the very end. */
@@ -86,7 +87,8 @@ static int setup_child(const struct fsd_child_plan *p, bool close_now, int *errf
                 if (setpgid(0, 0) < 0)
                         return -1;
         }
-        umask((mode_t)p->umask);
+        if (p->umask >= 0)
+                umask((mode_t)p->umask);
 
         e->step = FS_STEP_RLIMIT;
         {

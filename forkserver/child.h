@@ -18,12 +18,13 @@ struct fsd_child_plan {
         const int *fds;        /* received fds ... */
         const uint32_t *targets; /* ... and the numbers they get in the worker */
         size_t nfds;
-        int devnull;           /* for stdio slots the request left empty */
+        int devnull;           /* for stdio slots the request left empty ... */
+        unsigned null_stdio;   /* ... but for those of fds 0-2 (bits) that already are */
         int errpipe;           /* write end: {step, errno} on failure; EOF means exec worked */
         pid_t front;           /* the parent a worker must have */
         bool detached;
         bool newpgrp;          /* setpgid(0, 0) */
-        int umask;
+        int umask;             /* -1: keep the parent's */
         const struct fs_rlimit *rlimits;
         size_t nrlimits;
         const struct sock_fprog *filters[2]; /* installed in order; both apply */

@@ -10,6 +10,7 @@
 #include <sys/pidfd.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <linux/seccomp.h>
 #include <sched.h>
 #include <sys/syscall.h>
@@ -22,6 +23,7 @@
 
 #define ZYGOTE_SOCK_FD 3
 #define CHILD_STACK_SIZE (128 * 1024)
+#define ZYGOTE_UMASK 022 /* the workers' default: a worker asking for it needs no umask() */
 
 struct preload {
         char name[128];
@@ -52,6 +54,7 @@ struct zygote {
         size_t npreload;
         int sock;
         int devnull;
+        unsigned null_stdio; /* which of our fds 0-2 are /dev/null (struct fsd_child_plan) */
         pid_t front;
         struct spawn_area *a; /* page-aligned; the child stack ends in a->stack_end */
         struct {
@@ -236,11 +239,12 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
                 .targets = targets,
                 .nfds = nfds,
                 .devnull = z->devnull,
+                .null_stdio = z->null_stdio,
                 .errpipe = errpipe[1],
                 .front = z->front,
                 .detached = sp->flags & FS_SPAWN_DETACH,
                 .newpgrp = sp->flags & FS_SPAWN_NEWPGRP,
-                .umask = sp->umask >= 0 ? sp->umask : 022,
+                .umask = sp->umask >= 0 && sp->umask != ZYGOTE_UMASK ? sp->umask : -1,
                 .rlimits = sp->rlimits,
                 .nrlimits = sp->nrlimits,
                 .entry = (int (*)(const struct forkserver_worker *))entry,
@@ -397,6 +401,7 @@ static int zygote_setup(struct zygote *z, int sock)
                         (void)sigaction(sig, &dfl, NULL);
         if (chdir("/") < 0)
                 return -errno;
+        umask(ZYGOTE_UMASK);
         if ((z->devnull = open("/dev/null", O_RDWR | O_CLOEXEC)) < 0)
                 return -errno;
         /* [guard page][child stack][struct spawn_area] */
@@ -410,6 +415,20 @@ static int zygote_setup(struct zygote *z, int sock)
         if (z->out == MAP_FAILED)
                 return -errno;
         (void)madvise(z->out, OUT_SIZE, MADV_WIPEONFORK); /* only a saving: before 4.14, none */
+        return 0;
+}
+
+/* Our stdin and stdout become /dev/null, the workers' default, once the preloaded libraries
+ * have had their say: a worker then has them without a dup3. Our stderr stays the daemon's,
+ * for whatever a sanitizer may have to say. */
+static int zygote_stdio(struct zygote *z)
+{
+        fflush(stdout);
+        for (int fd = 0; fd <= 1; fd++) {
+                if (dup3(z->devnull, fd, 0) < 0)
+                        return -errno;
+                z->null_stdio |= 1u << fd;
+        }
         return 0;
 }
 
@@ -462,6 +481,8 @@ static __attribute__((noreturn)) void zygote_main(const struct fsd_sandbox *sb,
         r = zygote_setup(&z, sock);
         if (r >= 0)
                 r = preload_all(&z, preload, npreload, err, sizeof(err));
+        if (r >= 0)
+                r = zygote_stdio(&z);
         if (r >= 0)
                 r = zygote_sandbox(&z);
         report_start(&z, r, err);
