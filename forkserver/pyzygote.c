@@ -21,6 +21,8 @@
 EXPORT int forkserver_preload_init(char *err, size_t errlen);
 EXPORT int forkserver_python_worker(const struct forkserver_worker *w);
 
+static PyObject *worker_main; /* forkserver.worker.main, looked up once */
+
 /* The pending Python exception as text (its type and message), cleared. */
 static void exception_text(char *buf, size_t len)
 {
@@ -88,6 +90,11 @@ int forkserver_preload_init(char *err, size_t errlen)
         }
         if (import("forkserver.worker", err, errlen) < 0)
                 return -1;
+        if (!(worker_main = PyObject_GetAttrString(PyImport_AddModule("forkserver.worker"),
+                                                   "main"))) {
+                exception_text(err, errlen);
+                return -1;
+        }
         snprintf(copy, sizeof(copy), "%s", list ? list : "");
         for (char *m = strtok_r(copy, ",", &save); m; m = strtok_r(NULL, ",", &save))
                 if (*m && import(m, err, errlen) < 0)
@@ -104,19 +111,16 @@ int forkserver_preload_init(char *err, size_t errlen)
 
 int forkserver_python_worker(const struct forkserver_worker *w)
 {
-        PyObject *mod, *r;
+        PyObject *r;
         long rc = 1;
 
         PyOS_AfterFork_Child();
-        if (!(mod = PyImport_ImportModule("forkserver.worker")) ||
-            !(r = PyObject_CallMethod(mod, "main", "i", w->channel_fd))) {
+        if (!(r = PyObject_CallFunction(worker_main, "i", w->channel_fd))) {
                 PyErr_Print();
-                Py_XDECREF(mod);
                 return 1;
         }
         if (PyLong_Check(r))
                 rc = PyLong_AsLong(r);
         Py_DECREF(r);
-        Py_DECREF(mod);
         return (int)rc; /* the zygote's child exits with it; no interpreter tear-down */
 }

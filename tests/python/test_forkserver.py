@@ -24,6 +24,31 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PKG = os.path.normpath(os.path.join(HERE, "..", "..", "client", "python"))
 
 
+MAIN_SCRIPT = """
+import os, sys
+import forkserver
+import forkserver.pool
+
+def cube(x):
+    return x ** 3
+
+def where(_):
+    import __main__
+    return f"{__name__} {__main__.__name__} {__file__}", os.getpid()
+
+if __name__ == "__main__":
+    sock, key, mode, stale = sys.argv[1:5]
+    if stale:  # as if the workers ran another Python: they get no usable bytecode
+        forkserver.pool._main_code = lambda path: (b"????", b"")
+    with forkserver.Pool(2, maxtasksperchild=1, socket_path=sock, key_file=key,
+                         mode=mode) as p:
+        print(p.map(cube, range(6)))
+        text, pid = p.apply(where, (0,))
+        print(text)
+        print("other pids" if pid != os.getpid() else "same pid")
+"""
+
+
 class Daemon:
     """A forkserverd on a temporary socket, with a fresh key file."""
 
@@ -258,6 +283,24 @@ class PoolTests(unittest.TestCase):
                 pids = [p.apply(pooltasks.pid) for _ in range(6)]
                 self.assertEqual(len(set(pids)), 3)  # a new worker every 2 tasks
                 self.assertEqual(p.apply(pooltasks.init_seen), ["ready"])
+
+    def test_functions_of_the_main_script(self) -> None:
+        """A script's own functions reach the workers, the script compiled once by the
+        client; with bytecode the worker's Python does not take, the worker runs the file."""
+        script = os.path.join(self.zd.dir, "mainscript.py")
+        with open(script, "w") as f:
+            f.write(MAIN_SCRIPT)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([PKG, HERE]))
+        for d, mode in ((self.zd, "zygote"), (self.plain, "exec")):
+            for stale in ("", "stale"):
+                with self.subTest(mode=mode, stale=stale):
+                    r = subprocess.run([sys.executable, script, d.sock, d.key, mode, stale],
+                                       env=env, capture_output=True, text=True, timeout=60)
+                    self.assertEqual(r.returncode, 0, r.stderr)
+                    lines = r.stdout.splitlines()
+                    self.assertEqual(lines[0], "[0, 1, 8, 27, 64, 125]")
+                    self.assertEqual(lines[1], f"__mp_main__ __mp_main__ {script}")
+                    self.assertEqual(lines[2], "other pids")
 
     def test_thread_starting_module_refused(self) -> None:
         with self.assertRaises(RuntimeError) as cm:

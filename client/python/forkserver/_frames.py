@@ -11,7 +11,11 @@ FRAME = Channel.MAX_BYTES - 1  # one byte says whether more follows
 
 def send_obj(ch: Channel, obj: Any) -> None:
     """Sends obj as one pickle in as many frames as it needs ('C' more follows, 'F' last)."""
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    send_pickle(ch, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def send_pickle(ch: Channel, data: bytes) -> None:
+    """send_obj for an object pickled already."""
     for at in range(0, max(len(data), 1), FRAME):
         last = at + FRAME >= len(data)
         ch.send((b"F" if last else b"C") + data[at:at + FRAME])

@@ -362,6 +362,23 @@ class Client:
         entry="LIBNAME:SYMBOL" and arg bytes. stdio not given is /dev/null; fds maps worker fd
         numbers to your fds or files; env is the worker's whole environment (default: none);
         gpu lists (device, size) buffers. Raises SpawnError with the server's reason."""
+        return self._spawn_finish(self._spawn_send(
+            argv, entry=entry, arg=arg, env=env, cwd=cwd, stdin=stdin, stdout=stdout,
+            stderr=stderr, fds=fds, channel=channel, detach=detach,
+            new_process_group=new_process_group, profile=profile, rlimits=rlimits,
+            umask=umask, gpu=gpu), channel)
+
+    def _spawn_send(self, argv: Optional[Sequence[str]] = None, *, entry: Optional[str] = None,
+                    arg: bytes = b"", env: Optional[Mapping[str, str]] = None,
+                    cwd: Optional[str] = None, stdin: Optional[FdLike] = None,
+                    stdout: Optional[FdLike] = None, stderr: Optional[FdLike] = None,
+                    fds: Optional[Mapping[int, FdLike]] = None, channel: bool = False,
+                    detach: bool = False, new_process_group: bool = False,
+                    profile: Optional[str] = None,
+                    rlimits: Optional[Mapping[int, Tuple[int, int]]] = None,
+                    umask: Optional[int] = None,
+                    gpu: Sequence[Tuple[int, int]] = ()) -> int:
+        """spawn's first half: sends the request; its id for _spawn_finish."""
         if (argv is None) == (entry is None):
             raise ValueError("give argv (exec mode) or entry (fork mode)")
         w = P.Writer(P.SPAWN, self._id())
@@ -405,7 +422,16 @@ class Client:
             w.u32(P.F_UMASK, umask & 0o777)
         for dev, size in gpu:
             w.raw(P.F_GPU, struct.pack(">IQ", dev, size))
-        t, fields, rfds = self._reply(self._request(w, list(mapping.values())))
+        return self._request(w, list(mapping.values()))
+
+    def _spawn_done(self, mid: int) -> bool:
+        """Whether the reply to the spawn request mid is in (after _pump)."""
+        return mid in self._replies
+
+    def _spawn_finish(self, mid: int, channel: bool) -> Worker:
+        """spawn's second half: waits for the reply to request mid; the Worker, or
+        SpawnError."""
+        t, fields, rfds = self._reply(mid)
         if t == P.ERROR:
             _close_all(rfds)
             raise SpawnError(P.u(P.first(fields, P.F_ERRNO)),

@@ -11,7 +11,10 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import errno as errno_mod
+import importlib.util
+import marshal
 import os
+import pickle
 import queue
 import select
 import sys
@@ -20,7 +23,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from . import client as C
-from ._frames import recv_obj, send_obj
+from ._frames import recv_obj, send_obj, send_pickle
 
 __all__ = ["Pool", "Executor", "AsyncResult", "WorkerLostError", "RemoteTraceback"]
 
@@ -71,7 +74,6 @@ class _Core:
         if maxtasksperchild is not None and maxtasksperchild < 1:
             raise ValueError("maxtasksperchild must be a positive int or None")
         self.n = processes or os.cpu_count() or 1
-        self.initializer, self.initargs = initializer, initargs
         self.maxtasks, self.profile = maxtasksperchild, profile
         self.client = C.connect(**connect_kwargs)
         self.mode = mode
@@ -82,43 +84,65 @@ class _Core:
         self.next_id = 0
         self.closing = self.terminating = self.finished = False
         self.error: Optional[BaseException] = None
-        self.setup = (list(sys.path), *_main_module(), os.getcwd())
+        name, path = _main_module()
+        # the same two messages start every worker: pickled once
+        self.setup_blob = pickle.dumps((list(sys.path), name, path, os.getcwd(),
+                                        _main_code(path)), pickle.HIGHEST_PROTOCOL)
+        self.init_blob = pickle.dumps((initializer, initargs, maxtasksperchild),
+                                      pickle.HIGHEST_PROTOCOL)
+        self.starting: Dict[int, str] = {}  # spawn requests in flight: id -> "zygote"/"exec"
         self._start_first()  # errors (no daemon, bad profile) reach the constructor's caller
         self.thread = threading.Thread(target=self._run, name="forkserver-pool", daemon=True)
         self.thread.start()
 
     # -- starting workers --
 
-    def _spawn(self) -> C.Worker:
+    def _start_worker(self) -> None:
+        """Asks the daemon for a worker; it joins the pool when the answer comes (_started),
+        and the engine goes on meanwhile."""
+        mode = "exec" if self.mode == "exec" else "zygote"
         env = {k: v for k, v in os.environ.items()
                if k.startswith(("PYTHON", "LANG", "LC_", "HOME", "PATH", "FAKECUDA",
                                 "FORKSERVER_LIBCUDA", "OPENBLAS", "OMP_", "MKL_"))}
-        if self.mode in ("auto", "zygote"):
-            try:
-                return self.client.spawn(entry=ZYGOTE_ENTRY, env=env, channel=True,
-                                         profile=self.profile, stdout=1, stderr=2)
-            except C.SpawnError as e:
-                if self.mode == "zygote" or e.errno not in (errno_mod.EPERM, errno_mod.ENOENT):
-                    raise
-                self.mode = "exec"  # no Python zygote in this server
-        pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = os.pathsep.join([pkg] + ([env["PYTHONPATH"]]
-                                                     if env.get("PYTHONPATH") else []))
-        return self.client.spawn([sys.executable, "-m", "forkserver.worker"], env=env,
-                                 channel=True, profile=self.profile, stdout=1, stderr=2)
+        if mode == "zygote":
+            mid = self.client._spawn_send(entry=ZYGOTE_ENTRY, env=env, channel=True,
+                                          profile=self.profile, stdout=1, stderr=2)
+        else:
+            pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            env["PYTHONPATH"] = os.pathsep.join([pkg] + ([env["PYTHONPATH"]]
+                                                         if env.get("PYTHONPATH") else []))
+            mid = self.client._spawn_send([sys.executable, "-m", "forkserver.worker"], env=env,
+                                          channel=True, profile=self.profile, stdout=1,
+                                          stderr=2)
+        self.starting[mid] = mode
 
-    def _add_worker(self) -> None:
-        w = self._spawn()
+    def _started(self, mid: int) -> None:
+        """Takes the daemon's answer to the spawn request mid (waiting for it if need be)."""
+        mode = self.starting.pop(mid)
         try:
-            send_obj(w.channel, self.setup)  # type: ignore[arg-type]
-            send_obj(w.channel, (self.initializer, self.initargs, self.maxtasks))  # type: ignore
+            w = self.client._spawn_finish(mid, True)
+        except C.SpawnError as e:
+            if mode == "zygote" and self.mode == "auto" and \
+                    e.errno in (errno_mod.EPERM, errno_mod.ENOENT):
+                self.mode = "exec"  # no Python zygote in this server
+                self._start_worker()
+                return
+            raise
+        try:
+            send_pickle(w.channel, self.setup_blob)  # type: ignore[arg-type]
+            send_pickle(w.channel, self.init_blob)  # type: ignore[arg-type]
         except OSError:
             pass  # it died at once: found at its EOF like any other death
         self.slots.append(_Slot(w))
 
+    def _started_all(self) -> None:
+        while self.starting:
+            self._started(next(iter(self.starting)))
+
     def _start_first(self) -> None:
         try:
-            self._add_worker()
+            self._start_worker()
+            self._started_all()
         except BaseException:
             self.client.close()
             os.close(self.wake_r)
@@ -192,8 +216,11 @@ class _Core:
         while True:
             with self.lock:
                 terminating, closing = self.terminating, self.closing
+            for mid in [m for m in self.starting if self.client._spawn_done(m)]:
+                self._started(mid)
             if terminating:
                 self._fail_all(RuntimeError("the pool was terminated"))
+                self._started_all()
                 for s in self.slots:
                     s.worker.kill()
                 for s in self.slots:
@@ -204,6 +231,7 @@ class _Core:
             self._assign()
             busy = any(s.task for s in self.slots)
             if closing and not busy and not self.pending:
+                self._started_all()
                 for s in self.slots:  # EOF on their channels: they exit 0
                     if s.worker.channel:
                         s.worker.channel.close()
@@ -233,8 +261,8 @@ class _Core:
         with self.lock:
             want = min(self.n, max(len(self.pending) + sum(1 for s in self.slots if s.task), 1))
         # a retiring worker (given its last task) is replaced at once, not at its exit
-        while sum(1 for s in self.slots if not s.retiring) < want:
-            self._add_worker()
+        while sum(1 for s in self.slots if not s.retiring) + len(self.starting) < want:
+            self._start_worker()
             want = min(want, self.n)
         for s in self.slots:
             if s.task or s.retiring or not s.worker.channel:
@@ -307,6 +335,21 @@ def _main_module() -> Tuple[Optional[str], Optional[str]]:
     if path and not path.endswith(("<stdin>", "<string>")):
         return None, os.path.abspath(path)
     return None, None
+
+
+def _main_code(path: Optional[str]) -> Optional[Tuple[bytes, bytes]]:
+    """The main script compiled once here, for every worker: (bytecode magic, marshalled
+    code). Compiling it again in each new worker would cost that worker more than its fork.
+    None when there is no script or it cannot be read or compiled (workers then run it from
+    its file, as multiprocessing does, and report what goes wrong there)."""
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            code = compile(f.read(), path, "exec", dont_inherit=True)
+        return importlib.util.MAGIC_NUMBER, marshal.dumps(code)
+    except (OSError, SyntaxError, ValueError):
+        return None
 
 
 class AsyncResult:

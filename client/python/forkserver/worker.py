@@ -13,20 +13,26 @@ maxtasks and exits after this reply.
 """
 from __future__ import annotations
 
+import importlib.util
+import marshal
 import os
 import pickle
+import runpy
 import sys
 import traceback
+import types
 from typing import Any, List, Tuple
 
 from ._frames import recv_obj, send_obj
 from .client import Channel
 
 def _setup_main(sys_path: List[str], main_name: str | None, main_path: str | None,
-                cwd: str | None) -> None:
+                cwd: str | None, main_code: Tuple[bytes, bytes] | None = None) -> None:
     """Makes the client's modules importable: its sys.path, and its main module as
     __mp_main__ (aliased to __main__) so that its functions unpickle. A package's __main__
-    (python -m pkg) is left alone, as multiprocessing leaves it."""
+    (python -m pkg) is left alone, as multiprocessing leaves it. A script comes compiled by
+    the client (main_code: bytecode magic, marshalled code) and runs as runpy.run_path would
+    run it; with another Python's bytecode, it is run from its file."""
     for p in reversed(sys_path):
         if p not in sys.path:
             sys.path.insert(0, p)
@@ -35,13 +41,26 @@ def _setup_main(sys_path: List[str], main_name: str | None, main_path: str | Non
             os.chdir(cwd)
         except OSError:
             pass
-    import runpy
-    import types
-
     if main_name:
         if main_name == "__main__" or main_name.endswith(".__main__"):
             return
         code = runpy.run_module(main_name, run_name="__mp_main__", alter_sys=False)
+    elif main_path and main_code and main_code[0] == importlib.util.MAGIC_NUMBER:
+        mod = types.ModuleType("__mp_main__")
+        mod.__dict__.update(__file__=main_path, __cached__=None, __loader__=None,
+                            __package__="", __spec__=None)
+        sys.modules["__mp_main__"] = mod
+        argv0 = sys.argv[0] if sys.argv else None
+        sys.argv[:1] = [main_path]
+        try:
+            exec(marshal.loads(main_code[1]), mod.__dict__)
+        except BaseException:
+            del sys.modules["__mp_main__"]
+            raise
+        finally:
+            sys.argv[:1] = [] if argv0 is None else [argv0]
+        sys.modules["__main__"] = mod
+        return
     elif main_path and os.path.exists(main_path):
         code = runpy.run_path(main_path, run_name="__mp_main__")
     else:
