@@ -37,7 +37,8 @@ struct preload {
  * small. A fork-mode worker starts with its own copy of the area, so what it reads stays
  * put while we take the next request. */
 struct spawn_area {
-        uint8_t stack_end[64]; /* clone() stores its function here: no page of its own */
+        uint8_t stack_end[64]; /* the child stack's top: glibc's clone() stores fn and arg here,
+                                * in a page we write anyway */
         struct fsd_child_plan plan;
         struct fs_spawn sp;
         int fds[FS_MAX_MSG_FDS + 1];
