@@ -275,6 +275,19 @@ START_TEST(child_hygiene)
         ck_assert_str_eq(out, "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
                               "NoNewPrivs:\t1\nSeccomp:\t2\nMax core file size 0 0 bytes \n0022\n");
 
+        /* stdio not given is /dev/null, whichever of the three is given */
+        a = (struct forkserver_spawn_args){0};
+        st = shell(fs, &a, "readlink /proc/self/fd/0 /proc/self/fd/2", out, sizeof(out));
+        ck_assert(EXITS(st, 0));
+        ck_assert_str_eq(out, "/dev/null\n/dev/null\n");
+        const char *to_err[] = {"/bin/sh", "-c",
+                                "x=$(readlink /proc/$$/fd/0 /proc/$$/fd/1); echo \"$x\" >&2",
+                                NULL};
+        a = (struct forkserver_spawn_args){.path = to_err[0], .argv = to_err};
+        st = spawn_capture(fs, &a, 2, out, sizeof(out));
+        ck_assert(EXITS(st, 0));
+        ck_assert_str_eq(out, "/dev/null\n/dev/null\n");
+
         /* rlimits, umask and a process group as asked */
         struct forkserver_rlimit rl[] = {{RLIMIT_NOFILE, 64, 64}, {RLIMIT_CORE, 4096, 8192}};
         a = (struct forkserver_spawn_args){.rlimits = rl, .nrlimits = 2,
