@@ -5,8 +5,9 @@ entry (forkserver_python_worker) in a fresh fork of an interpreter that already 
 what --python-preload named.
 
 Messages are pickles cut into channel-sized frames (see _frames). The first message is plain
-data: the client's sys.path, main module (name or path) and cwd, set up before anything
-else is unpickled, as multiprocessing does; then (initializer, initargs, maxtasks); then tasks
+data: the client's sys.path, main module (name or path), cwd and its main script compiled
+(bytecode magic, marshalled code, or None), set up before anything else is unpickled, as
+multiprocessing does; then (initializer, initargs, maxtasks); then tasks
 ("task", id, func, args, kwargs) until EOF. Replies: ("ok", id, value, last) or
 ("err", id, exception or None, traceback text, last); last is true when the worker reached
 maxtasks and exits after this reply.
