@@ -33,7 +33,7 @@ def run(method: str, tasks: int, processes: int, maxtasks: int | None) -> float:
     if method.startswith("forkserver-"):
         with forkserver.Pool(processes, maxtasksperchild=maxtasks,
                              mode=method.split("-", 1)[1]) as pool:
-            out = pool.map(task, range(tasks))
+            out = pool.map(task, range(tasks), chunksize=1)
     else:
         ctx = mp.get_context(method.split("-", 1)[1])
         with ctx.Pool(processes, maxtasksperchild=maxtasks) as pool:

@@ -46,3 +46,14 @@ def init(value):
 
 def init_seen(_=None):
     return list(INIT)
+
+
+def fail_on(x):
+    if x == 3:
+        raise ValueError(f"task failed on {x}")
+    return x
+
+
+def slow_pid(_=None):
+    time.sleep(0.05)
+    return os.getpid()

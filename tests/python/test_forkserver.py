@@ -226,6 +226,32 @@ class PoolTests(unittest.TestCase):
                 # large arguments and results cross in several channel frames
                 self.assertEqual(len(p.apply(pooltasks.big, (300_000,))), 300_000)
 
+    def test_chunks_as_multiprocessing(self) -> None:
+        items = list(range(23))
+        with multiprocessing.get_context("fork").Pool(2) as mp:
+            want = [mp.map(pooltasks.square, items, chunksize=c) for c in (None, 1, 5)]
+            want += [mp.starmap(pooltasks.add, [(i, 1) for i in items], chunksize=4),
+                     list(mp.imap(pooltasks.square, items, chunksize=6)),
+                     sorted(mp.imap_unordered(pooltasks.square, items, chunksize=6))]
+        with self.pool(2) as p:
+            got = [p.map(pooltasks.square, items, chunksize=c) for c in (None, 1, 5)]
+            got += [p.starmap(pooltasks.add, [(i, 1) for i in items], chunksize=4),
+                    list(p.imap(pooltasks.square, items, chunksize=6)),
+                    sorted(p.imap_unordered(pooltasks.square, items, chunksize=6))]
+            self.assertEqual(got, want)
+            # a chunk is one task: its items run in one worker, one after the other
+            self.assertEqual(len(set(p.map(pooltasks.slow_pid, range(8), chunksize=8))), 1)
+            self.assertEqual(len(set(p.map(pooltasks.slow_pid, range(8), chunksize=1))), 2)
+            # an item's exception fails its chunk, and so the map, as in multiprocessing
+            with self.assertRaises(ValueError) as cm:
+                p.map(pooltasks.fail_on, [1, 2, 3, 4], chunksize=2)
+            self.assertEqual(str(cm.exception), "task failed on 3")
+            with self.assertRaises(ValueError):
+                list(p.imap(pooltasks.fail_on, [1, 2, 3, 4], chunksize=3))
+            with self.assertRaises(ValueError):
+                p.map(pooltasks.square, items, chunksize=0)
+            self.assertEqual(p.map(pooltasks.square, [], chunksize=3), [])
+
     def test_exceptions_carry_the_remote_traceback(self) -> None:
         with self.pool(1) as p:
             with self.assertRaises(ValueError) as cm:

@@ -397,19 +397,32 @@ class _MapResult(AsyncResult):
         if n == 0:
             self._set(True, [])
 
-    def _part(self, i: int, ok: bool, value: Any) -> None:
+    def _part(self, i: int, ok: bool, values: Any) -> None:
+        """The results of items i, i+1, ... (a chunk's list), or the chunk's exception."""
         with self._lock:
             if self.ready():
                 return
             if not ok:
                 self._left = -1
-                final = (False, value)
+                final = (False, values)
             else:
-                self._values[i] = value
-                self._left -= 1
+                self._values[i:i + len(values)] = values
+                self._left -= len(values)
                 final = (True, self._values) if self._left == 0 else None
         if final:
             self._set(*final)
+
+
+def _run_chunk(func: Callable, argses: List[tuple]) -> list:
+    """Runs in a worker: one task for a chunk of map work, the chunk's results in order."""
+    return [func(*a) for a in argses]
+
+
+def _chunks(argses: List[tuple], size: int) -> Iterator[Tuple[int, List[tuple]]]:
+    if size < 1:
+        raise ValueError(f"chunksize must be 1 or more, not {size}")
+    for i in range(0, len(argses), size):
+        yield i, argses[i:i + size]
 
 
 class Pool:
@@ -453,36 +466,54 @@ class Pool:
     def map_async(self, func: Callable, iterable: Iterable, chunksize: Optional[int] = None,
                   callback: Optional[Callable] = None,
                   error_callback: Optional[Callable] = None) -> AsyncResult:
-        return self._map_async(func, [(x,) for x in iterable], callback, error_callback)
+        return self._map_async(func, [(x,) for x in iterable], chunksize, callback,
+                               error_callback)
 
     def starmap_async(self, func: Callable, iterable: Iterable, chunksize: Optional[int] = None,
                       callback: Optional[Callable] = None,
                       error_callback: Optional[Callable] = None) -> AsyncResult:
-        return self._map_async(func, [tuple(x) for x in iterable], callback, error_callback)
+        return self._map_async(func, [tuple(x) for x in iterable], chunksize, callback,
+                               error_callback)
 
-    def _map_async(self, func: Callable, argses: List[tuple], callback: Optional[Callable],
+    def _map_async(self, func: Callable, argses: List[tuple], chunksize: Optional[int],
+                   callback: Optional[Callable],
                    error_callback: Optional[Callable]) -> AsyncResult:
+        if chunksize is None:  # multiprocessing's choice: about 4 chunks per worker
+            chunksize = max(1, -(-len(argses) // (self._core.n * 4)))
         r = _MapResult(len(argses), callback, error_callback)
-        for i, a in enumerate(argses):
-            self._core.submit(func, a, {}, lambda ok, v, i=i: r._part(i, ok, v))
+        for i, chunk in _chunks(argses, chunksize):
+            self._submit_chunk(func, chunk, lambda ok, v, i=i: r._part(i, ok, v))
         return r
 
+    def _submit_chunk(self, func: Callable, chunk: List[tuple],
+                      done: Callable[[bool, Any], None]) -> None:
+        """A chunk as one task; done gets the list of its results. A chunk of one item is the
+        item's own task (its traceback shows no chunk runner)."""
+        if len(chunk) == 1:
+            self._core.submit(func, chunk[0], {}, lambda ok, v: done(ok, [v] if ok else v))
+        else:
+            self._core.submit(_run_chunk, (func, chunk), {}, done)
+
     def map(self, func: Callable, iterable: Iterable, chunksize: Optional[int] = None) -> list:
-        return self.map_async(func, iterable).get()
+        return self.map_async(func, iterable, chunksize).get()
 
     def starmap(self, func: Callable, iterable: Iterable,
                 chunksize: Optional[int] = None) -> list:
-        return self.starmap_async(func, iterable).get()
+        return self.starmap_async(func, iterable, chunksize).get()
 
     def imap(self, func: Callable, iterable: Iterable, chunksize: int = 1) -> Iterator:
-        results = [self.apply_async(func, (x,)) for x in iterable]
-        return (r.get() for r in results)
+        results = []
+        for _, chunk in _chunks([(x,) for x in iterable], chunksize):
+            r = AsyncResult()
+            self._submit_chunk(func, chunk, r._set)
+            results.append(r)
+        return (v for r in results for v in r.get())
 
     def imap_unordered(self, func: Callable, iterable: Iterable, chunksize: int = 1) -> Iterator:
         q: "queue.Queue[Tuple[bool, Any]]" = queue.Queue()
         n = 0
-        for x in iterable:
-            self._core.submit(func, (x,), {}, lambda ok, v: q.put((ok, v)))
+        for _, chunk in _chunks([(x,) for x in iterable], chunksize):
+            self._submit_chunk(func, chunk, lambda ok, v: q.put((ok, v)))
             n += 1
 
         def gen() -> Iterator:
@@ -490,7 +521,7 @@ class Pool:
                 ok, v = q.get()
                 if not ok:
                     raise v
-                yield v
+                yield from v
         return gen()
 
     def close(self) -> None:
