@@ -280,6 +280,11 @@ class PoolTests(unittest.TestCase):
                 f.result(10)
             self.assertEqual(list(ex.map(pooltasks.square, range(5))), [0, 1, 4, 9, 16])
             self.assertEqual(ex.submit(pooltasks.add, 1, b=2).result(10), 3)
+            self.assertEqual(list(ex.map(pooltasks.add, range(10), range(10), chunksize=3)),
+                             [2 * i for i in range(10)])
+            self.assertEqual(len(set(ex.map(pooltasks.slow_pid, range(6), chunksize=6))), 1)
+            with self.assertRaises(ValueError):
+                ex.map(pooltasks.square, range(3), chunksize=0)
 
     def test_terminate_with_tasks_in_flight(self) -> None:
         p = self.pool(2)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import errno as errno_mod
+import functools
 import importlib.util
+import itertools
 import marshal
 import os
 import pickle
@@ -569,6 +571,18 @@ class Executor(concurrent.futures.Executor):
                                 else v)
         self._pool._core.submit(fn, args, kwargs, done)
         return f
+
+    def map(self, fn: Callable, *iterables: Iterable, timeout: Optional[float] = None,
+            chunksize: int = 1) -> Iterator:
+        """As ProcessPoolExecutor.map: chunks of chunksize items, each one task."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if chunksize == 1:
+            return super().map(fn, *iterables, timeout=timeout)
+        args = list(zip(*iterables))
+        chunks = [args[i:i + chunksize] for i in range(0, len(args), chunksize)]
+        results = super().map(functools.partial(_run_chunk, fn), chunks, timeout=timeout)
+        return itertools.chain.from_iterable(results)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._shutdown = True
