@@ -56,6 +56,7 @@ static inline void make_key_file(const char *path)
 
 static inline void daemon_paths(struct daemon *d)
 {
+        (void)env_or_die("FORKSERVERD"); /* before there is a directory to leave behind */
         strcpy(d->dir, "/tmp/fs-test-XXXXXX");
         ck_assert_ptr_nonnull(mkdtemp(d->dir));
         snprintf(d->sock, sizeof(d->sock), "%s/s.sock", d->dir);
