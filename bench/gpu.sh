@@ -19,20 +19,6 @@ if [ "${1:-}" = --fake ]; then
         echo "driver: the fake (tests/fakecuda): device memory is host memory, so the timings"
         echo "        measure forkserver's path, not a GPU's"
 fi
-dir=$(mktemp -d /tmp/fs-gpu-XXXXXX)
-pid=
-cleanup() {
-        [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
-        rm -rf "$dir"
-}
-trap cleanup EXIT
-"$FORKCTL" keygen -o "$dir/key" 2>/dev/null
-mkfifo "$dir/ready"
-"$FORKSERVERD" --foreground --socket "$dir/s.sock" --key-file "$dir/key" --cuda \
-        --log-level warning --ready-fd 3 3>"$dir/ready" &
-pid=$!
-if ! read -r -t 60 line <"$dir/ready" || [ "$line" != READY ]; then
-        echo "gpu.sh: forkserverd --cuda did not start (see above)" >&2
-        exit 1
-fi
+. bench/daemon.sh
+bench_daemon gpu "$FORKSERVERD" --cuda
 "$GPUBENCH" --socket "$dir/s.sock" --key-file "$dir/key" "$@"
