@@ -202,43 +202,42 @@ class PoolTests(unittest.TestCase):
         d = self.zd if zygote else self.plain
         return forkserver.Pool(*args, socket_path=d.sock, key_file=d.key, **kw)
 
+    @staticmethod
+    def same_calls(p) -> tuple:
+        """The calls whose results must equal multiprocessing.Pool's, on pool p."""
+        return (p.map(pooltasks.square, range(50)),
+                p.starmap(pooltasks.add, [(i, i) for i in range(20)]),
+                list(p.imap(pooltasks.square, range(10))),
+                sorted(p.imap_unordered(pooltasks.square, range(10))),
+                p.apply(pooltasks.add, (2, 3)),
+                p.apply_async(pooltasks.square, (9,)).get(10),
+                p.map(pooltasks.square, []))
+
+    @staticmethod
+    def chunked_calls(p) -> list:
+        """The same with chunks: map by default chunks and given ones, starmap, imap(s)."""
+        items = list(range(23))
+        return [*(p.map(pooltasks.square, items, chunksize=c) for c in (None, 1, 5)),
+                p.starmap(pooltasks.add, [(i, 1) for i in items], chunksize=4),
+                list(p.imap(pooltasks.square, items, chunksize=6)),
+                sorted(p.imap_unordered(pooltasks.square, items, chunksize=6))]
+
     def test_results_equal_multiprocessing(self) -> None:
         with multiprocessing.get_context("fork").Pool(2) as mp:
-            want = (mp.map(pooltasks.square, range(50)),
-                    mp.starmap(pooltasks.add, [(i, i) for i in range(20)]),
-                    list(mp.imap(pooltasks.square, range(10))),
-                    sorted(mp.imap_unordered(pooltasks.square, range(10))),
-                    mp.apply(pooltasks.add, (2, 3)),
-                    mp.apply_async(pooltasks.square, (9,)).get(10),
-                    mp.map(pooltasks.square, []))
+            want = self.same_calls(mp)
         for zygote in (True, False):
             with self.subTest(zygote=zygote), self.pool(2, zygote=zygote) as p:
-                got = (p.map(pooltasks.square, range(50)),
-                       p.starmap(pooltasks.add, [(i, i) for i in range(20)]),
-                       list(p.imap(pooltasks.square, range(10))),
-                       sorted(p.imap_unordered(pooltasks.square, range(10))),
-                       p.apply(pooltasks.add, (2, 3)),
-                       p.apply_async(pooltasks.square, (9,)).get(10),
-                       p.map(pooltasks.square, []))
-                self.assertEqual(got, want)
+                self.assertEqual(self.same_calls(p), want)
                 self.assertEqual(p.mode, "zygote" if zygote else "exec")
                 self.assertNotIn(os.getpid(), p.map(pooltasks.pid, range(4)))
                 # large arguments and results cross in several channel frames
                 self.assertEqual(len(p.apply(pooltasks.big, (300_000,))), 300_000)
 
     def test_chunks_as_multiprocessing(self) -> None:
-        items = list(range(23))
         with multiprocessing.get_context("fork").Pool(2) as mp:
-            want = [mp.map(pooltasks.square, items, chunksize=c) for c in (None, 1, 5)]
-            want += [mp.starmap(pooltasks.add, [(i, 1) for i in items], chunksize=4),
-                     list(mp.imap(pooltasks.square, items, chunksize=6)),
-                     sorted(mp.imap_unordered(pooltasks.square, items, chunksize=6))]
+            want = self.chunked_calls(mp)
         with self.pool(2) as p:
-            got = [p.map(pooltasks.square, items, chunksize=c) for c in (None, 1, 5)]
-            got += [p.starmap(pooltasks.add, [(i, 1) for i in items], chunksize=4),
-                    list(p.imap(pooltasks.square, items, chunksize=6)),
-                    sorted(p.imap_unordered(pooltasks.square, items, chunksize=6))]
-            self.assertEqual(got, want)
+            self.assertEqual(self.chunked_calls(p), want)
             # a chunk is one task: its items run in one worker, one after the other
             self.assertEqual(len(set(p.map(pooltasks.slow_pid, range(8), chunksize=8))), 1)
             self.assertEqual(len(set(p.map(pooltasks.slow_pid, range(8), chunksize=1))), 2)
@@ -249,7 +248,7 @@ class PoolTests(unittest.TestCase):
             with self.assertRaises(ValueError):
                 list(p.imap(pooltasks.fail_on, [1, 2, 3, 4], chunksize=3))
             with self.assertRaises(ValueError):
-                p.map(pooltasks.square, items, chunksize=0)
+                p.map(pooltasks.square, range(23), chunksize=0)
             self.assertEqual(p.map(pooltasks.square, [], chunksize=3), [])
 
     def test_exceptions_carry_the_remote_traceback(self) -> None:
@@ -280,8 +279,9 @@ class PoolTests(unittest.TestCase):
                 f.result(10)
             self.assertEqual(list(ex.map(pooltasks.square, range(5))), [0, 1, 4, 9, 16])
             self.assertEqual(ex.submit(pooltasks.add, 1, b=2).result(10), 3)
-            self.assertEqual(list(ex.map(pooltasks.add, range(10), range(10), chunksize=3)),
-                             [2 * i for i in range(10)])
+            for c in (1, 3):  # iterators are read once
+                self.assertEqual(list(ex.map(pooltasks.add, iter(range(10)), iter(range(10)),
+                                             chunksize=c)), [2 * i for i in range(10)])
             self.assertEqual(len(set(ex.map(pooltasks.slow_pid, range(6), chunksize=6))), 1)
             with self.assertRaises(ValueError):
                 ex.map(pooltasks.square, range(3), chunksize=0)

@@ -575,12 +575,9 @@ class Executor(concurrent.futures.Executor):
     def map(self, fn: Callable, *iterables: Iterable, timeout: Optional[float] = None,
             chunksize: int = 1) -> Iterator:
         """As ProcessPoolExecutor.map: chunks of chunksize items, each one task."""
-        if chunksize < 1:
-            raise ValueError("chunksize must be >= 1.")
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)
-        args = list(zip(*iterables))
-        chunks = [args[i:i + chunksize] for i in range(0, len(args), chunksize)]
+        chunks = [c for _, c in _chunks(list(zip(*iterables)), chunksize)]  # < 1: ValueError
         results = super().map(functools.partial(_run_chunk, fn), chunks, timeout=timeout)
         return itertools.chain.from_iterable(results)
 
