@@ -1,6 +1,7 @@
 #include "common/proto.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 enum kind { K_NONE, K_U16, K_U32, K_U64, K_STR, K_B32, K_STAT, K_RLIM, K_BYTES, K_GPU, K_B16 };
@@ -129,8 +130,21 @@ void fs_msg_put_stat(struct fs_msgw *w, const char *name, uint64_t v)
 }
 
 void fs_msg_begin_error(struct fs_msgw *w, void *mem, size_t cap, uint32_t id, int err,
-                        const char *reason)
+                        const char *fmt, ...)
 {
+        va_list ap;
+
+        va_start(ap, fmt);
+        fs_msg_begin_verror(w, mem, cap, id, err, fmt, ap);
+        va_end(ap);
+}
+
+void fs_msg_begin_verror(struct fs_msgw *w, void *mem, size_t cap, uint32_t id, int err,
+                         const char *fmt, va_list ap)
+{
+        char reason[512];
+
+        vsnprintf(reason, sizeof(reason), fmt, ap);
         fs_msg_begin(w, mem, cap, FS_MSG_ERROR, id);
         fs_msg_put_u32(w, FS_F_ERRNO, (uint32_t)(err < 0 ? -err : err));
         fs_msg_put_str(w, FS_F_REASON, reason);

@@ -5,6 +5,7 @@
  */
 #pragma once
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -227,9 +228,12 @@ int fs_proto_parse_lease(struct fs_buf *p, struct fs_msg_lease *ret, const char 
 int fs_proto_parse_gpu_alloc(struct fs_buf *p, struct fs_gpu_buf *ret, const char **ret_why);
 int fs_proto_parse_gpu_free(struct fs_buf *p, uint64_t *ret_lease, const char **ret_why);
 void fs_msg_put_gpu(struct fs_msgw *w, uint32_t device, uint64_t size);
-/* Begins ERROR {ERRNO = |err|, REASON}; more fields may follow before fs_msg_finish(). */
+/* Begins ERROR {ERRNO = |err|, REASON as printf formats it (at most 511 bytes)}; more fields
+ * may follow before fs_msg_finish(). */
 void fs_msg_begin_error(struct fs_msgw *w, void *mem, size_t cap, uint32_t id, int err,
-                        const char *reason);
+                        const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+void fs_msg_begin_verror(struct fs_msgw *w, void *mem, size_t cap, uint32_t id, int err,
+                         const char *fmt, va_list ap) __attribute__((format(printf, 6, 0)));
 /* "LIBNAME:SYMBOL": a file-name-like library name and a C identifier. */
 bool fs_proto_entry_ok(const char *e);
 /* Calls fn for each STAT field; stops at the first negative return. */

@@ -46,15 +46,13 @@ static int reply_error(struct broker *b, uint32_t id, int err, const char *fmt, 
 
 static int reply_error(struct broker *b, uint32_t id, int err, const char *fmt, ...)
 {
-        char reason[256];
         struct fs_msgw w;
         va_list ap;
         int n;
 
         va_start(ap, fmt);
-        vsnprintf(reason, sizeof(reason), fmt, ap);
+        fs_msg_begin_verror(&w, b->out, sizeof(b->out), id, err, fmt, ap);
         va_end(ap);
-        fs_msg_begin_error(&w, b->out, sizeof(b->out), id, err, reason);
         if ((n = fs_msg_finish(&w)) < 0)
                 return n;
         return fs_fdpass_send(b->sock, b->out, (size_t)n, NULL, 0, 0);
@@ -191,7 +189,7 @@ static __attribute__((noreturn)) void broker_main(const int *ordinals, size_t n,
         b.sock = BROKER_SOCK_FD;
         r = setup(&b, ordinals, n, err, sizeof(err));
         if (r < 0) {
-                fs_msg_begin_error(&w, b.out, sizeof(b.out), 0, r, err);
+                fs_msg_begin_error(&w, b.out, sizeof(b.out), 0, r, "%s", err);
         } else {
                 fs_msg_begin(&w, b.out, sizeof(b.out), FS_MSG_OK, 0);
                 fs_msg_put_stat(&w, "devices", b.ndev);

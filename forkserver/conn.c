@@ -147,15 +147,13 @@ static void flush(struct fsd_server *s, struct fsd_conn *c)
 void fsd_conn_send_error(struct fsd_server *s, struct fsd_conn *c, uint32_t id, int err,
                          const char *fmt, ...)
 {
-        char reason[512];
         struct fs_msgw w;
         va_list ap;
         int n;
 
         va_start(ap, fmt);
-        vsnprintf(reason, sizeof(reason), fmt, ap);
+        fs_msg_begin_verror(&w, s->tx, sizeof(s->tx), id, err, fmt, ap);
         va_end(ap);
-        fs_msg_begin_error(&w, s->tx, sizeof(s->tx), id, err, reason);
         if ((n = fs_msg_finish(&w)) > 0)
                 (void)fsd_conn_send(s, c, s->tx, (size_t)n, NULL, 0);
 }

@@ -97,13 +97,11 @@ static const char *step_name(uint32_t step)
 static int reply_error(struct zygote *z, uint32_t id, uint32_t step, int err, const char *what,
                        pid_t pid, int pidfd)
 {
-        char reason[512];
         struct fs_msgw w;
         int n;
 
-        snprintf(reason, sizeof(reason), "%s%s%s: %s", step_name(step), what ? " " : "",
-                 what ? what : "", strerror(err));
-        fs_msg_begin_error(&w, z->out, OUT_SIZE, id, err, reason);
+        fs_msg_begin_error(&w, z->out, OUT_SIZE, id, err, "%s%s%s: %s", step_name(step),
+                           what ? " " : "", what ? what : "", strerror(err));
         fs_msg_put_u32(&w, FS_F_STEP, step);
         if (pid > 0)
                 fs_msg_put_u32(&w, FS_F_PID, (uint32_t)pid);
@@ -456,7 +454,7 @@ static void report_start(struct zygote *z, int r, const char *err)
         int n;
 
         if (r < 0)
-                fs_msg_begin_error(&w, out, sizeof(out), 0, r, err);
+                fs_msg_begin_error(&w, out, sizeof(out), 0, r, "%s", err);
         else
                 fs_msg_begin(&w, out, sizeof(out), FS_MSG_OK, 0);
         if ((n = fs_msg_finish(&w)) > 0)
