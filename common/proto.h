@@ -101,7 +101,8 @@ enum fs_spawn_step {
         FS_STEP_PGRP = 7,
         FS_STEP_SECCOMP = 8,
         FS_STEP_ENTRY = 9,
-        FS_STEP_MAX_ = FS_STEP_ENTRY,
+        FS_STEP_LANDLOCK = 10,
+        FS_STEP_MAX_ = FS_STEP_LANDLOCK,
 };
 
 struct fs_hdr {

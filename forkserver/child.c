@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "common/proto.h"
+#include "forkserver/landlock.h"
 
 /* Moves fd above floor unless it already is; -1 on failure. */
 static int lift_child(int fd, int floor)
@@ -40,6 +41,15 @@ static int setup_child(const struct fsd_child_plan *p, bool close_now, int *errf
                         errno = ESRCH;
                         return -1;
                 }
+        }
+
+        /* A domain of our own, made by this call: no sibling, zygote or front shares it. It
+         * judges paths when they are opened, so what is left to do below is not affected. */
+        if (p->landlock_fd >= 0) {
+                e->step = FS_STEP_LANDLOCK;
+                if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 ||
+                    fsd_landlock_restrict_child(p->landlock_fd) < 0)
+                        return -1;
         }
 
         e->step = FS_STEP_FDS;

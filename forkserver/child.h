@@ -27,6 +27,7 @@ struct fsd_child_plan {
         int umask;             /* -1: keep the parent's */
         const struct fs_rlimit *rlimits;
         size_t nrlimits;
+        int landlock_fd;       /* ruleset for a Landlock domain of the worker's own; -1: none */
         const struct sock_fprog *filters[2]; /* installed in order; both apply */
         size_t nfilters;
         /* fork mode */

@@ -29,7 +29,8 @@ static const char usage_text[] =
         "                   [--preload LIB]... [--cuda[=auto]] [--cuda-devices LIST]\n"
         "                   [--cuda-quota SIZE] [--cuda-conn-quota SIZE]\n"
         "                   [--python-preload MODULES]\n"
-        "                   [--ready-fd N] [--log-level LEVEL] [--foreground]\n"
+        "                   [--require-landlock] [--ready-fd N] [--log-level LEVEL]\n"
+        "                   [--foreground]\n"
         "\n"
         "Creates worker processes for authenticated local clients.\n"
         "\n"
@@ -48,6 +49,9 @@ static const char usage_text[] =
         "  --allow-profile LIST    profiles clients may ask for, comma-separated\n"
         "                          (default: default,strict; requests naming none get default)\n"
         "  --profile-dir DIR       load more profiles from DIR/NAME.profile\n"
+        "  --require-landlock      refuse to start unless the kernel offers Landlock with\n"
+        "                          signal scoping (ABI 6, Linux 6.12); without it, workers\n"
+        "                          get what the kernel has, and start-up says what is missing\n"
         "  --preload LIB           load LIB (/dir/LIBNAME.so) into the zygotes before listening;\n"
         "                          requests may then run LIBNAME:SYMBOL without exec (max 16)\n"
         "  --python-preload MODULES  host a Python zygote: preload libforkserver-python.so,\n"
@@ -123,7 +127,7 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
         enum { O_SOCKET = 256, O_KEY_FILE, O_KEY_FD, O_ALLOW_UID, O_MAX_WORKERS, O_MAX_PENDING,
                O_HS_TIMEOUT, O_READY_FD, O_LOG_LEVEL, O_FOREGROUND, O_MIN_PROFILE,
                O_ALLOW_PROFILE, O_PROFILE_DIR, O_PRELOAD, O_CUDA, O_CUDA_DEVICES, O_CUDA_QUOTA,
-               O_CUDA_CONN_QUOTA, O_PYTHON_PRELOAD };
+               O_CUDA_CONN_QUOTA, O_PYTHON_PRELOAD, O_REQUIRE_LANDLOCK };
         static const struct option opts[] = {
                 {"socket", required_argument, NULL, O_SOCKET},
                 {"key-file", required_argument, NULL, O_KEY_FILE},
@@ -144,6 +148,7 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                 {"cuda-devices", required_argument, NULL, O_CUDA_DEVICES},
                 {"cuda-quota", required_argument, NULL, O_CUDA_QUOTA},
                 {"cuda-conn-quota", required_argument, NULL, O_CUDA_CONN_QUOTA},
+                {"require-landlock", no_argument, NULL, O_REQUIRE_LANDLOCK},
                 {"help", no_argument, NULL, 'h'},
                 {0},
         };
@@ -198,6 +203,9 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                         break;
                 case O_FOREGROUND:
                         o->foreground = true;
+                        break;
+                case O_REQUIRE_LANDLOCK:
+                        o->require_landlock = true;
                         break;
                 case O_MIN_PROFILE:
                         o->min_profile = optarg;
@@ -389,6 +397,52 @@ static int start_zygotes(struct fsd_server *s, const struct fsd_options *o)
         return 0;
 }
 
+/* What every worker's Landlock domain keeps out of reach: the socket's directory (the
+ * daemon's runtime directory), the key file, systemd's credentials. */
+static int confine(struct fsd_server *s, const struct fsd_options *o)
+{
+        struct fsd_sandbox *sb = &s->sandbox;
+        const char *creds = getenv("CREDENTIALS_DIRECTORY");
+        char dir[FS_SOCKET_PATH_MAX];
+        int r = 0;
+
+        if (sb->landlock_abi == 0) {
+                if (o->require_landlock) {
+                        fs_log(FS_LOG_ERROR, "--require-landlock: the kernel offers no Landlock "
+                               "(Linux 5.13 or later with landlock in the lsm= list)");
+                        return -EOPNOTSUPP;
+                }
+                fs_log(FS_LOG_WARNING, "no Landlock in this kernel: workers of the same uid "
+                       "can read and write each other's memory (/proc/PID/mem), signal each "
+                       "other, the zygotes and this daemon, and open the socket directory "
+                       "and the key file");
+                return 0;
+        }
+        if (sb->landlock_abi < 6) {
+                if (o->require_landlock) {
+                        fs_log(FS_LOG_ERROR, "--require-landlock: Landlock ABI %d lacks "
+                               "signal and abstract-socket scoping (ABI 6, Linux 6.12)",
+                               sb->landlock_abi);
+                        return -EOPNOTSUPP;
+                }
+                fs_log(FS_LOG_WARNING, "Landlock ABI %d: workers are kept from each other's "
+                       "memory and from the socket directory, but can still signal "
+                       "processes of their uid and reach abstract sockets (ABI 6, Linux 6.12, "
+                       "scopes both)", sb->landlock_abi);
+        }
+        if (fs_dirname(o->socket_path, dir, sizeof(dir)) == 0)
+                r = fsd_sandbox_deny(sb, dir);
+        if (r >= 0 && o->key_file)
+                r = fsd_sandbox_deny(sb, o->key_file);
+        if (r >= 0 && creds && creds[0] == '/')
+                r = fsd_sandbox_deny(sb, creds);
+        if (r < 0)
+                return fs_log_errno(FS_LOG_ERROR, r, "landlock: path too long");
+        fs_log(FS_LOG_INFO, "Landlock ABI %d: a domain per worker, without %s", sb->landlock_abi,
+               dir);
+        return 0;
+}
+
 static int start(struct fsd_server *s, struct fsd_options *o)
 {
         const char *why = "";
@@ -420,6 +474,8 @@ static int start(struct fsd_server *s, struct fsd_options *o)
                 fs_log(FS_LOG_ERROR, "%s", err);
                 return r;
         }
+        if ((r = confine(s, o)) < 0)
+                return r;
         /* The zygotes first: they must never see the key. One installs filters per worker;
          * one more for each built-in profile that a zygote can live under and that clients
          * may get, so that those workers inherit their filter instead. */

@@ -68,6 +68,41 @@ static size_t tokenize(char *line, char **tok, size_t max, int *too_many)
         return n;
 }
 
+static int parse_fs(char **tok, size_t n, const char *file, size_t lineno,
+                    struct fsd_profile_src *out, char *err, size_t errlen)
+{
+        uint8_t access;
+
+        if (n < 2)
+                return bad(err, errlen, file, lineno, "fs needs ro, rw or deny", NULL);
+        if (strcmp(tok[1], "ro") == 0)
+                access = FSD_FS_RO;
+        else if (strcmp(tok[1], "rw") == 0)
+                access = FSD_FS_RW;
+        else if (strcmp(tok[1], "deny") == 0)
+                access = FSD_FS_DENY;
+        else
+                return bad(err, errlen, file, lineno, "unknown fs access", tok[1]);
+        if (n < 3)
+                return bad(err, errlen, file, lineno, "no path named", NULL);
+        for (size_t i = 2; i < n; i++) {
+                size_t len = strlen(tok[i]);
+
+                if (tok[i][0] != '/')
+                        return bad(err, errlen, file, lineno, "path not absolute", tok[i]);
+                if (len >= FSD_FS_PATH_MAX)
+                        return bad(err, errlen, file, lineno, "path longer than 511 bytes", NULL);
+                for (size_t j = 0; j < out->nfs; j++)
+                        if (strcmp(out->fs[j].path, tok[i]) == 0)
+                                return bad(err, errlen, file, lineno, "path listed twice", tok[i]);
+                if (out->nfs == FSD_MAX_FS_RULES)
+                        return bad(err, errlen, file, lineno, "more than 32 paths", NULL);
+                out->fs[out->nfs].access = access;
+                memcpy(out->fs[out->nfs++].path, tok[i], len + 1);
+        }
+        return 0;
+}
+
 static int parse_line(char **tok, size_t n, const char *file, size_t lineno,
                       struct fsd_profile_src *out, int *have_default, char *err, size_t errlen)
 {
@@ -99,6 +134,8 @@ static int parse_line(char **tok, size_t n, const char *file, size_t lineno,
                 *have_default = 1;
                 return 0;
         }
+        if (strcmp(tok[0], "fs") == 0)
+                return parse_fs(tok, n, file, lineno, out, err, errlen);
         if (strcmp(tok[0], "allow") == 0) {
                 act.kind = FSD_ACT_ALLOW;
                 first = 1;

@@ -6,14 +6,19 @@
  *     allow SYSCALL...                  these run
  *     kill SYSCALL...                   these kill the worker (SIGSYS)
  *     errno NAME SYSCALL...             these fail with errno NAME (EPERM, ENOSYS, ...) or 1..4095
+ *     fs ro|rw|deny PATH...             Landlock: what the worker may do under these absolute
+ *                                       paths (read, everything, nothing); the rest of the
+ *                                       filesystem stays as it is (landlock.h)
  *
- * Syscall names are the kernel's for this architecture. A syscall may appear once.
+ * Syscall names are the kernel's for this architecture. A syscall or a path may appear once.
  * Errors name file:line and the offending token.
  */
 #pragma once
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "forkserver/landlock.h"
 
 #define FSD_MAX_RULES 512
 #define FSD_PROFILE_MAX_BYTES 65536
@@ -38,6 +43,8 @@ struct fsd_profile_src {
         struct fsd_action dflt;
         size_t nrules;
         struct fsd_rule rules[FSD_MAX_RULES];
+        size_t nfs;
+        struct fsd_fs_rule fs[FSD_MAX_FS_RULES];
 };
 
 /* Parses text (not NUL-terminated) into out. On error writes "file:line: ..." into err. */

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -128,6 +129,34 @@ static int add_names(scmp_filter_ctx ctx, uint32_t action, const char *const *na
         return 0;
 }
 
+/*
+ * socket(2): AF_UNIX, AF_INET and AF_INET6 only; the rest fail with EAFNOSUPPORT (AF_VSOCK
+ * reaches a virtual machine's host, AF_ALG the kernel's crypto, AF_NETLINK the kernel's
+ * configuration, AF_PACKET raw frames: docs/SECURITY.md). The family is an int that the kernel
+ * truncates: a value with any high bit set is at least 11 and refused, never taken for 1.
+ * allow: SCMP_ACT_ALLOW to add the three as allowed (a filter whose default is not allow).
+ */
+static int socket_families(scmp_filter_ctx ctx, bool allow)
+{
+        const uint32_t no = SCMP_ACT_ERRNO(EAFNOSUPPORT);
+        static const uint64_t ok[] = {AF_UNIX, AF_INET, AF_INET6};
+        int r;
+
+        for (uint64_t af = 0; af < AF_INET6; af++)
+                if (af != AF_UNIX && af != AF_INET &&
+                    (r = seccomp_rule_add(ctx, no, SCMP_SYS(socket), 1,
+                                          SCMP_A0(SCMP_CMP_EQ, af))) < 0)
+                        return r;
+        if ((r = seccomp_rule_add(ctx, no, SCMP_SYS(socket), 1,
+                                  SCMP_A0(SCMP_CMP_GT, (uint64_t)AF_INET6))) < 0)
+                return r;
+        for (size_t i = 0; allow && i < FS_ARRAY_SIZE(ok); i++)
+                if ((r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(socket), 1,
+                                          SCMP_A0(SCMP_CMP_EQ, ok[i]))) < 0)
+                        return r;
+        return 0;
+}
+
 static int build_default(scmp_filter_ctx ctx, uint32_t deny)
 {
         static const uint64_t ns_flags[] = {CLONE_NEWNS,  CLONE_NEWUTS, CLONE_NEWIPC,
@@ -135,7 +164,8 @@ static int build_default(scmp_filter_ctx ctx, uint32_t deny)
                                             CLONE_NEWCGROUP};
         int r;
 
-        if ((r = add_names(ctx, deny, default_denied, FS_ARRAY_SIZE(default_denied))) < 0)
+        if ((r = add_names(ctx, deny, default_denied, FS_ARRAY_SIZE(default_denied))) < 0 ||
+            (r = socket_families(ctx, false)) < 0)
                 return r;
         /* Only the default execution domain (0) and the query (0xffffffff). A rule may compare
          * an argument once, so "neither" is spelled bit by bit: with bit 31 clear, any other
@@ -171,7 +201,8 @@ static int build_strict(scmp_filter_ctx ctx)
         const uint64_t write_bits = O_ACCMODE | O_CREAT | O_TRUNC | O_APPEND;
         int r;
 
-        if ((r = add_names(ctx, SCMP_ACT_ALLOW, strict_allowed, FS_ARRAY_SIZE(strict_allowed))) < 0)
+        if ((r = add_names(ctx, SCMP_ACT_ALLOW, strict_allowed, FS_ARRAY_SIZE(strict_allowed))) < 0 ||
+            (r = socket_families(ctx, true)) < 0)
                 return r;
         /* Threads, not processes. */
         if ((r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(clone), 1,
@@ -338,6 +369,14 @@ static int load_dir(struct fsd_sandbox *sb, const char *dir, char *err, size_t e
                         r = failf(err, errlen, r, "%s: cannot compile: %s", path, strerror(-r));
                         break;
                 }
+                if (src.nfs) {
+                        if (!(p->fs = calloc(src.nfs, sizeof(*p->fs)))) {
+                                r = failf(err, errlen, -ENOMEM, "%s: out of memory", path);
+                                break;
+                        }
+                        memcpy(p->fs, src.fs, src.nfs * sizeof(*p->fs));
+                        p->nfs = src.nfs;
+                }
         }
         closedir(d);
         return r;
@@ -358,6 +397,7 @@ int fsd_sandbox_init(struct fsd_sandbox *sb, const char *profile_dir, const char
         int r;
 
         memset(sb, 0, sizeof(*sb));
+        sb->landlock_abi = fsd_landlock_abi();
         for (size_t i = 0; i < FS_ARRAY_SIZE(builtins); i++) {
                 struct fsd_profile *p = add_profile(sb, builtins[i].name,
                                                     strlen(builtins[i].name));
@@ -392,7 +432,20 @@ int fsd_sandbox_init(struct fsd_sandbox *sb, const char *profile_dir, const char
 
 void fsd_sandbox_free(struct fsd_sandbox *sb)
 {
-        for (size_t i = 0; i < sb->n; i++)
+        for (size_t i = 0; i < sb->n; i++) {
                 free(sb->profiles[i].prog.filter);
+                free(sb->profiles[i].fs);
+        }
         memset(sb, 0, sizeof(*sb));
+}
+
+int fsd_sandbox_deny(struct fsd_sandbox *sb, const char *path)
+{
+        if (sb->ndeny == FSD_MAX_DENY)
+                return -E2BIG;
+        if (strlen(path) >= sizeof(sb->deny[0].path))
+                return -ENAMETOOLONG;
+        sb->deny[sb->ndeny] = (struct fsd_fs_rule){.access = FSD_FS_DENY};
+        memcpy(sb->deny[sb->ndeny++].path, path, strlen(path) + 1);
+        return 0;
 }

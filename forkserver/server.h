@@ -33,6 +33,7 @@ struct fsd_options {
         int ready_fd;
         int listen_fd;                 /* from systemd (socket activation), or -1 */
         bool foreground;
+        bool require_landlock; /* start-up fails without Landlock (or below ABI 6) */
         enum fs_log_level log_level;
         const char *profile_dir;
         const char *allow_profile;

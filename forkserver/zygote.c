@@ -20,6 +20,7 @@
 #include "common/util.h"
 #include "forkserver/child.h"
 #include "forkserver/helper.h"
+#include "forkserver/landlock.h"
 
 #define ZYGOTE_SOCK_FD 3
 #define CHILD_STACK_SIZE (128 * 1024)
@@ -64,6 +65,9 @@ struct zygote {
         } entries[32]; /* dlsym() takes the loader's lock, a write: look each up once */
         unsigned nentries;
         uint8_t *out;         /* OUT_SIZE bytes for our messages, not inherited */
+        /* [0]: the daemon's own denials alone (profiles without fs rules); [1 + i]: those and
+         * profile i's rules */
+        struct fsd_landlock ll[FSD_MAX_PROFILES + 1];
 };
 
 #define OUT_SIZE 4096
@@ -89,6 +93,8 @@ static const char *step_name(uint32_t step)
                 return "seccomp";
         case FS_STEP_ENTRY:
                 return "entry";
+        case FS_STEP_LANDLOCK:
+                return "landlock";
         default:
                 return "spawn";
         }
@@ -223,6 +229,20 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
         const struct fsd_profile *prof = sp->profile ? fsd_sandbox_find(z->sb, sp->profile)
                                                      : z->sb->dflt;
 
+        int llfd = -1;
+
+        if (prof && z->sb->landlock_abi > 0) {
+                size_t k = prof->nfs ? (size_t)(prof - z->sb->profiles) + 1 : 0;
+                char why[512];
+
+                if ((r = fsd_landlock_prepare(&z->ll[k], z->sb->landlock_abi, z->sb->deny,
+                                              z->sb->ndeny, prof->fs, prof->nfs, why,
+                                              sizeof(why))) < 0) {
+                        fs_close_many(chan, 2);
+                        return reply_error(z, h.id, FS_STEP_LANDLOCK, -r, why, 0, -1);
+                }
+                llfd = z->ll[k].fd;
+        }
         if (!prof || pipe2(errpipe, O_CLOEXEC) < 0) {
                 r = prof ? errno : ENOENT;
                 fs_close_many(chan, 2);
@@ -240,6 +260,7 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
                 .devnull = z->devnull,
                 .null_stdio = z->null_stdio,
                 .errpipe = errpipe[1],
+                .landlock_fd = llfd,
                 .front = z->front,
                 .detached = sp->flags & FS_SPAWN_DETACH,
                 .newpgrp = sp->flags & FS_SPAWN_NEWPGRP,
@@ -403,6 +424,8 @@ static int zygote_setup(struct zygote *z, int sock)
         umask(ZYGOTE_UMASK);
         if ((z->devnull = open("/dev/null", O_RDWR | O_CLOEXEC)) < 0)
                 return -errno;
+        for (size_t i = 0; i < FS_ARRAY_SIZE(z->ll); i++)
+                z->ll[i] = (struct fsd_landlock){.fd = -1};
         /* [guard page][child stack][struct spawn_area] */
         stack = mmap(NULL, CHILD_STACK_SIZE + sizeof(struct spawn_area), PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
@@ -446,6 +469,17 @@ static int zygote_sandbox(struct zygote *z)
         return 0;
 }
 
+/* Wipes what a request left here: its bytes (argv, environment, entry bytes, paths) and what
+ * was built from them. A fork-mode worker inherits our memory as it is when it is forked, so
+ * it then carries its own request and nothing of any other. */
+static void forget(struct zygote *z, size_t len)
+{
+        explicit_bzero(z->a->data, len);
+        explicit_bzero(z->a->gpu_env, strnlen(z->a->gpu_env, sizeof(z->a->gpu_env)));
+        explicit_bzero(&z->a->plan, sizeof(z->a->plan));
+        explicit_bzero(&z->a->sp, sizeof(z->a->sp));
+}
+
 /* The first message: OK, or ERROR with the reason start-up failed. */
 static void report_start(struct zygote *z, int r, const char *err)
 {
@@ -473,6 +507,7 @@ static __attribute__((noreturn)) void zygote_main(const struct fsd_sandbox *sb,
         char err[512] = "zygote set-up failed";
         int r;
 
+
         z.sb = sb;
         z.sandboxed = sandboxed;
         z.front = front;
@@ -498,6 +533,7 @@ static __attribute__((noreturn)) void zygote_main(const struct fsd_sandbox *sb,
                         /* the front waits for an answer to this sequence number */
                         h.id = 0;
                         (void)fs_proto_parse_hdr_only(z.a->data, (size_t)n, &h);
+                        forget(&z, (size_t)n);
                         if (reply_error(&z, h.id, FS_STEP_FDS, EMFILE,
                                         "(zygote out of file descriptors)", 0, -1) == -EPIPE)
                                 _exit(0);
@@ -505,12 +541,15 @@ static __attribute__((noreturn)) void zygote_main(const struct fsd_sandbox *sb,
                 }
                 if (n < 0) {
                         if (n == -EBADMSG || n == -EMSGSIZE) {
+                                forget(&z, FS_MAX_MSG); /* however much of it arrived */
                                 (void)reply_error(&z, 0, FS_STEP_CLONE, -n, "request", 0, -1);
                                 continue;
                         }
                         _exit(1);
                 }
-                if (spawn_one(&z, (size_t)n, fds, nfds) < 0 && errno == EPIPE)
+                r = spawn_one(&z, (size_t)n, fds, nfds);
+                forget(&z, (size_t)n);
+                if (r < 0 && errno == EPIPE)
                         _exit(0);
                 fs_close_many(fds, nfds);
         }

@@ -2,6 +2,8 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +22,7 @@ EXPORT int job_echo(const struct forkserver_worker *w);
 EXPORT int job_report(const struct forkserver_worker *w);
 EXPORT int job_noop(const struct forkserver_worker *w);
 EXPORT int job_index(const struct forkserver_worker *w);
+EXPORT int job_scan(const struct forkserver_worker *w);
 
 static long arg_number(const struct forkserver_worker *w)
 {
@@ -190,4 +193,57 @@ int job_gpu_read(const struct forkserver_worker *w)
                 return 13;
         fwrite(data, 1, len, stdout);
         return forkserver_gpu_unmap(&m) < 0 ? 14 : 0;
+}
+
+/*
+ * Counts, in its own memory, a secret it is given XORed with 0x5a (so that its own request does
+ * not hold it), leaving out the one buffer it decodes the secret into. Prints the count.
+ */
+int job_scan(const struct forkserver_worker *w)
+{
+        static char maps[1 << 16], chunk[1 << 16];
+        char *needle, out[32];
+        size_t n = w->arglen, got = 0;
+        int fd, found = 0;
+        ssize_t k;
+
+        if (n == 0 || n > 256 || !(needle = malloc(n)))
+                return 2;
+        for (size_t i = 0; i < n; i++)
+                needle[i] = (char)(((const unsigned char *)w->arg)[i] ^ 0x5a);
+        if ((fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC)) < 0)
+                return 3;
+        while (got < sizeof(maps) - 1 && (k = read(fd, maps + got, sizeof(maps) - 1 - got)) > 0)
+                got += (size_t)k;
+        close(fd);
+        maps[got] = '\0';
+        if ((fd = open("/proc/self/mem", O_RDONLY | O_CLOEXEC)) < 0)
+                return 4;
+        for (char *save, *line = strtok_r(maps, "\n", &save); line;
+             line = strtok_r(NULL, "\n", &save)) {
+                unsigned long lo, hi;
+                char perms[8];
+
+                if (sscanf(line, "%lx-%lx %7s", &lo, &hi, perms) != 3 || perms[0] != 'r' ||
+                    strstr(line, "[vvar]") || strstr(line, "[vsyscall]") || hi - lo > (1ul << 30))
+                        continue;
+                for (unsigned long a = lo; a < hi; a += sizeof(chunk) - n) {
+                        size_t want = hi - a < sizeof(chunk) ? hi - a : sizeof(chunk);
+
+                        k = pread(fd, chunk, want, (off_t)a);
+                        if (k < (ssize_t)n)
+                                break;
+                        for (ssize_t i = 0; i + (ssize_t)n <= k; i++)
+                                if (memcmp(chunk + i, needle, n) == 0 &&
+                                    a + (unsigned long)i != (uintptr_t)needle &&
+                                    !(a + (unsigned long)i >= (uintptr_t)chunk &&
+                                      a + (unsigned long)i < (uintptr_t)chunk + sizeof(chunk)))
+                                        found++; /* not the decoded copy, nor our reading */
+                        if (want < sizeof(chunk))
+                                break;
+                }
+        }
+        close(fd);
+        snprintf(out, sizeof(out), "%d\n", found);
+        return write(1, out, strlen(out)) > 0 ? 0 : 5;
 }

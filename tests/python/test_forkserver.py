@@ -318,7 +318,10 @@ class PoolTests(unittest.TestCase):
     def test_functions_of_the_main_script(self) -> None:
         """A script's own functions reach the workers, the script compiled once by the
         client; with bytecode the worker's Python does not take, the worker runs the file."""
-        script = os.path.join(self.zd.dir, "mainscript.py")
+        # not in a daemon's own directory: workers cannot reach that one (Landlock)
+        scripts = tempfile.mkdtemp(prefix="fs-py-script-")
+        self.addCleanup(shutil.rmtree, scripts, ignore_errors=True)
+        script = os.path.join(scripts, "mainscript.py")
         with open(script, "w") as f:
             f.write(MAIN_SCRIPT)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([PKG, HERE]))
