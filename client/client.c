@@ -16,6 +16,7 @@
 #include <fcntl.h>
 
 #include "common/auth.h"
+#include "common/creds.h"
 #include "common/fdpass.h"
 #include "common/key.h"
 #include "common/paths.h"
@@ -373,6 +374,7 @@ int forkserver_connect(const struct forkserver_options *opts, struct forkserver 
         char path[FS_SOCKET_PATH_MAX], keypath[4096];
         const char *why = "", *what = "connect";
         struct fs_auth_client ac;
+        struct fs_creds self;
         struct forkserver *fs;
         int64_t deadline;
         int r, n;
@@ -436,7 +438,9 @@ int forkserver_connect(const struct forkserver_options *opts, struct forkserver 
                 why = strerror(-r);
                 goto fail;
         }
-        r = fs_auth_client_hello(&ac, fs->key, fs->buf, (size_t)n, fs->buf, sizeof(fs->buf), &why);
+        fs_creds_self(&self);
+        r = fs_auth_client_hello(&ac, fs->key, &self, fs->buf, (size_t)n, fs->buf,
+                                 sizeof(fs->buf), &why);
         if (r < 0)
                 goto fail;
         if ((r = fs_fdpass_send(fs->fd, fs->buf, (size_t)r, NULL, 0, 0)) < 0) {

@@ -435,6 +435,10 @@ static int start(struct fsd_server *s, struct fsd_options *o)
         }
         if ((r = load_key(o, &s->key)) < 0)
                 return r;
+        fs_creds_pidns(s->pidns);
+        if (!fs_creds_pidns_known(s->pidns))
+                fs_log(FS_LOG_WARNING, "cannot read /proc/self/ns/pid: handshakes bind clients' "
+                       "uid and gid but not their pid");
         if (!s->key->locked)
                 fs_log(FS_LOG_WARNING, "cannot mlock the key page (RLIMIT_MEMLOCK?); "
                        "it is still excluded from core dumps and forks");

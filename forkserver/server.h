@@ -183,6 +183,7 @@ struct fsd_server {
         const struct fsd_options *opt;
         struct fsd_sandbox sandbox;
         struct fs_key *key;
+        uint8_t pidns[FS_PIDNS_LEN]; /* ours: the namespace SO_PEERCRED pids are counted in */
         int epfd, listen_fd, sig_fd, reserve_fd;
         bool socket_ours; /* we made it (not systemd): remove it when we stop */
         dev_t sock_dev;

@@ -932,6 +932,7 @@ START_TEST(replayed_auth_refused)
 {
         static uint8_t buf[FS_MAX_MSG], auth[FS_MAX_MSG];
         struct fs_auth_client c;
+        struct fs_creds self;
         struct fs_key *k;
         struct forkserver *fs;
         int s, n, alen;
@@ -941,8 +942,10 @@ START_TEST(replayed_auth_refused)
         /* an honest handshake, recorded */
         s = raw_connect(d.sock);
         ck_assert_int_gt(n = raw_recv(s, buf, sizeof(buf), 2000), 0);
-        ck_assert_int_gt(alen = fs_auth_client_hello(&c, k, buf, (size_t)n, auth, sizeof(auth),
-                                                      NULL), 0);
+        fs_creds_self(&self);
+        ck_assert_int_gt(alen = fs_auth_client_hello(&c, k, &self, buf, (size_t)n, auth,
+                                                      sizeof(auth), NULL),
+                         0);
         send_raw(s, auth, (size_t)alen, NULL, 0);
         ck_assert_int_gt(n = raw_recv(s, buf, sizeof(buf), 2000), 0);
         ck_assert_int_eq(fs_auth_client_finish(&c, k, buf, (size_t)n, NULL), 0);

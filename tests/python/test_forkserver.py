@@ -127,8 +127,9 @@ class ClientTests(unittest.TestCase):
 
         def impostor() -> None:
             c, _ = srv.accept()
-            hello = P.Writer(P.HELLO, 0).raw(P.F_VERSION_MIN, struct.pack(">H", 1))
-            hello.raw(P.F_VERSION_MAX, struct.pack(">H", 1)).raw(P.F_NONCE, b"\x07" * 32)
+            hello = P.Writer(P.HELLO, 0).raw(P.F_VERSION_MIN, struct.pack(">H", P.VERSION))
+            hello.raw(P.F_VERSION_MAX, struct.pack(">H", P.VERSION)).raw(P.F_NONCE, b"\x07" * 32)
+            hello.raw(P.F_PIDNS, P.pidns_self())
             c.send(hello.finish())
             c.recv(65536)  # the client's AUTH: useless without the key
             c.send(P.Writer(P.AUTH_OK, 0).raw(P.F_MAC, b"\x00" * 32).finish())

@@ -492,7 +492,14 @@ def _handshake(sock: socket.socket, key: bytes, timeout: float) -> None:
         msg, fds = _recv(sock, 0)
         if not msg:
             raise ConnectionLost(errno_mod.ECONNRESET, "the server closed the connection")
-        t, _, f = P.parse(msg)
+        try:
+            t, _, f = P.parse(msg)
+        except P.ProtocolError:
+            if len(msg) >= 6 and struct.unpack_from(">H", msg, 4)[0] != P.VERSION:
+                raise AuthenticationError(errno_mod.EPROTO,
+                                          "the server speaks another protocol version (this "
+                                          f"client speaks version {P.VERSION} only)") from None
+            raise
         if t == P.ERROR:
             raise ForkserverError(P.u(P.first(f, P.F_ERRNO)), P.string(P.first(f, P.F_REASON)))
         if t != P.HELLO:
@@ -502,25 +509,35 @@ def _handshake(sock: socket.socket, key: bytes, timeout: float) -> None:
         if not (vmin <= P.VERSION <= vmax) or not sn or len(sn) != 32:
             raise AuthenticationError(errno_mod.EPROTO,
                                       f"the server speaks protocol {vmin}..{vmax}, we {P.VERSION}")
+        pidns = P.first(f, P.F_PIDNS)
+        if pidns is None or len(pidns) != 16:
+            raise AuthenticationError(errno_mod.EPROTO, "HELLO without a pid namespace")
+        # What the server's SO_PEERCRED reports of us; our pid only means the same to it in
+        # the same pid namespace, and the MACs cover the one HELLO announced.
+        uid, gid, pid = os.geteuid(), os.getegid(), os.getpid()
+        mine = P.pidns_self()
+        bind = P.BIND_PID if mine != bytes(16) and mine == pidns else 0
         cn = secrets.token_bytes(32)
         w = P.Writer(P.AUTH, 0).raw(P.F_VERSION, struct.pack(">H", P.VERSION))
-        w.raw(P.F_NONCE, cn).raw(P.F_MAC, P.mac(key, P.LABEL_CLIENT, sn, cn, P.VERSION))
+        w.raw(P.F_NONCE, cn).u32(P.F_BIND, bind)
+        w.raw(P.F_MAC, P.mac(key, P.LABEL_CLIENT, sn, cn, P.VERSION, pidns, bind, uid, gid, pid))
         _send(sock, w.finish())
         msg, fds = _recv(sock, 0)
         if not msg:
             raise AuthenticationError(errno_mod.EACCES, "the server closed the connection")
         t, _, f = P.parse(msg)
         if t == P.AUTH_FAILED:
-            raise AuthenticationError(errno_mod.EACCES, "the server refused our key")
+            raise AuthenticationError(errno_mod.EACCES, "the server refused our key (or did not "
+                                      "see us at the other end: a relay?)")
         if t == P.ERROR:
             raise AuthenticationError(P.u(P.first(f, P.F_ERRNO)),
                                       P.string(P.first(f, P.F_REASON)))
-        want = P.mac(key, P.LABEL_SERVER, sn, cn, P.VERSION)
+        want = P.mac(key, P.LABEL_SERVER, sn, cn, P.VERSION, pidns, bind, uid, gid, pid)
         got = P.first(f, P.F_MAC)
         if t != P.AUTH_OK or not got or not hmac.compare_digest(got, want):
             raise AuthenticationError(errno_mod.EACCES,
-                                      "the server could not prove it has the key (an impostor "
-                                      "on the socket path?)")
+                                      "the server could not prove it has the key and sees us "
+                                      "as we are (an impostor on the socket path, or a relay?)")
     except socket.timeout:
         raise AuthenticationError(errno_mod.ETIMEDOUT, "handshake timed out") from None
     except P.ProtocolError as e:
