@@ -169,7 +169,8 @@ static inline int daemon_stop(struct daemon *d)
 
 static inline struct forkserver *daemon_connect(struct daemon *d)
 {
-        struct forkserver_options o = {.socket_path = d->sock, .key_file = d->key, .key_fd = -1};
+        struct forkserver_options o = {.socket_path = d->sock, .key_file = d->key, .key_fd = -1,
+                                       .server_uid = d->run_as};
         struct forkserver *fs = NULL;
         const char *why = "";
         int r = forkserver_connect(&o, &fs, &why);

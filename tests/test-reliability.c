@@ -637,7 +637,8 @@ START_TEST(out_of_processes)
         daemon_start(&d, d.run_as ? as_root : NULL);
         /* a key file must belong to its reader: we get our own copy */
         char mine[160], hex[FS_KEY_HEX_LEN + 1];
-        struct forkserver_options o = {.socket_path = d.sock, .key_file = mine, .key_fd = -1};
+        struct forkserver_options o = {.socket_path = d.sock, .key_file = mine, .key_fd = -1,
+                                       .server_uid = d.run_as};
         const char *cwhy;
         int kf;
 
