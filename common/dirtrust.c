@@ -13,8 +13,8 @@
 #include "common/paths.h"
 #include "common/util.h"
 
-static __attribute__((format(printf, 4, 5))) int say(char *why, size_t cap, int r,
-                                                      const char *fmt, ...)
+static __attribute__((format(printf, 4, 5))) int say(char *why, size_t cap, int r, const char *fmt,
+                                                     ...)
 {
         va_list ap;
 
