@@ -650,8 +650,8 @@ static void json_stat(struct status_out *o, const char *name, uint64_t v)
 static bool is_counter(const char *name)
 {
         static const char *const counters[] = {"connections_total", "auth_ok", "auth_failed",
-                                               "peer_refused", "bad_requests", "spawns",
-                                               "spawn_failures", "exits"};
+                                               "auth_pid_bound", "peer_refused", "bad_requests",
+                                               "spawns", "spawn_failures", "exits"};
 
         for (size_t i = 0; i < FS_ARRAY_SIZE(counters); i++)
                 if (strcmp(name, counters[i]) == 0)

@@ -305,6 +305,8 @@ static void handshake(struct fsd_server *s, struct fsd_conn *c, size_t len, size
                 return;
         }
         s->stats.auth_ok++;
+        if (c->auth.bound.flags & FS_BIND_PID)
+                s->stats.auth_pid_bound++;
         unlink_conn(&s->pending, &s->pending_last, c);
         s->npending--;
         c->authed = true;
@@ -405,6 +407,7 @@ static int put_status(struct fsd_server *s, uint32_t id)
         fs_msg_put_stat(&w, "connections_total", st->connections);
         fs_msg_put_stat(&w, "auth_ok", st->auth_ok);
         fs_msg_put_stat(&w, "auth_failed", st->auth_failed);
+        fs_msg_put_stat(&w, "auth_pid_bound", st->auth_pid_bound);
         fs_msg_put_stat(&w, "peer_refused", st->peer_refused);
         fs_msg_put_stat(&w, "bad_requests", st->bad_requests);
         fs_msg_put_stat(&w, "spawns", st->spawns);

@@ -159,6 +159,7 @@ enum fsd_fail {
 
 struct fsd_stats {
         uint64_t spawns, spawn_failures, exits, auth_ok, auth_failed, peer_refused;
+        uint64_t auth_pid_bound; /* of auth_ok: the client's pid was bound too */
         uint64_t bad_requests, connections;
         uint64_t fail[FSD_FAIL_N_];
         uint32_t latency_us[FSD_LATENCY_SAMPLES]; /* request in → SPAWNED out, a ring */

@@ -9,6 +9,7 @@
  * another process of the same uid, and the pid binding is what stops it. The listener-uid
  * refusal needs a second uid: root only.
  */
+#include <sched.h>
 #include <sys/prctl.h>
 
 #include "daemon.h"
@@ -239,6 +240,7 @@ START_TEST(relay_refused_by_both_ends)
         /* the honest client is served, and the daemon counted both refusals */
         fs = daemon_connect(&d);
         ck_assert_uint_eq(daemon_stat(fs, "auth_failed"), 2);
+        ck_assert_uint_eq(daemon_stat(fs, "auth_pid_bound"), 1); /* the pid binding was on */
         ck_assert_uint_eq(daemon_stat(fs, "spawns"), 0);
         ck_assert_int_eq(run_capture(fs, truth, out, sizeof(out)), 0);
         forkserver_close(fs);
@@ -364,6 +366,54 @@ START_TEST(daemon_of_a_named_uid_served)
 }
 END_TEST
 
+/* Across pid namespaces (a container's client, a Kubernetes pod without a shared process
+ * namespace): the pid cannot be bound, uid and gid still are, and the client is served.
+ * The same namespace binds the pid. Needs CAP_SYS_ADMIN for CLONE_NEWPID: root only. */
+START_TEST(other_pid_namespace_served)
+{
+        struct forkserver *fs;
+        pid_t pid;
+        int st;
+
+        if (!root()) {
+                printf("other_pid_namespace_served: needs CLONE_NEWPID (root): skipped\n");
+                return;
+        }
+        daemon_start(&d, NULL);
+        fs = daemon_connect(&d);
+        ck_assert_uint_eq(daemon_stat(fs, "auth_pid_bound"), 1); /* ourselves: bound */
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                pid_t inner;
+
+                if (unshare(CLONE_NEWPID) < 0 || (inner = fork()) < 0)
+                        _exit(100);
+                if (inner == 0) {
+                        struct forkserver_options o = {.socket_path = d.sock,
+                                                       .key_file = d.key, .key_fd = -1};
+                        struct forkserver *c;
+                        const char *why = "";
+
+                        if (getpid() != 1) /* in the new namespace */
+                                _exit(101);
+                        if (forkserver_connect(&o, &c, &why) < 0 || forkserver_ping(c) < 0)
+                                _exit(102);
+                        forkserver_close(c);
+                        _exit(0);
+                }
+                _exit(waitpid(inner, &st, 0) == inner && WIFEXITED(st) ? WEXITSTATUS(st) : 103);
+        }
+        ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "client in a new pid namespace: %#x",
+                      st);
+        ck_assert_uint_eq(daemon_stat(fs, "auth_ok"), 2);
+        ck_assert_uint_eq(daemon_stat(fs, "auth_pid_bound"), 1); /* not the other one */
+        forkserver_close(fs);
+        ck_assert_int_eq(daemon_stop(&d), 0);
+}
+END_TEST
+
 /* Starts the daemon on sock; 0 when it runs, else its exit status with its log in log. */
 static int try_start(const char *sock, char *log, size_t cap)
 {
@@ -484,6 +534,7 @@ int main(void)
         tcase_add_test(tc, listener_of_another_uid_refused);
         tcase_add_test(tc, daemon_of_a_named_uid_served);
         tcase_add_test(tc, swappable_ancestor_refused);
+        tcase_add_test(tc, other_pid_namespace_served);
         suite_add_tcase(s, tc);
         return run_suite(s);
 }
