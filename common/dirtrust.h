@@ -12,8 +12,6 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-#define FS_DIRTRUST_MAX_UIDS 4
-
 /*
  * 0 when every directory above path's last component is trusted. Otherwise a negative errno
  * (-EPERM for an untrusted directory, -ENOENT for a missing one, others from lstat/realpath)
