@@ -16,6 +16,8 @@
 #include <fcntl.h>
 
 #include "common/auth.h"
+#include "common/creds.h"
+#include "common/dirtrust.h"
 #include "common/fdpass.h"
 #include "common/key.h"
 #include "common/paths.h"
@@ -363,6 +365,56 @@ static int recv_handshake(int fd, uint8_t *buf, size_t cap, int64_t deadline)
         return r == 0 ? -ECONNRESET : r;
 }
 
+/* Nobody but root, us or the server's uid may be able to swap the socket's path. */
+static int check_path(const char *path, uid_t server_uid, char *why, size_t cap)
+{
+        const uid_t trusted[] = {0, geteuid(), server_uid}; /* server_uid 0: root again */
+        char bad[512], named[48] = "";
+        int r;
+
+        if ((r = fs_dirtrust_check(path, trusted, FS_ARRAY_SIZE(trusted), bad, sizeof(bad))) >= 0)
+                return 0;
+        if (r == -ENOENT) {
+                (void)fs_format(why, cap, "cannot connect to %s: %s", path, bad);
+                return r;
+        }
+        if (server_uid != 0)
+                snprintf(named, sizeof(named), ", uid %u (the server uid named)",
+                         (unsigned)server_uid);
+        /* fs_format: a reason cut short is still a reason */
+        (void)fs_format(why, cap,
+                        "refusing to connect to %s: its path can be swapped by others: %s "
+                        "(each directory on the way must belong to root, uid %u (ours)%s, and "
+                        "not be writable by group or others unless sticky)",
+                        path, bad, (unsigned)geteuid(), named);
+        return r;
+}
+
+/* The listening socket's owner (SO_PEERCRED of a connected client: the credentials of whoever
+ * called listen()) must be us, root (socket activation) or the uid the caller named. */
+static int check_listener(int fd, const char *path, uid_t server_uid, char *why, size_t cap)
+{
+        const uint8_t none[FS_PIDNS_LEN] = {0};
+        struct fs_creds l;
+        char named[48] = "";
+        int r;
+
+        if ((r = fs_creds_peer(fd, none, &l)) < 0) {
+                snprintf(why, cap, "cannot get the credentials of %s: %s", path, strerror(-r));
+                return r;
+        }
+        if (l.uid == geteuid() || l.uid == 0 || (server_uid != 0 && l.uid == server_uid))
+                return 0;
+        if (server_uid != 0)
+                snprintf(named, sizeof(named), " or %u (the server uid named)",
+                         (unsigned)server_uid);
+        snprintf(why, cap,
+                 "refusing the server on %s: its listening socket belongs to uid %u; expected "
+                 "uid %u (ours), 0 (root)%s",
+                 path, (unsigned)l.uid, (unsigned)geteuid(), named);
+        return -EACCES;
+}
+
 int forkserver_connect(const struct forkserver_options *opts, struct forkserver **ret,
                        const char **ret_why)
 {
@@ -373,6 +425,7 @@ int forkserver_connect(const struct forkserver_options *opts, struct forkserver 
         char path[FS_SOCKET_PATH_MAX], keypath[4096];
         const char *why = "", *what = "connect";
         struct fs_auth_client ac;
+        struct fs_creds self;
         struct forkserver *fs;
         int64_t deadline;
         int r, n;
@@ -420,14 +473,21 @@ int forkserver_connect(const struct forkserver_options *opts, struct forkserver 
                 fs->key = fs->own_key;
         }
 
-        what = "connect";
+        what = NULL;
+        if ((r = check_path(path, o->server_uid, why_buf, sizeof(why_buf))) < 0) {
+                why = why_buf;
+                goto fail;
+        }
         strcpy(sa.sun_path, path);
         fs->fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
         if (fs->fd < 0 || connect(fs->fd, (const struct sockaddr *)&sa, sizeof(sa)) < 0) {
                 r = -errno;
                 snprintf(why_buf, sizeof(why_buf), "cannot connect to %s: %s", path, strerror(-r));
                 why = why_buf;
-                what = NULL;
+                goto fail;
+        }
+        if ((r = check_listener(fs->fd, path, o->server_uid, why_buf, sizeof(why_buf))) < 0) {
+                why = why_buf;
                 goto fail;
         }
         what = "handshake";
@@ -436,7 +496,9 @@ int forkserver_connect(const struct forkserver_options *opts, struct forkserver 
                 why = strerror(-r);
                 goto fail;
         }
-        r = fs_auth_client_hello(&ac, fs->key, fs->buf, (size_t)n, fs->buf, sizeof(fs->buf), &why);
+        fs_creds_self(&self);
+        r = fs_auth_client_hello(&ac, fs->key, &self, fs->buf, (size_t)n, fs->buf,
+                                 sizeof(fs->buf), &why);
         if (r < 0)
                 goto fail;
         if ((r = fs_fdpass_send(fs->fd, fs->buf, (size_t)r, NULL, 0, 0)) < 0) {

@@ -35,9 +35,9 @@ extern char **environ;
 
 static const char usage_text[] =
         "Usage: forkctl keygen [-o FILE]\n"
-        "       forkctl [--socket PATH] [--key-file PATH | --key-fd N] run [--profile NAME]\n"
-        "               [--cwd DIR] [--env K=V]... [--fd CHILD=PARENT]... [--detach]\n"
-        "               [--gpu DEV:SIZE]... -- PROG [ARG]...\n"
+        "       forkctl [--socket PATH] [--key-file PATH | --key-fd N] [--server-uid UID]\n"
+        "               run [--profile NAME] [--cwd DIR] [--env K=V]... [--fd CHILD=PARENT]...\n"
+        "               [--detach] [--gpu DEV:SIZE]... -- PROG [ARG]...\n"
         "       forkctl [...] run [options] --entry LIBNAME:SYMBOL [-- ARG...]\n"
         "       forkctl [...] ping | status [--prometheus] | stop\n"
         "\n"
@@ -55,6 +55,8 @@ static const char usage_text[] =
         "  status      print the server's counters as JSON, or with --prometheus in the\n"
         "              Prometheus text format\n"
         "  stop        ask the server to stop (as SIGTERM)\n"
+        "  --server-uid UID  also accept a server whose socket belongs to UID (besides\n"
+        "              our own uid and root's), and directories of UID on its path\n"
         "  -h, --help  this text\n"
         "\n"
         "Exit status: run: the worker's, or 125 forkctl failed, 126 PROG not executable,\n"
@@ -64,6 +66,7 @@ struct global {
         const char *socket;
         const char *key_file;
         int key_fd;
+        uid_t server_uid; /* 0: none named */
         int fail_code; /* exit status for our own failures */
 };
 
@@ -275,7 +278,7 @@ static int open_conn(const struct global *g, bool allow_private, struct private_
                      struct forkserver **ret)
 {
         struct forkserver_options o = {.socket_path = g->socket, .key_file = g->key_file,
-                                       .key_fd = g->key_fd};
+                                       .key_fd = g->key_fd, .server_uid = g->server_uid};
         char def[FS_SOCKET_PATH_MAX];
         const char *why = "";
         int r;
@@ -647,8 +650,8 @@ static void json_stat(struct status_out *o, const char *name, uint64_t v)
 static bool is_counter(const char *name)
 {
         static const char *const counters[] = {"connections_total", "auth_ok", "auth_failed",
-                                               "peer_refused", "bad_requests", "spawns",
-                                               "spawn_failures", "exits"};
+                                               "auth_pid_bound", "peer_refused", "bad_requests",
+                                               "spawns", "spawn_failures", "exits"};
 
         for (size_t i = 0; i < FS_ARRAY_SIZE(counters); i++)
                 if (strcmp(name, counters[i]) == 0)
@@ -777,11 +780,12 @@ static int cmd_simple(const struct global *g, const char *cmd, int argc, char **
 
 int main(int argc, char **argv)
 {
-        enum { O_SOCKET = 256, O_KEY_FILE, O_KEY_FD };
+        enum { O_SOCKET = 256, O_KEY_FILE, O_KEY_FD, O_SERVER_UID };
         static const struct option opts[] = {
                 {"socket", required_argument, NULL, O_SOCKET},
                 {"key-file", required_argument, NULL, O_KEY_FILE},
                 {"key-fd", required_argument, NULL, O_KEY_FD},
+                {"server-uid", required_argument, NULL, O_SERVER_UID},
                 {"help", no_argument, NULL, 'h'},
                 {0},
         };
@@ -803,6 +807,11 @@ int main(int argc, char **argv)
                                 return fail(EXIT_USAGE, "--key-fd: not a file descriptor: '%s'",
                                             optarg);
                         g.key_fd = (int)v;
+                        break;
+                case O_SERVER_UID:
+                        if (fs_parse_long(optarg, 0, UINT32_MAX - 1, &v) < 0)
+                                return fail(EXIT_USAGE, "--server-uid: not a uid: '%s'", optarg);
+                        g.server_uid = (uid_t)v;
                         break;
                 case 'h':
                         fputs(usage_text, stdout);

@@ -50,12 +50,22 @@ struct forkserver_options {
         const char *key_file;
         int key_fd;                         /* -1: none */
         int timeout_ms;                     /* handshake timeout; 0: 5000 */
+        uid_t server_uid;                   /* a uid besides ours and root's that the server
+                                               may run as (forkctl --server-uid); 0: none
+                                               named, root being always accepted */
 };
 
 /*
- * Connects and authenticates. Errors: -ENOENT/-ECONNREFUSED (no server), -EACCES (the server
- * refused the key, or could not prove it holds the key: an impostor), -EPERM (uid not
- * allowed), -ETIMEDOUT, -EPROTO (not a forkserverd), key-loading errors as above.
+ * Connects and authenticates. Before connecting, the socket's path must be one nobody else
+ * can swap: every directory from / down to the socket's own belongs to root, to us or to
+ * server_uid, and is not writable by group or others unless sticky (-EPERM otherwise). After
+ * connecting, the listening socket must belong to us, root (socket activation) or server_uid
+ * (-EACCES otherwise). The handshake binds our uid, gid and (where we share the server's pid
+ * namespace) pid, so a relay between us and the server fails.
+ * Errors: -ENOENT/-ECONNREFUSED (no server), -EACCES (the server refused the key, or could not
+ * prove it holds the key and sees us: an impostor or a relay; or a listener of an unexpected
+ * uid), -EPERM (uid not allowed, or a socket path others can swap), -ETIMEDOUT, -EPROTO (not
+ * a forkserverd, or another protocol version), key-loading errors as above.
  * On failure *ret is NULL and ret_why (optional) gets a description valid until the next call
  * of this function in the same thread.
  */

@@ -16,6 +16,7 @@ static const uint8_t field_kind[FS_F_MAX_ + 1] = {
         [FS_F_STEP] = K_U32,        [FS_F_PROFILE] = K_STR,     [FS_F_RLIMIT] = K_RLIM,
         [FS_F_UMASK] = K_U32,       [FS_F_ENTRY] = K_STR,       [FS_F_ARGBYTES] = K_BYTES,
         [FS_F_GPU] = K_GPU,         [FS_F_LEASE] = K_U64,       [FS_F_UUID] = K_B16,
+        [FS_F_PIDNS] = K_B16,       [FS_F_BIND] = K_U32,
 };
 
 static const char *const type_names[FS_MSG_MAX_ + 1] = {
@@ -372,7 +373,7 @@ int fs_proto_parse_hello(struct fs_buf *p, struct fs_msg_hello *ret, const char 
 
         memset(ret, 0, sizeof(*ret));
         r = DECODE(p, &f, ret_why, {FS_F_VERSION_MIN, REQ}, {FS_F_VERSION_MAX, REQ},
-                   {FS_F_NONCE, REQ});
+                   {FS_F_NONCE, REQ}, {FS_F_PIDNS, REQ});
         if (r < 0)
                 return r;
         if (f.num[FS_F_VERSION_MIN] > f.num[FS_F_VERSION_MAX])
@@ -380,6 +381,7 @@ int fs_proto_parse_hello(struct fs_buf *p, struct fs_msg_hello *ret, const char 
         ret->version_min = (uint16_t)f.num[FS_F_VERSION_MIN];
         ret->version_max = (uint16_t)f.num[FS_F_VERSION_MAX];
         ret->nonce = f.val[FS_F_NONCE];
+        ret->pidns = f.val[FS_F_PIDNS];
         return 0;
 }
 
@@ -389,9 +391,13 @@ int fs_proto_parse_auth(struct fs_buf *p, struct fs_msg_auth *ret, const char **
         int r;
 
         memset(ret, 0, sizeof(*ret));
-        r = DECODE(p, &f, ret_why, {FS_F_VERSION, REQ}, {FS_F_NONCE, REQ}, {FS_F_MAC, REQ});
+        r = DECODE(p, &f, ret_why, {FS_F_VERSION, REQ}, {FS_F_NONCE, REQ}, {FS_F_MAC, REQ},
+                   {FS_F_BIND, REQ});
         if (r < 0)
                 return r;
+        if (f.num[FS_F_BIND] & ~(uint64_t)FS_BIND_KNOWN)
+                return fail(ret_why, "unknown BIND bits", -EBADMSG);
+        ret->bind = (uint32_t)f.num[FS_F_BIND];
         ret->version = (uint16_t)f.num[FS_F_VERSION];
         ret->nonce = f.val[FS_F_NONCE];
         ret->mac = f.val[FS_F_MAC];

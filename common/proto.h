@@ -13,7 +13,7 @@
 #include "common/buf.h"
 
 #define FS_PROTO_MAGIC 0x464b5356u /* "FKSV" */
-#define FS_PROTO_VERSION 1
+#define FS_PROTO_VERSION 2 /* 2: the handshake binds the client's credentials */
 #define FS_HDR_LEN 16
 #define FS_MAX_MSG 65536       /* whole datagram */
 #define FS_MAX_MSG_FDS 64      /* fds in one message */
@@ -23,6 +23,7 @@
 #define FS_MAX_STATS 1024
 #define FS_NONCE_LEN 32
 #define FS_MAC_LEN 32
+#define FS_PIDNS_LEN 16 /* a pid namespace: u64 device, u64 inode */
 
 enum fs_msg_type {
         FS_MSG_HELLO = 1,
@@ -74,7 +75,9 @@ enum fs_field_tag {
         FS_F_GPU = 25,        /* u32 device, u64 size: a GPU buffer; repeated */
         FS_F_LEASE = 26,      /* u64: a GPU buffer's lease id (broker) */
         FS_F_UUID = 27,       /* 16 bytes: a GPU's UUID */
-        FS_F_MAX_ = FS_F_UUID,
+        FS_F_PIDNS = 28,      /* 16 bytes: the server's pid namespace (HELLO) */
+        FS_F_BIND = 29,       /* u32: what the client's MAC binds (AUTH; FS_BIND_*) */
+        FS_F_MAX_ = FS_F_BIND,
 };
 
 enum fs_spawn_flags {
@@ -140,12 +143,20 @@ const char *fs_proto_type_name(uint16_t type);
 struct fs_msg_hello {
         uint16_t version_min, version_max;
         const uint8_t *nonce;
+        const uint8_t *pidns; /* FS_PIDNS_LEN bytes */
+};
+
+/* AUTH's BIND bits: what besides the uid and gid the client's MAC covers. */
+enum fs_bind_flags {
+        FS_BIND_PID = 1u << 0, /* the client's pid: both ends share the pid namespace */
+        FS_BIND_KNOWN = FS_BIND_PID,
 };
 
 struct fs_msg_auth {
         uint16_t version;
         const uint8_t *nonce;
         const uint8_t *mac;
+        uint32_t bind; /* FS_BIND_* */
 };
 
 struct fs_msg_error {

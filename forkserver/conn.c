@@ -191,13 +191,13 @@ static void refuse_no_fds(struct fsd_server *s)
 
 static void accept_one(struct fsd_server *s, int fd)
 {
-        struct ucred cr;
-        socklen_t cl = sizeof(cr);
+        struct fs_creds cr;
         struct fsd_conn *c;
         int n;
 
-        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) < 0) {
-                fs_log_limited(FS_LOG_WARNING, "SO_PEERCRED failed: %s", strerror(errno));
+        /* The kernel's word on who connected: the handshake binds it (common/auth.h). */
+        if ((n = fs_creds_peer(fd, s->pidns, &cr)) < 0) {
+                fs_log_limited(FS_LOG_WARNING, "SO_PEERCRED failed: %s", strerror(-n));
                 close(fd);
                 return;
         }
@@ -206,7 +206,7 @@ static void accept_one(struct fsd_server *s, int fd)
                 return;
         }
         *c = (struct fsd_conn){.src.kind = FSD_SRC_CONN, .fd = fd, .id = ++s->next_conn_id,
-                               .uid = cr.uid, .pid = cr.pid, .reading = true,
+                               .uid = cr.uid, .pid = (pid_t)cr.pid, .reading = true,
                                .deadline = fs_now_ms() + s->opt->handshake_timeout_ms};
         s->stats.connections++;
         /* Linked first, so that every refusal below goes through fsd_conn_close. */
@@ -247,7 +247,7 @@ static void accept_one(struct fsd_server *s, int fd)
                 fsd_conn_close(s, c, "epoll");
                 return;
         }
-        if ((n = fs_auth_server_hello(&c->auth, s->tx, sizeof(s->tx))) < 0) {
+        if ((n = fs_auth_server_hello(&c->auth, &cr, s->tx, sizeof(s->tx))) < 0) {
                 fsd_conn_close(s, c, "cannot build HELLO");
                 return;
         }
@@ -305,6 +305,8 @@ static void handshake(struct fsd_server *s, struct fsd_conn *c, size_t len, size
                 return;
         }
         s->stats.auth_ok++;
+        if (c->auth.bound.flags & FS_BIND_PID)
+                s->stats.auth_pid_bound++;
         unlink_conn(&s->pending, &s->pending_last, c);
         s->npending--;
         c->authed = true;
@@ -313,8 +315,9 @@ static void handshake(struct fsd_server *s, struct fsd_conn *c, size_t len, size
                 s->conns->prev = c;
         s->conns = c;
         s->nconns++;
-        fs_log(FS_LOG_DEBUG, "conn %llu pid %d uid %u authenticated", (unsigned long long)c->id,
-               (int)c->pid, (unsigned)c->uid);
+        fs_log(FS_LOG_DEBUG, "conn %llu pid %d uid %u gid %u authenticated (pid %sbound)",
+               (unsigned long long)c->id, (int)c->pid, (unsigned)c->uid,
+               (unsigned)c->auth.bound.gid, c->auth.bound.flags & FS_BIND_PID ? "" : "not ");
 }
 
 static const char *const fail_names[FSD_FAIL_N_] = {
@@ -405,6 +408,7 @@ static int put_status(struct fsd_server *s, uint32_t id)
         fs_msg_put_stat(&w, "connections_total", st->connections);
         fs_msg_put_stat(&w, "auth_ok", st->auth_ok);
         fs_msg_put_stat(&w, "auth_failed", st->auth_failed);
+        fs_msg_put_stat(&w, "auth_pid_bound", st->auth_pid_bound);
         fs_msg_put_stat(&w, "peer_refused", st->peer_refused);
         fs_msg_put_stat(&w, "bad_requests", st->bad_requests);
         fs_msg_put_stat(&w, "spawns", st->spawns);

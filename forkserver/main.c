@@ -491,10 +491,17 @@ static int start(struct fsd_server *s, struct fsd_options *o)
         }
         if ((r = load_key(o, &s->key)) < 0)
                 return r;
+        fs_creds_pidns(s->pidns);
+        if (!fs_creds_pidns_known(s->pidns))
+                fs_log(FS_LOG_WARNING, "cannot read /proc/self/ns/pid: handshakes bind clients' "
+                       "uid and gid but not their pid");
         if (!s->key->locked)
                 fs_log(FS_LOG_WARNING, "cannot mlock the key page (RLIMIT_MEMLOCK?); "
                        "it is still excluded from core dumps and forks");
         if (o->listen_fd >= 0) {
+                /* systemd made it, but clients check its path as ours: so do we */
+                if ((r = fsd_sock_check_ancestors(o->socket_path, &why)) < 0)
+                        return fs_log_errno(FS_LOG_ERROR, r, "%s: %s", o->socket_path, why);
                 s->listen_fd = o->listen_fd; /* systemd's: it stays when we stop */
                 o->listen_fd = -1;
         } else if ((r = fsd_sock_listen(o->socket_path, o->n_allow_uid > 0, &s->listen_fd,

@@ -160,6 +160,7 @@ enum fsd_fail {
 
 struct fsd_stats {
         uint64_t spawns, spawn_failures, exits, auth_ok, auth_failed, peer_refused;
+        uint64_t auth_pid_bound; /* of auth_ok: the client's pid was bound too */
         uint64_t bad_requests, connections;
         uint64_t fail[FSD_FAIL_N_];
         uint32_t latency_us[FSD_LATENCY_SAMPLES]; /* request in → SPAWNED out, a ring */
@@ -184,6 +185,7 @@ struct fsd_server {
         const struct fsd_options *opt;
         struct fsd_sandbox sandbox;
         struct fs_key *key;
+        uint8_t pidns[FS_PIDNS_LEN]; /* ours: the namespace SO_PEERCRED pids are counted in */
         int epfd, listen_fd, sig_fd, reserve_fd;
         bool socket_ours; /* we made it (not systemd): remove it when we stop */
         dev_t sock_dev;

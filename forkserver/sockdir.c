@@ -2,12 +2,15 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "common/dirtrust.h"
 #include "common/paths.h"
 #include "common/util.h"
 
@@ -69,6 +72,24 @@ static int clear_stale(const struct sockaddr_un *sa, const char **ret_why)
         return 0;
 }
 
+int fsd_sock_check_ancestors(const char *path, const char **ret_why)
+{
+        static char why_buf[PATH_MAX + 256];
+        const uid_t trusted[] = {0, geteuid()};
+        char bad[PATH_MAX + 64];
+        int r;
+
+        if ((r = fs_dirtrust_check(path, trusted, FS_ARRAY_SIZE(trusted), bad, sizeof(bad))) < 0) {
+                snprintf(why_buf, sizeof(why_buf),
+                         "the socket's path can be swapped by others: %s (each directory above "
+                         "the socket must belong to root or uid %u and not be writable by group "
+                         "or others unless sticky)",
+                         bad, (unsigned)geteuid());
+                return fail(ret_why, why_buf, r);
+        }
+        return 0;
+}
+
 int fsd_sock_listen(const char *path, bool shared, int *ret_fd, dev_t *ret_dev, ino_t *ret_ino,
                     const char **ret_why)
 {
@@ -84,7 +105,9 @@ int fsd_sock_listen(const char *path, bool shared, int *ret_fd, dev_t *ret_dev, 
         memcpy(sa.sun_path, path, strlen(path) + 1);
         if ((r = fs_dirname(path, dir, sizeof(dir))) < 0)
                 return fail(ret_why, "bad socket path", r);
-        if ((r = check_dir(dir, shared, ret_why)) < 0 || (r = clear_stale(&sa, ret_why)) < 0)
+        /* The ancestors of the directory, then the directory itself with the stricter check. */
+        if ((r = fsd_sock_check_ancestors(dir, ret_why)) < 0 ||
+            (r = check_dir(dir, shared, ret_why)) < 0 || (r = clear_stale(&sa, ret_why)) < 0)
                 return r;
         fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
         if (fd < 0)

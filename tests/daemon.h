@@ -18,6 +18,7 @@
 
 #include "client/forkserver.h"
 #include "common/auth.h"
+#include "common/creds.h"
 #include "common/fdpass.h"
 #include "common/key.h"
 #include "testutil.h"
@@ -168,7 +169,8 @@ static inline int daemon_stop(struct daemon *d)
 
 static inline struct forkserver *daemon_connect(struct daemon *d)
 {
-        struct forkserver_options o = {.socket_path = d->sock, .key_file = d->key, .key_fd = -1};
+        struct forkserver_options o = {.socket_path = d->sock, .key_file = d->key, .key_fd = -1,
+                                       .server_uid = d->run_as};
         struct forkserver *fs = NULL;
         const char *why = "";
         int r = forkserver_connect(&o, &fs, &why);
@@ -371,13 +373,15 @@ static inline void raw_auth(int fd, const char *key_path)
 {
         static uint8_t buf[FS_MAX_MSG];
         struct fs_auth_client c;
+        struct fs_creds self;
         struct fs_key *k;
         int n;
 
         ck_assert_int_eq(fs_key_load_file(key_path, &k, NULL), 0);
         n = raw_recv(fd, buf, sizeof(buf), 5000);
         ck_assert_int_gt(n, 0);
-        n = fs_auth_client_hello(&c, k, buf, (size_t)n, buf, sizeof(buf), NULL);
+        fs_creds_self(&self);
+        n = fs_auth_client_hello(&c, k, &self, buf, (size_t)n, buf, sizeof(buf), NULL);
         ck_assert_int_gt(n, 0);
         ck_assert_int_eq(fs_fdpass_send(fd, buf, (size_t)n, NULL, 0, 0), 0);
         n = raw_recv(fd, buf, sizeof(buf), 5000);

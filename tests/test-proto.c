@@ -56,9 +56,11 @@ START_TEST(header_roundtrip_and_errors)
         mem[0] ^= 1; /* magic */
         ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)n, &h, &p), -EPROTO);
         mem[0] ^= 1;
-        mem[5] = 2; /* version */
+        mem[5] = FS_PROTO_VERSION + 1; /* version: a later one */
         ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)n, &h, &p), -EPROTO);
-        mem[5] = 1;
+        mem[5] = 1; /* version 1 bound nobody in its handshake: refused */
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)n, &h, &p), -EPROTO);
+        mem[5] = FS_PROTO_VERSION;
         mem[7] = 200; /* unknown type */
         ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)n, &h, &p), -EBADMSG);
         mem[7] = 0; /* types start at 1 */

@@ -637,7 +637,8 @@ START_TEST(out_of_processes)
         daemon_start(&d, d.run_as ? as_root : NULL);
         /* a key file must belong to its reader: we get our own copy */
         char mine[160], hex[FS_KEY_HEX_LEN + 1];
-        struct forkserver_options o = {.socket_path = d.sock, .key_file = mine, .key_fd = -1};
+        struct forkserver_options o = {.socket_path = d.sock, .key_file = mine, .key_fd = -1,
+                                       .server_uid = d.run_as};
         const char *cwhy;
         int kf;
 
@@ -932,6 +933,7 @@ START_TEST(replayed_auth_refused)
 {
         static uint8_t buf[FS_MAX_MSG], auth[FS_MAX_MSG];
         struct fs_auth_client c;
+        struct fs_creds self;
         struct fs_key *k;
         struct forkserver *fs;
         int s, n, alen;
@@ -941,8 +943,10 @@ START_TEST(replayed_auth_refused)
         /* an honest handshake, recorded */
         s = raw_connect(d.sock);
         ck_assert_int_gt(n = raw_recv(s, buf, sizeof(buf), 2000), 0);
-        ck_assert_int_gt(alen = fs_auth_client_hello(&c, k, buf, (size_t)n, auth, sizeof(auth),
-                                                      NULL), 0);
+        fs_creds_self(&self);
+        ck_assert_int_gt(alen = fs_auth_client_hello(&c, k, &self, buf, (size_t)n, auth,
+                                                      sizeof(auth), NULL),
+                         0);
         send_raw(s, auth, (size_t)alen, NULL, 0);
         ck_assert_int_gt(n = raw_recv(s, buf, sizeof(buf), 2000), 0);
         ck_assert_int_eq(fs_auth_client_finish(&c, k, buf, (size_t)n, NULL), 0);

@@ -15,6 +15,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
         static uint8_t out[FS_MAX_MSG];
+        /* Fixed credentials on both sides, as if the client were the peer the kernel reports:
+         * even then, random bytes never authenticate. */
+        static const struct fs_creds peer = {.uid = 1000, .gid = 1000, .pid = 4242,
+                                             .pidns = {[7] = 4, [12] = 0xf0, [15] = 0x36}};
         struct fs_auth_server s;
         struct fs_auth_client c;
         size_t out_len;
@@ -26,7 +30,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                         return 0;
                 memset(key->bytes, 0x5a, sizeof(key->bytes));
         }
-        if (fs_auth_server_hello(&s, out, sizeof(out)) < 0)
+        if (fs_auth_server_hello(&s, &peer, out, sizeof(out)) < 0)
                 __builtin_trap();
         for (size_t off = 0, i = 0; off <= size && i < 8; i++) {
                 const uint8_t *end = memmem(data + off, size - off, "FSZZ", 4);
@@ -41,8 +45,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                         __builtin_trap();
                 if (i == 0) {
                         memset(&c, 0, sizeof(c));
-                        (void)fs_auth_client_hello(&c, key, data + off, len, out, sizeof(out),
-                                                   &why);
+                        (void)fs_auth_client_hello(&c, key, &peer, data + off, len, out,
+                                                   sizeof(out), &why);
                         if (fs_auth_client_finish(&c, key, data + off, len, &why) == 0)
                                 __builtin_trap(); /* no reply without the key's MAC passes */
                 }

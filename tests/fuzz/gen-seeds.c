@@ -21,6 +21,9 @@ static void save(const char *dir, const char *name, uint8_t prefix, const uint8_
 int main(int argc, char **argv)
 {
         static uint8_t m[FS_MAX_MSG], a[FS_MAX_MSG];
+        /* the fuzz target's credentials (fuzz-handshake.c) */
+        static const struct fs_creds peer = {.uid = 1000, .gid = 1000, .pid = 4242,
+                                             .pidns = {[7] = 4, [12] = 0xf0, [15] = 0x36}};
         struct fs_auth_server s;
         struct fs_auth_client c;
         struct fs_key *k;
@@ -81,9 +84,9 @@ int main(int argc, char **argv)
         fs_msg_begin(&w, m, sizeof(m), FS_MSG_STATUS_REPLY, 1);
         fs_msg_put_stat(&w, "workers", 3);
         save(argv[1], "status", 0, m, fs_msg_finish(&w));
-        n = fs_auth_server_hello(&s, m, sizeof(m));
+        n = fs_auth_server_hello(&s, &peer, m, sizeof(m));
         save(argv[1], "hello", 0, m, n);
-        an = fs_auth_client_hello(&c, k, m, (size_t)n, a, sizeof(a), NULL);
+        an = fs_auth_client_hello(&c, k, &peer, m, (size_t)n, a, sizeof(a), NULL);
         save(argv[1], "auth", 0, a, an);
         save(argv[2], "auth", 0xff, a, an);
         save(argv[2], "hello", 0xff, m, n);

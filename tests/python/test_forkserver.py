@@ -127,8 +127,9 @@ class ClientTests(unittest.TestCase):
 
         def impostor() -> None:
             c, _ = srv.accept()
-            hello = P.Writer(P.HELLO, 0).raw(P.F_VERSION_MIN, struct.pack(">H", 1))
-            hello.raw(P.F_VERSION_MAX, struct.pack(">H", 1)).raw(P.F_NONCE, b"\x07" * 32)
+            hello = P.Writer(P.HELLO, 0).raw(P.F_VERSION_MIN, struct.pack(">H", P.VERSION))
+            hello.raw(P.F_VERSION_MAX, struct.pack(">H", P.VERSION)).raw(P.F_NONCE, b"\x07" * 32)
+            hello.raw(P.F_PIDNS, P.pidns_self())
             c.send(hello.finish())
             c.recv(65536)  # the client's AUTH: useless without the key
             c.send(P.Writer(P.AUTH_OK, 0).raw(P.F_MAC, b"\x00" * 32).finish())
@@ -341,6 +342,206 @@ class PoolTests(unittest.TestCase):
             Daemon("--python-preload", "json,threader")
         self.assertIn("importing threader started a thread", str(cm.exception))
         self.assertIn("OPENBLAS_NUM_THREADS", str(cm.exception))
+
+
+class BindingTests(unittest.TestCase):
+    """The handshake binds who is at each end; the socket path must be one nobody else can
+    swap (docs/PROTOCOL.md "Handshake"). As root the relay is uid 65534; as a normal user it
+    is another process of the same uid, stopped by the pid binding."""
+
+    ROOT = os.geteuid() == 0
+    OTHER = 65534
+
+    def test_documented_vectors(self) -> None:
+        k, sn, cn = b"\x5a" * 32, b"\x01" * 32, b"\x02" * 32
+        ns = struct.pack(">QQ", 4, 4026531836)
+        self.assertEqual(P.VERSION, 2)
+        for bind, pid, c, s in (
+                (1, 4242, "4471fb32d288ec335f4d8007f149d08264de46496a920affb559d731d6cc320a",
+                 "bbb9d326f908787af6ac968896586dac734ac1c6f6db87d5f8b11e9ac2e7ad3b"),
+                (0, 0, "cde09240f2af8420579fce2a50fd0d175793afa41c856171f86bf12e5ffa5387",
+                 "5de78c46e272178ba3a61ef58ca2a3f83b1451b3972c69685ca1fbee628c75c1")):
+            self.assertEqual(P.mac(k, P.LABEL_CLIENT, sn, cn, 2, ns, bind, 1000, 1000, pid).hex(), c)
+            self.assertEqual(P.mac(k, P.LABEL_SERVER, sn, cn, 2, ns, bind, 1000, 1000, pid).hex(), s)
+
+    def _drop(self) -> None:
+        os.setgroups([])
+        os.setresgid(self.OTHER, self.OTHER, self.OTHER)
+        os.setresuid(self.OTHER, self.OTHER, self.OTHER)
+
+    def test_relay_refused_by_both_ends(self) -> None:
+        d = Daemon(*(["--allow-uid", str(self.OTHER)] if self.ROOT else []))
+        try:
+            os.chmod(d.dir, 0o711)
+            path = os.path.join(d.dir, "relay.sock")
+            marker = os.path.join(d.dir, "relayed-spawn-ran")
+            # listening before the relay drops root, as systemd makes a socket-activated
+            # daemon's: the victim's listener check passes, the MACs must stop the relay
+            lsock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            lsock.bind(path)
+            os.chmod(path, 0o666)
+            lsock.listen(1)
+            rr, rw = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the relay
+                code = 1
+                try:
+                    os.close(rr)
+                    if self.ROOT:
+                        self._drop()
+                    v, _ = lsock.accept()
+                    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                    s.connect(d.sock)
+                    v.send(s.recv(65536))  # HELLO, unchanged
+                    s.send(v.recv(65536))  # AUTH, unchanged
+                    spawn = P.Writer(P.SPAWN, 1).str(P.F_PATH, "/usr/bin/touch")
+                    try:  # right after AUTH, as a client may; the daemon may be gone
+                        s.send(spawn.str(P.F_ARG, "touch").str(P.F_ARG, marker).finish())
+                    except BrokenPipeError:
+                        pass
+                    # the daemon's answers until it hangs up; closing with our SPAWN
+                    # unread, it resets the connection, maybe ahead of the queued answer
+                    closed = False
+                    for _ in range(6):
+                        try:
+                            reply = s.recv(65536)
+                        except ConnectionResetError:
+                            closed = True
+                            continue
+                        if not reply:
+                            closed = True
+                            break
+                        t = P.parse(reply)[0]
+                        if t == P.AUTH_FAILED:
+                            os.write(rw, b"F")
+                            v.send(reply)
+                        elif t == P.SPAWNED:
+                            os.write(rw, b"S")
+                    if closed:
+                        os.write(rw, b"E")
+                    v.recv(65536)
+                    code = 0
+                except BaseException:
+                    import traceback
+                    traceback.print_exc()
+                finally:
+                    os._exit(code)
+            os.close(rw)
+            lsock.close()
+            with self.assertRaises(forkserver.AuthenticationError) as cm:
+                forkserver.connect(path, d.key)
+            self.assertIn("refused our key", cm.exception.strerror)
+            self.assertEqual(os.waitpid(pid, 0)[1], 0)
+            with os.fdopen(rr, "rb") as f:
+                self.assertEqual(f.read(), b"FE")
+            self.assertFalse(os.path.exists(marker))
+            with d.connect() as fs:  # the honest client is served
+                self.assertEqual(fs.status()["auth_failed"], 1)
+                self.assertEqual(fs.spawn(["/bin/true"]).wait(5), 0)
+        finally:
+            d.stop()
+
+    def test_forged_auth_ok_refused(self) -> None:
+        # The best a relay could get: AUTH_OK from a server fooled into taking the relayed
+        # AUTH, made with the key for the peer that server saw (another pid or uid).
+        key = secrets.token_bytes(32)
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                a.close()
+                ns = P.pidns_self()
+                sn = b"\x07" * 32
+                hello = P.Writer(P.HELLO, 0).raw(P.F_VERSION_MIN, struct.pack(">H", P.VERSION))
+                hello.raw(P.F_VERSION_MAX, struct.pack(">H", P.VERSION)).raw(P.F_NONCE, sn)
+                b.send(hello.raw(P.F_PIDNS, ns).finish())
+                _, _, f = P.parse(b.recv(65536))
+                cn, bind = P.first(f, P.F_NONCE), P.u(P.first(f, P.F_BIND))
+                mac = P.mac(key, P.LABEL_SERVER, sn, cn, P.VERSION, ns, bind, os.geteuid(),
+                            os.getegid(), os.getpid())  # this process, not the client
+                b.send(P.Writer(P.AUTH_OK, 0).raw(P.F_MAC, mac).finish())
+                b.recv(1)
+                code = 0
+            finally:
+                os._exit(code)
+        b.close()
+        try:
+            with self.assertRaises(forkserver.AuthenticationError) as cm:
+                forkserver.client._handshake(a, key, 5)
+            self.assertIn("could not prove", cm.exception.strerror)
+        finally:
+            a.close()
+            os.waitpid(pid, 0)
+
+    @unittest.skipUnless(os.geteuid() == 0, "needs a second uid (root)")
+    def test_listener_of_another_uid_refused(self) -> None:
+        d = tempfile.mkdtemp(prefix="fs-py-listener-")
+        path = os.path.join(d, "other.sock")
+        key = os.path.join(d, "key")
+        with open(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+        lsock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        lsock.bind(path)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                self._drop()
+                lsock.listen(4)  # the listener's credentials are those of listen()
+                while True:
+                    lsock.accept()[0].close()
+            finally:
+                os._exit(0)
+        lsock.close()
+        try:
+            time.sleep(0.2)
+            with self.assertRaises(forkserver.AuthenticationError) as cm:
+                forkserver.connect(path, key)
+            self.assertIn("belongs to uid 65534", cm.exception.strerror)
+            self.assertIn("expected uid 0 (ours)", cm.exception.strerror)
+            with self.assertRaises(forkserver.ForkserverError) as cm:
+                forkserver.connect(path, key, server_uid=self.OTHER)
+            self.assertNotIn("belongs to uid", cm.exception.strerror)
+        finally:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            shutil.rmtree(d, ignore_errors=True)
+
+    def test_swappable_socket_directory_refused(self) -> None:
+        d = Daemon()
+        try:
+            for mode in (0o777, 0o770):
+                os.chmod(d.dir, mode)
+                with self.assertRaises(forkserver.ForkserverError) as cm:
+                    d.connect()
+                self.assertEqual(cm.exception.errno, 1)  # EPERM
+                self.assertIn(d.dir + " is writable by group or others", cm.exception.strerror)
+            os.chmod(d.dir, 0o1777)  # sticky, as /tmp
+            with d.connect() as fs:
+                fs.ping()
+            via = d.dir + "-link"
+            os.symlink(d.dir, via)
+            try:
+                os.chmod(d.dir, 0o777)
+                with self.assertRaises(forkserver.ForkserverError) as cm:
+                    forkserver.connect(os.path.join(via, "s.sock"), d.key)
+                self.assertIn(d.dir, cm.exception.strerror)
+            finally:
+                os.unlink(via)
+            if self.ROOT:
+                os.chmod(d.dir, 0o700)
+                os.chown(d.dir, self.OTHER, self.OTHER)
+                with self.assertRaises(forkserver.ForkserverError) as cm:
+                    d.connect()
+                self.assertIn("is owned by uid 65534", cm.exception.strerror)
+                with d.connect(server_uid=self.OTHER) as fs:  # named: trusted
+                    fs.ping()
+                os.chown(d.dir, 0, 0)
+            os.chmod(d.dir, 0o700)
+            with d.connect() as fs:
+                fs.ping()
+        finally:
+            d.stop()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--socket")
     p.add_argument("--key-file")
     p.add_argument("--key-fd", type=int)
+    p.add_argument("--server-uid", type=int,
+                   help="also accept a server (and socket directories) of this uid")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run PROG in a worker with our stdio, cwd and environment")
     r.add_argument("--profile")
@@ -44,7 +46,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             p.error(f"--fd: need CHILD=PARENT, got {m!r}")
         fds[child] = parent
     try:
-        client = C.connect(a.socket, a.key_file, a.key_fd)
+        client = C.connect(a.socket, a.key_file, a.key_fd, server_uid=a.server_uid)
     except C.ForkserverError as e:
         print(f"python3 -m forkserver: {e.strerror}", file=sys.stderr)
         return 125

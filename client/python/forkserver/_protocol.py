@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import struct
 from typing import Dict, Iterator, List, Optional, Tuple
 
 MAGIC = 0x464B5356
-VERSION = 1
+VERSION = 2  # 2: the handshake binds the client's credentials; 1 is refused
 HDR = struct.Struct(">IHHII")
 MAX_MSG = 65536
 MAX_FDS = 64
@@ -19,22 +20,39 @@ STATUS, STATUS_REPLY, STOP, DATA = range(11, 15)
 # fields
 (F_VERSION_MIN, F_VERSION_MAX, F_NONCE, F_MAC, F_VERSION, F_ERRNO, F_REASON, F_PATH, F_ARG,
  F_ENV, F_CWD, F_FD, F_FLAGS, F_WORKER, F_PID, F_CODE, F_STATUS, F_STAT, F_STEP, F_PROFILE,
- F_RLIMIT, F_UMASK, F_ENTRY, F_ARGBYTES, F_GPU, F_LEASE, F_UUID) = range(1, 28)
+ F_RLIMIT, F_UMASK, F_ENTRY, F_ARGBYTES, F_GPU, F_LEASE, F_UUID, F_PIDNS, F_BIND) = range(1, 30)
 
 SPAWN_DETACH, SPAWN_NEWPGRP, SPAWN_CHANNEL = 1, 2, 4
 CLD_EXITED, CLD_KILLED, CLD_DUMPED = 1, 2, 3
 
-LABEL_CLIENT = b"forkserver-v1 client\0"
-LABEL_SERVER = b"forkserver-v1 server\0"
+LABEL_CLIENT = b"forkserver-v2 client\0"
+LABEL_SERVER = b"forkserver-v2 server\0"
+BIND_PID = 1  # AUTH's BIND: the client's pid is bound (it shares the server's pid namespace)
 
 
 class ProtocolError(Exception):
     """The peer sent something this protocol does not allow."""
 
 
-def mac(key: bytes, label: bytes, snonce: bytes, cnonce: bytes, version: int) -> bytes:
-    return hmac.new(key, label + snonce + cnonce + struct.pack(">H", version),
+def mac(key: bytes, label: bytes, snonce: bytes, cnonce: bytes, version: int, pidns: bytes,
+        bind: int, uid: int, gid: int, pid: int) -> bytes:
+    """HMAC-SHA256 over label, nonces, version and who the client is (docs/PROTOCOL.md):
+    the pid namespace HELLO announced, the BIND bits, uid, gid, and the pid (0 unless bound)."""
+    if len(pidns) != 16:
+        raise ValueError("a pid namespace identity is 16 bytes")
+    who = pidns + struct.pack(">IIII", bind, uid, gid, pid if bind & BIND_PID else 0)
+    return hmac.new(key, label + snonce + cnonce + struct.pack(">H", version) + who,
                     hashlib.sha256).digest()
+
+
+def pidns_self() -> bytes:
+    """This process's pid namespace as HELLO carries it: st_dev, st_ino of /proc/self/ns/pid
+    (u64 each, big-endian); zeros when unknown."""
+    try:
+        st = os.stat("/proc/self/ns/pid")
+    except OSError:
+        return bytes(16)
+    return struct.pack(">QQ", st.st_dev, st.st_ino)
 
 
 class Writer:

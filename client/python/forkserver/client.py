@@ -486,13 +486,78 @@ class Client:
         self.close()
 
 
+def _check_path(path: str, server_uid: Optional[int]) -> None:
+    """Refuses a socket path that someone other than root, us or server_uid could swap: each
+    directory from / down to the socket's, as written and as resolved, must belong to one of
+    them and not be writable by group or others unless sticky (as /tmp). The same walk as
+    common/dirtrust.c in the C client and the daemon."""
+    trusted = {0, os.geteuid()} | ({server_uid} if server_uid is not None else set())
+
+    def one(p: str) -> None:
+        try:
+            st = os.lstat(p)
+        except OSError as e:
+            raise ForkserverError(e.errno, f"cannot connect to {path}: cannot inspect {p}: "
+                                  f"{e.strerror}") from None
+        why = None
+        if st.st_uid not in trusted:
+            why = f"{p} is owned by uid {st.st_uid}"
+        elif stat.S_ISLNK(st.st_mode):
+            return
+        elif not stat.S_ISDIR(st.st_mode):
+            why = f"{p} is not a directory"
+        elif st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            why = (f"{p} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}) "
+                   f"and not sticky")
+        if why:
+            named = f", uid {server_uid} (the server uid named)" if server_uid else ""
+            raise ForkserverError(errno_mod.EPERM,
+                                  f"refusing to connect to {path}: its path can be swapped by "
+                                  f"others: {why} (each directory on the way must belong to "
+                                  f"root, uid {os.geteuid()} (ours){named}, and not be "
+                                  f"writable by group or others unless sticky)")
+
+    def walk(d: str) -> None:
+        one("/")
+        parts = [x for x in d.split("/") if x]
+        for i in range(1, len(parts) + 1):
+            one("/" + "/".join(parts[:i]))
+
+    d = os.path.dirname(os.path.join(os.getcwd(), path))
+    walk(d)
+    real = os.path.realpath(d)
+    if real != d:
+        walk(real)
+
+
+def _check_listener(sock: socket.socket, path: str, server_uid: Optional[int]) -> None:
+    """The listening socket (SO_PEERCRED of a connected client: whoever called listen()) must
+    belong to us, root (socket activation) or server_uid."""
+    _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                    struct.calcsize("3i")))
+    uid &= 0xFFFFFFFF
+    if uid in (os.geteuid(), 0) or (server_uid is not None and uid == server_uid):
+        return
+    named = f" or {server_uid} (the server uid named)" if server_uid is not None else ""
+    raise AuthenticationError(errno_mod.EACCES,
+                              f"refusing the server on {path}: its listening socket belongs to "
+                              f"uid {uid}; expected uid {os.geteuid()} (ours), 0 (root){named}")
+
+
 def _handshake(sock: socket.socket, key: bytes, timeout: float) -> None:
     sock.settimeout(timeout)
     try:
         msg, fds = _recv(sock, 0)
         if not msg:
             raise ConnectionLost(errno_mod.ECONNRESET, "the server closed the connection")
-        t, _, f = P.parse(msg)
+        try:
+            t, _, f = P.parse(msg)
+        except P.ProtocolError:
+            if len(msg) >= 6 and struct.unpack_from(">H", msg, 4)[0] != P.VERSION:
+                raise AuthenticationError(errno_mod.EPROTO,
+                                          "the server speaks another protocol version (this "
+                                          f"client speaks version {P.VERSION} only)") from None
+            raise
         if t == P.ERROR:
             raise ForkserverError(P.u(P.first(f, P.F_ERRNO)), P.string(P.first(f, P.F_REASON)))
         if t != P.HELLO:
@@ -502,25 +567,35 @@ def _handshake(sock: socket.socket, key: bytes, timeout: float) -> None:
         if not (vmin <= P.VERSION <= vmax) or not sn or len(sn) != 32:
             raise AuthenticationError(errno_mod.EPROTO,
                                       f"the server speaks protocol {vmin}..{vmax}, we {P.VERSION}")
+        pidns = P.first(f, P.F_PIDNS)
+        if pidns is None or len(pidns) != 16:
+            raise AuthenticationError(errno_mod.EPROTO, "HELLO without a pid namespace")
+        # What the server's SO_PEERCRED reports of us; our pid only means the same to it in
+        # the same pid namespace, and the MACs cover the one HELLO announced.
+        uid, gid, pid = os.geteuid(), os.getegid(), os.getpid()
+        mine = P.pidns_self()
+        bind = P.BIND_PID if mine != bytes(16) and mine == pidns else 0
         cn = secrets.token_bytes(32)
         w = P.Writer(P.AUTH, 0).raw(P.F_VERSION, struct.pack(">H", P.VERSION))
-        w.raw(P.F_NONCE, cn).raw(P.F_MAC, P.mac(key, P.LABEL_CLIENT, sn, cn, P.VERSION))
+        w.raw(P.F_NONCE, cn).u32(P.F_BIND, bind)
+        w.raw(P.F_MAC, P.mac(key, P.LABEL_CLIENT, sn, cn, P.VERSION, pidns, bind, uid, gid, pid))
         _send(sock, w.finish())
         msg, fds = _recv(sock, 0)
         if not msg:
             raise AuthenticationError(errno_mod.EACCES, "the server closed the connection")
         t, _, f = P.parse(msg)
         if t == P.AUTH_FAILED:
-            raise AuthenticationError(errno_mod.EACCES, "the server refused our key")
+            raise AuthenticationError(errno_mod.EACCES, "the server refused our key (or did not "
+                                      "see us at the other end: a relay?)")
         if t == P.ERROR:
             raise AuthenticationError(P.u(P.first(f, P.F_ERRNO)),
                                       P.string(P.first(f, P.F_REASON)))
-        want = P.mac(key, P.LABEL_SERVER, sn, cn, P.VERSION)
+        want = P.mac(key, P.LABEL_SERVER, sn, cn, P.VERSION, pidns, bind, uid, gid, pid)
         got = P.first(f, P.F_MAC)
         if t != P.AUTH_OK or not got or not hmac.compare_digest(got, want):
             raise AuthenticationError(errno_mod.EACCES,
-                                      "the server could not prove it has the key (an impostor "
-                                      "on the socket path?)")
+                                      "the server could not prove it has the key and sees us "
+                                      "as we are (an impostor on the socket path, or a relay?)")
     except socket.timeout:
         raise AuthenticationError(errno_mod.ETIMEDOUT, "handshake timed out") from None
     except P.ProtocolError as e:
@@ -597,10 +672,13 @@ def _reachable(path: str) -> bool:
 
 def connect(socket_path: Optional[str] = None, key_file: Optional[str] = None,
             key_fd: Optional[int] = None, *, key: Optional[bytes] = None,
-            timeout: float = 5.0) -> Client:
+            timeout: float = 5.0, server_uid: Optional[int] = None) -> Client:
     """Connects and authenticates, with forkctl's defaults; with nothing named and no server
     reachable at the default socket, starts a private server for this client (stopped by
-    close()). Raises AuthenticationError, ForkserverError."""
+    close()). server_uid: a uid besides ours and root's that the server may run as (forkctl
+    --server-uid): its listening socket and the directories on its path may belong to it.
+    Raises AuthenticationError (also for a listener of another uid), ForkserverError (also
+    for a socket path others could swap, EPERM)."""
     private = None
     if socket_path is None and key_file is None and key_fd is None and key is None and \
             not os.environ.get("FORKSERVER_SOCKET") and not _reachable(default_socket()):
@@ -611,6 +689,7 @@ def connect(socket_path: Optional[str] = None, key_file: Optional[str] = None,
         if key is None:
             key = load_key_fd(key_fd) if key_fd is not None else \
                 load_key_file(key_file or default_key_file(socket_path))
+        _check_path(socket_path, server_uid)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
             sock.settimeout(timeout)
@@ -620,6 +699,7 @@ def connect(socket_path: Optional[str] = None, key_file: Optional[str] = None,
             raise ForkserverError(e.errno, f"cannot connect to {socket_path}: {e.strerror}") \
                 from None
         try:
+            _check_listener(sock, socket_path, server_uid)
             _handshake(sock, key, timeout)
         except BaseException:
             sock.close()
