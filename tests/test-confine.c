@@ -265,10 +265,32 @@ END_TEST
  * next client's fork-mode worker could find. The first request is the larger one, so that
  * the second, written over it, cannot hide what would be left behind.
  */
-START_TEST(no_residue_of_other_requests)
+/* The Python zygote's library beside forkserverd, where the build puts it; NULL if not built. */
+static const char *python_zygote(void)
 {
-        const char *extra[] = {"--allow-profile", "default,default-kill,strict,none", "--preload",
-                               env_or_die("LIBJOBS"), NULL};
+        static char path[4096];
+        const char *bin = env_or_die("FORKSERVERD"), *slash = strrchr(bin, '/');
+
+        snprintf(path, sizeof(path), "%.*s/libforkserver-python.so", slash ? (int)(slash - bin) : 1,
+                 slash ? bin : ".");
+        return access(path, R_OK) == 0 ? path : NULL;
+}
+
+/*
+ * One client's request (argv, environment, entry bytes) leaves nothing in a zygote that the
+ * next client's fork-mode worker could find: every zygote (plain, sandboxed, and the Python
+ * zygote, whose interpreter lives in the same process). The first request is the larger one,
+ * so that the second, written over it, cannot hide what would be left behind.
+ */
+static void residue(bool python)
+{
+        const char *extra[] = {"--allow-profile",
+                               "default,default-kill,strict,none",
+                               "--preload",
+                               env_or_die("LIBJOBS"),
+                               python ? "--python-preload" : NULL,
+                               "",
+                               NULL};
         static const char *const profiles[] = {"default", "default-kill", "strict", "none"};
         const char secret[] = "zq8-forkserver-residue-secret-7Hk";
         char env[8192], arg[4096], xored[sizeof(secret)], out[64];
@@ -288,11 +310,13 @@ START_TEST(no_residue_of_other_requests)
         for (size_t i = 0; i < FS_ARRAY_SIZE(profiles); i++) {
                 char argv1[64 + sizeof(secret)];
                 const char *ev[] = {env, NULL};
-                struct forkserver_spawn_args sa = {.entry = "libjobs:job_noop",
-                                                   .envp = ev,
-                                                   .arg = arg,
-                                                   .arglen = sizeof(arg),
-                                                   .profile = profiles[i]};
+                struct forkserver_spawn_args sa = {
+                    .entry = python ? "libforkserver-python:forkserver_python_worker"
+                                    : "libjobs:job_noop",
+                    .envp = ev,
+                    .arg = arg,
+                    .arglen = sizeof(arg),
+                    .profile = profiles[i]};
                 struct forkserver_proc *w;
                 int st;
 
@@ -316,12 +340,21 @@ START_TEST(no_residue_of_other_requests)
                 st = spawn_capture(b, &sb, 1, out, sizeof(out));
                 ck_assert_msg(EXITS(st, 0), "%s: scan failed (status %#x)", profiles[i], st);
                 ck_assert_msg(strcmp(out, "0\n") == 0,
-                              "%s: another client's secret found %s time(s) in a worker",
-                              profiles[i], out);
+                              "%s%s: another client's secret found %s time(s) in a worker",
+                              python ? "Python zygote, " : "", profiles[i], out);
         }
         forkserver_close(a);
         forkserver_close(b);
         ck_assert_int_eq(daemon_stop(&d), 0);
+}
+
+START_TEST(no_residue_of_other_requests)
+{
+        residue(false);
+        if (python_zygote())
+                residue(true);
+        else
+                fprintf(stderr, "no Python zygote built: its residue check skipped\n");
 }
 END_TEST
 
