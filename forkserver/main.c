@@ -65,6 +65,7 @@ static const char usage_text[] =
         "  --log-level LEVEL       error, warning, info (default) or debug\n"
         "  --foreground            do not detach\n"
         "  -h, --help              this text\n"
+        "  --version               print the version and exit\n"
         "\n"
         "\n"
         "Under systemd: a socket passed by socket activation (LISTEN_FDS=1, one listening\n"
@@ -123,7 +124,7 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
         enum { O_SOCKET = 256, O_KEY_FILE, O_KEY_FD, O_ALLOW_UID, O_MAX_WORKERS, O_MAX_PENDING,
                O_HS_TIMEOUT, O_READY_FD, O_LOG_LEVEL, O_FOREGROUND, O_MIN_PROFILE,
                O_ALLOW_PROFILE, O_PROFILE_DIR, O_PRELOAD, O_CUDA, O_CUDA_DEVICES, O_CUDA_QUOTA,
-               O_CUDA_CONN_QUOTA, O_PYTHON_PRELOAD };
+               O_CUDA_CONN_QUOTA, O_PYTHON_PRELOAD, O_VERSION };
         static const struct option opts[] = {
                 {"socket", required_argument, NULL, O_SOCKET},
                 {"key-file", required_argument, NULL, O_KEY_FILE},
@@ -145,6 +146,7 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                 {"cuda-quota", required_argument, NULL, O_CUDA_QUOTA},
                 {"cuda-conn-quota", required_argument, NULL, O_CUDA_CONN_QUOTA},
                 {"help", no_argument, NULL, 'h'},
+                {"version", no_argument, NULL, O_VERSION},
                 {0},
         };
         unsigned v;
@@ -279,6 +281,9 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                         break;
                 case 'h':
                         fputs(usage_text, stdout);
+                        exit(0);
+                case O_VERSION:
+                        puts("forkserverd " FS_VERSION);
                         exit(0);
                 default:
                         return usage_error("unknown option or missing argument");
