@@ -26,7 +26,7 @@ prefix=$(meson introspect "$build" --buildoptions |
 base=$root$prefix
 missing=0
 for f in sbin/forkserverd bin/forkctl include/forkserver.h \
-         share/man/man8/forkserverd.8 share/man/man1/forkctl.1 \
+         share/man/man8/forkserverd.8 share/man/man1/forkctl.1 share/man/man3/forkserver.3 \
          lib/systemd/system/forkserverd.socket lib/systemd/system/forkserverd.service \
          lib/systemd/user/forkserverd.socket lib/systemd/user/forkserverd.service \
          lib/sysusers.d/forkserver.conf; do
