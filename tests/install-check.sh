@@ -29,7 +29,8 @@ for f in sbin/forkserverd bin/forkctl include/forkserver.h \
          share/man/man8/forkserverd.8 share/man/man1/forkctl.1 share/man/man3/forkserver.3 \
          lib/systemd/system/forkserverd.socket lib/systemd/system/forkserverd.service \
          lib/systemd/user/forkserverd.socket lib/systemd/user/forkserverd.service \
-         lib/sysusers.d/forkserver.conf; do
+         lib/sysusers.d/forkserver.conf \
+         share/bash-completion/completions/forkctl share/bash-completion/completions/forkserverd; do
         [ -e "$base/$f" ] || { echo "missing: $prefix/$f"; missing=1; }
 done
 for g in libforkserver.so.0 libforkserver.a forkserver.pc pool.py libforkserver-python.so; do
