@@ -39,7 +39,7 @@ static const char usage_text[] =
         "               [--cwd DIR] [--env K=V]... [--clear-env] [--fd CHILD=PARENT]...\n"
         "               [--detach] [--gpu DEV:SIZE]... [--no-private] -- PROG [ARG]...\n"
         "       forkctl [...] run [options] --entry LIBNAME:SYMBOL [-- ARG...]\n"
-        "       forkctl [...] ping | status [--prometheus] | stop\n"
+        "       forkctl [...] ping | status [--prometheus] [--output FILE] | stop\n"
         "       forkctl [COMMAND] --help | --version\n"
         "\n"
         "  keygen      write a fresh key (64 hex digits, mode 600) to FILE, '-' for stdout,\n"
@@ -55,7 +55,7 @@ static const char usage_text[] =
         "              $FORKSERVER_GPU_FDS (FD:UUID:SIZE,...).\n"
         "  ping        check that the server answers\n"
         "  status      print the server's counters as JSON, or with --prometheus in the\n"
-        "              Prometheus text format\n"
+        "              Prometheus text format; --output FILE writes them atomically\n"
         "  stop        ask the server to stop (as SIGTERM)\n"
         "  -h, --help  this text; after a command, that command's\n"
         "  --version   print the version and exit\n"
@@ -119,13 +119,16 @@ static const char ping_help[] =
         "Exit status: 0 it answered, 1 failure, 2 usage error.\n";
 
 static const char status_help[] =
-        "Usage: forkctl [GLOBAL OPTIONS] status [--prometheus]\n"
+        "Usage: forkctl [GLOBAL OPTIONS] status [--prometheus] [--output FILE]\n"
         "\n"
         "Prints the server's counters as JSON (dotted names as nested objects; \"version\"\n"
         "as a string), or in the Prometheus text format.\n"
         "\n"
-        "  --prometheus  the Prometheus text format (with forkserver_build_info)\n"
-        "  -h, --help    this text\n"
+        "  --prometheus    the Prometheus text format (with forkserver_build_info)\n"
+        "  --output FILE   write to FILE atomically (a temporary file renamed over it, mode\n"
+        "                  644; on failure FILE is left as it was), e.g. for node_exporter's\n"
+        "                  textfile collector\n"
+        "  -h, --help      this text\n"
         "\n"
         "Exit status: 0 printed, 1 failure, 2 usage error.\n";
 
@@ -700,24 +703,25 @@ struct status_out {
         char open[STATUS_DEPTH][64]; /* JSON: the objects open now */
         char family[96];             /* Prometheus: the metric family typed last */
         char conn_uid[24], conn_pid[24];
+        FILE *f; /* stdout, or --output's temporary file */
 };
 
-static void json_key(const char *k, size_t len)
+static void json_key(struct status_out *o, const char *k, size_t len)
 {
-        putchar('"');
+        fputc('"', o->f);
         for (size_t i = 0; i < len; i++) /* names are the server's, but escape all the same */
-                printf(k[i] == '"' || k[i] == '\\' ? "\\%c" : (unsigned char)k[i] < 0x20 ? "?"
+                fprintf(o->f, k[i] == '"' || k[i] == '\\' ? "\\%c" : (unsigned char)k[i] < 0x20 ? "?"
                                                                                      : "%c",
                        k[i]);
-        putchar('"');
+        fputc('"', o->f);
 }
 
 static void json_sep(struct status_out *o)
 {
         if (!o->started)
-                putchar('{');
+                fputc('{', o->f);
         o->started = true;
-        printf("%s\n%*s", o->any ? "," : "", (int)(2 * o->depth + 2), "");
+        fprintf(o->f, "%s\n%*s", o->any ? "," : "", (int)(2 * o->depth + 2), "");
 }
 
 static void json_stat(struct status_out *o, const char *name, uint64_t v)
@@ -738,24 +742,24 @@ static void json_stat(struct status_out *o, const char *name, uint64_t v)
                memcmp(o->open[common], part[common], len[common]) == 0)
                 common++;
         for (; o->depth > common; o->depth--) {
-                printf("\n%*s}", (int)(2 * o->depth), "");
+                fprintf(o->f, "\n%*s}", (int)(2 * o->depth), "");
                 o->any = true;
         }
         for (; o->depth + 1 < n; o->depth++) {
                 json_sep(o);
-                json_key(part[o->depth], len[o->depth]);
-                printf(": {");
+                json_key(o, part[o->depth], len[o->depth]);
+                fprintf(o->f, ": {");
                 snprintf(o->open[o->depth], sizeof(o->open[0]), "%.*s", (int)len[o->depth],
                          part[o->depth]);
                 o->any = false;
         }
         json_sep(o);
-        json_key(part[n - 1], len[n - 1]);
+        json_key(o, part[n - 1], len[n - 1]);
         if (strcmp(name, "version") == 0) /* MAJOR << 16 | MINOR << 8 | PATCH */
-                printf(": \"%u.%u.%u\"", (unsigned)(v >> 16) & 0xffff, (unsigned)(v >> 8) & 0xff,
+                fprintf(o->f, ": \"%u.%u.%u\"", (unsigned)(v >> 16) & 0xffff, (unsigned)(v >> 8) & 0xff,
                        (unsigned)v & 0xff);
         else
-                printf(": %llu", (unsigned long long)v);
+                fprintf(o->f, ": %llu", (unsigned long long)v);
         o->any = true;
 }
 
@@ -777,7 +781,7 @@ static void prom_family(struct status_out *o, const char *family, const char *ty
         if (strcmp(o->family, family) == 0)
                 return;
         snprintf(o->family, sizeof(o->family), "%s", family);
-        printf("# HELP %s %s\n# TYPE %s %s\n", family, help, family, type);
+        fprintf(o->f, "# HELP %s %s\n# TYPE %s %s\n", family, help, family, type);
 }
 
 /* Prometheus text format: counters end in _total, groups become labels. */
@@ -790,12 +794,12 @@ static void prom_stat(struct status_out *o, const char *name, uint64_t v)
         if (strcmp(name, "version") == 0) {
                 prom_family(o, "forkserver_build_info", "gauge",
                             "The server's version, as a label; the value is 1.");
-                printf("forkserver_build_info{version=\"%u.%u.%u\"} 1\n",
+                fprintf(o->f, "forkserver_build_info{version=\"%u.%u.%u\"} 1\n",
                        (unsigned)(v >> 16) & 0xffff, (unsigned)(v >> 8) & 0xff, (unsigned)v & 0xff);
         } else if ((leaf = fs_startswith(name, "spawn_failures_by_cause."))) {
                 prom_family(o, "forkserver_spawn_failures_by_cause_total", "counter",
                             "Spawn requests that gave no worker, by cause.");
-                printf("forkserver_spawn_failures_by_cause_total{cause=\"%s\"} %llu\n", leaf, u);
+                fprintf(o->f, "forkserver_spawn_failures_by_cause_total{cause=\"%s\"} %llu\n", leaf, u);
         } else if ((leaf = fs_startswith(name, "spawn_latency_us."))) {
                 static const char *const q[][2] = {{"p50", "0.5"}, {"p90", "0.9"},
                                                    {"p99", "0.99"}, {"max", "1"}};
@@ -803,14 +807,16 @@ static void prom_stat(struct status_out *o, const char *name, uint64_t v)
                 if (strcmp(leaf, "samples") == 0) {
                         prom_family(o, "forkserver_spawn_latency_samples", "gauge",
                                     "Spawns the latency quantiles are taken over.");
-                        printf("forkserver_spawn_latency_samples %llu\n", u);
+                        fprintf(o->f, "forkserver_spawn_latency_samples %llu\n", u);
                         return;
                 }
-                prom_family(o, "forkserver_spawn_latency_seconds", "gauge",
-                            "Time from a spawn request to its reply, recent spawns.");
+                /* quantile labels belong to a summary (promtool refuses them on a gauge); it
+                 * has no _sum or _count: the daemon keeps a window, not totals */
+                prom_family(o, "forkserver_spawn_latency_seconds", "summary",
+                            "Time from a spawn request to its reply, over recent spawns.");
                 for (size_t i = 0; i < FS_ARRAY_SIZE(q); i++)
                         if (strcmp(leaf, q[i][0]) == 0)
-                                printf("forkserver_spawn_latency_seconds{quantile=\"%s\"} "
+                                fprintf(o->f, "forkserver_spawn_latency_seconds{quantile=\"%s\"} "
                                        "%.6f\n", q[i][1], (double)v / 1e6);
         } else if (sscanf(name, "connection.%23[0-9].%31s", id, field) == 2) {
                 /* uid and pid come first and become labels of the workers gauge */
@@ -821,19 +827,25 @@ static void prom_stat(struct status_out *o, const char *name, uint64_t v)
                 } else {
                         snprintf(family, sizeof(family), "forkserver_connection_%s", field);
                         prom_family(o, family, "gauge", "Live workers of a connection.");
-                        printf("%s{connection=\"%s\",uid=\"%s\",pid=\"%s\"} %llu\n", family, id,
+                        fprintf(o->f, "%s{connection=\"%s\",uid=\"%s\",pid=\"%s\"} %llu\n", family, id,
                                o->conn_uid, o->conn_pid, u);
                 }
         } else {
                 bool counter = is_counter(name);
+                /* Prometheus wants base units: uptime_ms is forkserver_uptime_seconds */
+                bool ms = fs_endswith(name, "_ms");
 
-                snprintf(family, sizeof(family), "forkserver_%s%s", name,
+                snprintf(family, sizeof(family), "forkserver_%.*s%s%s",
+                         (int)(strlen(name) - (ms ? 3 : 0)), name, ms ? "_seconds" : "",
                          counter && !fs_endswith(name, "_total") ? "_total" : "");
                 for (char *p = family; *p; p++)
                         if (*p == '.')
                                 *p = '_';
                 prom_family(o, family, counter ? "counter" : "gauge", "See forkctl(1).");
-                printf("%s %llu\n", family, u);
+                if (ms)
+                        fprintf(o->f, "%s %.3f\n", family, (double)v / 1e3);
+                else
+                        fprintf(o->f, "%s %llu\n", family, u);
         }
 }
 
@@ -853,45 +865,110 @@ static void status_end(struct status_out *o)
         if (o->prometheus)
                 return;
         if (!o->started) {
-                puts("{}");
+                fputs("{}\n", o->f);
                 return;
         }
         for (; o->depth > 0; o->depth--)
-                printf("\n%*s}", (int)(2 * o->depth), "");
-        printf("\n}\n");
+                fprintf(o->f, "\n%*s}", (int)(2 * o->depth), "");
+        fprintf(o->f, "\n}\n");
+}
+
+/* status --output FILE: written to a temporary file beside FILE, renamed over it once
+ * complete, so that a reader (node_exporter's textfile collector) never sees half of it and
+ * a failure leaves the old one. */
+struct output {
+        const char *path;
+        char tmp[PATH_MAX];
+        FILE *f;
+};
+
+static int output_open(struct output *out)
+{
+        int fd;
+
+        if (fs_format(out->tmp, sizeof(out->tmp), "%s.XXXXXX", out->path) < 0)
+                return fail(-ENAMETOOLONG, "--output %s: path too long", out->path);
+        if ((fd = mkostemp(out->tmp, O_CLOEXEC)) < 0)
+                return fail(-errno, "--output %s: %s", out->path, strerror(errno));
+        /* readable by a collector running as another user, like a file made by > */
+        if (fchmod(fd, 0644) < 0 || !(out->f = fdopen(fd, "w"))) {
+                int e = errno;
+
+                close(fd);
+                unlink(out->tmp);
+                return fail(-e, "--output %s: %s", out->path, strerror(e));
+        }
+        return 0;
+}
+
+static int output_close(struct output *out, bool ok)
+{
+        int r = 0;
+
+        if (!out->f)
+                return 0;
+        if (ok && (fflush(out->f) != 0 || fsync(fileno(out->f)) < 0))
+                r = -errno;
+        if (fclose(out->f) != 0 && r == 0)
+                r = -errno;
+        out->f = NULL;
+        if (ok && r == 0 && rename(out->tmp, out->path) < 0)
+                r = -errno;
+        if (!ok || r < 0)
+                unlink(out->tmp);
+        if (ok && r < 0)
+                return fail(r, "--output %s: %s", out->path, strerror(-r));
+        return 0;
 }
 
 static int cmd_simple(const struct global *g, const char *cmd, int argc, char **argv)
 {
         struct private_daemon none = {0};
+        struct output out = {0};
+        bool prometheus = false, status = strcmp(cmd, "status") == 0;
         struct forkserver *fs;
         int64_t t0;
         int r;
 
-        bool prometheus = argc == 2 && strcmp(cmd, "status") == 0 &&
-                          strcmp(argv[1], "--prometheus") == 0;
-
-        if (argc == 2 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {
-                fputs(strcmp(cmd, "ping") == 0     ? ping_help
-                      : strcmp(cmd, "status") == 0 ? status_help
-                                                   : stop_help,
-                      stdout);
-                return 0;
+        for (int i = 1; i < argc; i++) {
+                if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+                        fputs(strcmp(cmd, "ping") == 0 ? ping_help
+                              : status                 ? status_help
+                                                       : stop_help,
+                              stdout);
+                        return 0;
+                } else if (status && strcmp(argv[i], "--prometheus") == 0) {
+                        prometheus = true;
+                } else if (status && strcmp(argv[i], "--output") == 0 && i + 1 < argc) {
+                        out.path = argv[++i];
+                } else if (status && strncmp(argv[i], "--output=", 9) == 0) {
+                        out.path = argv[i] + 9;
+                } else {
+                        return fail(EXIT_USAGE, "%s takes no arguments%s", cmd,
+                                    status ? " but --prometheus and --output FILE" : "");
+                }
         }
-        if (argc != 1 && !prometheus)
-                return fail(EXIT_USAGE, "%s takes no arguments%s", cmd,
-                            strcmp(cmd, "status") == 0 ? " but --prometheus" : "");
         if (open_conn(g, false, &none, &fs) < 0)
                 return EXIT_FAIL;
+        if (out.path && output_open(&out) < 0) {
+                forkserver_close(fs);
+                return EXIT_FAIL;
+        }
         t0 = fs_now_us();
         if (strcmp(cmd, "ping") == 0) {
                 if ((r = forkserver_ping(fs)) == 0)
                         printf("pong: %.0f us\n", (double)(fs_now_us() - t0));
         } else if (strcmp(cmd, "status") == 0) {
-                struct status_out o = {.prometheus = prometheus};
+                struct status_out o = {.prometheus = prometheus, .f = out.f ? out.f : stdout};
 
                 if ((r = forkserver_status(fs, print_stat, &o)) == 0)
                         status_end(&o);
+                if (r < 0)
+                        fail(0, "%s: %s", cmd, forkserver_error(fs));
+                if (output_close(&out, r == 0) < 0) /* says why */
+                        r = -EIO;
+                forkserver_close(fs);
+                return r < 0 ? EXIT_FAIL : 0;
         } else {
                 if ((r = forkserver_stop(fs)) == 0)
                         fprintf(stderr, "forkctl: server stopping\n");

@@ -278,6 +278,110 @@ START_TEST(private_daemon_said_and_refused)
 }
 END_TEST
 
+/* Runs argv with text on its stdin and its output discarded; returns the wait status. */
+static int run_stdin(const char *const *argv, const char *text)
+{
+        int p[2], st;
+        pid_t pid;
+
+        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+        ck_assert_int_ge(pid = fork(), 0);
+        if (pid == 0) {
+                int null = open("/dev/null", O_WRONLY);
+
+                dup2(p[0], 0);
+                dup2(null, 1);
+                execv(argv[0], (char *const *)argv);
+                _exit(127);
+        }
+        close(p[0]);
+        ck_assert_int_eq(fs_write_all(p[1], text, strlen(text)), 0);
+        close(p[1]);
+        ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+        return st;
+}
+
+/* What promtool's lint refuses, checked here too where it is not installed: a quantile
+ * label outside a summary, a family named in ms or us. */
+static void prometheus_lint(char *text)
+{
+        char typed[64][96], types[64][16];
+        size_t n = 0;
+
+        for (char *save, *l = strtok_r(text, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+                char name[96];
+
+                if (sscanf(l, "# TYPE %95s %15s", typed[n], types[n]) == 2) {
+                        ck_assert_msg(!fs_endswith(typed[n], "_ms") &&
+                                          !fs_endswith(typed[n], "_us"),
+                                      "%s: not a base unit", typed[n]);
+                        ck_assert_uint_lt(++n, 64);
+                        continue;
+                }
+                if (l[0] == '#' || !strstr(l, "quantile=") || sscanf(l, "%95[a-z_]", name) != 1)
+                        continue;
+                ck_assert_msg(n > 0 && strcmp(typed[n - 1], name) == 0 &&
+                                  strcmp(types[n - 1], "summary") == 0,
+                              "quantile label outside a summary: %s", l);
+        }
+}
+
+START_TEST(prometheus_valid_and_output_atomic)
+{
+        const char *promtool = getenv("PROMTOOL");
+        const char *echo[] = {"/bin/true", NULL};
+        struct forkserver_spawn_args a = {.path = echo[0], .argv = echo};
+        static char out[65536], file[65536];
+        char err[512], path[160], tmpl[200];
+        struct forkserver_proc *w;
+        struct forkserver *fs;
+        struct stat st;
+        int fd, status;
+
+        daemon_start(&d, NULL);
+        fs = daemon_connect(&d);
+        ck_assert_int_eq(forkserver_spawn(fs, &a, &w), 0); /* latency quantiles to print */
+        ck_assert_int_eq(forkserver_wait(fs, w, &status), 0);
+        forkserver_close(fs);
+        ck_assert_int_eq(
+            exit_code(run2(CTL("status", "--prometheus"), out, sizeof(out), err, sizeof(err))), 0);
+        ck_assert_ptr_nonnull(strstr(out, "# TYPE forkserver_spawn_latency_seconds summary\n"));
+        ck_assert_ptr_nonnull(strstr(out, "# TYPE forkserver_uptime_seconds gauge\n"));
+        if (promtool && *promtool) {
+                const char *check[] = {promtool, "check", "metrics", NULL};
+
+                ck_assert_msg(exit_code(run_stdin(check, out)) == 0,
+                              "promtool check metrics refused:\n%s", out);
+        }
+        prometheus_lint(out);
+
+        /* --output: the whole text lands in FILE, mode 644, with no temporary file left */
+        snprintf(path, sizeof(path), "%s/forkserver.prom", d.dir);
+        ck_assert_int_ge(fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600), 0);
+        ck_assert_int_eq(fs_write_all(fd, "old\n", 4), 0);
+        close(fd);
+        ck_assert_int_eq(exit_code(run2(CTL("status", "--prometheus", "--output", path), out,
+                                        sizeof(out), err, sizeof(err))),
+                         0);
+        ck_assert_str_eq(out, "");
+        ck_assert_int_eq(stat(path, &st), 0);
+        ck_assert_int_eq(st.st_mode & 0777, 0644);
+        ck_assert_int_ge(fd = open(path, O_RDONLY | O_CLOEXEC), 0);
+        read_all_close(fd, file, sizeof(file));
+        ck_assert_msg(strncmp(file, "# HELP forkserver_", 18) == 0 &&
+                          strstr(file, "forkserver_build_info{version="),
+                      "%s", file);
+        ck_assert_int_eq(entries(d.dir), 3); /* key, socket, forkserver.prom */
+        /* a failure leaves FILE as it was: here the directory is gone */
+        snprintf(tmpl, sizeof(tmpl), "%s/none/forkserver.prom", d.dir);
+        ck_assert_int_eq(
+            exit_code(run2(CTL("status", "--output", tmpl), out, sizeof(out), err, sizeof(err))),
+            1);
+        unlink(path);
+        stop_daemon();
+}
+END_TEST
+
 static Suite *suite(void)
 {
         Suite *s = suite_create("cli");
@@ -291,6 +395,7 @@ static Suite *suite(void)
         tcase_add_test(tc, spawn_reports_its_step);
         tcase_add_test(tc, missing_socket_named);
         tcase_add_test(tc, private_daemon_said_and_refused);
+        tcase_add_test(tc, prometheus_valid_and_output_atomic);
         suite_add_tcase(s, tc);
         return s;
 }
