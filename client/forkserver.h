@@ -92,7 +92,11 @@ struct forkserver_options {
         uint64_t reserved[8];               /* must be zero (room for new members) */
 };
 
+#ifdef __cplusplus
+#define FORKSERVER_OPTIONS_INIT {} /* all zero, without -Wmissing-field-initializers */
+#else
 #define FORKSERVER_OPTIONS_INIT {.socket_path = NULL}
+#endif
 
 /*
  * Connects and authenticates. Errors: -ENOENT/-ECONNREFUSED (no server), -EACCES (the server
@@ -146,7 +150,11 @@ struct forkserver_spawn_args {
         uint64_t reserved[8];            /* must be zero (room for new members) */
 };
 
+#ifdef __cplusplus
+#define FORKSERVER_SPAWN_ARGS_INIT {}
+#else
 #define FORKSERVER_SPAWN_ARGS_INIT {.path = NULL}
+#endif
 
 /* A GPU buffer to allocate for a worker: on the server's device number `device` (its
  * --cuda-devices, in order), at least size bytes (rounded up to the allocation granularity). */
