@@ -710,9 +710,11 @@ static void json_key(struct status_out *o, const char *k, size_t len)
 {
         fputc('"', o->f);
         for (size_t i = 0; i < len; i++) /* names are the server's, but escape all the same */
-                fprintf(o->f, k[i] == '"' || k[i] == '\\' ? "\\%c" : (unsigned char)k[i] < 0x20 ? "?"
-                                                                                     : "%c",
-                       k[i]);
+                fprintf(o->f,
+                        k[i] == '"' || k[i] == '\\'  ? "\\%c"
+                        : (unsigned char)k[i] < 0x20 ? "?"
+                                                     : "%c",
+                        k[i]);
         fputc('"', o->f);
 }
 
@@ -756,8 +758,8 @@ static void json_stat(struct status_out *o, const char *name, uint64_t v)
         json_sep(o);
         json_key(o, part[n - 1], len[n - 1]);
         if (strcmp(name, "version") == 0) /* MAJOR << 16 | MINOR << 8 | PATCH */
-                fprintf(o->f, ": \"%u.%u.%u\"", (unsigned)(v >> 16) & 0xffff, (unsigned)(v >> 8) & 0xff,
-                       (unsigned)v & 0xff);
+                fprintf(o->f, ": \"%u.%u.%u\"", (unsigned)(v >> 16) & 0xffff,
+                        (unsigned)(v >> 8) & 0xff, (unsigned)v & 0xff);
         else
                 fprintf(o->f, ": %llu", (unsigned long long)v);
         o->any = true;
@@ -795,11 +797,13 @@ static void prom_stat(struct status_out *o, const char *name, uint64_t v)
                 prom_family(o, "forkserver_build_info", "gauge",
                             "The server's version, as a label; the value is 1.");
                 fprintf(o->f, "forkserver_build_info{version=\"%u.%u.%u\"} 1\n",
-                       (unsigned)(v >> 16) & 0xffff, (unsigned)(v >> 8) & 0xff, (unsigned)v & 0xff);
+                        (unsigned)(v >> 16) & 0xffff, (unsigned)(v >> 8) & 0xff,
+                        (unsigned)v & 0xff);
         } else if ((leaf = fs_startswith(name, "spawn_failures_by_cause."))) {
                 prom_family(o, "forkserver_spawn_failures_by_cause_total", "counter",
                             "Spawn requests that gave no worker, by cause.");
-                fprintf(o->f, "forkserver_spawn_failures_by_cause_total{cause=\"%s\"} %llu\n", leaf, u);
+                fprintf(o->f, "forkserver_spawn_failures_by_cause_total{cause=\"%s\"} %llu\n", leaf,
+                        u);
         } else if ((leaf = fs_startswith(name, "spawn_latency_us."))) {
                 static const char *const q[][2] = {{"p50", "0.5"}, {"p90", "0.9"},
                                                    {"p99", "0.99"}, {"max", "1"}};
@@ -816,8 +820,9 @@ static void prom_stat(struct status_out *o, const char *name, uint64_t v)
                             "Time from a spawn request to its reply, over recent spawns.");
                 for (size_t i = 0; i < FS_ARRAY_SIZE(q); i++)
                         if (strcmp(leaf, q[i][0]) == 0)
-                                fprintf(o->f, "forkserver_spawn_latency_seconds{quantile=\"%s\"} "
-                                       "%.6f\n", q[i][1], (double)v / 1e6);
+                                fprintf(o->f,
+                                        "forkserver_spawn_latency_seconds{quantile=\"%s\"} %.6f\n",
+                                        q[i][1], (double)v / 1e6);
         } else if (sscanf(name, "connection.%23[0-9].%31s", id, field) == 2) {
                 /* uid and pid come first and become labels of the workers gauge */
                 if (strcmp(field, "uid") == 0) {
@@ -827,8 +832,8 @@ static void prom_stat(struct status_out *o, const char *name, uint64_t v)
                 } else {
                         snprintf(family, sizeof(family), "forkserver_connection_%s", field);
                         prom_family(o, family, "gauge", "Live workers of a connection.");
-                        fprintf(o->f, "%s{connection=\"%s\",uid=\"%s\",pid=\"%s\"} %llu\n", family, id,
-                               o->conn_uid, o->conn_pid, u);
+                        fprintf(o->f, "%s{connection=\"%s\",uid=\"%s\",pid=\"%s\"} %llu\n", family,
+                                id, o->conn_uid, o->conn_pid, u);
                 }
         } else {
                 bool counter = is_counter(name);
