@@ -72,7 +72,8 @@ static const char usage_text[] =
         "SOCK_SEQPACKET filesystem socket) is used instead of creating one; READY=1 and\n"
         "STOPPING=1 go to $NOTIFY_SOCKET; with no key option, the key is read from\n"
         "$CREDENTIALS_DIRECTORY/forkserver.key when that file exists.\n"
-        "Signals: SIGTERM, SIGINT stop; SIGHUP is logged and ignored (nothing is reloaded).\n"
+        "Signals: SIGTERM, SIGINT stop; SIGHUP re-reads the key file (new connections use\n"
+        "the new key; a key that does not load is refused and the old one kept).\n"
         "\n"
         "Exit status: 0 stopped cleanly, 1 start-up or runtime failure, 2 usage error.\n";
 
@@ -440,6 +441,7 @@ static int start(struct fsd_server *s, struct fsd_options *o)
         }
         if ((r = load_key(o, &s->key)) < 0)
                 return r;
+        s->key_loaded_ms = fs_now_ms();
         if (!s->key->locked)
                 fs_log(FS_LOG_WARNING, "cannot mlock the key page (RLIMIT_MEMLOCK?); "
                        "it is still excluded from core dumps and forks");

@@ -183,6 +183,8 @@ struct fsd_server {
         const struct fsd_options *opt;
         struct fsd_sandbox sandbox;
         struct fs_key *key;
+        int64_t key_loaded_ms; /* fs_now_ms() when it was read, at start or on SIGHUP */
+        uint64_t key_reloads;
         int epfd, listen_fd, sig_fd, reserve_fd;
         bool socket_ours; /* we made it (not systemd): remove it when we stop */
         dev_t sock_dev;

@@ -382,6 +382,94 @@ START_TEST(prometheus_valid_and_output_atomic)
 }
 END_TEST
 
+/* Replaces the daemon's key file (a fresh key, renamed into place); returns its path. */
+static void new_key_file(const char *tmp)
+{
+        make_key_file(tmp);
+        ck_assert_int_eq(rename(tmp, d.key), 0);
+}
+
+/* Waits for key_reloads to reach want (SIGHUP is handled asynchronously). */
+static void wait_reloads(struct forkserver *fs, uint64_t want)
+{
+        for (int i = 0; i < 500 && daemon_stat(fs, "key_reloads") != want; i++)
+                usleep(10000);
+        ck_assert_uint_eq(daemon_stat(fs, "key_reloads"), want);
+}
+
+START_TEST(sighup_rereads_key)
+{
+        const char *sleeper[] = {"/bin/sleep", "100", NULL};
+        struct forkserver_spawn_args a = {.path = sleeper[0], .argv = sleeper};
+        static const char hex[] =
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n";
+        char old_key[160], good_key[160], tmp[160], log[160], text[8192];
+        struct forkserver *before, *after, *fs;
+        struct forkserver_options o = {.socket_path = NULL};
+        struct forkserver_proc *w;
+        const char *why = NULL;
+        int fd, st;
+
+        daemon_paths(&d);
+        snprintf(log, sizeof(log), "%s/log", d.dir);
+        d.log_path = log;
+        make_key_file(d.key);
+        const char *args[] = {"--socket", d.sock, "--key-file", d.key, "--log-level", "info", NULL};
+
+        ck_assert_int_eq(daemon_spawn(&d, args, NULL), 0);
+        before = daemon_connect(&d);
+        ck_assert_int_eq(forkserver_spawn(before, &a, &w), 0);
+        ck_assert_uint_eq(daemon_stat(before, "key_reloads"), 0);
+        snprintf(old_key, sizeof(old_key), "%s/old-key", d.dir);
+        ck_assert_int_eq(link(d.key, old_key), 0);
+
+        /* a new key: new connections need it, the running one and its worker go on */
+        snprintf(tmp, sizeof(tmp), "%s/key.new", d.dir);
+        new_key_file(tmp);
+        ck_assert_int_eq(kill(d.pid, SIGHUP), 0);
+        wait_reloads(before, 1);
+        ck_assert_uint_lt(daemon_stat(before, "key_age_ms"), 5000);
+        after = daemon_connect(&d); /* with the new key file */
+        ck_assert_int_eq(forkserver_ping(after), 0);
+        o.socket_path = d.sock;
+        o.key_file = old_key;
+        ck_assert_int_eq(forkserver_connect(&o, &fs, &why), -EACCES);
+        ck_assert_int_eq(forkserver_poll(before, w, &st), 0); /* still running */
+        ck_assert_int_eq(forkserver_ping(before), 0);
+
+        /* a bad new key (group-readable) is refused, and the current one kept */
+        snprintf(good_key, sizeof(good_key), "%s/good-key", d.dir);
+        ck_assert_int_eq(link(d.key, good_key), 0);
+        ck_assert_int_ge(fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644), 0);
+        ck_assert_int_eq(fchmod(fd, 0644), 0);
+        ck_assert_int_eq(fs_write_all(fd, hex, sizeof(hex) - 1), 0);
+        close(fd);
+        ck_assert_int_eq(rename(tmp, d.key), 0);
+        ck_assert_int_eq(kill(d.pid, SIGHUP), 0);
+        for (int i = 0; i < 200; i++) { /* until the refusal is logged */
+                ck_assert_int_ge(fd = open(log, O_RDONLY | O_CLOEXEC), 0);
+                read_all_close(fd, text, sizeof(text));
+                if (strstr(text, "keeping the old key"))
+                        break;
+                usleep(10000);
+        }
+        ck_assert_msg(strstr(text, "keeping the old key"), "log:\n%s", text);
+        ck_assert_uint_eq(daemon_stat(after, "key_reloads"), 1);
+        o.key_file = good_key;
+        ck_assert_int_eq(forkserver_connect(&o, &fs, &why), 0);
+        forkserver_close(fs);
+
+        ck_assert_int_eq(forkserver_kill(before, w, SIGKILL), 0);
+        ck_assert_int_eq(forkserver_wait(before, w, &st), 0);
+        forkserver_close(before);
+        forkserver_close(after);
+        unlink(old_key);
+        unlink(good_key);
+        unlink(log);
+        stop_daemon();
+}
+END_TEST
+
 static Suite *suite(void)
 {
         Suite *s = suite_create("cli");
@@ -396,6 +484,7 @@ static Suite *suite(void)
         tcase_add_test(tc, missing_socket_named);
         tcase_add_test(tc, private_daemon_said_and_refused);
         tcase_add_test(tc, prometheus_valid_and_output_atomic);
+        tcase_add_test(tc, sighup_rereads_key);
         suite_add_tcase(s, tc);
         return s;
 }
