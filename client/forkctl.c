@@ -769,7 +769,7 @@ static bool is_counter(const char *name)
 {
         static const char *const counters[] = {"connections_total", "auth_ok", "auth_failed",
                                                "peer_refused", "bad_requests", "spawns",
-                                               "spawn_failures", "exits"};
+                                               "spawn_failures", "exits", "key_reloads"};
 
         for (size_t i = 0; i < FS_ARRAY_SIZE(counters); i++)
                 if (strcmp(name, counters[i]) == 0)
