@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/pidfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <fcntl.h>
@@ -25,6 +26,13 @@
 #include "common/util.h"
 
 #define DEFAULT_TIMEOUT_MS 5000
+
+/* The ABI of the caller-filled structs is frozen (forkserver.h): new members take reserved
+ * room. These catch a member added beside it instead. */
+#if defined(__x86_64__) || defined(__aarch64__)
+_Static_assert(sizeof(struct forkserver_options) == 96, "forkserver_options changed size");
+_Static_assert(sizeof(struct forkserver_spawn_args) == 192, "forkserver_spawn_args changed size");
+#endif
 
 struct forkserver_key {
         struct fs_key k; /* a forkserver_key is an fs_key page */
@@ -49,6 +57,7 @@ struct stash {
         uint32_t id;
         uint16_t type;
         int err;
+        uint32_t step; /* ERROR: the worker's set-up step, 0 when none */
         struct forkserver_proc *worker;
         size_t len;
         uint8_t payload[]; /* ERROR: reason string; STATUS_REPLY: the payload */
@@ -61,6 +70,7 @@ struct forkserver {
         uint32_t next_id;
         uint64_t exits; /* exit events seen */
         int dead; /* connection-level failure, sticky */
+        int err_step; /* forkserver_error_step() */
         struct forkserver_proc *workers;
         struct stash *stash;
         char err[512];
@@ -88,6 +98,19 @@ static int die(struct forkserver *fs, int r, const char *what)
                 set_err(fs, r, "%s: %s", what, strerror(-r));
         }
         return fs->dead;
+}
+
+static bool all_zero(const uint64_t *v, size_t n)
+{
+        for (size_t i = 0; i < n; i++)
+                if (v[i])
+                        return false;
+        return true;
+}
+
+const char *forkserver_version(void)
+{
+        return FORKSERVER_VERSION;
 }
 
 /* ---- keys ---- */
@@ -142,7 +165,7 @@ static struct forkserver_proc *find_worker(struct forkserver *fs, uint64_t id)
         return NULL;
 }
 
-static int stash_push(struct forkserver *fs, uint32_t id, uint16_t type, int err,
+static int stash_push(struct forkserver *fs, uint32_t id, uint16_t type, int err, uint32_t step,
                       struct forkserver_proc *w, const void *payload, size_t len)
 {
         struct stash *s = malloc(sizeof(*s) + len + 1);
@@ -150,7 +173,8 @@ static int stash_push(struct forkserver *fs, uint32_t id, uint16_t type, int err
 
         if (!s)
                 return -ENOMEM;
-        *s = (struct stash){.id = id, .type = type, .err = err, .worker = w, .len = len};
+        *s = (struct stash){.id = id, .type = type, .err = err, .step = step, .worker = w,
+                            .len = len};
         if (len)
                 memcpy(s->payload, payload, len);
         s->payload[len] = '\0';
@@ -215,7 +239,7 @@ static int pump_one(struct forkserver *fs, int flags)
                 if (fs->workers)
                         fs->workers->prev = w;
                 fs->workers = w;
-                return stash_push(fs, h.id, h.type, 0, w, NULL, 0);
+                return stash_push(fs, h.id, h.type, 0, 0, w, NULL, 0);
         }
         case FS_MSG_EXITED: {
                 struct fs_msg_exited m;
@@ -239,15 +263,15 @@ static int pump_one(struct forkserver *fs, int flags)
                         fs->dead = -(int)m.err;
                         return set_err(fs, fs->dead, "server: %s", m.reason);
                 }
-                return stash_push(fs, h.id, h.type, -(int)m.err, NULL, m.reason,
+                return stash_push(fs, h.id, h.type, -(int)m.err, m.step, NULL, m.reason,
                                   strlen(m.reason));
         }
         case FS_MSG_OK:
                 if ((r = fs_proto_parse_empty(&p, &why)) < 0)
                         goto bad;
-                return stash_push(fs, h.id, h.type, 0, NULL, NULL, 0);
+                return stash_push(fs, h.id, h.type, 0, 0, NULL, NULL, 0);
         case FS_MSG_STATUS_REPLY:
-                return stash_push(fs, h.id, h.type, 0, NULL, p.data, p.len);
+                return stash_push(fs, h.id, h.type, 0, 0, NULL, p.data, p.len);
         default:
                 r = -EPROTO;
                 why = "unexpected message type";
@@ -419,8 +443,9 @@ int forkserver_connect(const struct forkserver_options *opts, struct forkserver 
                        const char **ret_why)
 {
         static __thread char why_buf[512];
-        const struct forkserver_options none = {.key_fd = -1};
+        const struct forkserver_options none = FORKSERVER_OPTIONS_INIT;
         const struct forkserver_options *o = opts ? opts : &none;
+        struct stat st;
         struct sockaddr_un sa = {.sun_family = AF_UNIX};
         char path[FS_SOCKET_PATH_MAX], keypath[4096];
         const char *why = "", *what = "connect";
@@ -447,11 +472,24 @@ int forkserver_connect(const struct forkserver_options *opts, struct forkserver 
                 why = "default socket path too long";
                 goto fail;
         }
+        if (!all_zero(o->reserved, FS_ARRAY_SIZE(o->reserved))) {
+                r = -EINVAL;
+                why = "options: reserved members must be zero (use FORKSERVER_OPTIONS_INIT)";
+                goto fail;
+        }
+        /* No socket, no server: say so, rather than fail on the key file beside it. */
+        if (lstat(path, &st) < 0 && errno == ENOENT) {
+                r = -ENOENT;
+                snprintf(why_buf, sizeof(why_buf), "no server: socket %s does not exist", path);
+                why = why_buf;
+                what = NULL;
+                goto fail;
+        }
         if (o->key) {
                 fs->key = (const struct fs_key *)o->key;
         } else {
                 what = "key";
-                if (o->key_fd >= 0) {
+                if (o->key_fd > 0) {
                         r = fs_key_load_fd(o->key_fd, FS_KEY_FD_TIMEOUT_MS, &fs->own_key, &why);
                 } else {
                         const char *kp = o->key_file;
@@ -555,6 +593,11 @@ int forkserver_fd(const struct forkserver *fs)
         return fs->fd;
 }
 
+int forkserver_error_step(const struct forkserver *fs)
+{
+        return fs->err_step;
+}
+
 /* ---- spawning ---- */
 
 int forkserver_spawn_submit(struct forkserver *fs, const struct forkserver_spawn_args *a,
@@ -566,8 +609,12 @@ int forkserver_spawn_submit(struct forkserver *fs, const struct forkserver_spawn
         int n;
 
         fs->err[0] = '\0';
+        fs->err_step = 0;
         if (fs->dead)
                 return fs->dead;
+        if (a && !all_zero(a->reserved, FS_ARRAY_SIZE(a->reserved)))
+                return set_err(fs, -EINVAL, "spawn: reserved members must be zero (use "
+                               "FORKSERVER_SPAWN_ARGS_INIT)");
         if (!a || (!a->path == !a->entry))
                 return set_err(fs, -EINVAL, "spawn: give path (exec mode) or entry (fork mode)");
         if (a->path && (!a->argv || !a->argv[0]))
@@ -632,9 +679,11 @@ int forkserver_spawn_collect(struct forkserver *fs, uint32_t ticket,
         int r;
 
         *ret = NULL;
+        fs->err_step = 0;
         if ((r = wait_reply(fs, ticket, &s)) < 0)
                 return r;
         if (s->type == FS_MSG_ERROR) {
+                fs->err_step = (int)s->step;
                 r = set_err(fs, s->err, "%s", (const char *)s->payload);
         } else if (s->type != FS_MSG_SPAWNED) {
                 r = die(fs, -EPROTO, "unexpected reply to SPAWN");

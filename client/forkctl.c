@@ -36,16 +36,19 @@ extern char **environ;
 static const char usage_text[] =
         "Usage: forkctl keygen [-o FILE]\n"
         "       forkctl [--socket PATH] [--key-file PATH | --key-fd N] [--server-uid UID]\n"
-        "               run [--profile NAME] [--cwd DIR] [--env K=V]... [--fd CHILD=PARENT]...\n"
-        "               [--detach] [--gpu DEV:SIZE]... -- PROG [ARG]...\n"
+        "               run [--profile NAME] [--cwd DIR] [--env K=V]... [--clear-env]\n"
+        "               [--fd CHILD=PARENT]... [--detach] [--gpu DEV:SIZE]... [--no-private]\n"
+        "               -- PROG [ARG]...\n"
         "       forkctl [...] run [options] --entry LIBNAME:SYMBOL [-- ARG...]\n"
-        "       forkctl [...] ping | status [--prometheus] | stop\n"
+        "       forkctl [...] ping | status [--prometheus] [--output FILE] | stop\n"
+        "       forkctl [COMMAND] --help | --version\n"
         "\n"
         "  keygen      write a fresh key (64 hex digits, mode 600) to FILE, '-' for stdout,\n"
         "              or by default to the default key path; never overwrites\n"
         "  run         run PROG in a worker with forkctl's stdio, cwd and environment (plus\n"
-        "              --env); exit with its status (128+N for signal N). With no server\n"
-        "              reachable and none named, start a private one for this run.\n"
+        "              --env; only --env with --clear-env); exit with its status (128+N for\n"
+        "              signal N). With no server reachable and none named, start a private\n"
+        "              one for this run (saying so on stderr), unless --no-private.\n"
         "              --entry runs SYMBOL of a library the server preloaded, without exec;\n"
         "              the ARGs become its argument bytes, each ended by a NUL.\n"
         "              --gpu gives the worker a GPU buffer of SIZE bytes (K, M, G) on the\n"
@@ -53,21 +56,100 @@ static const char usage_text[] =
         "              $FORKSERVER_GPU_FDS (FD:UUID:SIZE,...).\n"
         "  ping        check that the server answers\n"
         "  status      print the server's counters as JSON, or with --prometheus in the\n"
-        "              Prometheus text format\n"
+        "              Prometheus text format; --output FILE writes them atomically\n"
         "  stop        ask the server to stop (as SIGTERM)\n"
         "  --server-uid UID  also accept a server whose socket belongs to UID (besides\n"
         "              our own uid and root's), and directories of UID on its path\n"
+        "  -h, --help  this text; after a command, that command's\n"
+        "  --version   print the version and exit\n"
+        "\n"
+        "Exit status: run: the worker's, or 125 forkctl failed (options, server, key, cwd,\n"
+        "a refused spawn), 126 PROG not executable, 127 PROG not found; others: 0 success,\n"
+        "1 failure, 2 usage error.\n";
+
+static const char keygen_help[] =
+        "Usage: forkctl keygen [-o FILE]\n"
+        "\n"
+        "Writes a fresh key (64 hex digits and a newline, mode 600) to FILE, to stdout for\n"
+        "'-', or by default to the default key path (creating its directory, mode 700).\n"
+        "Never overwrites an existing file.\n"
+        "\n"
+        "  -o FILE     where to write the key\n"
         "  -h, --help  this text\n"
         "\n"
-        "Exit status: run: the worker's, or 125 forkctl failed, 126 PROG not executable,\n"
-        "127 PROG not found; others: 0 success, 1 failure, 2 usage error.\n";
+        "Exit status: 0 written, 1 failure, 2 usage error.\n";
+
+static const char run_help[] =
+        "Usage: forkctl [GLOBAL OPTIONS] run [OPTIONS] -- PROG [ARG]...\n"
+        "       forkctl [GLOBAL OPTIONS] run [OPTIONS] --entry LIBNAME:SYMBOL [-- ARG...]\n"
+        "\n"
+        "Runs PROG in a worker with forkctl's stdin, stdout, stderr, working directory and\n"
+        "environment, forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT to it, and exits with its\n"
+        "status. PROG without a slash is looked up in forkctl's $PATH. With no server\n"
+        "reachable at the default socket and none named (--socket, --key-file, --key-fd,\n"
+        "$FORKSERVER_SOCKET), forkctl starts a private server for this run, says so on\n"
+        "stderr, and stops it after.\n"
+        "\n"
+        "  --profile NAME      the worker's seccomp profile (the server decides which are\n"
+        "                      allowed)\n"
+        "  --cwd DIR           its working directory (default: forkctl's)\n"
+        "  --env K=V           add or replace an environment variable (repeatable)\n"
+        "  --clear-env         start from an empty environment, as env -i: only the --env\n"
+        "                      values reach the worker\n"
+        "  --fd CHILD=PARENT   give forkctl's fd PARENT to the worker as fd CHILD\n"
+        "                      (repeatable, at most 64)\n"
+        "  --detach            the worker outlives forkctl's connection: print its pid and\n"
+        "                      exit 0 at once (never starts a private server)\n"
+        "  --gpu DEV:SIZE      a GPU buffer of SIZE bytes (K, M, G) on the server's device\n"
+        "                      DEV, as an fd in $FORKSERVER_GPU_FDS (repeatable, at most 8)\n"
+        "  --entry LIBNAME:SYMBOL  fork mode: call SYMBOL of a library the server preloaded,\n"
+        "                      without exec; the ARGs become its argument bytes, each ended\n"
+        "                      by a NUL\n"
+        "  --no-private        with no server reachable, fail (125) rather than start one\n"
+        "  -h, --help          this text\n"
+        "\n"
+        "Exit status: the worker's (128+N when killed by signal N); 125 forkctl itself failed\n"
+        "(a bad option, no server, the key, a refused spawn, a --cwd that does not exist);\n"
+        "126 PROG cannot be executed; 127 PROG was not found.\n";
+
+static const char ping_help[] =
+        "Usage: forkctl [GLOBAL OPTIONS] ping\n"
+        "\n"
+        "Checks that the server answers and prints the round-trip time.\n"
+        "\n"
+        "  -h, --help  this text\n"
+        "\n"
+        "Exit status: 0 it answered, 1 failure, 2 usage error.\n";
+
+static const char status_help[] =
+        "Usage: forkctl [GLOBAL OPTIONS] status [--prometheus] [--output FILE]\n"
+        "\n"
+        "Prints the server's counters as JSON (dotted names as nested objects; \"version\"\n"
+        "as a string), or in the Prometheus text format.\n"
+        "\n"
+        "  --prometheus    the Prometheus text format (with forkserver_build_info)\n"
+        "  --output FILE   write to FILE atomically (a temporary file renamed over it, mode\n"
+        "                  644; on failure FILE is left as it was), e.g. for node_exporter's\n"
+        "                  textfile collector\n"
+        "  -h, --help      this text\n"
+        "\n"
+        "Exit status: 0 printed, 1 failure, 2 usage error.\n";
+
+static const char stop_help[] =
+        "Usage: forkctl [GLOBAL OPTIONS] stop\n"
+        "\n"
+        "Asks the server to stop, as SIGTERM would: its workers end.\n"
+        "\n"
+        "  -h, --help  this text\n"
+        "\n"
+        "Exit status: 0 it is stopping, 1 failure, 2 usage error.\n";
+
 
 struct global {
         const char *socket;
         const char *key_file;
         int key_fd;
         uid_t server_uid; /* 0: none named */
-        int fail_code; /* exit status for our own failures */
 };
 
 static __attribute__((format(printf, 2, 3))) int fail(int code, const char *fmt, ...)
@@ -91,10 +173,14 @@ static int cmd_keygen(int argc, char **argv)
         struct fs_key *k;
         int c, fd, r;
 
+        static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {0}};
+
         optind = 1;
-        while ((c = getopt(argc, argv, "+o:h")) != -1) {
+        while ((c = getopt_long(argc, argv, "+o:h", opts, NULL)) != -1) {
                 if (c == 'o')
                         out = optarg;
+                else if (c == 'h')
+                        return fputs(keygen_help, stdout), 0;
                 else
                         return fail(EXIT_USAGE, "usage: forkctl keygen [-o FILE]");
         }
@@ -215,7 +301,7 @@ static void private_stop(struct private_daemon *d)
         fs_key_free(fs_take_ptr(&d->key));
 }
 
-static int private_start(struct private_daemon *d)
+static int private_start(struct private_daemon *d, const char *def)
 {
         const char *rt = getenv("XDG_RUNTIME_DIR");
         char daemon[PATH_MAX], hex[FS_KEY_HEX_LEN + 1], ready[8];
@@ -265,6 +351,9 @@ static int private_start(struct private_daemon *d)
                 r = fail(-1, "the private server did not start");
                 goto out;
         }
+        /* Not silent: a user who expected their own server learns it was not there. */
+        fprintf(stderr, "forkctl: no server at %s: started a private one (pid %d) for this run\n",
+                def, (int)d->pid);
         r = 0;
 out:
         fs_close_many(keyp, 2);
@@ -278,7 +367,8 @@ static int open_conn(const struct global *g, bool allow_private, struct private_
                      struct forkserver **ret)
 {
         struct forkserver_options o = {.socket_path = g->socket, .key_file = g->key_file,
-                                       .key_fd = g->key_fd, .server_uid = g->server_uid};
+                                       .server_uid = g->server_uid};
+        struct forkserver_key *key = NULL;
         char def[FS_SOCKET_PATH_MAX];
         const char *why = "";
         int r;
@@ -286,14 +376,21 @@ static int open_conn(const struct global *g, bool allow_private, struct private_
         if (allow_private && !g->socket && !g->key_file && g->key_fd < 0 &&
             !getenv("FORKSERVER_SOCKET") && fs_default_socket(def, sizeof(def)) == 0 &&
             !socket_reachable(def)) {
-                if (private_start(priv) < 0)
+                if (private_start(priv, def) < 0)
                         return -1;
                 o.socket_path = priv->socket;
                 o.key = (const struct forkserver_key *)priv->key;
         }
-        r = forkserver_connect(&o, ret, &why);
-        if (g->key_fd >= 0)
+        if (g->key_fd >= 0) {
+                /* loaded here: the library's key_fd 0 means none, and --key-fd 0 is stdin */
+                r = forkserver_key_load_fd(g->key_fd, &key, &why);
                 close(g->key_fd);
+                if (r < 0)
+                        return fail(r, "--key-fd %d: %s", g->key_fd, why);
+                o.key = key;
+        }
+        r = forkserver_connect(&o, ret, &why);
+        forkserver_key_free(key);
         if (r < 0) {
                 fail(-1, "%s", why);
                 private_stop(priv);
@@ -332,13 +429,13 @@ static int resolve_prog(const char *prog, const char *cwd, char *buf, size_t siz
         return found_noexec ? -EACCES : -ENOENT;
 }
 
-/* forkctl's environment with each --env K=V replacing or adding K. */
-static const char **build_env(char **add, size_t nadd)
+/* forkctl's environment (none with --clear-env) with each --env K=V replacing or adding K. */
+static const char **build_env(bool clear, char **add, size_t nadd)
 {
         size_t n = 0, k = 0;
         const char **env;
 
-        while (environ[n])
+        while (!clear && environ[n])
                 n++;
         if (!(env = calloc(n + nadd + 1, sizeof(*env))))
                 return NULL;
@@ -404,17 +501,22 @@ static int wait_forwarding(struct forkserver *fs, struct forkserver_proc *w, int
 
 static int cmd_run(const struct global *g, int argc, char **argv)
 {
-        enum { O_PROFILE = 256, O_CWD, O_ENV, O_FD, O_DETACH, O_ENTRY, O_GPU };
+        enum { O_PROFILE = 256, O_CWD, O_ENV, O_FD, O_DETACH, O_ENTRY, O_GPU, O_CLEAR_ENV,
+               O_NO_PRIVATE };
         static const struct option opts[] = {
                 {"profile", required_argument, NULL, O_PROFILE},
                 {"cwd", required_argument, NULL, O_CWD},
                 {"env", required_argument, NULL, O_ENV},
+                {"clear-env", no_argument, NULL, O_CLEAR_ENV},
                 {"fd", required_argument, NULL, O_FD},
                 {"detach", no_argument, NULL, O_DETACH},
                 {"entry", required_argument, NULL, O_ENTRY},
                 {"gpu", required_argument, NULL, O_GPU},
+                {"no-private", no_argument, NULL, O_NO_PRIVATE},
+                {"help", no_argument, NULL, 'h'},
                 {0},
         };
+        bool clear_env = false, no_private = false;
         static char argbytes[60000];
         struct forkserver_gpu_request gpu[8];
         size_t ngpu = 0;
@@ -432,10 +534,19 @@ static int cmd_run(const struct global *g, int argc, char **argv)
         int c, r, status;
 
         optind = 1;
-        while ((c = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
+        while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
                 switch (c) {
+                case 'h':
+                        fputs(run_help, stdout);
+                        return 0;
                 case O_PROFILE:
                         profile = optarg;
+                        break;
+                case O_CLEAR_ENV:
+                        clear_env = true;
+                        break;
+                case O_NO_PRIVATE:
+                        no_private = true;
                         break;
                 case O_CWD:
                         cwd_arg = optarg;
@@ -496,7 +607,7 @@ static int cmd_run(const struct global *g, int argc, char **argv)
                         break;
                 }
                 default:
-                        return fail(EXIT_RUN_FAIL, "run: bad option (see forkctl --help)");
+                        return fail(EXIT_RUN_FAIL, "run: bad option (see forkctl run --help)");
                 }
         }
         if (entry) {
@@ -536,7 +647,7 @@ static int cmd_run(const struct global *g, int argc, char **argv)
                 if (!taken && fcntl(fd, F_GETFD) >= 0 && nmap < MAX_FD_MAP)
                         map[nmap++] = (struct forkserver_fd_map){fd, fd};
         }
-        const char **env = build_env(env_add, nenv);
+        const char **env = build_env(clear_env, env_add, nenv);
 
         if (!env)
                 return fail(EXIT_RUN_FAIL, "out of memory");
@@ -554,17 +665,22 @@ static int cmd_run(const struct global *g, int argc, char **argv)
                                           .flags = flags,
                                           .profile = profile};
 
-        if (open_conn(g, !(flags & FORKSERVER_SPAWN_DETACH), &priv, &fs) < 0) {
+        if (open_conn(g, !(flags & FORKSERVER_SPAWN_DETACH) && !no_private, &priv, &fs) < 0) {
                 free(env);
                 return EXIT_RUN_FAIL;
         }
         r = forkserver_spawn(fs, &a, &w);
         free(env);
         if (r < 0) {
+                int step = forkserver_error_step(fs);
+
                 fail(0, "%s", forkserver_error(fs));
-                status = r == -ENOENT ? EXIT_NOTFOUND
-                         : r == -EACCES || r == -ENOEXEC ? EXIT_NOEXEC
-                                                         : EXIT_RUN_FAIL;
+                /* 126 and 127 as env(1): PROG (or the entry) failed to run or is not there.
+                 * Any other failure, a --cwd that does not exist included, is our own: 125. */
+                if (step == FORKSERVER_STEP_EXEC || step == FORKSERVER_STEP_ENTRY)
+                        status = r == -ENOENT ? EXIT_NOTFOUND : EXIT_NOEXEC;
+                else
+                        status = EXIT_RUN_FAIL;
         } else if (flags & FORKSERVER_SPAWN_DETACH) {
                 printf("%d\n", (int)forkserver_proc_pid(w));
                 status = 0;
@@ -592,24 +708,27 @@ struct status_out {
         char open[STATUS_DEPTH][64]; /* JSON: the objects open now */
         char family[96];             /* Prometheus: the metric family typed last */
         char conn_uid[24], conn_pid[24];
+        FILE *f; /* stdout, or --output's temporary file */
 };
 
-static void json_key(const char *k, size_t len)
+static void json_key(struct status_out *o, const char *k, size_t len)
 {
-        putchar('"');
+        fputc('"', o->f);
         for (size_t i = 0; i < len; i++) /* names are the server's, but escape all the same */
-                printf(k[i] == '"' || k[i] == '\\' ? "\\%c" : (unsigned char)k[i] < 0x20 ? "?"
-                                                                                     : "%c",
-                       k[i]);
-        putchar('"');
+                fprintf(o->f,
+                        k[i] == '"' || k[i] == '\\'  ? "\\%c"
+                        : (unsigned char)k[i] < 0x20 ? "?"
+                                                     : "%c",
+                        k[i]);
+        fputc('"', o->f);
 }
 
 static void json_sep(struct status_out *o)
 {
         if (!o->started)
-                putchar('{');
+                fputc('{', o->f);
         o->started = true;
-        printf("%s\n%*s", o->any ? "," : "", (int)(2 * o->depth + 2), "");
+        fprintf(o->f, "%s\n%*s", o->any ? "," : "", (int)(2 * o->depth + 2), "");
 }
 
 static void json_stat(struct status_out *o, const char *name, uint64_t v)
@@ -630,20 +749,24 @@ static void json_stat(struct status_out *o, const char *name, uint64_t v)
                memcmp(o->open[common], part[common], len[common]) == 0)
                 common++;
         for (; o->depth > common; o->depth--) {
-                printf("\n%*s}", (int)(2 * o->depth), "");
+                fprintf(o->f, "\n%*s}", (int)(2 * o->depth), "");
                 o->any = true;
         }
         for (; o->depth + 1 < n; o->depth++) {
                 json_sep(o);
-                json_key(part[o->depth], len[o->depth]);
-                printf(": {");
+                json_key(o, part[o->depth], len[o->depth]);
+                fprintf(o->f, ": {");
                 snprintf(o->open[o->depth], sizeof(o->open[0]), "%.*s", (int)len[o->depth],
                          part[o->depth]);
                 o->any = false;
         }
         json_sep(o);
-        json_key(part[n - 1], len[n - 1]);
-        printf(": %llu", (unsigned long long)v);
+        json_key(o, part[n - 1], len[n - 1]);
+        if (strcmp(name, "version") == 0) /* MAJOR << 16 | MINOR << 8 | PATCH */
+                fprintf(o->f, ": \"%u.%u.%u\"", (unsigned)(v >> 16) & 0xffff,
+                        (unsigned)(v >> 8) & 0xff, (unsigned)v & 0xff);
+        else
+                fprintf(o->f, ": %llu", (unsigned long long)v);
         o->any = true;
 }
 
@@ -651,7 +774,8 @@ static bool is_counter(const char *name)
 {
         static const char *const counters[] = {"connections_total", "auth_ok", "auth_failed",
                                                "auth_pid_bound", "peer_refused", "bad_requests",
-                                               "spawns", "spawn_failures", "exits"};
+                                               "spawns", "spawn_failures", "exits",
+                                               "key_reloads"};
 
         for (size_t i = 0; i < FS_ARRAY_SIZE(counters); i++)
                 if (strcmp(name, counters[i]) == 0)
@@ -665,7 +789,7 @@ static void prom_family(struct status_out *o, const char *family, const char *ty
         if (strcmp(o->family, family) == 0)
                 return;
         snprintf(o->family, sizeof(o->family), "%s", family);
-        printf("# HELP %s %s\n# TYPE %s %s\n", family, help, family, type);
+        fprintf(o->f, "# HELP %s %s\n# TYPE %s %s\n", family, help, family, type);
 }
 
 /* Prometheus text format: counters end in _total, groups become labels. */
@@ -675,10 +799,17 @@ static void prom_stat(struct status_out *o, const char *name, uint64_t v)
         char family[96], id[24], field[32];
         const char *leaf;
 
-        if ((leaf = fs_startswith(name, "spawn_failures_by_cause."))) {
+        if (strcmp(name, "version") == 0) {
+                prom_family(o, "forkserver_build_info", "gauge",
+                            "The server's version, as a label; the value is 1.");
+                fprintf(o->f, "forkserver_build_info{version=\"%u.%u.%u\"} 1\n",
+                        (unsigned)(v >> 16) & 0xffff, (unsigned)(v >> 8) & 0xff,
+                        (unsigned)v & 0xff);
+        } else if ((leaf = fs_startswith(name, "spawn_failures_by_cause."))) {
                 prom_family(o, "forkserver_spawn_failures_by_cause_total", "counter",
                             "Spawn requests that gave no worker, by cause.");
-                printf("forkserver_spawn_failures_by_cause_total{cause=\"%s\"} %llu\n", leaf, u);
+                fprintf(o->f, "forkserver_spawn_failures_by_cause_total{cause=\"%s\"} %llu\n", leaf,
+                        u);
         } else if ((leaf = fs_startswith(name, "spawn_latency_us."))) {
                 static const char *const q[][2] = {{"p50", "0.5"}, {"p90", "0.9"},
                                                    {"p99", "0.99"}, {"max", "1"}};
@@ -686,15 +817,18 @@ static void prom_stat(struct status_out *o, const char *name, uint64_t v)
                 if (strcmp(leaf, "samples") == 0) {
                         prom_family(o, "forkserver_spawn_latency_samples", "gauge",
                                     "Spawns the latency quantiles are taken over.");
-                        printf("forkserver_spawn_latency_samples %llu\n", u);
+                        fprintf(o->f, "forkserver_spawn_latency_samples %llu\n", u);
                         return;
                 }
-                prom_family(o, "forkserver_spawn_latency_seconds", "gauge",
-                            "Time from a spawn request to its reply, recent spawns.");
+                /* quantile labels belong to a summary (promtool refuses them on a gauge); it
+                 * has no _sum or _count: the daemon keeps a window, not totals */
+                prom_family(o, "forkserver_spawn_latency_seconds", "summary",
+                            "Time from a spawn request to its reply, over recent spawns.");
                 for (size_t i = 0; i < FS_ARRAY_SIZE(q); i++)
                         if (strcmp(leaf, q[i][0]) == 0)
-                                printf("forkserver_spawn_latency_seconds{quantile=\"%s\"} "
-                                       "%.6f\n", q[i][1], (double)v / 1e6);
+                                fprintf(o->f,
+                                        "forkserver_spawn_latency_seconds{quantile=\"%s\"} %.6f\n",
+                                        q[i][1], (double)v / 1e6);
         } else if (sscanf(name, "connection.%23[0-9].%31s", id, field) == 2) {
                 /* uid and pid come first and become labels of the workers gauge */
                 if (strcmp(field, "uid") == 0) {
@@ -704,19 +838,25 @@ static void prom_stat(struct status_out *o, const char *name, uint64_t v)
                 } else {
                         snprintf(family, sizeof(family), "forkserver_connection_%s", field);
                         prom_family(o, family, "gauge", "Live workers of a connection.");
-                        printf("%s{connection=\"%s\",uid=\"%s\",pid=\"%s\"} %llu\n", family, id,
-                               o->conn_uid, o->conn_pid, u);
+                        fprintf(o->f, "%s{connection=\"%s\",uid=\"%s\",pid=\"%s\"} %llu\n", family,
+                                id, o->conn_uid, o->conn_pid, u);
                 }
         } else {
                 bool counter = is_counter(name);
+                /* Prometheus wants base units: uptime_ms is forkserver_uptime_seconds */
+                bool ms = fs_endswith(name, "_ms");
 
-                snprintf(family, sizeof(family), "forkserver_%s%s", name,
+                snprintf(family, sizeof(family), "forkserver_%.*s%s%s",
+                         (int)(strlen(name) - (ms ? 3 : 0)), name, ms ? "_seconds" : "",
                          counter && !fs_endswith(name, "_total") ? "_total" : "");
                 for (char *p = family; *p; p++)
                         if (*p == '.')
                                 *p = '_';
                 prom_family(o, family, counter ? "counter" : "gauge", "See forkctl(1).");
-                printf("%s %llu\n", family, u);
+                if (ms)
+                        fprintf(o->f, "%s %.3f\n", family, (double)v / 1e3);
+                else
+                        fprintf(o->f, "%s %llu\n", family, u);
         }
 }
 
@@ -736,38 +876,110 @@ static void status_end(struct status_out *o)
         if (o->prometheus)
                 return;
         if (!o->started) {
-                puts("{}");
+                fputs("{}\n", o->f);
                 return;
         }
         for (; o->depth > 0; o->depth--)
-                printf("\n%*s}", (int)(2 * o->depth), "");
-        printf("\n}\n");
+                fprintf(o->f, "\n%*s}", (int)(2 * o->depth), "");
+        fprintf(o->f, "\n}\n");
+}
+
+/* status --output FILE: written to a temporary file beside FILE, renamed over it once
+ * complete, so that a reader (node_exporter's textfile collector) never sees half of it and
+ * a failure leaves the old one. */
+struct output {
+        const char *path;
+        char tmp[PATH_MAX];
+        FILE *f;
+};
+
+static int output_open(struct output *out)
+{
+        int fd;
+
+        if (fs_format(out->tmp, sizeof(out->tmp), "%s.XXXXXX", out->path) < 0)
+                return fail(-ENAMETOOLONG, "--output %s: path too long", out->path);
+        if ((fd = mkostemp(out->tmp, O_CLOEXEC)) < 0)
+                return fail(-errno, "--output %s: %s", out->path, strerror(errno));
+        /* readable by a collector running as another user, like a file made by > */
+        if (fchmod(fd, 0644) < 0 || !(out->f = fdopen(fd, "w"))) {
+                int e = errno;
+
+                close(fd);
+                unlink(out->tmp);
+                return fail(-e, "--output %s: %s", out->path, strerror(e));
+        }
+        return 0;
+}
+
+static int output_close(struct output *out, bool ok)
+{
+        int r = 0;
+
+        if (!out->f)
+                return 0;
+        if (ok && (fflush(out->f) != 0 || fsync(fileno(out->f)) < 0))
+                r = -errno;
+        if (fclose(out->f) != 0 && r == 0)
+                r = -errno;
+        out->f = NULL;
+        if (ok && r == 0 && rename(out->tmp, out->path) < 0)
+                r = -errno;
+        if (!ok || r < 0)
+                unlink(out->tmp);
+        if (ok && r < 0)
+                return fail(r, "--output %s: %s", out->path, strerror(-r));
+        return 0;
 }
 
 static int cmd_simple(const struct global *g, const char *cmd, int argc, char **argv)
 {
         struct private_daemon none = {0};
+        struct output out = {0};
+        bool prometheus = false, status = strcmp(cmd, "status") == 0;
         struct forkserver *fs;
         int64_t t0;
         int r;
 
-        bool prometheus = argc == 2 && strcmp(cmd, "status") == 0 &&
-                          strcmp(argv[1], "--prometheus") == 0;
-
-        if (argc != 1 && !prometheus)
-                return fail(EXIT_USAGE, "%s takes no arguments%s", cmd,
-                            strcmp(cmd, "status") == 0 ? " but --prometheus" : "");
+        for (int i = 1; i < argc; i++) {
+                if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+                        fputs(strcmp(cmd, "ping") == 0 ? ping_help
+                              : status                 ? status_help
+                                                       : stop_help,
+                              stdout);
+                        return 0;
+                } else if (status && strcmp(argv[i], "--prometheus") == 0) {
+                        prometheus = true;
+                } else if (status && strcmp(argv[i], "--output") == 0 && i + 1 < argc) {
+                        out.path = argv[++i];
+                } else if (status && strncmp(argv[i], "--output=", 9) == 0) {
+                        out.path = argv[i] + 9;
+                } else {
+                        return fail(EXIT_USAGE, "%s takes no arguments%s", cmd,
+                                    status ? " but --prometheus and --output FILE" : "");
+                }
+        }
         if (open_conn(g, false, &none, &fs) < 0)
                 return EXIT_FAIL;
+        if (out.path && output_open(&out) < 0) {
+                forkserver_close(fs);
+                return EXIT_FAIL;
+        }
         t0 = fs_now_us();
         if (strcmp(cmd, "ping") == 0) {
                 if ((r = forkserver_ping(fs)) == 0)
                         printf("pong: %.0f us\n", (double)(fs_now_us() - t0));
         } else if (strcmp(cmd, "status") == 0) {
-                struct status_out o = {.prometheus = prometheus};
+                struct status_out o = {.prometheus = prometheus, .f = out.f ? out.f : stdout};
 
                 if ((r = forkserver_status(fs, print_stat, &o)) == 0)
                         status_end(&o);
+                if (r < 0)
+                        fail(0, "%s: %s", cmd, forkserver_error(fs));
+                if (output_close(&out, r == 0) < 0) /* says why */
+                        r = -EIO;
+                forkserver_close(fs);
+                return r < 0 ? EXIT_FAIL : 0;
         } else {
                 if ((r = forkserver_stop(fs)) == 0)
                         fprintf(stderr, "forkctl: server stopping\n");
@@ -778,17 +990,36 @@ static int cmd_simple(const struct global *g, const char *cmd, int argc, char **
         return r < 0 ? EXIT_FAIL : 0;
 }
 
+/* The command word, found before the global options are parsed: a usage error in them is
+ * then 125 for run (as env(1): every failure of forkctl itself), 2 for the others. */
+static const char *find_command(int argc, char **argv)
+{
+        for (int i = 1; i < argc; i++) {
+                if (strcmp(argv[i], "--") == 0)
+                        return i + 1 < argc ? argv[i + 1] : NULL;
+                if (argv[i][0] != '-')
+                        return argv[i];
+                if (strcmp(argv[i], "--socket") == 0 || strcmp(argv[i], "--key-file") == 0 ||
+                    strcmp(argv[i], "--key-fd") == 0)
+                        i++; /* its argument */
+        }
+        return NULL;
+}
+
 int main(int argc, char **argv)
 {
-        enum { O_SOCKET = 256, O_KEY_FILE, O_KEY_FD, O_SERVER_UID };
+        enum { O_SOCKET = 256, O_KEY_FILE, O_KEY_FD, O_SERVER_UID, O_VERSION };
         static const struct option opts[] = {
                 {"socket", required_argument, NULL, O_SOCKET},
                 {"key-file", required_argument, NULL, O_KEY_FILE},
                 {"key-fd", required_argument, NULL, O_KEY_FD},
                 {"server-uid", required_argument, NULL, O_SERVER_UID},
                 {"help", no_argument, NULL, 'h'},
+                {"version", no_argument, NULL, O_VERSION},
                 {0},
         };
+        const char *first = find_command(argc, argv);
+        const int usage = first && strcmp(first, "run") == 0 ? EXIT_RUN_FAIL : EXIT_USAGE;
         struct global g = {.key_fd = -1};
         const char *cmd;
         long v;
@@ -804,7 +1035,7 @@ int main(int argc, char **argv)
                         break;
                 case O_KEY_FD:
                         if (fs_parse_long(optarg, 0, INT_MAX, &v) < 0)
-                                return fail(EXIT_USAGE, "--key-fd: not a file descriptor: '%s'",
+                                return fail(usage, "--key-fd: not a file descriptor: '%s'",
                                             optarg);
                         g.key_fd = (int)v;
                         break;
@@ -816,12 +1047,16 @@ int main(int argc, char **argv)
                 case 'h':
                         fputs(usage_text, stdout);
                         return 0;
+                case O_VERSION:
+                        /* the library's version too: a program may run with another one */
+                        printf("forkctl %s (libforkserver %s)\n", FS_VERSION, forkserver_version());
+                        return 0;
                 default:
-                        return fail(EXIT_USAGE, "bad option (see forkctl --help)");
+                        return fail(usage, "bad option (see forkctl --help)");
                 }
         }
         if (g.key_file && g.key_fd >= 0)
-                return fail(EXIT_USAGE, "give --key-file or --key-fd, not both");
+                return fail(usage, "give --key-file or --key-fd, not both");
         if (optind >= argc)
                 return fail(EXIT_USAGE, "no command (see forkctl --help)");
         cmd = argv[optind];

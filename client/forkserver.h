@@ -10,6 +10,24 @@
  * a negative errno on failure. forkserver_error() then describes the last failure of that
  * connection, with the daemon's reason when it gave one. A connection is not thread-safe;
  * use one per thread. No function prints, exits or installs signal handlers.
+ *
+ * ABI rules (libforkserver.so.0, symbol version FORKSERVER_0.1; see forkserver(3)):
+ * - The library exports the forkserver_* functions declared here and nothing else
+ *   (client/libforkserver.map). A function is never removed or changed incompatibly within
+ *   a soname; new ones go into a new symbol version node.
+ * - Structs the caller fills in (forkserver_options, forkserver_spawn_args) end in reserved
+ *   members. New members take the place of reserved ones, so the struct's size and the
+ *   offsets of existing members never change, and the zero value of every member, old or
+ *   new, means "the default". So always start from a zeroed struct: FORKSERVER_OPTIONS_INIT,
+ *   FORKSERVER_SPAWN_ARGS_INIT, "= {0}" or designated initializers; a reserved member that is
+ *   not zero is refused with -EINVAL (it would mean something to a newer library).
+ * - Element structs passed in arrays (forkserver_fd_map, forkserver_rlimit,
+ *   forkserver_gpu_request, forkserver_gpu_buf) never change. Structs the library fills in or
+ *   hands out (forkserver_worker, forkserver_gpu_map) may grow only at their end; never
+ *   allocate a forkserver_worker yourself.
+ * - FORKSERVER_VERSION_* say which header a program was compiled with; forkserver_version()
+ *   says which library it runs with. Within one major version (0.x: one minor version) a
+ *   newer library runs programs built against an older header.
  */
 #ifndef FORKSERVER_H
 #define FORKSERVER_H
@@ -23,6 +41,18 @@ extern "C" {
 #endif
 
 #define FORKSERVER_EXPORT __attribute__((visibility("default")))
+
+#define FORKSERVER_VERSION_MAJOR 0
+#define FORKSERVER_VERSION_MINOR 1
+#define FORKSERVER_VERSION_PATCH 0
+#define FORKSERVER_VERSION "0.1.0" /* MAJOR.MINOR.PATCH; meson.build checks it is the project's */
+/* MAJOR, MINOR, PATCH as one comparable number: #if FORKSERVER_VERSION_NUMBER >= 0x000100 */
+#define FORKSERVER_VERSION_NUMBER                                                            \
+        ((FORKSERVER_VERSION_MAJOR << 16) | (FORKSERVER_VERSION_MINOR << 8) |                \
+         FORKSERVER_VERSION_PATCH)
+
+/* The version of the library this program runs with ("0.1.0"; static storage). */
+FORKSERVER_EXPORT const char *forkserver_version(void);
 
 struct forkserver;
 struct forkserver_proc;
@@ -44,16 +74,32 @@ FORKSERVER_EXPORT int forkserver_key_load_fd(int fd, struct forkserver_key **ret
                                              const char **ret_why);
 FORKSERVER_EXPORT void forkserver_key_free(struct forkserver_key *key);
 
+/*
+ * Where to connect and with which key. The key is, in this order: key; else read from key_fd;
+ * else loaded from key_file; else from the default key file (see forkctl(1)).
+ * key_fd: a file descriptor above 0, read until end of file and not closed; 0 or -1: none.
+ * A zeroed struct is therefore "all defaults". (key_fd 0 once meant standard input, and -1
+ * none; -1 still means none. To read a key from standard input, load it with
+ * forkserver_key_load_fd(0, ...) and pass it as key.)
+ */
 struct forkserver_options {
         const char *socket_path;            /* NULL: the default (see forkctl(1)) */
-        const struct forkserver_key *key;   /* NULL: load from key_file / key_fd / default */
-        const char *key_file;
-        int key_fd;                         /* -1: none */
+        const struct forkserver_key *key;   /* NULL: load from key_fd / key_file / default;
+                                               used during forkserver_connect only */
+        const char *key_file;               /* NULL: the default */
+        int key_fd;                         /* > 0: read the key from it; 0 or -1: none */
         int timeout_ms;                     /* handshake timeout; 0: 5000 */
         uid_t server_uid;                   /* a uid besides ours and root's that the server
                                                may run as (forkctl --server-uid); 0: none
                                                named, root being always accepted */
+        uint64_t reserved[7];               /* must be zero (room for new members) */
 };
+
+#ifdef __cplusplus
+#define FORKSERVER_OPTIONS_INIT {} /* all zero, without -Wmissing-field-initializers */
+#else
+#define FORKSERVER_OPTIONS_INIT {.socket_path = NULL}
+#endif
 
 /*
  * Connects and authenticates. Before connecting, the socket's path must be one nobody else
@@ -111,7 +157,14 @@ struct forkserver_spawn_args {
         int umask;                       /* 0: the default 022; else umask | 01000 */
         const struct forkserver_gpu_request *gpu; /* GPU buffers to give the worker (the */
         size_t ngpu;                     /* server needs --cuda); at most 8 */
+        uint64_t reserved[8];            /* must be zero (room for new members) */
 };
+
+#ifdef __cplusplus
+#define FORKSERVER_SPAWN_ARGS_INIT {}
+#else
+#define FORKSERVER_SPAWN_ARGS_INIT {.path = NULL}
+#endif
 
 /* A GPU buffer to allocate for a worker: on the server's device number `device` (its
  * --cuda-devices, in order), at least size bytes (rounded up to the allocation granularity). */
@@ -141,6 +194,24 @@ struct forkserver_gpu_buf {
 FORKSERVER_EXPORT int forkserver_spawn(struct forkserver *fs,
                                        const struct forkserver_spawn_args *args,
                                        struct forkserver_proc **ret);
+/*
+ * The set-up step in which the worker of the last failed forkserver_spawn/_collect on fs
+ * failed (the errno is its return value), or 0 when no worker was created: the request was
+ * refused, or the failure was not the worker's. E.g. -ENOENT with FORKSERVER_STEP_EXEC is a
+ * program that does not exist, with FORKSERVER_STEP_CHDIR a cwd that does not. The numbers
+ * are the STEP field of docs/PROTOCOL.md.
+ */
+#define FORKSERVER_STEP_CLONE 1   /* creating the process */
+#define FORKSERVER_STEP_PARENT 2  /* the parent-death signal */
+#define FORKSERVER_STEP_FDS 3     /* placing the fds */
+#define FORKSERVER_STEP_CHDIR 4   /* cwd */
+#define FORKSERVER_STEP_EXEC 5    /* execve of path */
+#define FORKSERVER_STEP_RLIMIT 6  /* rlimits */
+#define FORKSERVER_STEP_PGRP 7    /* FORKSERVER_SPAWN_NEWPGRP */
+#define FORKSERVER_STEP_SECCOMP 8 /* the profile */
+#define FORKSERVER_STEP_ENTRY 9   /* fork mode: finding the entry */
+FORKSERVER_EXPORT int forkserver_error_step(const struct forkserver *fs);
+
 /* Pipelining: sends the request and returns a ticket without waiting. */
 FORKSERVER_EXPORT int forkserver_spawn_submit(struct forkserver *fs,
                                               const struct forkserver_spawn_args *args,

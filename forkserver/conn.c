@@ -401,6 +401,9 @@ static int put_status(struct fsd_server *s, uint32_t id)
         fs_msg_put_stat(&w, "uptime_ms", (uint64_t)(fs_now_ms() - s->start_ms));
         fs_msg_put_stat(&w, "protocol_version", FS_PROTO_VERSION);
         fs_msg_put_stat(&w, "landlock_abi", (uint64_t)s->sandbox.landlock_abi);
+        fs_msg_put_stat(&w, "version", FS_VERSION_NUMBER); /* MAJOR << 16 | MINOR << 8 | PATCH */
+        fs_msg_put_stat(&w, "key_age_ms", (uint64_t)(fs_now_ms() - s->key_loaded_ms));
+        fs_msg_put_stat(&w, "key_reloads", s->key_reloads);
         fs_msg_put_stat(&w, "workers", s->nworkers);
         fs_msg_put_stat(&w, "max_workers", s->opt->max_workers);
         fs_msg_put_stat(&w, "connections", s->nconns);

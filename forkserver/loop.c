@@ -45,6 +45,35 @@ void fsd_server_stop(struct fsd_server *s, const char *why)
         fsd_worker_terminate_all(s);
 }
 
+/* SIGHUP: the key file again, for rotation without a restart. Only a handshake's AUTH
+ * uses the key, so new connections (and pending ones) get the new key while authenticated
+ * connections and their workers are untouched. A key that does not load (missing, wrong
+ * owner or mode, bad contents) is refused with a log line and the old one kept. A key that
+ * came over --key-fd cannot be read again. */
+static void reload_key(struct fsd_server *s)
+{
+        const char *why = "";
+        struct fs_key *k;
+        int r;
+
+        if (!s->opt->key_file) {
+                fs_log(FS_LOG_WARNING, "SIGHUP: the key came from --key-fd %d and cannot be "
+                       "read again; keeping it", s->opt->key_fd);
+                return;
+        }
+        if ((r = fs_key_load_file(s->opt->key_file, &k, &why)) < 0) {
+                fs_log(FS_LOG_ERROR, "SIGHUP: key file %s %s; keeping the old key",
+                       s->opt->key_file, why);
+                return;
+        }
+        fs_key_free(s->key);
+        s->key = k;
+        s->key_loaded_ms = fs_now_ms();
+        s->key_reloads++;
+        fs_log(FS_LOG_INFO, "SIGHUP: key reloaded from %s; new connections use it",
+               s->opt->key_file);
+}
+
 static void on_signal(struct fsd_server *s)
 {
         struct signalfd_siginfo si;
@@ -56,7 +85,7 @@ static void on_signal(struct fsd_server *s)
                         fsd_server_stop(s, si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
                         break;
                 case SIGHUP:
-                        fs_log(FS_LOG_INFO, "SIGHUP ignored: nothing to reload");
+                        reload_key(s);
                         break;
                 default:
                         break;

@@ -69,13 +69,15 @@ static const char usage_text[] =
         "  --log-level LEVEL       error, warning, info (default) or debug\n"
         "  --foreground            do not detach\n"
         "  -h, --help              this text\n"
+        "  --version               print the version and exit\n"
         "\n"
         "\n"
         "Under systemd: a socket passed by socket activation (LISTEN_FDS=1, one listening\n"
         "SOCK_SEQPACKET filesystem socket) is used instead of creating one; READY=1 and\n"
         "STOPPING=1 go to $NOTIFY_SOCKET; with no key option, the key is read from\n"
         "$CREDENTIALS_DIRECTORY/forkserver.key when that file exists.\n"
-        "Signals: SIGTERM, SIGINT stop; SIGHUP is logged and ignored (nothing is reloaded).\n"
+        "Signals: SIGTERM, SIGINT stop; SIGHUP re-reads the key file (new connections use\n"
+        "the new key; a key that does not load is refused and the old one kept).\n"
         "\n"
         "Exit status: 0 stopped cleanly, 1 start-up or runtime failure, 2 usage error.\n";
 
@@ -127,7 +129,7 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
         enum { O_SOCKET = 256, O_KEY_FILE, O_KEY_FD, O_ALLOW_UID, O_MAX_WORKERS, O_MAX_PENDING,
                O_HS_TIMEOUT, O_READY_FD, O_LOG_LEVEL, O_FOREGROUND, O_MIN_PROFILE,
                O_ALLOW_PROFILE, O_PROFILE_DIR, O_PRELOAD, O_CUDA, O_CUDA_DEVICES, O_CUDA_QUOTA,
-               O_CUDA_CONN_QUOTA, O_PYTHON_PRELOAD, O_REQUIRE_LANDLOCK };
+               O_CUDA_CONN_QUOTA, O_PYTHON_PRELOAD, O_REQUIRE_LANDLOCK, O_VERSION };
         static const struct option opts[] = {
                 {"socket", required_argument, NULL, O_SOCKET},
                 {"key-file", required_argument, NULL, O_KEY_FILE},
@@ -150,6 +152,7 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                 {"cuda-conn-quota", required_argument, NULL, O_CUDA_CONN_QUOTA},
                 {"require-landlock", no_argument, NULL, O_REQUIRE_LANDLOCK},
                 {"help", no_argument, NULL, 'h'},
+                {"version", no_argument, NULL, O_VERSION},
                 {0},
         };
         unsigned v;
@@ -287,6 +290,9 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                         break;
                 case 'h':
                         fputs(usage_text, stdout);
+                        exit(0);
+                case O_VERSION:
+                        puts("forkserverd " FS_VERSION);
                         exit(0);
                 default:
                         return usage_error("unknown option or missing argument");
@@ -495,6 +501,7 @@ static int start(struct fsd_server *s, struct fsd_options *o)
         if (!fs_creds_pidns_known(s->pidns))
                 fs_log(FS_LOG_WARNING, "cannot read /proc/self/ns/pid: handshakes bind clients' "
                        "uid and gid but not their pid");
+        s->key_loaded_ms = fs_now_ms();
         if (!s->key->locked)
                 fs_log(FS_LOG_WARNING, "cannot mlock the key page (RLIMIT_MEMLOCK?); "
                        "it is still excluded from core dumps and forks");

@@ -186,6 +186,8 @@ struct fsd_server {
         struct fsd_sandbox sandbox;
         struct fs_key *key;
         uint8_t pidns[FS_PIDNS_LEN]; /* ours: the namespace SO_PEERCRED pids are counted in */
+        int64_t key_loaded_ms; /* fs_now_ms() when it was read, at start or on SIGHUP */
+        uint64_t key_reloads;
         int epfd, listen_fd, sig_fd, reserve_fd;
         bool socket_ours; /* we made it (not systemd): remove it when we stop */
         dev_t sock_dev;

@@ -204,6 +204,21 @@ static void count_failure(struct fsd_server *s, const struct fs_msg_error *er)
                                     : FSD_FAIL_SETUP);
 }
 
+/* The zygote's ERROR, passed on with its STEP: a client tells a missing program (exec) from
+ * a missing cwd (chdir) by it, as docs/PROTOCOL.md promises. */
+static void send_setup_error(struct fsd_server *s, struct fsd_conn *c, uint32_t id,
+                             const struct fs_msg_error *er)
+{
+        struct fs_msgw w;
+        int n;
+
+        fs_msg_begin_error(&w, s->tx, sizeof(s->tx), id, (int)er->err, "%s", er->reason);
+        if (er->step)
+                fs_msg_put_u32(&w, FS_F_STEP, er->step);
+        if ((n = fs_msg_finish(&w)) > 0)
+                (void)fsd_conn_send(s, c, s->tx, (size_t)n, NULL, 0);
+}
+
 static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t *msg, size_t len,
                      int pidfd, int chan, bool lost)
 {
@@ -291,7 +306,7 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
                         reap_by_pid((pid_t)er.pid, false);
                 count_failure(s, &er);
                 if (c)
-                        fsd_conn_send_error(s, c, e->req_id, -(int)er.err, "%s", er.reason);
+                        send_setup_error(s, c, e->req_id, &er);
                 goto out;
         }
 fail:

@@ -26,10 +26,11 @@ prefix=$(meson introspect "$build" --buildoptions |
 base=$root$prefix
 missing=0
 for f in sbin/forkserverd bin/forkctl include/forkserver.h \
-         share/man/man8/forkserverd.8 share/man/man1/forkctl.1 \
+         share/man/man8/forkserverd.8 share/man/man1/forkctl.1 share/man/man3/forkserver.3 \
          lib/systemd/system/forkserverd.socket lib/systemd/system/forkserverd.service \
          lib/systemd/user/forkserverd.socket lib/systemd/user/forkserverd.service \
-         lib/sysusers.d/forkserver.conf; do
+         lib/sysusers.d/forkserver.conf \
+         share/bash-completion/completions/forkctl share/bash-completion/completions/forkserverd; do
         [ -e "$base/$f" ] || { echo "missing: $prefix/$f"; missing=1; }
 done
 for g in libforkserver.so.0 libforkserver.a forkserver.pc pool.py libforkserver-python.so; do
@@ -37,7 +38,35 @@ for g in libforkserver.so.0 libforkserver.a forkserver.pc pool.py libforkserver-
 done
 grep -q "ExecStart=$prefix/sbin/forkserverd --foreground" "$base/lib/systemd/system/forkserverd.service" ||
         { echo "service: ExecStart does not name the installed daemon"; missing=1; }
+for u in lib/systemd/system/forkserverd.service lib/systemd/user/forkserverd.service; do
+        grep -qx "Restart=on-failure" "$base/$u" && grep -qx "Also=forkserverd.socket" "$base/$u" ||
+                { echo "$u: no Restart=on-failure or Also=forkserverd.socket"; missing=1; }
+done
 [ $missing -eq 0 ] && result "installed files" OK || result "installed files" FAIL
+
+# The units as systemd reads them, with their paths pointing into the scratch root (verify
+# checks that ExecStart names an executable). It warns but still exits 0 on an unknown key
+# or a bad value, so any output fails.
+if command -v systemd-analyze >/dev/null; then
+        mkdir -p "$work/units/system" "$work/units/user" && mkdir -m 700 "$work/rt"
+        for scope in system user; do
+                for u in "$base/lib/systemd/$scope"/*; do
+                        sed "s|$prefix/|$base/|g" "$u" >"$work/units/$scope/${u##*/}"
+                done
+        done
+        out=$(systemd-analyze verify --man=no "$work/units/system/forkserverd.service" \
+                      "$work/units/system/forkserverd.socket" 2>&1 &&
+              XDG_RUNTIME_DIR=$work/rt systemd-analyze --user verify --man=no \
+                      "$work/units/user/forkserverd.service" "$work/units/user/forkserverd.socket" 2>&1)
+        if [ $? -eq 0 ] && [ -z "$out" ]; then
+                result "systemd-analyze verify" OK
+        else
+                echo "$out"; result "systemd-analyze verify" FAIL
+        fi
+else
+        printf '{"name": "install: systemd-analyze verify", "result": "SKIP", "stdout": ""}\n' >>"$log"
+        echo "SKIP systemd-analyze verify (not installed)"
+fi
 
 pcdir=$(dirname "$(find "$base" -name forkserver.pc -print -quit)")
 cat >"$work/hello.c" <<'C'
