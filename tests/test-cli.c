@@ -136,14 +136,16 @@ END_TEST
 
 START_TEST(run_exit_statuses)
 {
-        char out[4096], err[1024], noexec[160], script[160];
+        char out[4096], err[1024], noexec[160], script[160], dir[] = "/tmp/fs-cli-XXXXXX";
         int fd;
 
         daemon_start(&d, NULL);
-        snprintf(noexec, sizeof(noexec), "%s/noexec", d.dir);
+        /* not in the daemon's own directory, which no worker reaches */
+        ck_assert_ptr_nonnull(mkdtemp(dir));
+        snprintf(noexec, sizeof(noexec), "%s/noexec", dir);
         ck_assert_int_ge(fd = open(noexec, O_WRONLY | O_CREAT | O_CLOEXEC, 0644), 0);
         close(fd);
-        snprintf(script, sizeof(script), "%s/script", d.dir);
+        snprintf(script, sizeof(script), "%s/script", dir);
         ck_assert_int_ge(fd = open(script, O_WRONLY | O_CREAT | O_CLOEXEC, 0755), 0);
         ck_assert_int_eq(fs_write_all(fd, "#!/nonexistent/interpreter\n", 27), 0);
         close(fd);
@@ -188,6 +190,7 @@ START_TEST(run_exit_statuses)
             127); /* execve's ENOENT: the interpreter is missing, as env says */
         unlink(noexec);
         unlink(script);
+        rmdir(dir);
         stop_daemon();
 }
 END_TEST
