@@ -118,6 +118,42 @@ static int recv_core(int sock, const struct iovec *iov, size_t iovcnt, int *fds,
         return (int)n;
 }
 
+int fs_fdpass_recv_raw(int sock, void *buf, size_t cap, int *fds, size_t *ret_nfds, int *ret_flags,
+                       bool *ret_foreign, int flags)
+{
+        union {
+                struct cmsghdr align;
+                char buf[CMSG_SPACE(sizeof(int) * FS_SCM_MAX_FD)];
+        } ctl;
+        struct iovec iov = {.iov_base = buf, .iov_len = cap};
+        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
+                            .msg_controllen = sizeof(ctl.buf)};
+        size_t nfds = 0;
+        ssize_t n;
+
+        *ret_nfds = 0;
+        *ret_flags = 0;
+        *ret_foreign = false;
+        do
+                n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC | flags);
+        while (n < 0 && errno == EINTR);
+        if (n < 0)
+                return -errno;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+                if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) {
+                        *ret_foreign = true;
+                        continue;
+                }
+                size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+
+                for (size_t i = 0; i < k && nfds < FS_SCM_MAX_FD; i++)
+                        memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+        }
+        *ret_nfds = nfds;
+        *ret_flags = mh.msg_flags;
+        return (int)n;
+}
+
 int fs_fdpass_recv(int sock, void *buf, size_t cap, int *fds, size_t maxfds, size_t *ret_nfds,
                    int flags)
 {

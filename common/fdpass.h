@@ -19,6 +19,17 @@ int fs_fdpass_send(int sock, const void *buf, size_t len, const int *fds, size_t
 int fs_fdpass_recv(int sock, void *buf, size_t cap, int *fds, size_t maxfds, size_t *ret_nfds,
                    int flags);
 
+/*
+ * For a receiver that must not close what it gets (a close can block: forkserver/closer.h):
+ * one datagram and every fd that came with it, up to FS_SCM_MAX_FD (fds must have room for
+ * that many, so that the kernel drops none in our name), checking nothing. *ret_flags gets
+ * the message's flags (MSG_TRUNC, MSG_CTRUNC); *ret_foreign says whether a control message
+ * other than SCM_RIGHTS came. The caller owns the fds in every case, errors included.
+ */
+#define FS_SCM_MAX_FD 253 /* the kernel's SCM_MAX_FD */
+int fs_fdpass_recv_raw(int sock, void *buf, size_t cap, int *fds, size_t *ret_nfds, int *ret_flags,
+                       bool *ret_foreign, int flags);
+
 /* The same, except that fds lost for want of fd slots give the datagram (its length) with no
  * fds and *ret_lost set: the caller can still answer the message it could not take. */
 int fs_fdpass_recv_lossy(int sock, void *buf, size_t cap, int *fds, size_t maxfds,

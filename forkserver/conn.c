@@ -54,9 +54,15 @@ void fsd_conn_close(struct fsd_server *s, struct fsd_conn *c, const char *why)
         fs_log(FS_LOG_DEBUG, "conn %llu (pid %d uid %u) closed: %s", (unsigned long long)c->id,
                (int)c->pid, (unsigned)c->uid, why);
         (void)epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->fd, NULL);
-        c->fd = fs_close(c->fd);
+        /* Whatever the peer queued in it goes with it: not a close for the loop to make. */
+        fsd_closer_put1(&s->closer, c->fd);
+        c->fd = -1;
         while (c->outq) {
                 struct fsd_outmsg *m = c->outq;
+
+                /* never sent: ours may be the last copies of a channel end */
+                fsd_closer_put(&s->closer, m->fds, m->nfds);
+                m->nfds = 0;
 
                 c->outq = m->next;
                 free_outmsg(m);
@@ -183,7 +189,8 @@ static void refuse_no_fds(struct fsd_server *s)
                                    "server is out of file descriptors");
                 if ((n = fs_msg_finish(&w)) > 0)
                         (void)fs_fdpass_send(fd, s->tx, (size_t)n, NULL, 0, MSG_DONTWAIT);
-                fd = fs_close(fd);
+                fsd_closer_put1(&s->closer, fd); /* it may hold what the peer sent */
+                fd = -1;
         }
         s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
         fs_log_limited(FS_LOG_WARNING, "out of file descriptors: connection refused");
@@ -198,11 +205,11 @@ static void accept_one(struct fsd_server *s, int fd)
         /* The kernel's word on who connected: the handshake binds it (common/auth.h). */
         if ((n = fs_creds_peer(fd, s->pidns, &cr)) < 0) {
                 fs_log_limited(FS_LOG_WARNING, "SO_PEERCRED failed: %s", strerror(-n));
-                close(fd);
+                fsd_closer_put1(&s->closer, fd);
                 return;
         }
         if (!(c = calloc(1, sizeof(*c)))) {
-                close(fd);
+                fsd_closer_put1(&s->closer, fd);
                 return;
         }
         *c = (struct fsd_conn){.src.kind = FSD_SRC_CONN, .fd = fd, .id = ++s->next_conn_id,
@@ -401,6 +408,9 @@ static int put_status(struct fsd_server *s, uint32_t id)
         fs_msg_put_stat(&w, "uptime_ms", (uint64_t)(fs_now_ms() - s->start_ms));
         fs_msg_put_stat(&w, "protocol_version", FS_PROTO_VERSION);
         fs_msg_put_stat(&w, "landlock_abi", (uint64_t)s->sandbox.landlock_abi);
+        fs_msg_put_stat(&w, "closer.handed", s->closer.handed);
+        fs_msg_put_stat(&w, "closer.closed_by_front", s->closer.closed_here);
+        fs_msg_put_stat(&w, "closer.pending", s->closer.n);
         fs_msg_put_stat(&w, "version", FS_VERSION_NUMBER); /* MAJOR << 16 | MINOR << 8 | PATCH */
         fs_msg_put_stat(&w, "key_age_ms", (uint64_t)(fs_now_ms() - s->key_loaded_ms));
         fs_msg_put_stat(&w, "key_reloads", s->key_reloads);
@@ -447,7 +457,7 @@ static void request(struct fsd_server *s, struct fsd_conn *c, size_t len, int *f
 
         if ((r = fs_proto_parse_hdr(s->rx, len, &h, &p)) < 0) {
                 s->stats.bad_requests++;
-                fs_close_many(fds, nfds);
+                fsd_closer_put(&s->closer, fds, nfds);
                 fsd_conn_send_error(s, c, 0, r, "%s", r == -EPROTO ? "bad magic or version"
                                                                    : "malformed message header");
                 fsd_conn_close(s, c, "malformed header");
@@ -455,7 +465,7 @@ static void request(struct fsd_server *s, struct fsd_conn *c, size_t len, int *f
         }
         if (nfds > 0 && h.type != FS_MSG_SPAWN) {
                 s->stats.bad_requests++;
-                fs_close_many(fds, nfds);
+                fsd_closer_put(&s->closer, fds, nfds);
                 fsd_conn_send_error(s, c, h.id, EBADMSG, "%s carries no fds",
                                     fs_proto_type_name(h.type));
                 return;
@@ -463,7 +473,7 @@ static void request(struct fsd_server *s, struct fsd_conn *c, size_t len, int *f
         switch (h.type) {
         case FS_MSG_SPAWN:
                 if (s->stopping) {
-                        fs_close_many(fds, nfds);
+                        fsd_closer_put(&s->closer, fds, nfds);
                         fsd_conn_send_error(s, c, h.id, ESHUTDOWN, "server is stopping");
                         return;
                 }
@@ -515,9 +525,39 @@ static void refuse_lost_fds(struct fsd_server *s, struct fsd_conn *c, size_t len
                             "(RLIMIT_NOFILE): the fds sent with the request were dropped");
 }
 
+/*
+ * fs_fdpass_recv_lossy's verdicts, without closing anything here: every fd that came goes to
+ * the closer unless the message is good (then *ret_nfds of them are the caller's).
+ */
+static int receive(struct fsd_server *s, struct fsd_conn *c, int *fds, size_t *ret_nfds,
+                   bool *ret_lost)
+{
+        size_t nfds;
+        bool foreign;
+        int flags, n = fs_fdpass_recv_raw(c->fd, s->rx, sizeof(s->rx), fds, &nfds, &flags,
+                                          &foreign, MSG_DONTWAIT);
+
+        *ret_nfds = 0;
+        *ret_lost = false;
+        if (n < 0)
+                return n;
+        if (flags & MSG_TRUNC)
+                n = -EMSGSIZE;
+        else if ((flags & MSG_CTRUNC) && !foreign && nfds < FS_SCM_MAX_FD)
+                *ret_lost = true; /* we are out of fds: the kernel could not install them */
+        else if (foreign || (flags & MSG_CTRUNC) || nfds > FS_MAX_MSG_FDS)
+                n = -EBADMSG;
+        if (n < 0 || *ret_lost) {
+                fsd_closer_put(&s->closer, fds, nfds);
+                return n;
+        }
+        *ret_nfds = nfds;
+        return n;
+}
+
 void fsd_conn_event(struct fsd_server *s, struct fsd_conn *c, uint32_t events)
 {
-        int fds[FS_MAX_MSG_FDS];
+        int fds[FS_SCM_MAX_FD];
 
         if (c->dead)
                 return;
@@ -533,8 +573,7 @@ void fsd_conn_event(struct fsd_server *s, struct fsd_conn *c, uint32_t events)
         for (int i = 0; i < FSD_READ_BATCH && c->reading && !c->dead; i++) {
                 size_t nfds;
                 bool lost;
-                int n = fs_fdpass_recv_lossy(c->fd, s->rx, sizeof(s->rx), fds, FS_MAX_MSG_FDS,
-                                             &nfds, &lost, MSG_DONTWAIT);
+                int n = receive(s, c, fds, &nfds, &lost);
 
                 if (n == -EAGAIN)
                         return;
@@ -565,7 +604,7 @@ void fsd_conn_event(struct fsd_server *s, struct fsd_conn *c, uint32_t events)
                         return;
                 }
                 if (!c->authed) {
-                        fs_close_many(fds, nfds);
+                        fsd_closer_put(&s->closer, fds, nfds);
                         handshake(s, c, (size_t)n, nfds);
                 } else {
                         request(s, c, (size_t)n, fds, nfds);

@@ -194,8 +194,17 @@ int fsd_loop_run(struct fsd_server *s)
                         case FSD_SRC_BROKER_EXIT:
                                 fsd_gpu_exited(s);
                                 break;
+                        case FSD_SRC_CLOSER:
+                                break; /* flushed below */
+                        case FSD_SRC_CLOSER_EXIT:
+                                fs_log(FS_LOG_ERROR, "the closer died: passed fds are closed "
+                                       "by the front itself from now on");
+                                fsd_closer_died(&s->closer);
+                                break;
                         }
                 }
+                /* What this turn gave up goes to the closer in one message or a few. */
+                fsd_closer_flush(&s->closer);
                 fsd_conn_free_dead(s);
                 fsd_worker_free_dead(s);
         }
@@ -205,6 +214,7 @@ int fsd_loop_run(struct fsd_server *s)
         fsd_worker_free_dead(s);
         fsd_zygotes_stop(s);
         fsd_gpu_stop(s);
+        fsd_closer_stop(&s->closer, 1000);
         (void)fs_log_limited_flush(INT64_MAX);
         if (s->listen_fd >= 0) {
                 s->listen_fd = fs_close(s->listen_fd);

@@ -461,6 +461,9 @@ static int start(struct fsd_server *s, struct fsd_options *o)
         s->start_ms = fs_now_ms();
         s->src_listen.kind = FSD_SRC_LISTEN;
         s->src_signal.kind = FSD_SRC_SIGNAL;
+        s->src_closer.kind = FSD_SRC_CLOSER;
+        s->src_closer_exit.kind = FSD_SRC_CLOSER_EXIT;
+        s->closer = (struct fsd_closer){.fd = -1, .pidfd = -1, .epfd = -1};
 
         /* Not dumpable: no core, no ptrace or /proc/PID/mem by same-uid processes. */
         if (prctl(PR_SET_DUMPABLE, 0) < 0)
@@ -495,6 +498,11 @@ static int start(struct fsd_server *s, struct fsd_options *o)
                 }
                 fs_log(FS_LOG_WARNING, "--cuda=auto: starting without GPU support: %s", err);
         }
+        /* The closer too: it is made before any client, and knows nothing. */
+        if ((r = fsd_closer_start(&s->closer, err, sizeof(err))) < 0) {
+                fs_log(FS_LOG_ERROR, "%s", err);
+                return r;
+        }
         if ((r = load_key(o, &s->key)) < 0)
                 return r;
         fs_creds_pidns(s->pidns);
@@ -525,6 +533,9 @@ static int start(struct fsd_server *s, struct fsd_options *o)
         if ((r = fsd_epoll_add(s, s->listen_fd, EPOLLIN, &s->src_listen)) < 0 ||
             (r = fsd_epoll_add(s, s->sig_fd, EPOLLIN, &s->src_signal)) < 0)
                 return fs_log_errno(FS_LOG_ERROR, r, "epoll_ctl");
+        fsd_closer_attach(&s->closer, s->epfd, &s->src_closer);
+        if ((r = fsd_epoll_add(s, s->closer.pidfd, EPOLLIN, &s->src_closer_exit)) < 0)
+                return fs_log_errno(FS_LOG_ERROR, r, "epoll_ctl");
         if (s->gpu.pidfd >= 0 &&
             (r = fsd_epoll_add(s, s->gpu.pidfd, EPOLLIN, &s->gpu.src_exit)) < 0)
                 return fs_log_errno(FS_LOG_ERROR, r, "epoll_ctl");
@@ -539,6 +550,7 @@ static void cleanup(struct fsd_server *s)
 {
         fsd_zygotes_stop(s);
         fsd_gpu_stop(s);
+        fsd_closer_stop(&s->closer, 1000);
         s->listen_fd = fs_close(s->listen_fd);
         s->sig_fd = fs_close(s->sig_fd);
         s->epfd = fs_close(s->epfd);

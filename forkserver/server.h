@@ -10,6 +10,7 @@
 #include "common/key.h"
 #include "common/log.h"
 #include "common/proto.h"
+#include "forkserver/closer.h"
 #include "forkserver/sandbox.h"
 
 #define FSD_MAX_ALLOW_UID 64
@@ -56,6 +57,8 @@ enum fsd_src_kind {
         FSD_SRC_CONN,
         FSD_SRC_WORKER,
         FSD_SRC_BROKER_EXIT,
+        FSD_SRC_CLOSER,      /* its socket is writable again */
+        FSD_SRC_CLOSER_EXIT, /* its pidfd */
 };
 
 /* First member of everything registered with epoll. */
@@ -192,7 +195,8 @@ struct fsd_server {
         bool socket_ours; /* we made it (not systemd): remove it when we stop */
         dev_t sock_dev;
         ino_t sock_ino;
-        struct fsd_source src_listen, src_signal;
+        struct fsd_source src_listen, src_signal, src_closer, src_closer_exit;
+        struct fsd_closer closer; /* closes what peers passed us, off the loop */
         struct fsd_zygote zyg[FSD_MAX_ZYGOTES];
         struct fsd_gpu gpu;
         unsigned nzyg;

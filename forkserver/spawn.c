@@ -152,8 +152,11 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
         *slot = pre;
         s->inflight++;
         c->inflight++;
-out:
+        /* the message in the zygote's socket holds them: our close is not the last */
         fs_close_many(fds, nfds);
+        return;
+out:
+        fsd_closer_put(&s->closer, fds, nfds);
 }
 
 void fsd_spawn_forget_conn(struct fsd_server *s, struct fsd_conn *c)
@@ -224,6 +227,7 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
 {
         struct fsd_conn *c = e->conn;
         const char *why = "malformed zygote reply";
+        bool delivered = false; /* the client's copy of the channel is in flight or queued */
         struct fs_hdr h;
         struct fs_buf p;
         int r;
@@ -289,7 +293,7 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
                         out_fds[nout++] = e->gpu_fd[i];
                 }
                 if ((n = fs_msg_finish(&mw)) > 0)
-                        (void)fsd_conn_send(s, c, s->tx, (size_t)n, out_fds, nout);
+                        delivered = fsd_conn_send(s, c, s->tx, (size_t)n, out_fds, nout) == 0;
                 fs_log(FS_LOG_DEBUG, "conn %llu: worker %llu pid %d spawned",
                        (unsigned long long)c->id, (unsigned long long)w->id, (int)w->pid);
                 goto out;
@@ -323,7 +327,12 @@ fail_reply:
                 fsd_conn_send_error(s, c, e->req_id, r, "spawn failed: %s", why);
 out:
         fs_close(pidfd);
-        fs_close(chan); /* the client has its copy; the daemon keeps neither end */
+        /* The client has its copy, and the daemon keeps neither end; with none delivered,
+         * ours is the last of an end into which the worker may have put fds already. */
+        if (delivered)
+                fs_close(chan);
+        else
+                fsd_closer_put1(&s->closer, chan);
         fs_close_many(e->gpu_fd, e->ngpu); /* the same for GPU buffers */
         e->ngpu = 0;
 }

@@ -327,6 +327,33 @@ static inline size_t children_of(pid_t parent, bool zombies, pid_t *out, size_t 
 }
 
 /* Children of pid in state Z. */
+/* Is pid one of the front's zygotes (not a worker, the closer or the GPU broker)? */
+static inline bool is_zygote(pid_t pid)
+{
+        char path[64], comm[32] = "";
+        bool yes = false;
+        FILE *f;
+
+        snprintf(path, sizeof(path), "/proc/%d/comm", (int)pid);
+        if ((f = fopen(path, "re"))) {
+                yes = fgets(comm, sizeof(comm), f) && strncmp(comm, "forkserverd-zy", 14) == 0;
+                fclose(f);
+        }
+        return yes;
+}
+
+/* The front's zygotes. */
+static inline size_t zygotes_of(pid_t front, pid_t *out, size_t cap)
+{
+        pid_t kids[256];
+        size_t n = children_of(front, false, kids, 256), k = 0;
+
+        for (size_t i = 0; i < n && k < cap; i++)
+                if (is_zygote(kids[i]))
+                        out[k++] = kids[i];
+        return k;
+}
+
 static inline int count_zombies(pid_t parent)
 {
         return (int)children_of(parent, true, NULL, 0);

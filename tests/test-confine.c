@@ -64,27 +64,6 @@ static void end(struct forkserver *fs, struct forkserver_proc *w)
         forkserver_proc_free(fs, w);
 }
 
-/* The front's zygotes, found by name among its children. */
-static size_t zygotes(pid_t front, pid_t *out, size_t cap)
-{
-        pid_t kids[256];
-        size_t n = children_of(front, false, kids, FS_ARRAY_SIZE(kids)), k = 0;
-
-        for (size_t i = 0; i < n && k < cap; i++) {
-                char path[64], comm[32] = "";
-                FILE *f;
-
-                snprintf(path, sizeof(path), "/proc/%d/comm", (int)kids[i]);
-                if ((f = fopen(path, "re"))) {
-                        if (fgets(comm, sizeof(comm), f) &&
-                            strncmp(comm, "forkserverd-zy", 14) == 0)
-                                out[k++] = kids[i];
-                        fclose(f);
-                }
-        }
-        return k;
-}
-
 static const char *num(char *buf, long v)
 {
         sprintf(buf, "%ld", v);
@@ -107,7 +86,7 @@ START_TEST(no_reach_into_other_processes)
                 fprintf(stderr, "no Landlock in this kernel: skipped\n");
                 return;
         }
-        nz = zygotes(d.pid, zyg, FS_ARRAY_SIZE(zyg));
+        nz = zygotes_of(d.pid, zyg, FS_ARRAY_SIZE(zyg));
         ck_assert_uint_eq(nz, daemon_stat(fs, "zygotes"));
         for (size_t i = 0; i < FS_ARRAY_SIZE(profiles); i++) {
                 const char *p = profiles[i];

@@ -1,0 +1,168 @@
+/*
+ * Integration: nothing a peer passes makes the front wait. A TCP socket with SO_LINGER and
+ * data its peer never reads takes its linger time to close; passed to the daemon (before
+ * authenticating, inside a refused request, queued in a connection that then goes away),
+ * its close must not stop the daemon from serving others or from acting on SIGTERM.
+ */
+#include "daemon.h"
+
+#include <netinet/in.h>
+#include <sys/time.h>
+#include <time.h>
+
+#define LINGER_S 8
+
+static struct daemon d;
+
+static int64_t now_ms(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A connected TCP socket whose close waits LINGER_S seconds: its send queue is full and its
+ * peer (never accepted, never read) takes nothing more. *ret_listener keeps that peer. */
+static int lingering_socket(int *ret_listener)
+{
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t len = sizeof(sa);
+        int small = 4096, l, fd;
+        struct linger lg = {1, LINGER_S};
+        static char junk[65536];
+        size_t total = 0;
+
+        ck_assert_int_ge(l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), 0);
+        ck_assert_int_eq(setsockopt(l, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+        ck_assert_int_eq(bind(l, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        ck_assert_int_eq(getsockname(l, (struct sockaddr *)&sa, &len), 0);
+        ck_assert_int_eq(listen(l, 4), 0);
+        ck_assert_int_ge(fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0), 0);
+        ck_assert_int_eq(setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+                ck_assert_int_eq(errno, EINPROGRESS);
+        struct pollfd pf = {.fd = fd, .events = POLLOUT};
+        ck_assert_int_eq(poll(&pf, 1, 2000), 1);
+        for (int idle = 0; idle < 3;) { /* until the kernel takes no more, for a while */
+                ssize_t n = send(fd, junk, sizeof(junk), MSG_NOSIGNAL);
+
+                if (n > 0) {
+                        total += (size_t)n;
+                        idle = 0;
+                } else {
+                        ck_assert_int_eq(errno, EAGAIN);
+                        idle++;
+                        usleep(20000);
+                }
+        }
+        ck_assert_uint_gt(total, 0);
+        ck_assert_int_eq(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
+        *ret_listener = l;
+        return fd;
+}
+
+/* Sends len bytes with fd on sock, then drops our copy: the message holds the socket now,
+ * so our close is not the one that waits. */
+static void pass(int sock, const void *buf, size_t len, int fd)
+{
+        ck_assert_int_eq(fs_fdpass_send(sock, buf, len, &fd, 1, 0), 0);
+        close(fd);
+}
+
+/* An honest client served, and how long it took. */
+static int64_t honest_ping_ms(void)
+{
+        int64_t t0 = now_ms();
+        struct forkserver *fs = daemon_connect(&d);
+
+        ck_assert_int_eq(forkserver_ping(fs), 0);
+        forkserver_close(fs);
+        return now_ms() - t0;
+}
+
+START_TEST(passed_fds_closed_off_the_loop)
+{
+        static const uint8_t garbage[] = "not a handshake";
+        int listeners[4], raw[3];
+        int64_t t;
+        uint64_t fds0;
+
+        daemon_start(&d, NULL);
+        struct forkserver *fs = daemon_connect(&d);
+
+        fds0 = daemon_stat(fs, "open_fds");
+        forkserver_close(fs);
+
+        /* 1. with the first datagram, before any authentication */
+        raw[0] = raw_connect(d.sock);
+        pass(raw[0], garbage, sizeof(garbage), lingering_socket(&listeners[0]));
+        /* 2. in a refused request on an authenticated connection (fds on a PING) */
+        raw[1] = raw_connect(d.sock);
+        raw_auth(raw[1], d.key);
+        {
+                uint8_t ping[64];
+                struct fs_msgw w;
+                int n;
+
+                fs_msg_begin(&w, ping, sizeof(ping), FS_MSG_PING, 7);
+                ck_assert_int_gt(n = fs_msg_finish(&w), 0);
+                pass(raw[1], ping, (size_t)n, lingering_socket(&listeners[1]));
+        }
+        /* 3. queued, unread, behind a datagram that makes the daemon drop the connection */
+        int lg = lingering_socket(&listeners[2]);
+
+        for (int tries = 0;; tries++) {
+                ck_assert_int_lt(tries, 20);
+                raw[2] = raw_connect(d.sock);
+                ck_assert_int_eq(fs_fdpass_send(raw[2], garbage, sizeof(garbage), NULL, 0, 0), 0);
+                int r = fs_fdpass_send(raw[2], garbage, sizeof(garbage), &lg, 1, 0);
+
+                close(raw[2]);
+                if (r == 0)
+                        break;
+                ck_assert_int_eq(r, -EPIPE); /* the daemon was quicker: again */
+        }
+        close(lg);
+        listeners[3] = -1;
+
+        usleep(200 * 1000); /* the daemon has had them all by now */
+        for (int i = 0; i < 5; i++) {
+                t = honest_ping_ms();
+                ck_assert_msg(t < 1000, "an honest ping took %lld ms", (long long)t);
+        }
+        close(raw[0]);
+        close(raw[1]);
+        usleep(100 * 1000);
+        fs = daemon_connect(&d);
+        ck_assert_uint_ge(daemon_stat(fs, "closer.handed"), 3);
+        ck_assert_uint_eq(daemon_stat(fs, "closer.closed_by_front"), 0);
+        /* everything it was given, and every connection, is gone from the front */
+        ck_assert_uint_eq(daemon_stat(fs, "open_fds"), fds0);
+        forkserver_close(fs);
+
+        /* SIGTERM acted on while the closer still waits out the linger */
+        t = now_ms();
+        ck_assert_int_eq(daemon_stop(&d), 0);
+        t = now_ms() - t;
+        ck_assert_msg(t < 3000, "SIGTERM took %lld ms", (long long)t);
+        for (int i = 0; i < 3; i++)
+                close(listeners[i]);
+}
+END_TEST
+
+static Suite *suite(void)
+{
+        Suite *s = suite_create("front");
+        TCase *tc = tcase_create("integration");
+
+        tcase_set_timeout(tc, 60);
+        tcase_add_test(tc, passed_fds_closed_off_the_loop);
+        suite_add_tcase(s, tc);
+        return s;
+}
+
+int main(void)
+{
+        return run_suite(suite());
+}
