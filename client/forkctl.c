@@ -237,8 +237,10 @@ static int private_start(struct private_daemon *d)
                 r = fail(-1, "private server set-up failed: %s", strerror(r < 0 ? -r : errno));
                 goto out;
         }
+        /* it serves its starter alone: root's private server gives root workers */
         char *const args[] = {daemon, "--socket", d->socket, "--key-fd", "3", "--ready-fd", "4",
-                              "--foreground", "--log-level", "warning", NULL};
+                              "--foreground", "--log-level", "warning", "--allow-root-workers",
+                              NULL};
         posix_spawn_file_actions_init(&fa);
         posix_spawn_file_actions_adddup2(&fa, keyp[0], 3);
         posix_spawn_file_actions_adddup2(&fa, readyp[1], 4);

@@ -60,9 +60,10 @@ class Daemon:
             f.write(secrets.token_hex(32) + "\n")
         r, w = os.pipe()
         e = dict(os.environ, PYTHONPATH=os.pathsep.join([PKG, HERE]), **(env or {}))
+        # --allow-root-workers: CI runs as root, and a root daemon needs a plan (tests/daemon.h)
         self.proc = subprocess.Popen([DAEMON, "--foreground", "--socket", self.sock,
                                       "--key-file", self.key, "--ready-fd", str(w),
-                                      "--log-level", "warning", *args],
+                                      "--log-level", "warning", "--allow-root-workers", *args],
                                      pass_fds=(w,), env=e, stderr=subprocess.PIPE)
         os.close(w)
         ready = os.read(r, 16)
