@@ -611,8 +611,17 @@ static void json_sep(struct status_out *o)
         printf("%s\n%*s", o->any ? "," : "", (int)(2 * o->depth + 2), "");
 }
 
+/* A counter that stands for a word: its JSON is the word (docs/PROTOCOL.md). */
+static const char *stat_word(const char *name, uint64_t v)
+{
+        if (strcmp(name, "workers_run_as") == 0)
+                return v == 1 ? "daemon" : v == 2 ? "client" : NULL;
+        return NULL;
+}
+
 static void json_stat(struct status_out *o, const char *name, uint64_t v)
 {
+        const char *word = stat_word(name, v);
         const char *part[STATUS_DEPTH + 1];
         size_t len[STATUS_DEPTH + 1], n = 0, common = 0;
 
@@ -642,7 +651,10 @@ static void json_stat(struct status_out *o, const char *name, uint64_t v)
         }
         json_sep(o);
         json_key(part[n - 1], len[n - 1]);
-        printf(": %llu", (unsigned long long)v);
+        if (word)
+                printf(": \"%s\"", word);
+        else
+                printf(": %llu", (unsigned long long)v);
         o->any = true;
 }
 
