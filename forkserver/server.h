@@ -112,6 +112,7 @@ struct fsd_worker {
         uint32_t req_id;
         bool detached;
         int64_t kill_at; /* SIGKILL deadline after SIGTERM; 0: none */
+        bool unkillable; /* its SIGKILL could not be sent (no zygote to relay it) */
         struct fsd_conn *conn; /* NULL: orphaned (connection gone) */
         size_t ngpu;
         struct fsd_lease gpu[FS_MAX_GPU];
@@ -207,6 +208,7 @@ struct fsd_server {
         struct fsd_worker *orphans;
         struct fsd_worker *dead_workers; /* reaped; freed after the event batch */
         unsigned nworkers;
+        unsigned nunkillable; /* of them: left to die with us (parent-death signal) */
         uint64_t next_conn_id, next_worker_id;
         bool stopping;
         bool switch_uids; /* workers run as their clients (we hold CAP_SETUID, CAP_SETGID) */
@@ -268,6 +270,7 @@ void fsd_worker_tick(struct fsd_server *s, int64_t now, int64_t *next_deadline);
 void fsd_worker_terminate_all(struct fsd_server *s);
 void fsd_worker_free_dead(struct fsd_server *s);
 /* Sends sig to a worker running as uid, by pidfd (or pid, for a child whose pidfd never
- * reached us). A worker of another uid is signalled through the plain zygote, which alone
- * may act as that uid: the front holds no capability. 0, or a negative errno. */
+ * reached us). A worker of another uid is signalled through a zygote (the plain one while
+ * it lives), which may act as that uid: the front holds no capability. 0, or a negative
+ * errno (-EAGAIN: the zygote's queue is full; -ENOTCONN: no zygote is left). */
 int fsd_signal(struct fsd_server *s, int pidfd, pid_t pid, uid_t uid, int sig);

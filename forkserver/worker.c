@@ -15,7 +15,7 @@
 
 int fsd_signal(struct fsd_server *s, int pidfd, pid_t pid, uid_t uid, int sig)
 {
-        struct fsd_zygote *z = &s->zyg[0];
+        struct fsd_zygote *z = NULL;
         uint8_t buf[128];
         struct fs_msgw m;
         int n;
@@ -24,8 +24,12 @@ int fsd_signal(struct fsd_server *s, int pidfd, pid_t pid, uid_t uid, int sig)
                 return 0;
         if (errno != EPERM || !s->switch_uids || uid == geteuid())
                 return -errno;
-        if (z->fd < 0)
-                return -ESRCH;
+        /* the plain zygote, or any other still there (all may act as any uid) */
+        for (unsigned i = 0; i < s->nzyg && !z; i++)
+                if (s->zyg[i].fd >= 0)
+                        z = &s->zyg[i];
+        if (!z)
+                return -ENOTCONN;
         fs_msg_begin(&m, buf, sizeof(buf), FS_MSG_SIGNAL, 0);
         fs_msg_put_u32(&m, FS_F_STATUS, (uint32_t)sig);
         fs_msg_put_cred(&m, uid, 0, NULL, 0);
@@ -117,6 +121,8 @@ void fsd_worker_event(struct fsd_server *s, struct fsd_worker *w)
         w->next = s->dead_workers;
         s->dead_workers = w;
         s->nworkers--;
+        if (w->unkillable)
+                s->nunkillable--;
 }
 
 void fsd_worker_terminate(struct fsd_server *s, struct fsd_worker *w, int64_t now)
@@ -161,8 +167,15 @@ static void tick_list(struct fsd_server *s, struct fsd_worker *w, int64_t now, i
                 if (w->kill_at <= now) {
                         int r = fsd_signal(s, w->pidfd, w->pid, w->uid, SIGKILL);
 
-                        /* sent, the exit event follows; or the zygote's queue was full */
+                        /* sent, the exit event follows; or the zygote's queue was full; or
+                         * nobody can send it (the zygote is gone): not waited for then */
                         w->kill_at = r == -EAGAIN ? now + SIGNAL_RETRY_MS : INT64_MAX;
+                        if (r < 0 && r != -EAGAIN && r != -ESRCH && !w->unkillable) {
+                                fs_log_errno(FS_LOG_ERROR, r, "cannot end worker %llu pid %d",
+                                             (unsigned long long)w->id, (int)w->pid);
+                                w->unkillable = true;
+                                s->nunkillable++;
+                        }
                 }
                 if (w->kill_at != INT64_MAX && (*next < 0 || w->kill_at < *next)) {
                         *next = w->kill_at;
