@@ -200,6 +200,15 @@ START_TEST(own_workers_have_no_caps)
         /* root: --allow-root-workers (tests/daemon.h), so root keeps the zygotes' two */
         ck_assert_uint_eq(daemon_stat(fs, "workers_run_as"), geteuid() == 0 ? 2 : 1);
         assert_daemon_caps(d.pid, geteuid() == 0 ? CAPS_SWITCH : 0);
+        /* forkctl status says so in a word */
+        const char *const ctl[] = {env_or_die("FORKCTL"), "--socket", d.sock, "--key-file", d.key,
+                                   "status", NULL};
+        char out[8192];
+
+        ck_assert_int_eq(run_cmd(ctl, out, sizeof(out)), 0);
+        ck_assert_msg(strstr(out, geteuid() == 0 ? "\"workers_run_as\": \"client\""
+                                                 : "\"workers_run_as\": \"daemon\""),
+                      "%s", out);
         for (size_t k = 0; k < 2; k++) {
                 struct forkserver_proc *w;
                 pid_t pid;

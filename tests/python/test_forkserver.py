@@ -112,6 +112,9 @@ class ClientTests(unittest.TestCase):
                 fs.spawn(["/nonexistent/prog"])
             self.assertIn("exec /nonexistent/prog", cm.exception.strerror)
             self.assertEqual(fs.status()["spawn_failures_by_cause"]["setup"], 1)
+            # as root the suite's daemon has --allow-root-workers: workers run as their clients
+            self.assertEqual(fs.status()["workers_run_as"],
+                             "client" if os.geteuid() == 0 else "daemon")
 
     def test_wrong_key_refused(self) -> None:
         with self.assertRaises(forkserver.AuthenticationError) as cm:
