@@ -470,7 +470,8 @@ static int zygote_setup(struct zygote *z, int sock)
         (void)prctl(PR_SET_NAME, z->sandboxed ? "forkserverd-zys" : "forkserverd-zyg");
         /* the front left us CAP_SETUID and CAP_SETGID when workers run as their clients,
          * nothing otherwise; whatever we hold, each worker drops */
-        if (fsd_caps_get(&eff, &prm) < 0 || (switch_uids && (eff & FSD_CAPS_SWITCH) != FSD_CAPS_SWITCH))
+        if (fsd_caps_get(&eff, &prm) < 0 ||
+            (switch_uids && (eff & FSD_CAPS_SWITCH) != FSD_CAPS_SWITCH))
                 return -EPERM;
         z->holds_caps = prm != 0;
         /* Nothing of the front's stays here: not the key fd, not the ready fd. */
