@@ -5,7 +5,9 @@
 #include <grp.h>
 #include <pwd.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -113,6 +115,17 @@ static int resolve_user(const char *name, struct user *u, char *err, size_t errl
         return 0;
 }
 
+/* Root's session directory is not the user's: the default socket path must not point
+ * there after the drop. */
+static void forget_runtime_dir(uid_t uid)
+{
+        const char *rt = getenv("XDG_RUNTIME_DIR");
+        struct stat st;
+
+        if (rt && (stat(rt, &st) < 0 || st.st_uid != uid))
+                (void)unsetenv("XDG_RUNTIME_DIR");
+}
+
 /* From root to u, keeping keep (permitted and effective). Single-threaded: glibc's
  * set*id wrappers are fine here. */
 static int become(const struct user *u, uint64_t keep)
@@ -171,6 +184,8 @@ int fsd_privs_init(const struct fsd_options *o, bool *ret_switch, char *err, siz
                 snprintf(err, errlen, "--user %s: %s", o->user, strerror(-r));
                 return r;
         }
+        if (to_user)
+                forget_runtime_dir(u.uid);
         if ((r = capget_raw(&eff, &prm, &inh)) < 0) {
                 snprintf(err, errlen, "capget: %s", strerror(-r));
                 return r;
