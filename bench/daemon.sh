@@ -10,8 +10,9 @@ bench_daemon() {
         trap 'bench_daemon_stop' EXIT
         "${FORKCTL:-build/client/forkctl}" keygen -o "$dir/key" 2>/dev/null
         mkfifo "$dir/ready"
+        # --allow-root-workers: a daemon started as root needs a plan for its workers
         "$@" --foreground --socket "$dir/s.sock" --key-file "$dir/key" --log-level warning \
-                --ready-fd 3 3>"$dir/ready" &
+                --allow-root-workers --ready-fd 3 3>"$dir/ready" &
         bench_daemon_pid=$!
         if ! read -r -t 60 line <"$dir/ready" || [ "$line" != READY ]; then
                 echo "bench/$name.sh: forkserverd did not start (see above)" >&2

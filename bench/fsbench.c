@@ -565,7 +565,8 @@ static pid_t start_daemon(struct config *c, char *dir)
                 prctl(PR_SET_PDEATHSIG, SIGTERM); /* a killed fsbench leaves no daemon */
                 setenv("FSBENCH_ZYGOTE_MIB", mib, 1);
                 execl(daemon, "forkserverd", "--foreground", "--socket", sock, "--key-file", key,
-                      "--ready-fd", "3", "--allow-profile", "default,none", "--max-workers",
+                      "--ready-fd", "3", "--allow-root-workers", "--allow-profile",
+                      "default,none", "--max-workers",
                       "4096", "--log-level", "warning", "--preload", c->libbench, NULL);
                 _exit(127);
         }

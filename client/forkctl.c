@@ -326,8 +326,10 @@ static int private_start(struct private_daemon *d, const char *def)
                 r = fail(-1, "private server set-up failed: %s", strerror(r < 0 ? -r : errno));
                 goto out;
         }
+        /* it serves its starter alone: root's private server gives root workers */
         char *const args[] = {daemon, "--socket", d->socket, "--key-fd", "3", "--ready-fd", "4",
-                              "--foreground", "--log-level", "warning", NULL};
+                              "--foreground", "--log-level", "warning", "--allow-root-workers",
+                              NULL};
         posix_spawn_file_actions_init(&fa);
         posix_spawn_file_actions_adddup2(&fa, keyp[0], 3);
         posix_spawn_file_actions_adddup2(&fa, readyp[1], 4);
@@ -731,8 +733,17 @@ static void json_sep(struct status_out *o)
         fprintf(o->f, "%s\n%*s", o->any ? "," : "", (int)(2 * o->depth + 2), "");
 }
 
+/* A counter that stands for a word: its JSON is the word (docs/PROTOCOL.md). */
+static const char *stat_word(const char *name, uint64_t v)
+{
+        if (strcmp(name, "workers_run_as") == 0)
+                return v == 1 ? "daemon" : v == 2 ? "client" : NULL;
+        return NULL;
+}
+
 static void json_stat(struct status_out *o, const char *name, uint64_t v)
 {
+        const char *word = stat_word(name, v);
         const char *part[STATUS_DEPTH + 1];
         size_t len[STATUS_DEPTH + 1], n = 0, common = 0;
 
@@ -762,7 +773,9 @@ static void json_stat(struct status_out *o, const char *name, uint64_t v)
         }
         json_sep(o);
         json_key(o, part[n - 1], len[n - 1]);
-        if (strcmp(name, "version") == 0) /* MAJOR << 16 | MINOR << 8 | PATCH */
+        if (word)
+                fprintf(o->f, ": \"%s\"", word);
+        else if (strcmp(name, "version") == 0) /* MAJOR << 16 | MINOR << 8 | PATCH */
                 fprintf(o->f, ": \"%u.%u.%u\"", (unsigned)(v >> 16) & 0xffff,
                         (unsigned)(v >> 8) & 0xff, (unsigned)v & 0xff);
         else

@@ -17,6 +17,7 @@ static const uint8_t field_kind[FS_F_MAX_ + 1] = {
         [FS_F_UMASK] = K_U32,       [FS_F_ENTRY] = K_STR,       [FS_F_ARGBYTES] = K_BYTES,
         [FS_F_GPU] = K_GPU,         [FS_F_LEASE] = K_U64,       [FS_F_UUID] = K_B16,
         [FS_F_PIDNS] = K_B16,       [FS_F_BIND] = K_U32,
+        [FS_F_CRED] = K_BYTES,
 };
 
 static const char *const type_names[FS_MSG_MAX_ + 1] = {
@@ -28,7 +29,7 @@ static const char *const type_names[FS_MSG_MAX_ + 1] = {
         [FS_MSG_STATUS] = "STATUS",   [FS_MSG_STATUS_REPLY] = "STATUS_REPLY",
         [FS_MSG_STOP] = "STOP",       [FS_MSG_DATA] = "DATA",
         [FS_MSG_GPU_ALLOC] = "GPU_ALLOC", [FS_MSG_GPU_LEASE] = "GPU_LEASE",
-        [FS_MSG_GPU_FREE] = "GPU_FREE",
+        [FS_MSG_GPU_FREE] = "GPU_FREE", [FS_MSG_SIGNAL] = "SIGNAL",
 };
 
 const char *fs_proto_type_name(uint16_t type)
@@ -44,6 +45,7 @@ size_t fs_proto_max_fds(uint16_t type)
         case FS_MSG_SPAWNED:
                 return 2 + FS_MAX_GPU; /* pidfd, the channel when asked for, GPU buffers */
         case FS_MSG_GPU_LEASE:
+        case FS_MSG_SIGNAL:
                 return 1;
         case FS_MSG_ERROR:
                 return 1; /* zygote → front only: the pidfd of a child that failed to exec */
@@ -540,9 +542,14 @@ int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, bool gpu_fds, const char
         r = DECODE(p, &f, ret_why, {FS_F_PATH, 0}, {FS_F_ARG, REP}, {FS_F_ENV, REP},
                    {FS_F_CWD, 0}, {FS_F_FD, REP}, {FS_F_FLAGS, 0}, {FS_F_PROFILE, 0},
                    {FS_F_RLIMIT, REP}, {FS_F_UMASK, 0}, {FS_F_ENTRY, 0}, {FS_F_ARGBYTES, 0},
-                   {FS_F_GPU, REP}, {FS_F_UUID, REP});
+                   {FS_F_GPU, REP}, {FS_F_UUID, REP}, {FS_F_CRED, 0});
         if (r < 0)
                 return r;
+        if (f.count[FS_F_CRED] && !gpu_fds)
+                return fail(ret_why, "CRED fields only come from the server", -EBADMSG);
+        if (f.count[FS_F_CRED] && (f.len[FS_F_CRED] < 8 || f.len[FS_F_CRED] % 4 ||
+                                   f.len[FS_F_CRED] > 8 + 4 * FS_MAX_GROUPS))
+                return fail(ret_why, "malformed CRED field", -EBADMSG);
         if (f.count[FS_F_UUID] != (gpu_fds ? f.count[FS_F_GPU] : 0))
                 return fail(ret_why, "UUID fields only come from the server, one per GPU buffer",
                             -EBADMSG);
@@ -651,6 +658,13 @@ int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, bool gpu_fds, const char
         ret->profile = (const char *)f.val[FS_F_PROFILE];
         ret->flags = (uint32_t)f.num[FS_F_FLAGS];
         ret->umask = f.count[FS_F_UMASK] ? (int32_t)f.num[FS_F_UMASK] : -1;
+        if (f.count[FS_F_CRED]) {
+                ret->has_cred = true;
+                ret->uid = (uint32_t)be(f.val[FS_F_CRED], 4);
+                ret->gid = (uint32_t)be(f.val[FS_F_CRED] + 4, 4);
+                ret->ngroups = (f.len[FS_F_CRED] - 8u) / 4;
+                ret->groups = f.val[FS_F_CRED] + 8;
+        }
         return 0;
 }
 
@@ -728,5 +742,70 @@ int fs_proto_append_uuid(uint8_t *msg, size_t *len, size_t cap, const uint8_t uu
         *len = n + 4 + 16;
         fs_buf_init_writer(&w, msg + 12, 4);
         (void)fs_buf_put_u32(&w, (uint32_t)(*len - FS_HDR_LEN));
+        return 0;
+}
+
+static void put_cred(struct fs_buf *w, uint32_t uid, uint32_t gid, const uint32_t *groups,
+                     size_t ngroups)
+{
+        (void)fs_buf_put_u32(w, uid);
+        (void)fs_buf_put_u32(w, gid);
+        for (size_t i = 0; i < ngroups; i++)
+                (void)fs_buf_put_u32(w, groups[i]);
+}
+
+int fs_proto_append_cred(uint8_t *msg, size_t *len, size_t cap, uint32_t uid, uint32_t gid,
+                         const uint32_t *groups, size_t ngroups)
+{
+        size_t n = *len, flen = 8 + 4 * ngroups;
+        struct fs_buf w;
+
+        if (ngroups > FS_MAX_GROUPS)
+                return -E2BIG;
+        if (n < FS_HDR_LEN || n + 4 + flen > cap || n + 4 + flen > FS_MAX_MSG)
+                return -E2BIG;
+        fs_buf_init_writer(&w, msg + n, 4 + flen);
+        (void)fs_buf_put_u16(&w, FS_F_CRED);
+        (void)fs_buf_put_u16(&w, (uint16_t)flen);
+        put_cred(&w, uid, gid, groups, ngroups);
+        *len = n + 4 + flen;
+        fs_buf_init_writer(&w, msg + 12, 4);
+        (void)fs_buf_put_u32(&w, (uint32_t)(*len - FS_HDR_LEN));
+        return 0;
+}
+
+void fs_msg_put_cred(struct fs_msgw *w, uint32_t uid, uint32_t gid, const uint32_t *groups,
+                     size_t ngroups)
+{
+        if (ngroups > FS_MAX_GROUPS) {
+                put_or_fail(w, -E2BIG);
+                return;
+        }
+        put_field(w, FS_F_CRED, 8 + 4 * ngroups);
+        if (!w->err)
+                put_or_fail(w, fs_buf_put_u32(&w->b, uid));
+        if (!w->err)
+                put_or_fail(w, fs_buf_put_u32(&w->b, gid));
+        for (size_t i = 0; i < ngroups && !w->err; i++)
+                put_or_fail(w, fs_buf_put_u32(&w->b, groups[i]));
+}
+
+int fs_proto_parse_signal(struct fs_buf *p, size_t nfds, struct fs_msg_signal *ret,
+                          const char **ret_why)
+{
+        struct fields f;
+        int r = DECODE(p, &f, ret_why, {FS_F_STATUS, REQ}, {FS_F_CRED, REQ}, {FS_F_PID, 0});
+
+        if (r < 0)
+                return r;
+        if (f.len[FS_F_CRED] != 8)
+                return fail(ret_why, "SIGNAL: CRED is uid and gid", -EBADMSG);
+        if (f.num[FS_F_STATUS] == 0 || f.num[FS_F_STATUS] >= 65)
+                return fail(ret_why, "SIGNAL: no such signal", -EINVAL);
+        if ((f.count[FS_F_PID] ? 0u : 1u) != nfds || (f.count[FS_F_PID] && !f.num[FS_F_PID]))
+                return fail(ret_why, "SIGNAL: a pidfd or a PID", -EBADMSG);
+        *ret = (struct fs_msg_signal){.signo = (uint32_t)f.num[FS_F_STATUS],
+                                      .uid = (uint32_t)be(f.val[FS_F_CRED], 4),
+                                      .pid = (uint32_t)f.num[FS_F_PID]};
         return 0;
 }

@@ -44,7 +44,9 @@ enum fs_msg_type {
         FS_MSG_GPU_ALLOC = 15, /* GPU: one buffer to allocate */
         FS_MSG_GPU_LEASE = 16, /* LEASE, GPU (size rounded), UUID + the buffer's fd */
         FS_MSG_GPU_FREE = 17,  /* LEASE: the broker releases its handle */
-        FS_MSG_MAX_ = FS_MSG_GPU_FREE,
+        /* between forkserverd and its plain zygote only */
+        FS_MSG_SIGNAL = 18, /* STATUS (signal), CRED (as whom) + a pidfd, or PID: no reply */
+        FS_MSG_MAX_ = FS_MSG_SIGNAL,
 };
 
 enum fs_field_tag {
@@ -77,7 +79,8 @@ enum fs_field_tag {
         FS_F_UUID = 27,       /* 16 bytes: a GPU's UUID */
         FS_F_PIDNS = 28,      /* 16 bytes: the server's pid namespace (HELLO) */
         FS_F_BIND = 29,       /* u32: what the client's MAC binds (AUTH; FS_BIND_*) */
-        FS_F_MAX_ = FS_F_BIND,
+        FS_F_CRED = 30,       /* u32 uid, u32 gid, u32 groups...: front → zygote only */
+        FS_F_MAX_ = FS_F_CRED,
 };
 
 enum fs_spawn_flags {
@@ -92,6 +95,7 @@ enum fs_spawn_flags {
 #define FS_CHANNEL_FD 3          /* the worker's end of its channel */
 #define FS_MAX_ENTRY 192         /* "LIBNAME:SYMBOL" */
 #define FS_MAX_PROFILE_NAME 32
+#define FS_MAX_GROUPS 256        /* a client's supplementary groups (CRED) */
 
 /* Where a spawn failed; reported in ERROR replies so a setup failure never looks like a crash. */
 enum fs_spawn_step {
@@ -105,7 +109,8 @@ enum fs_spawn_step {
         FS_STEP_SECCOMP = 8,
         FS_STEP_ENTRY = 9,
         FS_STEP_LANDLOCK = 10,
-        FS_STEP_MAX_ = FS_STEP_LANDLOCK,
+        FS_STEP_CREDS = 11, /* the switch to the client's uid, gids and no capabilities */
+        FS_STEP_MAX_ = FS_STEP_CREDS,
 };
 
 struct fs_hdr {
@@ -208,6 +213,11 @@ struct fs_spawn {
         uint32_t child_fd[FS_MAX_MSG_FDS];
         size_t ngpu;
         struct fs_gpu_buf gpu[FS_MAX_GPU]; /* sizes as asked; the server rounds them up */
+        /* CRED, which only the front adds: the worker's uid, gid and groups */
+        bool has_cred;
+        uint32_t uid, gid;
+        size_t ngroups;
+        const uint8_t *groups; /* ngroups big-endian u32s */
 };
 
 /* Storage a spawn parse needs for its argv and envp pointer arrays. */
@@ -230,6 +240,18 @@ int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, bool gpu_fds, const char
 int fs_proto_patch_gpu_sizes(uint8_t *msg, size_t len, const uint64_t *sizes, size_t n);
 /* Appends a UUID field to a datagram and fixes its header's length. */
 int fs_proto_append_uuid(uint8_t *msg, size_t *len, size_t cap, const uint8_t uuid[16]);
+/* Appends a CRED field (uid, gid, ngroups groups) likewise. */
+int fs_proto_append_cred(uint8_t *msg, size_t *len, size_t cap, uint32_t uid, uint32_t gid,
+                         const uint32_t *groups, size_t ngroups);
+void fs_msg_put_cred(struct fs_msgw *w, uint32_t uid, uint32_t gid, const uint32_t *groups,
+                     size_t ngroups);
+/* SIGNAL (front → zygote): a signal for a worker, sent as uid; by pidfd (nfds 1) or, for a
+ * child whose pidfd never reached the front, by PID (nfds 0). */
+struct fs_msg_signal {
+        uint32_t signo, uid, pid; /* pid 0: by the attached pidfd */
+};
+int fs_proto_parse_signal(struct fs_buf *p, size_t nfds, struct fs_msg_signal *ret,
+                          const char **ret_why);
 /* GPU_LEASE from the broker. */
 struct fs_msg_lease {
         uint64_t lease;

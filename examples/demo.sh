@@ -14,8 +14,9 @@ cleanup() { [ -n "${daemon:-}" ] && kill "$daemon" 2>/dev/null && wait "$daemon"
 trap cleanup EXIT
 
 build/client/forkctl keygen -o "$dir/key"
+# --allow-root-workers: run as root, the daemon needs a plan for its workers (forkserverd(8))
 build/forkserver/forkserverd --socket "$sock" --key-file "$dir/key" --foreground \
-        --preload build/examples/libwordcount.so --ready-fd 4 4>"$dir/ready" &
+        --allow-root-workers --preload build/examples/libwordcount.so --ready-fd 4 4>"$dir/ready" &
 daemon=$!
 for _ in $(seq 100); do grep -q READY "$dir/ready" 2>/dev/null && break; sleep 0.05; done
 echo "--- forkserverd is listening on $sock (pid $daemon)"

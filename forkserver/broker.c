@@ -17,6 +17,7 @@
 #include "common/proto.h"
 #include "common/util.h"
 #include "forkserver/helper.h"
+#include "forkserver/privs.h"
 
 #define BROKER_SOCK_FD 3
 
@@ -174,7 +175,8 @@ static __attribute__((noreturn)) void broker_main(const int *ordinals, size_t n,
         struct fs_msgw w;
         int r, m;
 
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != front)
+        /* the front may still hold what it keeps for its zygotes: we keep nothing */
+        if (fsd_caps_limit(0) < 0 || prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != front)
                 _exit(1);
         (void)prctl(PR_SET_NAME, "forkserverd-gpu");
         if (sock != BROKER_SOCK_FD) {

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <linux/capability.h>
 #include <linux/seccomp.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -21,6 +22,33 @@ static int lift_child(int fd, int floor)
         return fd > floor ? fd : fcntl(fd, F_DUPFD_CLOEXEC, floor + 1);
 }
 
+/* The client's uid, gid and groups, then no capability in any set (the bounding set was
+ * emptied at start-up where the daemon could). Raw syscalls: glibc's set*id wrappers would
+ * try to signal the zygote's other threads (it has none) and are not async-signal-safe. The
+ * switch clears the parent-death signal, so it comes first. */
+static int creds_child(const struct fsd_child_plan *p, struct fsd_child_error *e)
+{
+        struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3};
+        struct __user_cap_data_struct none[2] = {{0, 0, 0}, {0, 0, 0}};
+
+        e->step = FS_STEP_CREDS;
+#ifdef SYS_setresuid32 /* where the plain calls take 16-bit ids */
+        if (p->set_creds && (syscall(SYS_setgroups32, p->ngroups, p->groups) < 0 ||
+                             syscall(SYS_setresgid32, p->gid, p->gid, p->gid) < 0 ||
+                             syscall(SYS_setresuid32, p->uid, p->uid, p->uid) < 0))
+                return -1;
+#else
+        if (p->set_creds && (syscall(SYS_setgroups, p->ngroups, p->groups) < 0 ||
+                             syscall(SYS_setresgid, p->gid, p->gid, p->gid) < 0 ||
+                             syscall(SYS_setresuid, p->uid, p->uid, p->uid) < 0))
+                return -1;
+#endif
+        if (p->drop_caps && (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 ||
+                             syscall(SYS_capset, &h, none) < 0))
+                return -1;
+        return 0;
+}
+
 /* Everything both modes do before the program runs. Returns 0, or -1 with *e filled.
  * In fork mode (close_now) unwanted fds are closed; in exec mode exec closes them. */
 static int setup_child(const struct fsd_child_plan *p, bool close_now, int *errfd,
@@ -31,6 +59,8 @@ static int setup_child(const struct fsd_child_plan *p, bool close_now, int *errf
         int maxt = 2, devnull;
         unsigned flag = close_now ? 0 : CLOSE_RANGE_CLOEXEC;
 
+        if (creds_child(p, e) < 0)
+                return -1;
         if (!p->detached) {
                 /* The worker dies with the front; the getppid() check closes the race where
                  * the front died before the prctl. */

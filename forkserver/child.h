@@ -22,6 +22,13 @@ struct fsd_child_plan {
         unsigned null_stdio;   /* ... but for those of fds 0-2 (bits) that already are */
         int errpipe;           /* write end: {step, errno} on failure; EOF means exec worked */
         pid_t front;           /* the parent a worker must have */
+        /* first of all: the client's credentials, then no capability (creds_child) */
+        bool set_creds;        /* become uid, gid and groups */
+        uid_t uid;
+        gid_t gid;
+        size_t ngroups;
+        const gid_t *groups;
+        bool drop_caps;        /* the zygote holds capabilities; the worker keeps none */
         bool detached;
         bool newpgrp;          /* setpgid(0, 0) */
         int umask;             /* -1: keep the parent's */

@@ -196,6 +196,30 @@ static void refuse_no_fds(struct fsd_server *s)
         fs_log_limited(FS_LOG_WARNING, "out of file descriptors: connection refused");
 }
 
+/* The client's supplementary groups as the kernel recorded them at connect(): its workers
+ * get them. More than FS_MAX_GROUPS is refused rather than cut (a group may be there to
+ * deny). */
+static int peer_groups(struct fsd_server *s, struct fsd_conn *c)
+{
+        socklen_t gl = sizeof(c->groups);
+
+        if (getsockopt(c->fd, SOL_SOCKET, SO_PEERGROUPS, c->groups, &gl) == 0) {
+                c->ngroups = (uint32_t)(gl / sizeof(c->groups[0]));
+                return 0;
+        }
+        if (errno == ERANGE) {
+                fs_log_limited(FS_LOG_WARNING, "conn %llu pid %d uid %u: more than %d groups",
+                               (unsigned long long)c->id, (int)c->pid, (unsigned)c->uid,
+                               FS_MAX_GROUPS);
+                fsd_conn_send_error(s, c, 0, E2BIG, "uid %u is in more than %d groups, which "
+                                    "a worker cannot take over", (unsigned)c->uid, FS_MAX_GROUPS);
+        } else {
+                fs_log_limited(FS_LOG_WARNING, "SO_PEERGROUPS failed: %s", strerror(errno));
+        }
+        fsd_conn_close(s, c, "peer groups");
+        return -1;
+}
+
 static void accept_one(struct fsd_server *s, int fd)
 {
         struct fs_creds cr;
@@ -213,7 +237,7 @@ static void accept_one(struct fsd_server *s, int fd)
                 return;
         }
         *c = (struct fsd_conn){.src.kind = FSD_SRC_CONN, .fd = fd, .id = ++s->next_conn_id,
-                               .uid = cr.uid, .pid = (pid_t)cr.pid, .reading = true,
+                               .uid = cr.uid, .pid = (pid_t)cr.pid, .gid = cr.gid, .reading = true,
                                .deadline = fs_now_ms() + s->opt->handshake_timeout_ms};
         s->stats.connections++;
         /* Linked first, so that every refusal below goes through fsd_conn_close. */
@@ -234,6 +258,8 @@ static void accept_one(struct fsd_server *s, int fd)
                 fsd_conn_close(s, c, "uid not allowed");
                 return;
         }
+        if (s->switch_uids && peer_groups(s, c) < 0)
+                return;
         if (s->nconns + s->npending > FSD_MAX_CONNS) {
                 fsd_conn_send_error(s, c, 0, EAGAIN, "too many connections (%d)", FSD_MAX_CONNS);
                 fsd_conn_close(s, c, "too many connections");
@@ -414,6 +440,9 @@ static int put_status(struct fsd_server *s, uint32_t id)
         fs_msg_put_stat(&w, "version", FS_VERSION_NUMBER); /* MAJOR << 16 | MINOR << 8 | PATCH */
         fs_msg_put_stat(&w, "key_age_ms", (uint64_t)(fs_now_ms() - s->key_loaded_ms));
         fs_msg_put_stat(&w, "key_reloads", s->key_reloads);
+        /* 1 daemon: workers run as the daemon's uid; 2 client: as their clients' */
+        fs_msg_put_stat(&w, "workers_run_as", s->switch_uids ? 2 : 1);
+        fs_msg_put_stat(&w, "root_workers_allowed", s->switch_uids && s->opt->allow_root_workers);
         fs_msg_put_stat(&w, "workers", s->nworkers);
         fs_msg_put_stat(&w, "max_workers", s->opt->max_workers);
         fs_msg_put_stat(&w, "connections", s->nconns);

@@ -116,7 +116,7 @@ static void on_zygote_exit(struct fsd_server *s, struct fsd_zygote *z)
 
 static bool finished(const struct fsd_server *s)
 {
-        return s->stopping && s->nworkers == 0 && s->inflight == 0;
+        return s->stopping && s->nworkers == s->nunkillable && s->inflight == 0;
 }
 
 /* Shuts the zygotes down and waits for them: their socket's EOF ends them. */

@@ -14,6 +14,7 @@
 
 #include "common/paths.h"
 #include "common/util.h"
+#include "forkserver/privs.h"
 #include "forkserver/server.h"
 #include "forkserver/sockdir.h"
 #include "forkserver/systemd.h"
@@ -28,7 +29,7 @@ static const char usage_text[] =
         "                   [--min-profile NAME] [--allow-profile LIST] [--profile-dir DIR]\n"
         "                   [--preload LIB]... [--cuda[=auto]] [--cuda-devices LIST]\n"
         "                   [--cuda-quota SIZE] [--cuda-conn-quota SIZE]\n"
-        "                   [--python-preload MODULES]\n"
+        "                   [--python-preload MODULES] [--user NAME] [--allow-root-workers]\n"
         "                   [--require-landlock] [--ready-fd N] [--log-level LEVEL]\n"
         "                   [--foreground]\n"
         "\n"
@@ -65,6 +66,12 @@ static const char usage_text[] =
         "  --cuda-quota SIZE       GPU buffer bytes held by all workers at most (K, M, G, T;\n"
         "                          default: what the devices have)\n"
         "  --cuda-conn-quota SIZE  GPU buffer bytes held by one connection's workers at most\n"
+        "  --user NAME             started as root: become user NAME (or a numeric uid) first,\n"
+        "                          keeping CAP_SETUID and CAP_SETGID for the zygotes; the key\n"
+        "                          file and socket directory then belong to NAME\n"
+        "  --allow-root-workers    clients of uid 0 get workers running as root (with no\n"
+        "                          capabilities); without it their spawns are refused. Started\n"
+        "                          as root, one of --user and this is required\n"
         "  --ready-fd N            write \"READY\\n\" to fd N once listening, then close it\n"
         "  --log-level LEVEL       error, warning, info (default) or debug\n"
         "  --foreground            do not detach\n"
@@ -76,6 +83,9 @@ static const char usage_text[] =
         "SOCK_SEQPACKET filesystem socket) is used instead of creating one; READY=1 and\n"
         "STOPPING=1 go to $NOTIFY_SOCKET; with no key option, the key is read from\n"
         "$CREDENTIALS_DIRECTORY/forkserver.key when that file exists.\n"
+        "Workers run as their client's uid, gid and groups when the daemon holds CAP_SETUID\n"
+        "and CAP_SETGID (root with --user, or a service's AmbientCapabilities=), else as the\n"
+        "daemon's uid; they keep no capability either way.\n"
         "Signals: SIGTERM, SIGINT stop; SIGHUP re-reads the key file (new connections use\n"
         "the new key; a key that does not load is refused and the old one kept).\n"
         "\n"
@@ -129,7 +139,8 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
         enum { O_SOCKET = 256, O_KEY_FILE, O_KEY_FD, O_ALLOW_UID, O_MAX_WORKERS, O_MAX_PENDING,
                O_HS_TIMEOUT, O_READY_FD, O_LOG_LEVEL, O_FOREGROUND, O_MIN_PROFILE,
                O_ALLOW_PROFILE, O_PROFILE_DIR, O_PRELOAD, O_CUDA, O_CUDA_DEVICES, O_CUDA_QUOTA,
-               O_CUDA_CONN_QUOTA, O_PYTHON_PRELOAD, O_REQUIRE_LANDLOCK, O_VERSION };
+               O_CUDA_CONN_QUOTA, O_PYTHON_PRELOAD, O_REQUIRE_LANDLOCK, O_VERSION, O_USER,
+               O_ALLOW_ROOT_WORKERS };
         static const struct option opts[] = {
                 {"socket", required_argument, NULL, O_SOCKET},
                 {"key-file", required_argument, NULL, O_KEY_FILE},
@@ -151,6 +162,8 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                 {"cuda-quota", required_argument, NULL, O_CUDA_QUOTA},
                 {"cuda-conn-quota", required_argument, NULL, O_CUDA_CONN_QUOTA},
                 {"require-landlock", no_argument, NULL, O_REQUIRE_LANDLOCK},
+                {"user", required_argument, NULL, O_USER},
+                {"allow-root-workers", no_argument, NULL, O_ALLOW_ROOT_WORKERS},
                 {"help", no_argument, NULL, 'h'},
                 {"version", no_argument, NULL, O_VERSION},
                 {0},
@@ -287,6 +300,14 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                                 return usage_error("--%s: not a size: '%s'",
                                                    c == O_CUDA_QUOTA ? "cuda-quota"
                                                                      : "cuda-conn-quota", optarg);
+                        break;
+                case O_USER:
+                        if (!*optarg)
+                                return usage_error("%s", "--user: empty name");
+                        o->user = optarg;
+                        break;
+                case O_ALLOW_ROOT_WORKERS:
+                        o->allow_root_workers = true;
                         break;
                 case 'h':
                         fputs(usage_text, stdout);
@@ -488,6 +509,7 @@ static int start(struct fsd_server *s, struct fsd_options *o)
         /* The zygotes first: they must never see the key. One installs filters per worker;
          * one more for each built-in profile that a zygote can live under and that clients
          * may get, so that those workers inherit their filter instead. */
+        fsd_zygote_set_creds(s->switch_uids, o->allow_root_workers);
         if ((r = start_zygotes(s, o)) < 0)
                 return r;
         /* The GPU broker too: it owns CUDA, which must never meet a fork of ours. */
@@ -498,6 +520,9 @@ static int start(struct fsd_server *s, struct fsd_options *o)
                 }
                 fs_log(FS_LOG_WARNING, "--cuda=auto: starting without GPU support: %s", err);
         }
+        /* Only the zygotes needed CAP_SETUID and CAP_SETGID; from here on we hold nothing. */
+        if ((r = fsd_privs_front_done()) < 0)
+                return fs_log_errno(FS_LOG_ERROR, r, "dropping capabilities");
         /* The closer too: it is made before any client, and knows nothing. */
         if ((r = fsd_closer_start(&s->closer, err, sizeof(err))) < 0) {
                 fs_log(FS_LOG_ERROR, "%s", err);
@@ -574,6 +599,13 @@ int main(int argc, char **argv)
         if ((r = parse_args(argc, argv, &o)) != 0)
                 return r;
         fs_log_init("forkserverd", o.log_level);
+        /* Before anything else: --user decides whose defaults, files and socket these are. */
+        char perr[512];
+
+        if (fsd_privs_init(&o, &srv.switch_uids, perr, sizeof(perr)) < 0) {
+                fs_log(FS_LOG_ERROR, "%s", perr);
+                return 1;
+        }
         if ((r = fsd_systemd_listen_fd(&o.listen_fd, activated, sizeof(activated), &why)) < 0) {
                 fs_log(FS_LOG_ERROR, "socket activation: %s", why);
                 return 1;
@@ -613,8 +645,9 @@ int main(int argc, char **argv)
                         free((char *)o.preload[i]);
                 return 1; /* the ready fds close unwritten: start-up failed */
         }
-        fs_log(FS_LOG_INFO, "listening on %s (zygote pid %d, %u zygote(s))", o.socket_path,
-               (int)srv.zyg[0].pid, srv.nzyg);
+        fs_log(FS_LOG_INFO, "listening on %s (zygote pid %d, %u zygote(s)); workers run as %s",
+               o.socket_path, (int)srv.zyg[0].pid, srv.nzyg,
+               srv.switch_uids ? "their clients" : "the daemon's uid");
         notify_ready(&o.ready_fd);
         notify_ready(&notify_fd);
         char state[FS_SOCKET_PATH_MAX + 64];

@@ -47,6 +47,8 @@ struct fsd_options {
         const char *preload[16];       /* absolute paths (FSD_MAX_PRELOAD) */
         char preload_name[16][128];    /* their LIBNAMEs */
         size_t npreload;
+        const char *user;              /* --user: root drops to this user first */
+        bool allow_root_workers;       /* root clients may have root workers */
 };
 
 enum fsd_src_kind {
@@ -84,6 +86,9 @@ struct fsd_conn {
         uint64_t id;
         uid_t uid;
         pid_t pid;
+        gid_t gid;         /* SO_PEERCRED's, and SO_PEERGROUPS' ... */
+        uint32_t ngroups;  /* ... when workers run as their clients */
+        gid_t groups[FS_MAX_GROUPS];
         bool authed;
         bool dead;        /* closed; freed after the current batch of events */
         bool reading;     /* EPOLLIN wanted */
@@ -106,10 +111,12 @@ struct fsd_worker {
         struct fsd_source src;
         int pidfd;
         pid_t pid;
+        uid_t uid; /* it runs as (its client's, when workers run as their clients) */
         uint64_t id;
         uint32_t req_id;
         bool detached;
         int64_t kill_at; /* SIGKILL deadline after SIGTERM; 0: none */
+        bool unkillable; /* its SIGKILL could not be sent (no zygote to relay it) */
         struct fsd_conn *conn; /* NULL: orphaned (connection gone) */
         size_t ngpu;
         struct fsd_lease gpu[FS_MAX_GPU];
@@ -123,6 +130,7 @@ struct fsd_inflight {
         struct fsd_lease gpu[FS_MAX_GPU];
         struct fs_gpu_buf gpu_buf[FS_MAX_GPU];
         struct fsd_conn *conn; /* NULL when the connection closed meanwhile */
+        uid_t uid;             /* the worker's, for signals (fsd_signal) */
         uint32_t req_id;
         uint32_t seq;
         uint32_t flags;
@@ -209,8 +217,10 @@ struct fsd_server {
         struct fsd_worker *orphans;
         struct fsd_worker *dead_workers; /* reaped; freed after the event batch */
         unsigned nworkers;
+        unsigned nunkillable; /* of them: left to die with us (parent-death signal) */
         uint64_t next_conn_id, next_worker_id;
         bool stopping;
+        bool switch_uids; /* workers run as their clients (we hold CAP_SETUID, CAP_SETGID) */
         int exit_code;
         int64_t start_ms;
         struct fsd_stats stats;
@@ -268,3 +278,8 @@ void fsd_worker_orphan_all(struct fsd_server *s, struct fsd_conn *c);
 void fsd_worker_tick(struct fsd_server *s, int64_t now, int64_t *next_deadline);
 void fsd_worker_terminate_all(struct fsd_server *s);
 void fsd_worker_free_dead(struct fsd_server *s);
+/* Sends sig to a worker running as uid, by pidfd (or pid, for a child whose pidfd never
+ * reached us). A worker of another uid is signalled through a zygote (the plain one while
+ * it lives), which may act as that uid: the front holds no capability. 0, or a negative
+ * errno (-EAGAIN: the zygote's queue is full; -ENOTCONN: no zygote is left). */
+int fsd_signal(struct fsd_server *s, int pidfd, pid_t pid, uid_t uid, int sig);

@@ -5,6 +5,7 @@
 #include <sys/pidfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "common/fdpass.h"
 #include "common/util.h"
@@ -14,6 +15,27 @@ void fsd_spawn_failed(struct fsd_server *s, enum fsd_fail why)
 {
         s->stats.spawn_failures++;
         s->stats.fail[why]++;
+}
+
+/* Workers run as their clients: the request names the client's uid, gid and groups, as the
+ * kernel gave them to us at accept. A root client gets a root worker only by option. */
+static int add_cred(struct fsd_server *s, struct fsd_conn *c, uint32_t id, uint8_t *msg,
+                    size_t *len)
+{
+        int r;
+
+        if (c->uid == 0 && !s->opt->allow_root_workers) {
+                fsd_spawn_failed(s, FSD_FAIL_POLICY);
+                fsd_conn_send_error(s, c, id, EPERM, "SPAWN: workers of uid 0 (root) need a "
+                                    "server started with --allow-root-workers");
+                return -EPERM;
+        }
+        if ((r = fs_proto_append_cred(msg, len, sizeof(s->rx), c->uid, c->gid, c->groups,
+                                      c->ngroups)) < 0) {
+                fsd_spawn_failed(s, FSD_FAIL_BAD_REQUEST);
+                fsd_conn_send_error(s, c, id, r, "SPAWN: no room for the client's groups");
+        }
+        return r;
 }
 
 /* Pointer storage for validating argv/envp; the front is single-threaded. */
@@ -104,6 +126,8 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
                 fsd_conn_send_error(s, c, id, ESHUTDOWN, "zygote is gone");
                 goto out;
         }
+        if (s->switch_uids && (r = add_cred(s, c, id, msg, &len)) < 0)
+                goto out;
 
         /* GPU buffers: leased now, their fds sent along after the request's own, their sizes
          * (rounded up) and devices' UUIDs written into the request for the zygote. */
@@ -145,6 +169,7 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
         }
         slot = &z->ring[(z->ring_head + z->ring_len++) % FSD_ZYGOTE_INFLIGHT];
         pre.conn = c;
+        pre.uid = s->switch_uids ? c->uid : geteuid();
         pre.req_id = id;
         pre.seq = z->seq;
         pre.flags = sp.flags;
@@ -184,17 +209,33 @@ static void reap_failed(int pidfd)
                 ;
 }
 
+/* Ends a new worker and reaps it; one that could not be signalled is left to its exit
+ * (it dies with its connection's end or ours) rather than waited for here. */
+static void kill_reap(struct fsd_server *s, int pidfd, uid_t uid)
+{
+        int r = fsd_signal(s, pidfd, 0, uid, SIGKILL);
+
+        if (r < 0) {
+                fs_log_errno(FS_LOG_ERROR, r, "cannot end a worker that cannot be tracked");
+                return;
+        }
+        reap_failed(pidfd);
+}
+
 /* Ends and reaps a child whose pidfd never reached us (we were out of fds). It is our own
  * child (CLONE_PARENT) and nothing here waits for "any child", so its pid cannot have been
  * reused: it stays ours until we reap it. */
-static void reap_by_pid(pid_t pid, bool kill_it)
+static void reap_by_pid(struct fsd_server *s, pid_t pid, uid_t uid, bool kill_it)
 {
         siginfo_t si;
+        int r;
 
         if (pid <= 0)
                 return;
-        if (kill_it)
-                (void)kill(pid, SIGKILL);
+        if (kill_it && (r = fsd_signal(s, -1, pid, uid, SIGKILL)) < 0) {
+                fs_log_errno(FS_LOG_ERROR, r, "cannot end worker pid %d", (int)pid);
+                return;
+        }
         while (waitid(P_PID, (id_t)pid, &si, WEXITED) < 0 && errno == EINTR)
                 ;
 }
@@ -248,7 +289,7 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
                         goto fail;
                 if (lost) {
                         fsd_gpu_abandon(s, e);
-                        reap_by_pid((pid_t)sp.pid, true);
+                        reap_by_pid(s, (pid_t)sp.pid, e->uid, true);
                         fsd_spawn_failed(s, FSD_FAIL_OUT_OF_FDS);
                         fs_log_limited(FS_LOG_WARNING, "out of file descriptors: new worker "
                                        "ended");
@@ -263,13 +304,13 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
                                    e->flags & FS_SPAWN_DETACH);
                 if (!w) {
                         /* Cannot track it: end it now rather than lose it. */
-                        (void)pidfd_send_signal(pidfd, SIGKILL, NULL, 0);
-                        reap_failed(pidfd);
+                        kill_reap(s, pidfd, e->uid);
                         why = "out of memory";
                         r = -ENOMEM;
                         goto fail_reply;
                 }
                 pidfd = -1; /* the worker owns it now */
+                w->uid = e->uid;
                 w->ngpu = e->ngpu;
                 memcpy(w->gpu, e->gpu, e->ngpu * sizeof(e->gpu[0]));
                 s->stats.spawns++;
@@ -307,7 +348,7 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
                 if (pidfd >= 0)
                         reap_failed(pidfd);
                 else if (lost)
-                        reap_by_pid((pid_t)er.pid, false);
+                        reap_by_pid(s, (pid_t)er.pid, e->uid, false);
                 count_failure(s, &er);
                 if (c)
                         send_setup_error(s, c, e->req_id, &er);
@@ -316,10 +357,8 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
 fail:
         r = -EIO;
         fsd_gpu_abandon(s, e);
-        if (pidfd >= 0) {
-                (void)pidfd_send_signal(pidfd, SIGKILL, NULL, 0);
-                reap_failed(pidfd);
-        }
+        if (pidfd >= 0)
+                kill_reap(s, pidfd, e->uid);
 fail_reply:
         fsd_gpu_abandon(s, e);
         fsd_spawn_failed(s, FSD_FAIL_ZYGOTE);

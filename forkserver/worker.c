@@ -3,10 +3,43 @@
 #include <stdlib.h>
 #include <sys/epoll.h>
 #include <sys/pidfd.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
+#include "common/fdpass.h"
 #include "common/util.h"
 #include "forkserver/server.h"
+
+#define SIGNAL_RETRY_MS 20 /* a SIGKILL the zygote could not take yet is tried again */
+
+int fsd_signal(struct fsd_server *s, int pidfd, pid_t pid, uid_t uid, int sig)
+{
+        struct fsd_zygote *z = NULL;
+        uint8_t buf[128];
+        struct fs_msgw m;
+        int n;
+
+        if ((pidfd >= 0 ? pidfd_send_signal(pidfd, sig, NULL, 0) : kill(pid, sig)) == 0)
+                return 0;
+        if (errno != EPERM || !s->switch_uids || uid == geteuid())
+                return -errno;
+        /* the plain zygote, or any other still there (all may act as any uid) */
+        for (unsigned i = 0; i < s->nzyg && !z; i++)
+                if (s->zyg[i].fd >= 0)
+                        z = &s->zyg[i];
+        if (!z)
+                return -ENOTCONN;
+        fs_msg_begin(&m, buf, sizeof(buf), FS_MSG_SIGNAL, 0);
+        fs_msg_put_u32(&m, FS_F_STATUS, (uint32_t)sig);
+        fs_msg_put_cred(&m, uid, 0, NULL, 0);
+        if (pidfd < 0)
+                fs_msg_put_u32(&m, FS_F_PID, (uint32_t)pid);
+        if ((n = fs_msg_finish(&m)) < 0)
+                return n;
+        /* never waits: a zygote that does not read now gets it again later, or not at all */
+        return fs_fdpass_send(z->fd, buf, (size_t)n, &pidfd, pidfd >= 0 ? 1 : 0, MSG_DONTWAIT);
+}
 
 static struct fsd_worker **list_of(struct fsd_server *s, struct fsd_worker *w)
 {
@@ -88,13 +121,15 @@ void fsd_worker_event(struct fsd_server *s, struct fsd_worker *w)
         w->next = s->dead_workers;
         s->dead_workers = w;
         s->nworkers--;
+        if (w->unkillable)
+                s->nunkillable--;
 }
 
 void fsd_worker_terminate(struct fsd_server *s, struct fsd_worker *w, int64_t now)
 {
         if (w->kill_at)
                 return;
-        (void)pidfd_send_signal(w->pidfd, SIGTERM, NULL, 0);
+        (void)fsd_signal(s, w->pidfd, w->pid, w->uid, SIGTERM);
         w->kill_at = now + FSD_KILL_GRACE_MS;
 }
 
@@ -124,15 +159,25 @@ void fsd_worker_terminate_all(struct fsd_server *s)
                 fsd_worker_terminate(s, w, now);
 }
 
-static void tick_list(struct fsd_worker *w, int64_t now, int64_t *next)
+static void tick_list(struct fsd_server *s, struct fsd_worker *w, int64_t now, int64_t *next)
 {
         for (; w; w = w->next) {
                 if (!w->kill_at)
                         continue;
                 if (w->kill_at <= now) {
-                        (void)pidfd_send_signal(w->pidfd, SIGKILL, NULL, 0);
-                        w->kill_at = INT64_MAX; /* sent; the exit event follows */
-                } else if (*next < 0 || w->kill_at < *next) {
+                        int r = fsd_signal(s, w->pidfd, w->pid, w->uid, SIGKILL);
+
+                        /* sent, the exit event follows; or the zygote's queue was full; or
+                         * nobody can send it (the zygote is gone): not waited for then */
+                        w->kill_at = r == -EAGAIN ? now + SIGNAL_RETRY_MS : INT64_MAX;
+                        if (r < 0 && r != -EAGAIN && r != -ESRCH && !w->unkillable) {
+                                fs_log_errno(FS_LOG_ERROR, r, "cannot end worker %llu pid %d",
+                                             (unsigned long long)w->id, (int)w->pid);
+                                w->unkillable = true;
+                                s->nunkillable++;
+                        }
+                }
+                if (w->kill_at != INT64_MAX && (*next < 0 || w->kill_at < *next)) {
                         *next = w->kill_at;
                 }
         }
@@ -140,10 +185,10 @@ static void tick_list(struct fsd_worker *w, int64_t now, int64_t *next)
 
 void fsd_worker_tick(struct fsd_server *s, int64_t now, int64_t *next)
 {
-        tick_list(s->orphans, now, next);
+        tick_list(s, s->orphans, now, next);
         if (s->stopping)
                 for (struct fsd_conn *c = s->conns; c; c = c->next)
-                        tick_list(c->workers, now, next);
+                        tick_list(s, c->workers, now, next);
 }
 
 void fsd_worker_free_dead(struct fsd_server *s)

@@ -14,6 +14,7 @@
 #include <linux/seccomp.h>
 #include <sched.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 
 #include "common/fdpass.h"
 #include "common/proto.h"
@@ -21,6 +22,7 @@
 #include "forkserver/child.h"
 #include "forkserver/helper.h"
 #include "forkserver/landlock.h"
+#include "forkserver/privs.h"
 
 #define ZYGOTE_SOCK_FD 3
 #define CHILD_STACK_SIZE (128 * 1024)
@@ -47,6 +49,7 @@ struct spawn_area {
         /* the request, then its argv and envp pointers right after its last byte */
         _Alignas(8) uint8_t data[FS_MAX_MSG + FS_SPAWN_PTRS * sizeof(char *) + 8];
         char gpu_env[FS_MAX_GPU * 80 + 32];
+        gid_t groups[FS_MAX_GROUPS]; /* the client's, for the worker */
 };
 
 struct zygote {
@@ -68,7 +71,17 @@ struct zygote {
         /* [0]: the daemon's own denials alone (profiles without fs rules); [1 + i]: those and
          * profile i's rules */
         struct fsd_landlock ll[FSD_MAX_PROFILES + 1];
+        bool holds_caps;      /* any capability: each worker drops all */
 };
+
+/* Set by the front before it forks us (fsd_zygote_set_creds). */
+static bool switch_uids, allow_root;
+
+void fsd_zygote_set_creds(bool switch_uids_, bool allow_root_)
+{
+        switch_uids = switch_uids_;
+        allow_root = allow_root_;
+}
 
 #define OUT_SIZE 4096
 
@@ -95,6 +108,8 @@ static const char *step_name(uint32_t step)
                 return "entry";
         case FS_STEP_LANDLOCK:
                 return "landlock";
+        case FS_STEP_CREDS:
+                return "switch to the client's credentials";
         default:
                 return "spawn";
         }
@@ -151,6 +166,25 @@ static void env_drop(const char **envp, const char *name)
 }
 
 #define PROC_LIMITS "(out of processes: RLIMIT_NPROC, the pids cgroup or kernel.threads-max)"
+#define NPROC_CLIENT "(the client's uid is at its RLIMIT_NPROC)"
+
+static void plan_creds(struct zygote *z, const struct fs_spawn *sp, struct fsd_child_plan *plan)
+{
+        gid_t *groups = z->a->groups;
+
+        plan->drop_caps = z->holds_caps;
+        if (!sp->has_cred)
+                return;
+        for (size_t i = 0; i < sp->ngroups; i++)
+                groups[i] = (gid_t)((uint32_t)sp->groups[4 * i] << 24 |
+                                    (uint32_t)sp->groups[4 * i + 1] << 16 |
+                                    (uint32_t)sp->groups[4 * i + 2] << 8 | sp->groups[4 * i + 3]);
+        plan->set_creds = true;
+        plan->uid = sp->uid;
+        plan->gid = sp->gid;
+        plan->groups = groups;
+        plan->ngroups = sp->ngroups;
+}
 
 static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfds_in)
 {
@@ -178,6 +212,9 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
                 return reply_error(z, h.id, FS_STEP_CLONE, EBADMSG, "request", 0, -1);
         if (sp->entry && !(entry = find_entry(z, sp->entry)))
                 return reply_error(z, h.id, FS_STEP_ENTRY, ENOENT, sp->entry, 0, -1);
+        /* the front's word on whom the worker runs as, and our own check of root */
+        if (switch_uids != sp->has_cred || (sp->has_cred && sp->uid == 0 && !allow_root))
+                return reply_error(z, h.id, FS_STEP_CREDS, EPERM, "(uid plan)", 0, -1);
         memcpy(fds, fds_in, nfds * sizeof(int));
         memcpy(targets, sp->child_fd, sp->nfds * sizeof(uint32_t));
         /* GPU buffers take the numbers just above every other fd of the worker */
@@ -275,6 +312,7 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
                 .ngpu = sp->ngpu,
         };
         memcpy(plan->gpu, gpu, sp->ngpu * sizeof(gpu[0]));
+        plan_creds(z, sp, plan);
         if (z->sandboxed) {
                 /* Our own filter is inherited: nothing to install per worker. */
                 if (prof != z->sandboxed) {
@@ -309,7 +347,10 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
         while (got < 0 && errno == EINTR);
         errpipe[0] = fs_close(errpipe[0]);
         if (got == sizeof(ce)) {
-                const char *what = ce.step == FS_STEP_EXEC ? sp->path
+                /* a uid switch passes RLIMIT_NPROC on to exec, which then fails */
+                const char *what = ce.step == FS_STEP_EXEC && ce.err == EAGAIN && sp->has_cred
+                                           ? NPROC_CLIENT
+                                   : ce.step == FS_STEP_EXEC  ? sp->path
                                    : ce.step == FS_STEP_CHDIR ? sp->cwd
                                                               : NULL;
 
@@ -392,15 +433,68 @@ static int preload_all(struct zygote *z, const char *const *paths, size_t n, cha
         return 0;
 }
 
+struct sig_job {
+        int pidfd; /* or, when -1, ... */
+        pid_t pid; /* ... an unreaped child of the front's */
+        uid_t uid;
+        int signo;
+};
+
+/* The signaller, under CLONE_VM|CLONE_VFORK (raw syscalls only): it becomes the worker's uid,
+ * which may signal the worker (neither the front nor we hold CAP_KILL), signals, exits. */
+static int signal_child(void *arg)
+{
+        const struct sig_job *j = arg;
+        long r;
+
+#ifdef SYS_setresuid32
+        r = syscall(SYS_setresuid32, j->uid, j->uid, j->uid);
+#else
+        r = syscall(SYS_setresuid, j->uid, j->uid, j->uid);
+#endif
+        if (r == 0)
+                r = j->pidfd >= 0 ? syscall(SYS_pidfd_send_signal, j->pidfd, j->signo, NULL, 0)
+                                  : syscall(SYS_kill, j->pid, j->signo);
+        _exit(r == 0 ? 0 : 1);
+}
+
+/* SIGNAL from the front: no reply (the front's replies are SPAWN's, in order). */
+static void signal_one(struct zygote *z, size_t len, const int *fds, size_t nfds)
+{
+        struct fs_msg_signal m;
+        struct sig_job j;
+        struct fs_hdr h;
+        struct fs_buf p;
+        pid_t pid;
+
+        if (!switch_uids || fs_proto_parse_hdr(z->a->data, len, &h, &p) < 0 ||
+            fs_proto_parse_signal(&p, nfds, &m, NULL) < 0 || (m.uid == 0 && !allow_root))
+                return;
+        j = (struct sig_job){.pidfd = nfds ? fds[0] : -1, .pid = (pid_t)m.pid, .uid = m.uid,
+                             .signo = (int)m.signo};
+        pid = clone(signal_child, z->a->stack_end + sizeof(z->a->stack_end),
+                    CLONE_VM | CLONE_VFORK | SIGCHLD, &j);
+        if (pid > 0)
+                while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+                        ;
+}
+
 static int zygote_setup(struct zygote *z, int sock)
 {
         struct sigaction dfl = {.sa_handler = SIG_DFL};
+        uint64_t eff, prm;
         sigset_t all;
         uint8_t *stack;
 
         if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != z->front)
                 return -ESRCH;
         (void)prctl(PR_SET_NAME, z->sandboxed ? "forkserverd-zys" : "forkserverd-zyg");
+        /* the front left us CAP_SETUID and CAP_SETGID when workers run as their clients,
+         * nothing otherwise; whatever we hold, each worker drops */
+        if (fsd_caps_get(&eff, &prm) < 0 ||
+            (switch_uids && (eff & FSD_CAPS_SWITCH) != FSD_CAPS_SWITCH))
+                return -EPERM;
+        z->holds_caps = prm != 0;
         /* Nothing of the front's stays here: not the key fd, not the ready fd. */
         if (sock != ZYGOTE_SOCK_FD) {
                 if (dup3(sock, ZYGOTE_SOCK_FD, O_CLOEXEC) < 0)
@@ -529,6 +623,12 @@ static __attribute__((noreturn)) void zygote_main(const struct fsd_sandbox *sb,
 
                 if (n == 0)
                         _exit(0); /* the front closed its end: we are done */
+                if (n > 0 && fs_proto_parse_hdr_only(z.a->data, (size_t)n, &h) == 0 &&
+                    h.type == FS_MSG_SIGNAL) {
+                        signal_one(&z, (size_t)n, fds, lost ? 0 : nfds);
+                        fs_close_many(fds, lost ? 0 : nfds);
+                        continue;
+                }
                 if (n > 0 && lost) {
                         /* the front waits for an answer to this sequence number */
                         h.id = 0;

@@ -11,6 +11,7 @@
  */
 #pragma once
 
+#include <stdbool.h>
 #include <sys/types.h>
 
 #include "forkserver/sandbox.h"
@@ -24,6 +25,10 @@
 int fsd_zygote_start(const struct fsd_sandbox *sb, const struct fsd_profile *sandboxed,
                      const char *const *preload, size_t npreload, pid_t *ret_pid, int *ret_pidfd,
                      int *ret_sock, char *err, size_t errlen);
+
+/* Before fsd_zygote_start: whether workers run as the uid, gid and groups each request
+ * names (CRED, which the front adds) and whether that uid may be 0. */
+void fsd_zygote_set_creds(bool switch_uids, bool allow_root);
 
 #define FSD_MAX_PRELOAD 16
 

@@ -30,6 +30,7 @@ struct daemon {
         char key[128];
         const char *log_path; /* when set, the daemon's stderr is appended there */
         uid_t run_as;         /* when set (root only), the daemon runs as this uid and gid */
+        bool no_plan;         /* no --allow-root-workers: as root, it must refuse to start */
 };
 
 static inline const char *env_or_die(const char *name)
@@ -92,8 +93,17 @@ static inline int daemon_spawn(struct daemon *d, const char *const *args, int *r
         int p[2];
         ssize_t got;
 
-        for (size_t i = 0; args && args[i]; i++)
+        bool user = false;
+
+        for (size_t i = 0; args && args[i]; i++) {
+                user |= strcmp(args[i], "--user") == 0;
                 argv[n++] = args[i];
+        }
+        /* CI runs as root, and a root daemon needs a plan for its workers: the suite's plan is
+         * root workers for the root test process (without capabilities), unless a test names
+         * --user. The option changes nothing for a daemon without CAP_SETUID. */
+        if (!user && !d->no_plan)
+                argv[n++] = "--allow-root-workers";
         argv[n] = NULL;
         ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
         d->pid = fork();

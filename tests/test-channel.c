@@ -264,14 +264,16 @@ START_TEST(preload_failures)
 
         daemon_paths(&d);
         make_key_file(d.key);
-        const char *missing[] = {"forkserverd", "--foreground", "--socket", d.sock, "--key-file",
-                                 d.key, "--preload", "/nonexistent/libnope.so", NULL};
+        const char *missing[] = {"forkserverd", "--foreground", "--allow-root-workers",
+                                 "--socket", d.sock, "--key-file", d.key, "--preload",
+                                 "/nonexistent/libnope.so", NULL};
         st = failed_start(missing, err, sizeof(err));
         ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1);
         ck_assert_ptr_nonnull(strstr(err, "/nonexistent/libnope.so"));
 
-        const char *thread[] = {"forkserverd", "--foreground", "--socket", d.sock, "--key-file",
-                                d.key, "--preload", env_or_die("LIBTHREAD"), NULL};
+        const char *thread[] = {"forkserverd", "--foreground", "--allow-root-workers",
+                                "--socket", d.sock, "--key-file", d.key, "--preload",
+                                env_or_die("LIBTHREAD"), NULL};
         st = failed_start(thread, err, sizeof(err));
         ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1);
         ck_assert_msg(strstr(err, "libthread.so") && strstr(err, "started a thread"), "%s", err);
@@ -280,8 +282,9 @@ START_TEST(preload_failures)
         int fd = open(bogus, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
         ck_assert_int_eq(write(fd, "not an ELF file", 15), 15);
         close(fd);
-        const char *notelf[] = {"forkserverd", "--foreground", "--socket", d.sock, "--key-file",
-                                d.key, "--preload", bogus, NULL};
+        const char *notelf[] = {"forkserverd", "--foreground", "--allow-root-workers",
+                                "--socket", d.sock, "--key-file", d.key, "--preload",
+                                bogus, NULL};
         st = failed_start(notelf, err, sizeof(err));
         ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1);
         ck_assert_ptr_nonnull(strstr(err, "libbogus.so"));

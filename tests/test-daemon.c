@@ -653,9 +653,9 @@ static int spawn_activated(pid_t *pid, int listen_fd, const char *notify, const 
                            const char *const *args, int *st)
 {
         const char *argv[16] = {env_or_die("FORKSERVERD"), "--foreground", "--ready-fd", "4",
-                                "--log-level", "warning"};
+                                "--log-level", "warning", "--allow-root-workers"};
         char buf[16] = {0};
-        size_t n = 6;
+        size_t n = 7;
         int p[2];
         ssize_t got;
 

@@ -416,6 +416,80 @@ START_TEST(spawn_gpu_fields)
 }
 END_TEST
 
+START_TEST(spawn_cred_and_signal)
+{
+        const uint32_t groups[2] = {100, 0x01020304};
+        struct fs_msg_signal sig;
+        struct fs_spawn sp;
+        struct fs_msgw w;
+        struct fs_hdr h;
+        struct fs_buf p;
+        const char *why;
+        size_t len;
+        int n;
+
+        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_SPAWN, 3);
+        fs_msg_put_str(&w, FS_F_PATH, "/bin/true");
+        fs_msg_put_str(&w, FS_F_ARG, "true");
+        ck_assert_int_gt(n = fs_msg_finish(&w), 0);
+        len = (size_t)n;
+        ck_assert_int_eq(parse_spawn(mem, len, 0, &sp, &why), 0);
+        ck_assert(!sp.has_cred);
+        /* as the front forwards it: the client's uid, gid and groups */
+        ck_assert_int_eq(fs_proto_append_cred(mem, &len, sizeof(mem), 65534, 65533, groups, 2),
+                         0);
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, len, &h, &p), 0);
+        ck_assert_int_eq(fs_proto_parse_spawn(&p, 0, true, ptrs, FS_ARRAY_SIZE(ptrs), &sp, &why),
+                         0);
+        ck_assert(sp.has_cred);
+        ck_assert_uint_eq(sp.uid, 65534);
+        ck_assert_uint_eq(sp.gid, 65533);
+        ck_assert_uint_eq(sp.ngroups, 2);
+        ck_assert_mem_eq(sp.groups + 4, "\x01\x02\x03\x04", 4);
+        /* a client may not name whom its worker runs as */
+        ck_assert_int_eq(parse_spawn(mem, len, 0, &sp, &why), -EBADMSG);
+        ck_assert_str_eq(why, "CRED fields only come from the server");
+        ck_assert_int_eq(fs_proto_append_cred(mem, &len, sizeof(mem), 1, 1, groups,
+                                              FS_MAX_GROUPS + 1),
+                         -E2BIG);
+        /* a CRED of the wrong length is malformed, even from the front */
+        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_SPAWN, 3);
+        fs_msg_put_str(&w, FS_F_PATH, "/bin/true");
+        fs_msg_put_str(&w, FS_F_ARG, "true");
+        fs_msg_put_bytes(&w, FS_F_CRED, "\0\0\0\1\0\0\0\1\0", 9);
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)fs_msg_finish(&w), &h, &p), 0);
+        ck_assert_int_eq(fs_proto_parse_spawn(&p, 0, true, ptrs, FS_ARRAY_SIZE(ptrs), &sp, &why),
+                         -EBADMSG);
+
+        /* SIGNAL: by pidfd, or by PID without one */
+        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_SIGNAL, 0);
+        fs_msg_put_u32(&w, FS_F_STATUS, 15);
+        fs_msg_put_cred(&w, 65534, 0, NULL, 0);
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)fs_msg_finish(&w), &h, &p), 0);
+        ck_assert_int_eq(fs_proto_parse_signal(&p, 1, &sig, &why), 0);
+        ck_assert_uint_eq(sig.signo, 15);
+        ck_assert_uint_eq(sig.uid, 65534);
+        ck_assert_uint_eq(sig.pid, 0);
+        fs_buf_init_reader(&p, mem + FS_HDR_LEN, h.len);
+        ck_assert_int_eq(fs_proto_parse_signal(&p, 0, &sig, &why), -EBADMSG);
+        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_SIGNAL, 0);
+        fs_msg_put_u32(&w, FS_F_STATUS, 9);
+        fs_msg_put_cred(&w, 7, 0, NULL, 0);
+        fs_msg_put_u32(&w, FS_F_PID, 4321);
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)fs_msg_finish(&w), &h, &p), 0);
+        ck_assert_int_eq(fs_proto_parse_signal(&p, 0, &sig, &why), 0);
+        ck_assert_uint_eq(sig.pid, 4321);
+        fs_buf_init_reader(&p, mem + FS_HDR_LEN, h.len);
+        ck_assert_int_eq(fs_proto_parse_signal(&p, 1, &sig, &why), -EBADMSG);
+        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_SIGNAL, 0);
+        fs_msg_put_u32(&w, FS_F_STATUS, 0);
+        fs_msg_put_cred(&w, 7, 0, NULL, 0);
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)fs_msg_finish(&w), &h, &p), 0);
+        ck_assert_int_eq(fs_proto_parse_signal(&p, 1, &sig, &why), -EINVAL);
+        ck_assert_uint_eq(fs_proto_max_fds(FS_MSG_SIGNAL), 1);
+}
+END_TEST
+
 START_TEST(status_fields)
 {
         struct fs_hdr h;
@@ -447,6 +521,7 @@ static Suite *suite(void)
         tcase_add_test(tc, small_messages);
         tcase_add_test(tc, status_fields);
         tcase_add_test(tc, spawn_gpu_fields);
+        tcase_add_test(tc, spawn_cred_and_signal);
         suite_add_tcase(s, tc);
         return s;
 }

@@ -489,21 +489,54 @@ static int try_spawn(struct forkserver *fs, const struct forkserver_spawn_args *
         return r;
 }
 
+/* RLIMIT_NOFILE of pid becomes *set (its soft value soft, when set is NULL), the old one in
+ * *old; from a process of d.run_as when set: root may lack CAP_SYS_RESOURCE in a container. */
+static void nofile(pid_t pid, const struct rlimit *set, rlim_t soft, struct rlimit *old)
+{
+        struct rlimit got = {0, 0};
+        int p[2], st;
+        pid_t kid;
+
+        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+        ck_assert_int_ge(kid = fork(), 0);
+        if (kid == 0) {
+                struct rlimit rl;
+
+                if (d.run_as && (setresgid(d.run_as, d.run_as, d.run_as) < 0 ||
+                                 setresuid(d.run_as, d.run_as, d.run_as) < 0))
+                        _exit(1);
+                if (prlimit(pid, RLIMIT_NOFILE, NULL, &rl) < 0)
+                        _exit(2);
+                if (write(p[1], &rl, sizeof(rl)) != sizeof(rl))
+                        _exit(3);
+                if (set)
+                        rl = *set;
+                else
+                        rl.rlim_cur = soft;
+                _exit(prlimit(pid, RLIMIT_NOFILE, &rl, NULL) < 0 ? 4 : 0);
+        }
+        close(p[1]);
+        ck_assert_int_eq(read(p[0], &got, sizeof(got)), sizeof(got));
+        close(p[0]);
+        ck_assert_int_eq(waitpid(kid, &st, 0), kid);
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "prlimit: status %#x", st);
+        if (old)
+                *old = got;
+}
+
 static void set_nofile(pid_t pid, rlim_t soft, struct rlimit *old)
 {
-        struct rlimit rl;
-
-        ck_assert_int_eq(prlimit(pid, RLIMIT_NOFILE, NULL, &rl), 0);
-        if (old)
-                *old = rl;
-        rl.rlim_cur = soft;
-        ck_assert_int_eq(prlimit(pid, RLIMIT_NOFILE, &rl, NULL), 0);
+        nofile(pid, NULL, soft, old);
 }
 
 /* Regression: a front out of fds lost the pidfd of a worker it had just made (a zombie for
- * good, and the zygote taken for broken) and cut clients whose requests carried fds. */
+ * good, and the zygote taken for broken) and cut clients whose requests carried fds. As root
+ * the daemon runs as nobody: a front without capabilities may have no more fds in flight
+ * than its RLIMIT_NOFILE, counted over every process of its uid, and root's are legion. */
 START_TEST(out_of_fds)
 {
+        const char *const as_root[] = {"--allow-uid", "0", NULL};
+        char mine[160], hex[FS_KEY_HEX_LEN + 1];
         const char *sleeper[] = {"/bin/sleep", "100", NULL};
         struct forkserver_spawn_args a = {.path = sleeper[0], .argv = sleeper};
         struct forkserver_options o = {.socket_path = NULL, .key_file = NULL, .key_fd = -1};
@@ -515,10 +548,23 @@ START_TEST(out_of_fds)
         size_t nw = 0, nz;
         int p[2], st, r;
 
-        daemon_start(&d, NULL);
+        if (geteuid() == 0)
+                d.run_as = 65534;
+        daemon_start(&d, d.run_as ? as_root : NULL);
         o.socket_path = d.sock;
         o.key_file = d.key;
-        fs = daemon_connect(&d);
+        if (d.run_as) { /* a key file must belong to its reader: we get our own copy */
+                int kf;
+
+                snprintf(mine, sizeof(mine), "%s/client-key", d.dir);
+                first_line(d.key, hex, sizeof(hex));
+                ck_assert_int_ge(kf = open(mine, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600),
+                                 0);
+                ck_assert_int_eq(fs_write_all(kf, hex, strlen(hex)), 0);
+                close(kf);
+                o.key_file = mine;
+        }
+        ck_assert_msg(forkserver_connect(&o, &fs, &cwhy) == 0, "connect: %s", cwhy);
 
         /* the front: room for about one more fd */
         set_nofile(d.pid, daemon_stat(fs, "open_fds") + 1, &old);
@@ -542,9 +588,9 @@ START_TEST(out_of_fds)
         ck_assert_uint_ge(daemon_stat(fs, "spawn_failures_by_cause.out_of_fds"), 2);
         ck_assert_int_eq(count_zombies(d.pid), 0);
         /* resources return: service returns */
-        ck_assert_int_eq(prlimit(d.pid, RLIMIT_NOFILE, &old, NULL), 0);
+        nofile(d.pid, &old, 0, NULL);
         ck_assert_int_eq(try_spawn(fs, &a, &w[nw++], why, sizeof(why)), 0);
-        other = daemon_connect(&d);
+        ck_assert_msg(forkserver_connect(&o, &other, &cwhy) == 0, "connect: %s", cwhy);
         forkserver_close(other);
 
         /* the zygotes: none can take an fd at all */
@@ -571,7 +617,7 @@ START_TEST(out_of_fds)
         ck_assert_msg(strstr(why, "zygote out of file descriptors"), "%s", why);
         ck_assert_int_eq(try_spawn(fs, &a, &extra, why, sizeof(why)), -EMFILE);
         for (size_t i = 0; i < k; i++)
-                ck_assert_int_eq(prlimit(zpids[i], RLIMIT_NOFILE, &zold[i], NULL), 0);
+                nofile(zpids[i], &zold[i], 0, NULL);
         close(p[1]);
         struct forkserver_spawn_args c = {.path = "/bin/echo",
                                           .argv = (const char *const[]){"/bin/echo", "back", NULL}};
@@ -588,7 +634,10 @@ START_TEST(out_of_fds)
         await_idle(fs);
         ck_assert_int_eq(count_zombies(d.pid), 0);
         forkserver_close(fs);
+        if (d.run_as)
+                unlink(mine);
         stop_ok();
+        d.run_as = 0;
 }
 END_TEST
 

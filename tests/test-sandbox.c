@@ -235,7 +235,8 @@ START_TEST(profile_dir)
 
         /* a bad line stops start-up with file:line and the token */
         write_file(pfile, "default allow\nkill socket not_a_syscall\n", 0600);
-        const char *bad[] = {env_or_die("FORKSERVERD"), "--foreground", "--socket", d.sock,
+        const char *bad[] = {env_or_die("FORKSERVERD"), "--foreground", "--allow-root-workers",
+                             "--socket", d.sock,
                              "--key-file", d.key, "--profile-dir", pdir, NULL};
         st = exec_capture(bad, 2, errbuf, sizeof(errbuf));
         ck_assert(EXITS(st, 1));

@@ -58,7 +58,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
                 if (gpu_fds && fs_proto_parse_spawn(&again, nfds, true, ptrs, FS_SPAWN_PTRS, &sp,
                                                     &why) == 0 &&
-                    (sp.ngpu > FS_MAX_GPU || sp.nfds + sp.ngpu != nfds))
+                    (sp.ngpu > FS_MAX_GPU || sp.nfds + sp.ngpu != nfds ||
+                     sp.ngroups > FS_MAX_GROUPS || (sp.ngroups && !sp.has_cred)))
                         __builtin_trap();
                 if (nfds <= FS_MAX_MSG_FDS &&
                     fs_proto_parse_spawn(&p, nfds, false, ptrs, FS_SPAWN_PTRS, &sp, &why) == 0) {
@@ -74,9 +75,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                         bool fork_ok = sp.entry && !sp.path && sp.argc == 0 &&
                                        fs_proto_entry_ok(sp.entry);
 
+                        /* CRED comes only from the front */
                         if (n == SIZE_MAX || sp.nfds != nfds || !(exec_ok || fork_ok) ||
                             sp.nrlimits > FS_MAX_RLIMITS || sp.umask > 0777 ||
-                            sp.ngpu > FS_MAX_GPU)
+                            sp.ngpu > FS_MAX_GPU || sp.has_cred)
                                 __builtin_trap();
                         for (size_t i = 0; i < sp.ngpu; i++)
                                 if (sp.gpu[i].size == 0)
@@ -100,6 +102,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 uint64_t lease;
 
                 fs_proto_parse_gpu_free(&p, &lease, &why);
+                break;
+        }
+        case FS_MSG_SIGNAL: {
+                struct fs_msg_signal sg;
+
+                if (fs_proto_parse_signal(&p, nfds, &sg, &why) == 0 &&
+                    (sg.signo == 0 || sg.signo > 64 || (sg.pid == 0) != (nfds == 1)))
+                        __builtin_trap();
                 break;
         }
         case FS_MSG_SPAWNED:

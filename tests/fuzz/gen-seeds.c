@@ -60,6 +60,23 @@ int main(int argc, char **argv)
         save(argv[1], "spawn-gpu", 1, m, fs_msg_finish(&w));
         fs_msg_put_bytes(&w, FS_F_UUID, "fakecuda-gpu00\0\0", 16);
         save(argv[1], "spawn-gpu-forwarded", 0x80 | 2, m, fs_msg_finish(&w));
+        /* workers as their clients: the front's forwarded form with CRED, and SIGNAL by pidfd
+         * and by pid */
+        {
+                static const uint32_t groups[] = {100, 4242};
+
+                fs_msg_begin(&w, m, sizeof(m), FS_MSG_SPAWN, 4);
+                fs_msg_put_str(&w, FS_F_PATH, "/bin/true");
+                fs_msg_put_str(&w, FS_F_ARG, "true");
+                fs_msg_put_cred(&w, 65534, 65534, groups, 2);
+                save(argv[1], "spawn-cred-forwarded", 0x80, m, fs_msg_finish(&w));
+        }
+        fs_msg_begin(&w, m, sizeof(m), FS_MSG_SIGNAL, 0);
+        fs_msg_put_u32(&w, FS_F_STATUS, 15);
+        fs_msg_put_cred(&w, 65534, 0, NULL, 0);
+        save(argv[1], "signal", 1, m, fs_msg_finish(&w));
+        fs_msg_put_u32(&w, FS_F_PID, 4321);
+        save(argv[1], "signal-pid", 0, m, fs_msg_finish(&w));
         fs_msg_begin(&w, m, sizeof(m), FS_MSG_GPU_LEASE, 4);
         fs_msg_put_u64(&w, FS_F_LEASE, 7);
         fs_msg_put_gpu(&w, 0, 2 << 20);

@@ -60,9 +60,10 @@ class Daemon:
             f.write(secrets.token_hex(32) + "\n")
         r, w = os.pipe()
         e = dict(os.environ, PYTHONPATH=os.pathsep.join([PKG, HERE]), **(env or {}))
+        # --allow-root-workers: CI runs as root, and a root daemon needs a plan (tests/daemon.h)
         self.proc = subprocess.Popen([DAEMON, "--foreground", "--socket", self.sock,
                                       "--key-file", self.key, "--ready-fd", str(w),
-                                      "--log-level", "warning", *args],
+                                      "--log-level", "warning", "--allow-root-workers", *args],
                                      pass_fds=(w,), env=e, stderr=subprocess.PIPE)
         os.close(w)
         ready = os.read(r, 16)
@@ -111,6 +112,9 @@ class ClientTests(unittest.TestCase):
                 fs.spawn(["/nonexistent/prog"])
             self.assertIn("exec /nonexistent/prog", cm.exception.strerror)
             self.assertEqual(fs.status()["spawn_failures_by_cause"]["setup"], 1)
+            # as root the suite's daemon has --allow-root-workers: workers run as their clients
+            self.assertEqual(fs.status()["workers_run_as"],
+                             "client" if os.geteuid() == 0 else "daemon")
 
     def test_wrong_key_refused(self) -> None:
         with self.assertRaises(forkserver.AuthenticationError) as cm:

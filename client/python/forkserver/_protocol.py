@@ -130,6 +130,10 @@ def stats(fields: List[Tuple[int, bytes]]) -> Iterator[Tuple[str, int]]:
             yield string(v[8:]), int.from_bytes(v[:8], "big")
 
 
+# Counters that stand for a word, which status() gives instead (as forkctl status prints).
+STAT_WORDS = {"workers_run_as": {1: "daemon", 2: "client"}}
+
+
 def nest(flat: Dict[str, int]) -> Dict[str, object]:
     """{"a.b": 1} -> {"a": {"b": 1}}, as forkctl status prints it."""
     out: Dict[str, object] = {}
@@ -138,5 +142,5 @@ def nest(flat: Dict[str, int]) -> Dict[str, object]:
         *path, leaf = name.split(".")
         for p in path:
             node = node.setdefault(p, {})  # type: ignore[assignment]
-        node[leaf] = value
+        node[leaf] = STAT_WORDS.get(name, {}).get(value, value)
     return out

@@ -618,10 +618,12 @@ class _PrivateDaemon:
         kr, kw = os.pipe()
         rr, rw = os.pipe()
         try:
-            # the fds keep their numbers in the child (pass_fds): the key goes over a pipe
+            # the fds keep their numbers in the child (pass_fds): the key goes over a pipe;
+            # a private daemon serves its starter alone, so root's gets root workers
             self.proc = subprocess.Popen(
                 [daemon, "--socket", self.socket, "--key-fd", str(kr), "--ready-fd", str(rw),
-                 "--foreground", "--log-level", "warning"], pass_fds=(kr, rw))
+                 "--foreground", "--log-level", "warning", "--allow-root-workers"],
+                pass_fds=(kr, rw))
         finally:
             os.close(kr)
             os.close(rw)
