@@ -34,6 +34,14 @@ START_TEST(good_profile)
         ck_assert_int_eq(src.rules[4].act.err, 13);
         ck_assert_int_eq(parse("default kill\nallow exit_group\n"), 0);
         ck_assert_int_eq(src.dflt.kind, FSD_ACT_KILL);
+        ck_assert_int_eq(parse("default allow\nfs deny /home /srv\nfs ro /home/shared\n"
+                               "fs rw /home/shared/out\n"),
+                         0);
+        ck_assert_uint_eq(src.nfs, 4);
+        ck_assert_str_eq(src.fs[1].path, "/srv");
+        ck_assert_int_eq(src.fs[1].access, FSD_FS_DENY);
+        ck_assert_int_eq(src.fs[2].access, FSD_FS_RO);
+        ck_assert_int_eq(src.fs[3].access, FSD_FS_RW);
 }
 END_TEST
 
@@ -54,6 +62,11 @@ static const struct {
         {"default errno 4096\n", "1: unknown errno '4096'"},
         {"default allow\nerrno EPERM\n", "2: no syscall named"},
         {"default allow\nkill\n", "2: no syscall named"},
+        {"default allow\nfs\n", "2: fs needs ro, rw or deny"},
+        {"default allow\nfs wx /tmp\n", "2: unknown fs access 'wx'"},
+        {"default allow\nfs ro\n", "2: no path named"},
+        {"default allow\nfs ro tmp\n", "2: path not absolute 'tmp'"},
+        {"default allow\nfs ro /a\nfs deny /a\n", "3: path listed twice '/a'"},
 };
 
 START_TEST(bad_profiles)

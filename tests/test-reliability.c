@@ -553,6 +553,7 @@ START_TEST(out_of_fds)
         daemon_start(&d, d.run_as ? as_root : NULL);
         o.socket_path = d.sock;
         o.key_file = d.key;
+        o.server_uid = d.run_as; /* its socket and directory are that uid's */
         if (d.run_as) { /* a key file must belong to its reader: we get our own copy */
                 int kf;
 

@@ -158,7 +158,8 @@ static void user_paths(void)
 
 static struct forkserver *connect_root(int *ret)
 {
-        struct forkserver_options o = {.socket_path = d.sock, .key_file = root_key, .key_fd = -1};
+        struct forkserver_options o = {.socket_path = d.sock, .key_file = root_key, .key_fd = -1,
+                                       .server_uid = DAEMON_UID};
         struct forkserver *fs = NULL;
         const char *why = "";
 
@@ -235,7 +236,8 @@ static pid_t client_as(const struct client *c, int report, int done, int done_w)
 
         ck_assert_int_ge(pid, 0);
         if (pid == 0) {
-                struct forkserver_options o = {.socket_path = d.sock, .key_fd = -1};
+                struct forkserver_options o = {.socket_path = d.sock, .key_fd = -1,
+                                               .server_uid = DAEMON_UID};
                 const struct forkserver_spawn_args *kinds[] = {&exec_sleep, &fork_sleep};
                 struct forkserver_key *key;
                 struct forkserver *fs;
