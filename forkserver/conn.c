@@ -220,6 +220,46 @@ static int peer_groups(struct fsd_server *s, struct fsd_conn *c)
         return -1;
 }
 
+/* How many pending handshakes share each key; the largest count, and its key. */
+static uint32_t most_common(const struct fsd_server *s, bool by_uid, uint32_t uid,
+                            uint32_t *ret_key)
+{
+        static struct {
+                uint32_t key, n;
+        } t[2 * FSD_MAX_PENDING + 2]; /* open addressing; a key is stored + 1 (0: empty) */
+        const size_t cap = FS_ARRAY_SIZE(t);
+        uint32_t best = 0;
+
+        memset(t, 0, sizeof(t));
+        for (const struct fsd_conn *c = s->pending; c; c = c->next) {
+                uint32_t key = by_uid ? c->uid : (uint32_t)c->pid;
+                size_t h = (key * 2654435761u) % cap;
+
+                if (!by_uid && c->uid != uid)
+                        continue;
+                while (t[h].key && t[h].key != key + 1)
+                        h = (h + 1) % cap;
+                t[h].key = key + 1;
+                if (++t[h].n > best) {
+                        best = t[h].n;
+                        *ret_key = key;
+                }
+        }
+        return best;
+}
+
+static struct fsd_conn *pending_victim(struct fsd_server *s)
+{
+        uint32_t uid = 0, pid = 0;
+
+        (void)most_common(s, true, 0, &uid);
+        (void)most_common(s, false, uid, &pid);
+        for (struct fsd_conn *c = s->pending; c; c = c->next)
+                if (c->uid == uid && (uint32_t)c->pid == pid)
+                        return c;
+        return s->pending;
+}
+
 static void accept_one(struct fsd_server *s, int fd)
 {
         struct fs_creds cr;
@@ -260,15 +300,17 @@ static void accept_one(struct fsd_server *s, int fd)
         }
         if (s->switch_uids && peer_groups(s, c) < 0)
                 return;
-        if (s->nconns + s->npending > FSD_MAX_CONNS) {
-                fsd_conn_send_error(s, c, 0, EAGAIN, "too many connections (%d)", FSD_MAX_CONNS);
+        if (s->nconns >= s->opt->max_connections) {
+                fsd_conn_send_error(s, c, 0, EAGAIN, "too many connections (--max-connections %u)",
+                                    s->opt->max_connections);
                 fsd_conn_close(s, c, "too many connections");
                 return;
         }
-        /* Over the cap of pending handshakes, the oldest goes: a flood of idle connections
-         * cannot lock out a client that completes its handshake promptly. */
+        /* Over the cap of pending handshakes, one goes: the oldest of whoever holds the most
+         * (uid, then pid), so that a flood of idle connections, even of the same uid, cannot
+         * lock out a client that completes its handshake promptly. */
         while (s->npending > s->opt->max_pending) {
-                struct fsd_conn *old = s->pending;
+                struct fsd_conn *old = pending_victim(s);
 
                 fs_log_limited(FS_LOG_WARNING, "conn %llu pid %d uid %u: cut, too many pending "
                                "handshakes", (unsigned long long)old->id, (int)old->pid,
@@ -335,6 +377,12 @@ static void handshake(struct fsd_server *s, struct fsd_conn *c, size_t len, size
                 fs_log_limited(FS_LOG_WARNING, "conn %llu pid %d uid %u: handshake refused: %s",
                                (unsigned long long)c->id, (int)c->pid, (unsigned)c->uid, why);
                 fsd_conn_close(s, c, why);
+                return;
+        }
+        if (s->nconns >= s->opt->max_connections) {
+                fsd_conn_send_error(s, c, 0, EAGAIN, "too many connections (--max-connections %u)",
+                                    s->opt->max_connections);
+                fsd_conn_close(s, c, "too many connections");
                 return;
         }
         s->stats.auth_ok++;

@@ -163,13 +163,14 @@ int fsd_loop_run(struct fsd_server *s)
                                 continue;
                         return fs_log_errno(FS_LOG_ERROR, -errno, "epoll_wait");
                 }
+                bool accept = false;
+
                 for (int i = 0; i < n; i++) {
                         struct fsd_source *src = ev[i].data.ptr;
 
                         switch (src->kind) {
                         case FSD_SRC_LISTEN:
-                                if (s->listen_fd >= 0)
-                                        fsd_conn_accept(s);
+                                accept = true; /* after those who sent something */
                                 break;
                         case FSD_SRC_SIGNAL:
                                 on_signal(s);
@@ -203,6 +204,8 @@ int fsd_loop_run(struct fsd_server *s)
                                 break;
                         }
                 }
+                if (accept && s->listen_fd >= 0)
+                        fsd_conn_accept(s);
                 /* What this turn gave up goes to the closer in one message or a few. */
                 fsd_closer_flush(&s->closer);
                 fsd_conn_free_dead(s);

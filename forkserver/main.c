@@ -25,7 +25,8 @@
 
 static const char usage_text[] =
         "Usage: forkserverd [--socket PATH] (--key-file PATH | --key-fd N) [--allow-uid UID]...\n"
-        "                   [--max-workers N] [--max-pending N] [--handshake-timeout MS]\n"
+        "                   [--max-workers N] [--max-pending N] [--max-connections N]\n"
+        "                   [--handshake-timeout MS]\n"
         "                   [--min-profile NAME] [--allow-profile LIST] [--profile-dir DIR]\n"
         "                   [--preload LIB]... [--cuda[=auto]] [--cuda-devices LIST]\n"
         "                   [--cuda-quota SIZE] [--cuda-conn-quota SIZE]\n"
@@ -43,7 +44,9 @@ static const char usage_text[] =
         "  --key-fd N              read the key from fd N until EOF (at most 5 s), then close it\n"
         "  --allow-uid UID         also accept clients of this uid (repeatable, max 64)\n"
         "  --max-workers N         live workers at most (default 1024)\n"
-        "  --max-pending N         unauthenticated connections at most (default 64)\n"
+        "  --max-pending N         unauthenticated connections at most (default 64); over it\n"
+        "                          the oldest of the peer (uid, then pid) holding most is cut\n"
+        "  --max-connections N     authenticated connections at most (default 16384)\n"
         "  --handshake-timeout MS  time a client has to authenticate (default 5000)\n"
         "  --min-profile NAME      seccomp profile every worker gets in addition to its own\n"
         "                          (default: none)\n"
@@ -140,7 +143,7 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                O_HS_TIMEOUT, O_READY_FD, O_LOG_LEVEL, O_FOREGROUND, O_MIN_PROFILE,
                O_ALLOW_PROFILE, O_PROFILE_DIR, O_PRELOAD, O_CUDA, O_CUDA_DEVICES, O_CUDA_QUOTA,
                O_CUDA_CONN_QUOTA, O_PYTHON_PRELOAD, O_REQUIRE_LANDLOCK, O_VERSION, O_USER,
-               O_ALLOW_ROOT_WORKERS };
+               O_ALLOW_ROOT_WORKERS, O_MAX_CONNECTIONS };
         static const struct option opts[] = {
                 {"socket", required_argument, NULL, O_SOCKET},
                 {"key-file", required_argument, NULL, O_KEY_FILE},
@@ -148,6 +151,7 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                 {"allow-uid", required_argument, NULL, O_ALLOW_UID},
                 {"max-workers", required_argument, NULL, O_MAX_WORKERS},
                 {"max-pending", required_argument, NULL, O_MAX_PENDING},
+                {"max-connections", required_argument, NULL, O_MAX_CONNECTIONS},
                 {"handshake-timeout", required_argument, NULL, O_HS_TIMEOUT},
                 {"ready-fd", required_argument, NULL, O_READY_FD},
                 {"log-level", required_argument, NULL, O_LOG_LEVEL},
@@ -199,6 +203,11 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                 case O_MAX_PENDING:
                         if (parse_uint(optarg, 1, FSD_MAX_PENDING, &o->max_pending) < 0)
                                 return usage_error("--max-pending: need 1..4096, got '%s'",
+                                                   optarg);
+                        break;
+                case O_MAX_CONNECTIONS:
+                        if (parse_uint(optarg, 1, FSD_MAX_CONNS, &o->max_connections) < 0)
+                                return usage_error("--max-connections: need 1..65536, got '%s'",
                                                    optarg);
                         break;
                 case O_HS_TIMEOUT:
@@ -589,7 +598,8 @@ int main(int argc, char **argv)
         static struct fsd_server srv;
         static char socket_buf[FS_SOCKET_PATH_MAX], key_buf[4096];
         struct fsd_options o = {.key_fd = -1, .ready_fd = -1, .listen_fd = -1, .max_workers = 1024,
-                                .max_pending = 64, .handshake_timeout_ms = 5000,
+                                .max_pending = 64, .max_connections = 16384,
+                                .handshake_timeout_ms = 5000,
                                 .log_level = FS_LOG_INFO};
         int notify_fd = -1, r;
 

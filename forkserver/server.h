@@ -16,7 +16,7 @@
 #define FSD_MAX_ALLOW_UID 64
 #define FSD_MAX_WORKERS 65536
 #define FSD_MAX_PENDING 4096
-#define FSD_MAX_CONNS 1024
+#define FSD_MAX_CONNS 65536 /* --max-connections at most */
 #define FSD_ZYGOTE_INFLIGHT 32     /* spawn requests queued at the zygote */
 #define FSD_KILL_GRACE_MS 1000     /* SIGTERM, then SIGKILL after this */
 #define FSD_OUTQ_MAX 16384         /* queued replies per connection before it is cut */
@@ -30,6 +30,7 @@ struct fsd_options {
         size_t n_allow_uid;
         unsigned max_workers;
         unsigned max_pending;
+        unsigned max_connections; /* authenticated ones */
         unsigned handshake_timeout_ms;
         int ready_fd;
         int listen_fd;                 /* from systemd (socket activation), or -1 */

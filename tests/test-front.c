@@ -151,6 +151,90 @@ START_TEST(passed_fds_closed_off_the_loop)
 }
 END_TEST
 
+/* Connects as fast as it can and never speaks: hold connections held, the oldest dropped. */
+static __attribute__((noreturn)) void churn(const char *path, int hold, int64_t until)
+{
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        static int ring[1024];
+        int head = 0, n = 0;
+
+        memcpy(sa.sun_path, path, strnlen(path, sizeof(sa.sun_path) - 1));
+        while (now_ms() < until) {
+                int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+
+                if (fd < 0)
+                        _exit(1);
+                if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 && errno != EAGAIN &&
+                    errno != EINPROGRESS) {
+                        close(fd);
+                        continue;
+                }
+                if (n == hold) { /* full: the oldest goes */
+                        close(ring[head]);
+                        ring[head] = fd;
+                        head = (head + 1) % hold;
+                } else {
+                        ring[n++] = fd;
+                }
+        }
+        _exit(0);
+}
+
+/*
+ * Four processes of the client's own uid churn unauthenticated connections as fast as they
+ * can: each of 100 honest spawns (connect, authenticate, run /bin/true, wait) is served, each
+ * within 1 s. Once with the default pending cap, once with the largest (where pending
+ * handshakes used to count against the connection cap and lock everyone out).
+ */
+static void flood(const char *max_pending, int hold)
+{
+        const char *const extra[] = {"--max-pending", max_pending, NULL};
+        const char *t[] = {"/bin/true", NULL};
+        struct forkserver_spawn_args a = {.path = t[0], .argv = t};
+        int64_t worst = 0, until;
+        pid_t att[4];
+
+        daemon_start(&d, extra);
+        until = now_ms() + 60000;
+        for (int i = 0; i < 4; i++) {
+                ck_assert_int_ge(att[i] = fork(), 0);
+                if (att[i] == 0)
+                        churn(d.sock, hold, until);
+        }
+        usleep(500 * 1000); /* the flood is on */
+        for (int i = 0; i < 100; i++) {
+                int64_t t0 = now_ms();
+                struct forkserver *fs = daemon_connect(&d);
+                struct forkserver_proc *w;
+                int st;
+
+                ck_assert_msg(forkserver_spawn(fs, &a, &w) == 0, "%s", forkserver_error(fs));
+                ck_assert_int_eq(forkserver_wait(fs, w, &st), 0);
+                ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+                forkserver_proc_free(fs, w);
+                forkserver_close(fs);
+                if (now_ms() - t0 > worst)
+                        worst = now_ms() - t0;
+        }
+        for (int i = 0; i < 4; i++) {
+                kill(att[i], SIGKILL);
+                ck_assert_int_eq(waitpid(att[i], NULL, 0), att[i]);
+        }
+        fprintf(stderr,
+                "--max-pending %s, 4 x %d connections held: 100 honest spawns, worst "
+                "%lld ms\n",
+                max_pending, hold, (long long)worst);
+        ck_assert_msg(worst < 1000, "an honest spawn took %lld ms", (long long)worst);
+        ck_assert_int_eq(daemon_stop(&d), 0);
+}
+
+START_TEST(honest_clients_served_through_a_flood)
+{
+        flood("64", 32);
+        flood("4096", 1000);
+}
+END_TEST
+
 static Suite *suite(void)
 {
         Suite *s = suite_create("front");
@@ -159,6 +243,12 @@ static Suite *suite(void)
         tcase_set_timeout(tc, 60);
         tcase_add_test(tc, passed_fds_closed_off_the_loop);
         suite_add_tcase(s, tc);
+        TCase *load = tcase_create("load");
+
+        tcase_set_timeout(load, 120);
+        tcase_set_tags(load, "load"); /* measures the daemon: not under valgrind */
+        tcase_add_test(load, honest_clients_served_through_a_flood);
+        suite_add_tcase(s, load);
         return s;
 }
 
