@@ -93,6 +93,11 @@ static void close_later(int fd)
                 close(fd);
 }
 
+#define HELD (4 * SCM_MAX)
+
+static int held[HELD];
+static size_t nheld;
+
 static __attribute__((noreturn)) void closer_main(void *arg, int sock, pid_t front)
 {
         uint8_t ok[64], byte[64];
@@ -134,6 +139,8 @@ static __attribute__((noreturn)) void closer_main(void *arg, int sock, pid_t fro
                         continue;
                 if (got <= 0)
                         _exit(0); /* the front is done; exit closes what the threads hold */
+                /* Held until the front says it let go of its copies ('C'): closed before
+                 * that, ours would not be the last reference, and the front's would be. */
                 for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
                         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
                                 continue;
@@ -143,8 +150,16 @@ static __attribute__((noreturn)) void closer_main(void *arg, int sock, pid_t fro
                                 int fd;
 
                                 memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-                                close_later(fd);
+                                if (nheld < HELD)
+                                        held[nheld++] = fd;
+                                else
+                                        close_later(fd); /* the front broke its word */
                         }
+                }
+                if (got == 1 && byte[0] == 'C') {
+                        for (size_t i = 0; i < nheld; i++)
+                                close_later(held[i]);
+                        nheld = 0;
                 }
         }
 }
@@ -188,10 +203,29 @@ static void close_here(struct fsd_closer *cl, const int *fds, size_t n)
                 }
 }
 
+/* 'C': every fd sent before it, the front has closed its copy of. */
+static bool release(struct fsd_closer *cl)
+{
+        static const uint8_t c = 'C';
+        int r;
+
+        if (!cl->unreleased)
+                return true;
+        r = cl->fd < 0 ? -EPIPE : fs_fdpass_send(cl->fd, &c, 1, NULL, 0, MSG_DONTWAIT);
+        if (r == -EAGAIN)
+                return false;
+        cl->unreleased = false; /* or the closer is gone, and exit closes what it held */
+        return true;
+}
+
 void fsd_closer_flush(struct fsd_closer *cl)
 {
-        static const uint8_t byte = 0;
+        static const uint8_t byte = 'F';
 
+        if (!release(cl)) {
+                want_out(cl, true);
+                return;
+        }
         while (cl->n > 0) {
                 size_t k = cl->n < FS_MAX_MSG_FDS ? cl->n : FS_MAX_MSG_FDS;
                 int r = cl->fd < 0 ? -EPIPE
@@ -205,10 +239,15 @@ void fsd_closer_flush(struct fsd_closer *cl)
                         close_here(cl, cl->pending, k);
                 else
                         for (size_t i = 0; i < k; i++)
-                                close(cl->pending[i]); /* the message holds them now */
+                                close(cl->pending[i]); /* the closer holds them now */
                 cl->handed += r < 0 ? 0 : k;
+                cl->unreleased |= r >= 0;
                 cl->n -= k;
                 memmove(cl->pending, cl->pending + k, cl->n * sizeof(int));
+                if (!release(cl)) {
+                        want_out(cl, true);
+                        return;
+                }
         }
         want_out(cl, false);
 }
@@ -253,7 +292,8 @@ void fsd_closer_stop(struct fsd_closer *cl, int timeout_ms)
 {
         struct pollfd pf = {.fd = cl->pidfd, .events = POLLIN};
 
-        for (int64_t end = fs_now_ms() + timeout_ms; cl->n > 0 && cl->fd >= 0;) {
+        for (int64_t end = fs_now_ms() + timeout_ms;
+             (cl->n > 0 || cl->unreleased) && cl->fd >= 0;) {
                 struct pollfd out = {.fd = cl->fd, .events = POLLOUT};
                 int64_t left = end - fs_now_ms();
 

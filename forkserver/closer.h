@@ -25,9 +25,10 @@
 struct fsd_closer {
         int fd, pidfd; /* -1: none (closes happen here, as before) */
         pid_t pid;
-        int epfd;     /* for EPOLLOUT while fds wait */
-        void *src;    /* epoll data for that */
-        bool waiting; /* registered for EPOLLOUT */
+        int epfd;        /* for EPOLLOUT while fds wait */
+        void *src;       /* epoll data for that */
+        bool waiting;    /* registered for EPOLLOUT */
+        bool unreleased; /* fds sent, and no 'C' yet (closer.c) */
         size_t n;
         int pending[FSD_CLOSER_PENDING];
         uint64_t handed, closed_here; /* counters for STATUS */
