@@ -270,9 +270,7 @@ int fsd_broker_start(const int *ordinals, size_t n, pid_t *ret_pid, int *ret_pid
             fs_proto_parse_status(&p, take_devices, &ndev, NULL) < 0 || ndev == 0 ||
             ndev > FSD_MAX_GPUS) {
                 snprintf(err, errlen, "the GPU broker sent an unexpected first message");
-                kill(*ret_pid, SIGKILL);
-                while (waitpid(*ret_pid, NULL, 0) < 0 && errno == EINTR)
-                        ;
+                fsd_helper_discard(*ret_pid);
                 *ret_pidfd = fs_close(*ret_pidfd);
                 *ret_sock = fs_close(*ret_sock);
                 return -EPROTO;

@@ -24,10 +24,21 @@ int fsd_gpu_start(struct fsd_server *s, char *err, size_t errlen)
         struct fsd_gpu *g = &s->gpu;
         int r;
 
-        r = fsd_broker_start(s->opt->cuda_devices, s->opt->ncuda_devices, &g->pid, &g->pidfd,
-                             &g->fd, &g->ndev, err, errlen);
-        if (r < 0)
+        struct fsd_template_reply rep;
+
+        /* From the template, never from us: a broker forked now would hold our clients'
+         * state. The one request in flight: zygote restarts wait (fsd_gpu_tick). */
+        if (s->tpl.busy)
+                return -EAGAIN;
+        if ((r = fsd_template_request(&s->tpl, FSD_TPL_BROKER, 0)) < 0 ||
+            (r = fsd_template_reply(&s->tpl, false, &rep, &g->fd, &g->pidfd)) < 0) {
+                snprintf(err, errlen, "%s", r == -EPIPE || r == -EAGAIN || !rep.why[0]
+                                                    ? "the template is unreachable"
+                                                    : rep.why);
                 return r;
+        }
+        g->pid = rep.pid;
+        g->ndev = rep.ndev;
         g->src_exit.kind = FSD_SRC_BROKER_EXIT;
         if (s->epfd >= 0 && (r = fsd_epoll_add(s, g->pidfd, EPOLLIN, &g->src_exit)) < 0) {
                 snprintf(err, errlen, "epoll_ctl: %s", strerror(-r));

@@ -1,12 +1,15 @@
 #include "forkserver/helper.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/pidfd.h>
 #include <sys/socket.h>
+#include <sched.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -50,12 +53,39 @@ static int await_start(const char *what, int sock, uint8_t *buf, size_t cap, siz
         return -EPROTO;
 }
 
+static bool as_sibling;
+static pid_t failed;
+
+void fsd_helper_as_sibling(void)
+{
+        as_sibling = true;
+}
+
+pid_t fsd_helper_take_failed(void)
+{
+        pid_t p = failed;
+
+        failed = 0;
+        return p;
+}
+
+void fsd_helper_discard(pid_t pid)
+{
+        kill(pid, SIGKILL);
+        if (as_sibling) {
+                failed = pid; /* the front's child: the front reaps it */
+                return;
+        }
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+                ;
+}
+
 int fsd_helper_start(const char *what, fsd_helper_main *fn, void *arg, uint8_t *ok, size_t okcap,
                      size_t *ok_len, pid_t *ret_pid, int *ret_pidfd, int *ret_sock, char *err,
                      size_t errlen)
 {
         uint8_t buf[1024];
-        pid_t front = getpid(), pid;
+        pid_t front = as_sibling ? getppid() : getpid(), pid;
         int sv[2], pidfd = -1, r;
         size_t len = 0;
 
@@ -64,7 +94,10 @@ int fsd_helper_start(const char *what, fsd_helper_main *fn, void *arg, uint8_t *
                 snprintf(err, errlen, "socketpair: %s", strerror(-r));
                 return r;
         }
-        if ((pid = fork()) < 0) {
+        /* As a sibling: the child of our parent, the front, which is the one to reap it. */
+        pid = as_sibling ? (pid_t)syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, NULL, NULL, 0)
+                         : fork();
+        if (pid < 0) {
                 r = -errno;
                 snprintf(err, errlen, "fork: %s", strerror(-r));
                 fs_close_many(sv, 2);
@@ -84,9 +117,7 @@ int fsd_helper_start(const char *what, fsd_helper_main *fn, void *arg, uint8_t *
                                 errlen);
         }
         if (r < 0) {
-                kill(pid, SIGKILL);
-                while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-                        ;
+                fsd_helper_discard(pid);
                 close(sv[0]);
                 fs_close(pidfd);
                 return r;

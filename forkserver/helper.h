@@ -18,3 +18,13 @@ typedef void fsd_helper_main(void *arg, int sock, pid_t front);
 int fsd_helper_start(const char *what, fsd_helper_main *fn, void *arg, uint8_t *ok, size_t okcap,
                      size_t *ok_len, pid_t *ret_pid, int *ret_pidfd, int *ret_sock, char *err,
                      size_t errlen);
+
+/*
+ * In the template (forkserver/template.h): helpers are made with CLONE_PARENT, children of
+ * the front, which reaps them. One that failed to start is killed, and left for the front to
+ * reap: fsd_helper_take_failed() gives its pid (0: none) and forgets it.
+ */
+void fsd_helper_as_sibling(void);
+pid_t fsd_helper_take_failed(void);
+/* Kills and reaps (or, as a sibling, leaves for the front) a helper that will not do. */
+void fsd_helper_discard(pid_t pid);

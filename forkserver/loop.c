@@ -2,6 +2,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/pidfd.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -103,15 +104,108 @@ static void on_zygote_exit(struct fsd_server *s, struct fsd_zygote *z)
         z->pidfd = fs_close(z->pidfd);
         z->pid = 0;
         if (!s->stopping) {
-                fs_log(FS_LOG_ERROR, "zygote%s%s exited unexpectedly (code %d, status %d)",
+                int64_t now = fs_now_ms();
+
+                /* 100 ms after a first death, doubling to 10 s while they go on; one that
+                 * had run for 10 s counts as a first again */
+                if (z->started_at && now - z->started_at >= 10000)
+                        z->backoff_ms = 0;
+                z->backoff_ms = z->backoff_ms ? z->backoff_ms * 2 : 100;
+                if (z->backoff_ms > 10000)
+                        z->backoff_ms = 10000;
+                z->restart_at = now + z->backoff_ms;
+                fs_log(FS_LOG_ERROR, "zygote%s%s exited unexpectedly (code %d, status %d); "
+                       "a new one in %lld ms, from the template",
                        z->sandboxed ? " for profile " : "", z->sandboxed ? z->sandboxed->name : "",
-                       si.si_code, si.si_status);
-                s->exit_code = 1;
-                fsd_server_stop(s, "zygote lost");
+                       si.si_code, si.si_status, (long long)z->backoff_ms);
         }
         /* Requests it never answered fail now. */
         while (z->ring_len)
                 fsd_spawn_complete(s, z, false);
+}
+
+/* Zygotes due for a restart are asked of the template, one at a time. */
+static void zygotes_tick(struct fsd_server *s, int64_t now, int64_t *next)
+{
+        for (unsigned i = 0; i < s->nzyg && !s->stopping; i++) {
+                struct fsd_zygote *z = &s->zyg[i];
+
+                if (z->pidfd >= 0 || z->starting)
+                        continue;
+                if (now < z->restart_at || s->tpl.busy) {
+                        int64_t at = now < z->restart_at ? z->restart_at : now + 100;
+
+                        if (*next < 0 || at < *next)
+                                *next = at;
+                        continue;
+                }
+                if (fsd_template_request(&s->tpl, FSD_TPL_ZYGOTE, z->tpl_index) == 0)
+                        z->starting = true;
+                else
+                        z->restart_at = now + 1000;
+        }
+}
+
+/* The template answered: a zygote back, or not yet. */
+static void on_template(struct fsd_server *s)
+{
+        struct fsd_template_reply rep;
+        int fd = -1, pidfd = -1, r;
+
+        while ((r = fsd_template_reply(&s->tpl, true, &rep, &fd, &pidfd)) != -EAGAIN) {
+                struct fsd_zygote *z = NULL;
+
+                if (r == -EPIPE || r == -EBADMSG || r == -ECONNRESET) {
+                        fs_log(FS_LOG_ERROR, "the template is gone: no helper can be restarted");
+                        (void)epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->tpl.fd, NULL);
+                        fsd_template_stop(&s->tpl);
+                        for (unsigned i = 0; i < s->nzyg; i++)
+                                s->zyg[i].starting = false;
+                        return;
+                }
+                for (unsigned i = 0; i < s->nzyg && !z; i++)
+                        if (s->zyg[i].starting && s->zyg[i].tpl_index == rep.index &&
+                            rep.kind == FSD_TPL_ZYGOTE)
+                                z = &s->zyg[i];
+                if (!z) { /* not asked for (or no longer wanted) */
+                        fs_close(fd);
+                        fs_close(pidfd);
+                        continue;
+                }
+                z->starting = false;
+                if (r < 0 || s->stopping) {
+                        if (r < 0)
+                                fs_log(FS_LOG_ERROR, "zygote restart failed: %s", rep.why);
+                        fs_close(fd);
+                        if (pidfd >= 0) {
+                                siginfo_t si;
+
+                                (void)pidfd_send_signal(pidfd, SIGKILL, NULL, 0);
+                                while (waitid(P_PIDFD, (id_t)pidfd, &si, WEXITED) < 0 &&
+                                       errno == EINTR)
+                                        ;
+                                fs_close(pidfd);
+                        }
+                        z->backoff_ms = z->backoff_ms ? z->backoff_ms * 2 : 100;
+                        if (z->backoff_ms > 10000)
+                                z->backoff_ms = 10000;
+                        z->restart_at = fs_now_ms() + z->backoff_ms;
+                        continue;
+                }
+                z->fd = fd;
+                z->pidfd = pidfd;
+                z->pid = rep.pid;
+                z->seq = 0;
+                z->ring_head = z->ring_len = 0;
+                z->started_at = fs_now_ms();
+                if (fsd_epoll_add(s, z->fd, EPOLLIN, &z->src) < 0 ||
+                    fsd_epoll_add(s, z->pidfd, EPOLLIN, &z->src_exit) < 0)
+                        fs_log(FS_LOG_ERROR, "epoll_ctl: the new zygote is not watched");
+                s->zygote_restarts++;
+                fs_log(FS_LOG_WARNING, "zygote%s%s restarted (pid %d)",
+                       z->sandboxed ? " for profile " : "", z->sandboxed ? z->sandboxed->name : "",
+                       (int)z->pid);
+        }
 }
 
 static bool finished(const struct fsd_server *s)
@@ -146,6 +240,7 @@ int fsd_loop_run(struct fsd_server *s)
 
                 fsd_conn_expire(s, now);
                 fsd_worker_tick(s, now, &next);
+                zygotes_tick(s, now, &next);
                 fsd_gpu_tick(s, now, &next);
                 if (s->pending && (next < 0 || s->pending->deadline < next))
                         next = s->pending->deadline;
@@ -197,6 +292,9 @@ int fsd_loop_run(struct fsd_server *s)
                                 break;
                         case FSD_SRC_CLOSER:
                                 break; /* flushed below */
+                        case FSD_SRC_TEMPLATE:
+                                on_template(s);
+                                break;
                         case FSD_SRC_CLOSER_EXIT:
                                 fs_log(FS_LOG_ERROR, "the closer died: passed fds are closed "
                                        "by the front itself from now on");
@@ -215,6 +313,9 @@ int fsd_loop_run(struct fsd_server *s)
                 fsd_conn_close(s, s->conns, "server stopped");
         fsd_conn_free_dead(s);
         fsd_worker_free_dead(s);
+        if (s->tpl.fd >= 0)
+                (void)epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->tpl.fd, NULL);
+        fsd_template_stop(&s->tpl);
         fsd_zygotes_stop(s);
         fsd_gpu_stop(s);
         fsd_closer_stop(&s->closer, 1000);

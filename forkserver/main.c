@@ -421,13 +421,17 @@ static int start_zygotes(struct fsd_server *s, const struct fsd_options *o)
                 *z = (struct fsd_zygote){.src.kind = FSD_SRC_ZYGOTE,
                                          .src_exit.kind = FSD_SRC_ZYGOTE_EXIT, .sandboxed = p,
                                          .fd = -1, .pidfd = -1};
-                char err[512];
+                struct fsd_template_reply rep;
 
-                if ((r = fsd_zygote_start(sb, p, o->preload, o->npreload, &z->pid, &z->pidfd,
-                                          &z->fd, err, sizeof(err))) < 0) {
-                        fs_log(FS_LOG_ERROR, "%s", err);
+                z->tpl_index = (uint32_t)i;
+                if ((r = fsd_template_request(&s->tpl, FSD_TPL_ZYGOTE, z->tpl_index)) < 0 ||
+                    (r = fsd_template_reply(&s->tpl, false, &rep, &z->fd, &z->pidfd)) < 0) {
+                        fs_log(FS_LOG_ERROR, "%s", r == -EPIPE || !rep.why[0]
+                                                           ? "the template is gone" : rep.why);
                         return r;
                 }
+                z->pid = rep.pid;
+                z->started_at = fs_now_ms();
                 s->nzyg++;
         }
         return 0;
@@ -493,6 +497,8 @@ static int start(struct fsd_server *s, struct fsd_options *o)
         s->src_signal.kind = FSD_SRC_SIGNAL;
         s->src_closer.kind = FSD_SRC_CLOSER;
         s->src_closer_exit.kind = FSD_SRC_CLOSER_EXIT;
+        s->src_template.kind = FSD_SRC_TEMPLATE;
+        s->tpl = (struct fsd_template){.fd = -1, .pidfd = -1};
         s->closer = (struct fsd_closer){.fd = -1, .pidfd = -1, .epfd = -1};
 
         /* Not dumpable: no core, no ptrace or /proc/PID/mem by same-uid processes. */
@@ -515,10 +521,16 @@ static int start(struct fsd_server *s, struct fsd_options *o)
         }
         if ((r = confine(s, o)) < 0)
                 return r;
+        fsd_zygote_set_creds(s->switch_uids, o->allow_root_workers);
+        /* The template: a copy of us as we are now, before the key and any client, from
+         * which every zygote and broker comes, first ones and restarts. */
+        if ((r = fsd_template_start(&s->tpl, s, err, sizeof(err))) < 0) {
+                fs_log(FS_LOG_ERROR, "%s", err);
+                return r;
+        }
         /* The zygotes first: they must never see the key. One installs filters per worker;
          * one more for each built-in profile that a zygote can live under and that clients
          * may get, so that those workers inherit their filter instead. */
-        fsd_zygote_set_creds(s->switch_uids, o->allow_root_workers);
         if ((r = start_zygotes(s, o)) < 0)
                 return r;
         /* The GPU broker too: it owns CUDA, which must never meet a fork of ours. */
@@ -568,6 +580,8 @@ static int start(struct fsd_server *s, struct fsd_options *o)
             (r = fsd_epoll_add(s, s->sig_fd, EPOLLIN, &s->src_signal)) < 0)
                 return fs_log_errno(FS_LOG_ERROR, r, "epoll_ctl");
         fsd_closer_attach(&s->closer, s->epfd, &s->src_closer);
+        if ((r = fsd_epoll_add(s, s->tpl.fd, EPOLLIN, &s->src_template)) < 0)
+                return fs_log_errno(FS_LOG_ERROR, r, "epoll_ctl");
         if ((r = fsd_epoll_add(s, s->closer.pidfd, EPOLLIN, &s->src_closer_exit)) < 0)
                 return fs_log_errno(FS_LOG_ERROR, r, "epoll_ctl");
         if (s->gpu.pidfd >= 0 &&
@@ -582,6 +596,7 @@ static int start(struct fsd_server *s, struct fsd_options *o)
 
 static void cleanup(struct fsd_server *s)
 {
+        fsd_template_stop(&s->tpl);
         fsd_zygotes_stop(s);
         fsd_gpu_stop(s);
         fsd_closer_stop(&s->closer, 1000);

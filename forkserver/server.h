@@ -12,6 +12,7 @@
 #include "common/proto.h"
 #include "forkserver/closer.h"
 #include "forkserver/sandbox.h"
+#include "forkserver/template.h"
 
 #define FSD_MAX_ALLOW_UID 64
 #define FSD_MAX_WORKERS 65536
@@ -62,6 +63,7 @@ enum fsd_src_kind {
         FSD_SRC_BROKER_EXIT,
         FSD_SRC_CLOSER,      /* its socket is writable again */
         FSD_SRC_CLOSER_EXIT, /* its pidfd */
+        FSD_SRC_TEMPLATE,    /* a helper made, or the template gone */
 };
 
 /* First member of everything registered with epoll. */
@@ -153,6 +155,9 @@ struct fsd_zygote {
         struct fsd_inflight ring[FSD_ZYGOTE_INFLIGHT];
         unsigned ring_head, ring_len;
         uint32_t seq;
+        uint32_t tpl_index;         /* what the template makes it from (template.h) */
+        bool starting;              /* asked of the template, not answered yet */
+        int64_t restart_at, backoff_ms, started_at;
 };
 
 /* Why a spawn request did not give a worker. */
@@ -206,6 +211,9 @@ struct fsd_server {
         ino_t sock_ino;
         struct fsd_source src_listen, src_signal, src_closer, src_closer_exit;
         struct fsd_closer closer; /* closes what peers passed us, off the loop */
+        struct fsd_template tpl;  /* makes zygotes and brokers: forkserver/template.h */
+        struct fsd_source src_template;
+        uint64_t zygote_restarts;
         struct fsd_zygote zyg[FSD_MAX_ZYGOTES];
         struct fsd_gpu gpu;
         unsigned nzyg;

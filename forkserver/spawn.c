@@ -111,7 +111,7 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
         }
         if (z->fd < 0) {
                 fsd_spawn_failed(s, FSD_FAIL_ZYGOTE);
-                fsd_conn_send_error(s, c, id, ESHUTDOWN, "zygote is gone");
+                fsd_conn_send_error(s, c, id, EAGAIN, "the zygote is restarting; try again");
                 goto out;
         }
         /* A zygote answers in order; keep at most FSD_ZYGOTE_INFLIGHT requests there so its
@@ -123,7 +123,7 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
                 goto out;
         if (z->fd < 0) {
                 fsd_spawn_failed(s, FSD_FAIL_ZYGOTE);
-                fsd_conn_send_error(s, c, id, ESHUTDOWN, "zygote is gone");
+                fsd_conn_send_error(s, c, id, EAGAIN, "the zygote is restarting; try again");
                 goto out;
         }
         if (s->switch_uids && (r = add_cred(s, c, id, msg, &len)) < 0)

@@ -235,6 +235,120 @@ START_TEST(honest_clients_served_through_a_flood)
 }
 END_TEST
 
+/* The front's child of that name (forkserverd-tpl, forkserverd-cls), or 0. */
+static pid_t child_named(pid_t front, const char *name)
+{
+        pid_t kids[256];
+        size_t n = children_of(front, false, kids, 256);
+
+        for (size_t i = 0; i < n; i++) {
+                char path[64], comm[32] = "";
+                FILE *f;
+
+                snprintf(path, sizeof(path), "/proc/%d/comm", (int)kids[i]);
+                if (!(f = fopen(path, "re")))
+                        continue;
+                bool yes = fgets(comm, sizeof(comm), f) && strncmp(comm, name, strlen(name)) == 0;
+
+                fclose(f);
+                if (yes)
+                        return kids[i];
+        }
+        return 0;
+}
+
+/*
+ * A dead zygote is replaced while the daemon serves everyone else, and the new one comes from
+ * the template: it holds nothing of the requests earlier clients made (checked in its memory
+ * as root, where its non-dumpable memory can be read), and neither does the template, which
+ * never saw the key either.
+ */
+START_TEST(dead_zygotes_replaced_from_the_template)
+{
+        const char *extra[] = {"--preload", env_or_die("LIBJOBS"), NULL};
+        const char secret[] = "zq8-forkserver-restart-secret-4Pw";
+        const char *sleeper[] = {"/bin/sleep", "60", NULL};
+        char env[sizeof(secret) + 8];
+        const char *ev[] = {env, NULL};
+        pid_t zyg[4], tpl;
+        size_t nz;
+        int st;
+
+        snprintf(env, sizeof(env), "S=%s", secret);
+        daemon_start(&d, extra);
+        struct forkserver *fs = daemon_connect(&d);
+        struct forkserver_spawn_args a = {.path = sleeper[0], .argv = sleeper, .envp = ev};
+        struct forkserver_spawn_args f = {.entry = "libjobs:job_noop", .arg = secret,
+                                          .arglen = sizeof(secret) - 1, .envp = ev};
+        struct forkserver_proc *w, *keep;
+
+        ck_assert_int_eq(forkserver_spawn(fs, &a, &keep), 0); /* it outlives the zygotes */
+        ck_assert_int_eq(forkserver_spawn(fs, &f, &w), 0);
+        ck_assert_int_eq(forkserver_wait(fs, w, &st), 0);
+        forkserver_proc_free(fs, w);
+        ck_assert_int_ne(tpl = child_named(d.pid, "forkserverd-tpl"), 0);
+
+        nz = zygotes_of(d.pid, zyg, 4);
+        ck_assert_uint_eq(nz, daemon_stat(fs, "zygotes"));
+        for (size_t i = 0; i < nz; i++)
+                ck_assert_int_eq(kill(zyg[i], SIGKILL), 0);
+        int64_t t0 = now_ms();
+
+        /* the daemon answers meanwhile, and spawns again once a zygote is back */
+        ck_assert_int_eq(forkserver_ping(fs), 0);
+        for (;;) {
+                const char *t[] = {"/bin/true", NULL};
+                struct forkserver_spawn_args b = {.path = t[0], .argv = t};
+                int r = forkserver_spawn(fs, &b, &w);
+
+                if (r == 0) {
+                        ck_assert_int_eq(forkserver_wait(fs, w, &st), 0);
+                        forkserver_proc_free(fs, w);
+                        break;
+                }
+                ck_assert_msg(r == -EAGAIN || r == -EPIPE || r == -EIO, "spawn: %d %s", r,
+                              forkserver_error(fs));
+                ck_assert_msg(now_ms() - t0 < 5000, "no zygote after 5 s");
+                usleep(20 * 1000);
+        }
+        while (daemon_stat(fs, "zygote_restarts") < nz) {
+                ck_assert_msg(now_ms() - t0 < 5000, "zygotes not all back after 5 s");
+                usleep(20 * 1000);
+        }
+        ck_assert_int_eq(forkserver_poll(fs, keep, &st), 0); /* still running */
+        nz = zygotes_of(d.pid, zyg, 4);
+        ck_assert_uint_eq(nz, daemon_stat(fs, "zygotes"));
+        /* and they work: fork mode too */
+        ck_assert_int_eq(forkserver_spawn(fs, &f, &w), 0);
+        ck_assert_int_eq(forkserver_wait(fs, w, &st), 0);
+        ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        forkserver_proc_free(fs, w);
+        if (geteuid() == 0) {
+                struct fs_key *k;
+
+                ck_assert_int_eq(fs_key_load_file(d.key, &k, NULL), 0);
+                for (size_t i = 0; i < nz; i++)
+                        ck_assert_msg(scan_memory(zyg[i], (const uint8_t *)secret,
+                                                  sizeof(secret) - 1) == 0,
+                                      "a restarted zygote holds an earlier request");
+                ck_assert_int_eq(scan_memory(tpl, (const uint8_t *)secret, sizeof(secret) - 1),
+                                 0);
+                ck_assert_int_eq(scan_memory(tpl, k->bytes, FS_KEY_LEN), 0);
+                /* the same scan finds the request in the front, which shows it can */
+                ck_assert_int_ge(scan_memory(d.pid, (const uint8_t *)secret, sizeof(secret) - 1),
+                                 1);
+                fs_key_free(k);
+        } else {
+                fprintf(stderr, "not root: the memory of zygotes and template not scanned\n");
+        }
+        ck_assert_int_eq(forkserver_kill(fs, keep, SIGKILL), 0);
+        ck_assert_int_eq(forkserver_wait(fs, keep, &st), 0);
+        forkserver_proc_free(fs, keep);
+        forkserver_close(fs);
+        ck_assert_int_eq(daemon_stop(&d), 0);
+}
+END_TEST
+
 static Suite *suite(void)
 {
         Suite *s = suite_create("front");
@@ -242,6 +356,7 @@ static Suite *suite(void)
 
         tcase_set_timeout(tc, 60);
         tcase_add_test(tc, passed_fds_closed_off_the_loop);
+        tcase_add_test(tc, dead_zygotes_replaced_from_the_template);
         suite_add_tcase(s, tc);
         TCase *load = tcase_create("load");
 
