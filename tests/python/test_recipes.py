@@ -1,6 +1,7 @@
 """The cluster recipes of docs/OPERATIONS.md, run from examples/: the Slurm scripts (alone,
 under a stand-in srun, and on a one-node Slurm started here when Debian's slurm-wlm and
-munge are installed)."""
+munge are installed) and the Kubernetes pod (its syntax and structure, and its containers'
+commands run here against a directory made as an emptyDir is)."""
 from __future__ import annotations
 
 import json
@@ -22,9 +23,15 @@ from test_forkserver import HERE, PKG
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 NODE = os.path.join(ROOT, "examples", "slurm", "forkserver-node.sh")
 JOB = os.path.join(ROOT, "examples", "slurm", "forkserver-job.sh")
+POD = os.path.join(ROOT, "examples", "kubernetes", "forkserver-pod.yaml")
 FSD = os.environ["FORKSERVERD"]
 CTL = os.environ["FORKCTL"]
 BIN = os.pathsep.join([os.path.dirname(FSD), os.path.dirname(CTL)])
+
+try:
+    import yaml
+except ImportError:
+    yaml = None
 
 # a stand-in for srun: runs the step's command once, here (one node)
 FAKE_SRUN = """#!/usr/bin/env bash
@@ -332,6 +339,90 @@ PartitionName=fstest Nodes=ALL Default=YES MaxTime=10 State=UP
             self.assertLess(chain.index("forkserverd"), chain.index("slurmstepd"))
         self.assertEqual(os.listdir(jobtmp), [])  # the node's directory removed at the end
         self.assertIn("stopping (stop request)", text)
+
+
+@unittest.skipUnless(yaml, "python3-yaml is not installed: the pod's structure is not checked")
+class KubernetesTests(unittest.TestCase):
+    """examples/kubernetes/forkserver-pod.yaml: valid, coherent, and its commands work on a
+    directory made as an emptyDir is (root's, mode 0777, not sticky)."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        with open(POD) as f:
+            cls.pod = yaml.safe_load(f)
+        spec = cls.pod["spec"]
+        cls.init = {c["name"]: c for c in spec["initContainers"]}
+        cls.app = spec["containers"][0]
+        cls.sidecar = cls.init["forkserverd"]
+        cls.mount = {m["name"]: m["mountPath"] for m in cls.sidecar["volumeMounts"]}
+
+    def test_structure(self) -> None:
+        self.assertEqual((self.pod["apiVersion"], self.pod["kind"]), ("v1", "Pod"))
+        vols = {v["name"]: v for v in self.pod["spec"]["volumes"]}
+        self.assertIn("emptyDir", vols["forkserver-run"])
+        self.assertEqual(vols["forkserver-key"]["secret"]["defaultMode"], 0o440)
+        run = self.mount["forkserver-run"]
+        # the init step makes the emptyDir sticky, before the sidecar starts
+        names = list(self.init)
+        self.assertLess(names.index("socket-dir"), names.index("forkserverd"))
+        self.assertEqual(self.init["socket-dir"]["command"], ["chmod", "1777", run])
+        self.assertEqual(self.sidecar["restartPolicy"], "Always")
+        cmd = self.sidecar["command"][-1]
+        sock = re.search(r"--socket (\S+)", cmd).group(1)
+        self.assertEqual(os.path.dirname(os.path.dirname(sock)), run)  # a subdirectory
+        self.assertIn(f"3<{self.mount['forkserver-key']}/key", cmd)
+        self.assertIn("--key-fd 3", cmd)
+        self.assertIn(f"--socket {sock}", self.sidecar["startupProbe"]["exec"]["command"][-1])
+        env = {e["name"]: e["value"] for e in self.app["env"]}
+        self.assertEqual(env["FORKSERVER_SOCKET"], sock)
+        for c in (self.app, self.sidecar):
+            self.assertIn({"name": "forkserver-run", "mountPath": run},
+                          [{k: m[k] for k in ("name", "mountPath")} for m in c["volumeMounts"]])
+
+    def test_commands_on_an_emptydir(self) -> None:
+        base = tempfile.mkdtemp(prefix="fs-recipe-pod-")
+        self.addCleanup(shutil.rmtree, base, ignore_errors=True)
+        run, keydir = os.path.join(base, "run"), os.path.join(base, "secret")
+        os.mkdir(run)
+        os.chmod(run, 0o777)  # as the kubelet makes an emptyDir
+        os.mkdir(keydir)
+        subprocess.run([CTL, "keygen", "-o", os.path.join(keydir, "key")], check=True,
+                       capture_output=True, timeout=10)
+
+        def here(cmd: str) -> str:  # the pod's paths under base
+            return cmd.replace(self.mount["forkserver-run"], run).replace(
+                self.mount["forkserver-key"], keydir)
+
+        def sidecar() -> subprocess.Popen:
+            return subprocess.Popen(["sh", "-c", here(self.sidecar["command"][-1])],
+                                    env=env(), stderr=subprocess.PIPE, text=True)
+
+        # without the init step the daemon refuses the emptyDir above its directory
+        p = sidecar()
+        err = p.communicate(timeout=15)[1]
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn(f"{run} is writable by group or others (mode 0777) and not sticky", err)
+        r = subprocess.run([here(a) for a in self.init["socket-dir"]["command"]], timeout=10)
+        self.assertEqual(r.returncode, 0)
+        p = sidecar()
+        try:
+            probe = ["sh", "-c", here(self.sidecar["startupProbe"]["exec"]["command"][-1])]
+            deadline = time.monotonic() + 15
+            while subprocess.run(probe, env=env(), capture_output=True, timeout=10).returncode:
+                self.assertLess(time.monotonic(), deadline, "the startupProbe never passed")
+                self.assertIsNone(p.poll(), p.stderr.read() if p.poll() is not None else "")
+                time.sleep(0.1)
+            sock = os.path.join(run, "d", "fs.sock")
+            self.assertEqual(stat.S_IMODE(os.stat(os.path.dirname(sock)).st_mode), 0o700)
+            app_env = env(**{e["name"]: here(e["value"]) for e in self.app["env"]})
+            r = subprocess.run(["sh", "-c", here(self.app["command"][-1])], env=app_env,
+                               capture_output=True, text=True, timeout=30)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertRegex(r.stdout, r"^worker \d+ in the sidecar\n$")
+        finally:
+            p.terminate()
+            p.wait(15)
+            p.stderr.close()
 
 
 if __name__ == "__main__":
