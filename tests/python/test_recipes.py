@@ -24,6 +24,7 @@ ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 NODE = os.path.join(ROOT, "examples", "slurm", "forkserver-node.sh")
 JOB = os.path.join(ROOT, "examples", "slurm", "forkserver-job.sh")
 POD = os.path.join(ROOT, "examples", "kubernetes", "forkserver-pod.yaml")
+OPERATIONS = os.path.join(ROOT, "docs", "OPERATIONS.md")
 FSD = os.environ["FORKSERVERD"]
 CTL = os.environ["FORKCTL"]
 BIN = os.pathsep.join([os.path.dirname(FSD), os.path.dirname(CTL)])
@@ -171,6 +172,50 @@ class JobScriptTests(unittest.TestCase):
         r = subprocess.run([JOB, "true"], env=e, capture_output=True, text=True, timeout=30)
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("not in a Slurm job", r.stderr)
+
+
+def _blocks(section: str) -> list:
+    """The code blocks of a section of docs/OPERATIONS.md (from its heading to the next)."""
+    with open(OPERATIONS) as f:
+        text = f.read()
+    start = text.index(section)
+    end = text.find("\n#", start + len(section))
+    return re.findall(r"```\w*\n(.*?)```", text[start:end if end > 0 else None], re.S)
+
+
+class DocsTests(unittest.TestCase):
+    """docs/OPERATIONS.md quotes the scripts the suite runs, line for line."""
+
+    def assert_excerpt(self, block: str, path: str) -> None:
+        with open(path) as f:
+            lines = f.read().splitlines()
+        at = 0
+        for line in block.splitlines():
+            if line == "...":
+                continue
+            self.assertIn(line, lines[at:], f"{line!r} is not in {path} (in this order)")
+            at = lines.index(line, at) + 1
+
+    def test_slurm_recipe_is_the_scripts(self) -> None:
+        blocks = _blocks("### Slurm")
+        self.assertEqual(len(blocks), 3)
+        self.assert_excerpt(blocks[1], JOB)
+        self.assert_excerpt(blocks[2], NODE)
+
+    def test_kubernetes_recipe_is_the_manifest(self) -> None:
+        with open(POD) as f:
+            pod = f.read()
+        text = "".join(_blocks("### Kubernetes"))
+        self.assertIn("kubectl apply -f examples/kubernetes/forkserver-pod.yaml", text)
+        with open(OPERATIONS) as f:
+            ops = f.read()
+        chmod = '["chmod", "1777", "/run/forkserver"]'
+        for doc, manifest in (("chmod 1777 /run/forkserver", chmod),
+                              ("--socket /run/forkserver/d/fs.sock",) * 2,
+                              ("3</etc/forkserver/key",) * 2, ("defaultMode: 0440",) * 2,
+                              ("restartPolicy: Always",) * 2):
+            self.assertIn(doc, ops)
+            self.assertIn(manifest, pod)
 
 
 def _free_port() -> int:
