@@ -5,6 +5,7 @@ pkgs=(meson ninja-build pkg-config gcc libssl-dev libseccomp-dev check clang lib
       valgrind python3 python3-dev procps scdoc
       # the Python integrations' tests (about a minute to install; each skips without its own)
       python3-cloudpickle python3-joblib python3-distributed python3-sklearn python3-yaml
+      python3-venv
       # a one-node Slurm for the Slurm recipe's test (about 15 s to install)
       slurmctld slurmd slurm-client munge)
 missing=()
