@@ -86,6 +86,11 @@ class _InForkserver:
             raise TaskProcessDied(self.key, self.executor.address, str(e)) from None
 
 
+def _broken(pool: Optional[Pool]) -> Optional[BaseException]:
+    """What broke the pool's engine (its daemon went away, ...), or None."""
+    return getattr(getattr(pool, "_core", None), "error", None)
+
+
 class TaskExecutor(concurrent.futures.Executor):
     """The executor a ForkserverPlugin installs in a Dask worker: the Dask worker's task
     calls (distributed.worker.apply_function_simple) run their function in a forkserver
@@ -107,10 +112,10 @@ class TaskExecutor(concurrent.futures.Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("the forkserver executor is shut down")
-            if self._pool is None or self._pool._core.error is not None:
+            broken = _broken(self._pool)
+            if self._pool is None or broken is not None:
                 if self._pool is not None:
-                    logger.warning("forkserver pool broken (%s): starting a new one",
-                                   self._pool._core.error)
+                    logger.warning("forkserver pool broken (%s): starting a new one", broken)
                     self._pool.terminate()
                 self._pool = Pool(self.processes, **self.pool_kwargs)
             return self._pool
