@@ -42,7 +42,11 @@ static int check_dir(const char *dir, bool shared, const char **ret_why)
                 return fail(ret_why, "the socket directory is not owned by the effective uid",
                             -EPERM);
         if (st.st_mode & 022)
-                return fail(ret_why, "the socket directory is writable by group or others",
+                return fail(ret_why,
+                            "the socket directory is writable by group or others: use a private "
+                            "subdirectory (--socket DIR/SUB/NAME.sock; the daemon creates SUB "
+                            "with mode 0700) of a directory that is sticky, as /tmp, or not "
+                            "writable by others",
                             -EPERM);
         return 0;
 }

@@ -2,7 +2,12 @@
 # Installs the Debian packages the build and the tests need, if any is missing.
 set -euo pipefail
 pkgs=(meson ninja-build pkg-config gcc libssl-dev libseccomp-dev check clang libclang-rt-14-dev
-      valgrind python3 python3-dev procps scdoc)
+      valgrind python3 python3-dev procps scdoc
+      # the Python integrations' tests (about a minute to install; each skips without its own)
+      python3-cloudpickle python3-joblib python3-distributed python3-sklearn python3-yaml
+      python3-venv
+      # a one-node Slurm for the Slurm recipe's test (about 15 s to install)
+      slurmctld slurmd slurm-client munge)
 missing=()
 for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

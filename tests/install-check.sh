@@ -33,7 +33,8 @@ for f in sbin/forkserverd bin/forkctl include/forkserver.h \
          share/bash-completion/completions/forkctl share/bash-completion/completions/forkserverd; do
         [ -e "$base/$f" ] || { echo "missing: $prefix/$f"; missing=1; }
 done
-for g in libforkserver.so.0 libforkserver.a forkserver.pc pool.py libforkserver-python.so; do
+for g in libforkserver.so.0 libforkserver.a forkserver.pc pool.py dask.py joblib.py \
+         libforkserver-python.so; do
         [ -n "$(find "$base" -name "$g" -print -quit)" ] || { echo "missing: $g"; missing=1; }
 done
 grep -q "ExecStart=$prefix/sbin/forkserverd --foreground" "$base/lib/systemd/system/forkserverd.service" ||

@@ -25,7 +25,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from . import client as C
-from ._frames import recv_obj, send_obj, send_pickle
+from ._frames import dumps_for_workers, recv_obj, send_obj, send_pickle
 
 __all__ = ["Pool", "Executor", "AsyncResult", "WorkerLostError", "RemoteTraceback"]
 
@@ -90,8 +90,7 @@ class _Core:
         # the same two messages start every worker: pickled once
         self.setup_blob = pickle.dumps((list(sys.path), name, path, os.getcwd(),
                                         _main_code(path)), pickle.HIGHEST_PROTOCOL)
-        self.init_blob = pickle.dumps((initializer, initargs, maxtasksperchild),
-                                      pickle.HIGHEST_PROTOCOL)
+        self.init_blob = dumps_for_workers((initializer, initargs, maxtasksperchild))
         self.starting: Dict[int, str] = {}  # spawn requests in flight: id -> "zygote"/"exec"
         self._start_first()  # errors (no daemon, bad profile) reach the constructor's caller
         self.thread = threading.Thread(target=self._run, name="forkserver-pool", daemon=True)

@@ -24,7 +24,7 @@ import traceback
 import types
 from typing import Any, List, Tuple
 
-from ._frames import recv_obj, send_obj
+from ._frames import dumps, recv_obj, send_pickle
 from .client import Channel
 
 def _setup_main(sys_path: List[str], main_name: str | None, main_path: str | None,
@@ -74,7 +74,7 @@ def _setup_main(sys_path: List[str], main_name: str | None, main_path: str | Non
 def _error(tid: int, exc: BaseException, last: bool) -> Tuple:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
-        pickle.loads(pickle.dumps(exc))
+        pickle.loads(dumps(exc))
         return ("err", tid, exc, tb, last)
     except Exception:  # noqa: BLE001 - an exception that does not survive pickling
         return ("err", tid, None, tb, last)
@@ -101,9 +101,9 @@ def main(fd: int | None = None) -> int:
             done += 1
             last = maxtasks is not None and done >= maxtasks
             try:
-                send_obj(ch, ("ok", tid, func(*args, **kwargs), last))
+                send_pickle(ch, dumps(("ok", tid, func(*args, **kwargs), last)))
             except BaseException as e:  # noqa: BLE001 - every failure goes back
-                send_obj(ch, _error(tid, e, last))
+                send_pickle(ch, dumps(_error(tid, e, last)))
         return 0
     except EOFError:
         return 0
