@@ -1,4 +1,5 @@
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -222,6 +223,11 @@ void fsd_zygotes_stop(struct fsd_server *s)
 
                 z->fd = fs_close(z->fd);
                 if (z->pidfd >= 0) {
+                        struct pollfd pf = {.fd = z->pidfd, .events = POLLIN};
+
+                        /* EOF ends it; one stuck (in a close, say) gets a second, then KILL */
+                        if (poll(&pf, 1, 1000) != 1)
+                                (void)pidfd_send_signal(z->pidfd, SIGKILL, NULL, 0);
                         while (waitid(P_PIDFD, (id_t)z->pidfd, &si, WEXITED) < 0 &&
                                errno == EINTR)
                                 ;

@@ -133,6 +133,8 @@ struct fsd_inflight {
         struct fsd_lease gpu[FS_MAX_GPU];
         struct fs_gpu_buf gpu_buf[FS_MAX_GPU];
         struct fsd_conn *conn; /* NULL when the connection closed meanwhile */
+        int req_fds[FS_MAX_MSG_FDS]; /* ours of the fds forwarded: to the closer on the answer */
+        size_t nreq_fds;
         uid_t uid;             /* the worker's, for signals (fsd_signal) */
         uint32_t req_id;
         uint32_t seq;

@@ -177,8 +177,10 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
         *slot = pre;
         s->inflight++;
         c->inflight++;
-        /* the message in the zygote's socket holds them: our close is not the last */
-        fs_close_many(fds, nfds);
+        /* Ours are kept until the zygote answers (it closes its copies first), so that the
+         * last close of each is the closer's, never the zygote's. */
+        memcpy(slot->req_fds, fds, nfds * sizeof(int));
+        slot->nreq_fds = nfds;
         return;
 out:
         fsd_closer_put(&s->closer, fds, nfds);
@@ -411,6 +413,8 @@ void fsd_spawn_complete(struct fsd_server *s, struct fsd_zygote *z, bool block)
         z->ring_head = (z->ring_head + 1) % FSD_ZYGOTE_INFLIGHT;
         z->ring_len--;
         s->inflight--;
+        fsd_closer_put(&s->closer, e.req_fds, e.nreq_fds);
+        e.nreq_fds = 0;
         if (n <= 0 || nfds > 2) {
                 fs_close_many(fds, nfds);
                 fsd_gpu_abandon(s, &e);

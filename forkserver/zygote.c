@@ -68,6 +68,8 @@ struct zygote {
         } entries[32]; /* dlsym() takes the loader's lock, a write: look each up once */
         unsigned nentries;
         uint8_t *out;         /* OUT_SIZE bytes for our messages, not inherited */
+        int *req_fds;         /* the fds of the request being served ... */
+        size_t nreq_fds;      /* ... until drop_request_fds */
         /* [0]: the daemon's own denials alone (profiles without fs rules); [1 + i]: those and
          * profile i's rules */
         struct fsd_landlock ll[FSD_MAX_PROFILES + 1];
@@ -115,12 +117,24 @@ static const char *step_name(uint32_t step)
         }
 }
 
+/*
+ * Closes our copies of the request's fds before we answer: the front holds its own until the
+ * answer, so that ours is never the last reference (a close that can block: a socket with
+ * SO_LINGER, forkserver/closer.h) and the last is the closer's.
+ */
+static void drop_request_fds(struct zygote *z)
+{
+        fs_close_many(z->req_fds, z->nreq_fds);
+        z->nreq_fds = 0;
+}
+
 static int reply_error(struct zygote *z, uint32_t id, uint32_t step, int err, const char *what,
                        pid_t pid, int pidfd)
 {
         struct fs_msgw w;
         int n;
 
+        drop_request_fds(z);
         fs_msg_begin_error(&w, z->out, OUT_SIZE, id, err, "%s%s%s: %s", step_name(step),
                            what ? " " : "", what ? what : "", strerror(err));
         fs_msg_put_u32(&w, FS_F_STEP, step);
@@ -365,6 +379,7 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
         fs_msg_put_u32(&w, FS_F_PID, (uint32_t)pid);
         out_fds[0] = pidfd;
         out_fds[1] = chan[0];
+        drop_request_fds(z); /* the worker has its own */
         if ((n = fs_msg_finish(&w)) < 0)
                 r = n;
         else
@@ -647,11 +662,13 @@ static __attribute__((noreturn)) void zygote_main(const struct fsd_sandbox *sb,
                         }
                         _exit(1);
                 }
+                z.req_fds = fds;
+                z.nreq_fds = nfds;
                 r = spawn_one(&z, (size_t)n, fds, nfds);
                 forget(&z, (size_t)n);
                 if (r < 0 && errno == EPIPE)
                         _exit(0);
-                fs_close_many(fds, nfds);
+                drop_request_fds(&z);
         }
 }
 

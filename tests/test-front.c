@@ -7,6 +7,7 @@
 #include "daemon.h"
 
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/time.h>
 #include <time.h>
 
@@ -151,6 +152,60 @@ START_TEST(passed_fds_closed_off_the_loop)
 }
 END_TEST
 
+/*
+ * The same socket given to a worker in a SPAWN that the zygote refuses before it forks (no
+ * such entry): the zygote's close must not be the last either, or it stops that zygote, and
+ * every spawn it serves, for the linger time.
+ */
+START_TEST(refused_spawn_fds_closed_off_the_zygote)
+{
+        const char *extra[] = {"--preload", env_or_die("LIBJOBS"), NULL};
+        const char *t[] = {"/bin/true", NULL};
+        struct forkserver_spawn_args ok = {.path = t[0], .argv = t};
+        int listener, sock = -1, st;
+        struct forkserver_proc *w;
+        uint32_t ticket;
+        int64_t t0;
+
+        daemon_start(&d, extra);
+        struct forkserver *fs = daemon_connect(&d);
+
+        for (int i = 0; i < 2; i++) { /* fork mode (no such entry), exec mode (bad rlimit) */
+                struct forkserver_fd_map map[1];
+                struct forkserver_rlimit rl = {
+                    .resource = RLIMIT_NOFILE, .soft = 1ull << 40, .hard = 1ull << 40};
+                struct forkserver_spawn_args bad = {.fds = map, .nfds = 1};
+
+                if (i == 0) {
+                        bad.entry = "libjobs:no_such_entry";
+                } else {
+                        bad.path = t[0];
+                        bad.argv = t;
+                        bad.rlimits = &rl;
+                        bad.nrlimits = 1;
+                }
+                sock = lingering_socket(&listener);
+                map[0] = (struct forkserver_fd_map){3, sock};
+                ck_assert_int_eq(forkserver_spawn_submit(fs, &bad, &ticket), 0);
+                close(sock); /* the request in flight holds it */
+                t0 = now_ms();
+                /* its refusal, then the next spawn, each at once */
+                ck_assert_int_lt(forkserver_spawn_collect(fs, ticket, &w), 0);
+                ck_assert_int_eq(forkserver_spawn(fs, &ok, &w), 0);
+                ck_assert_int_eq(forkserver_wait(fs, w, &st), 0);
+                forkserver_proc_free(fs, w);
+                t0 = now_ms() - t0;
+                ck_assert_msg(t0 < 1000, "the next spawn took %lld ms", (long long)t0);
+                close(listener);
+        }
+        forkserver_close(fs);
+        t0 = now_ms();
+        ck_assert_int_eq(daemon_stop(&d), 0);
+        t0 = now_ms() - t0;
+        ck_assert_msg(t0 < 3000, "SIGTERM took %lld ms", (long long)t0);
+}
+END_TEST
+
 /* Connects as fast as it can and never speaks: hold connections held, the oldest dropped. */
 static __attribute__((noreturn)) void churn(const char *path, int hold, int64_t until)
 {
@@ -278,8 +333,8 @@ START_TEST(dead_zygotes_replaced_from_the_template)
         daemon_start(&d, extra);
         struct forkserver *fs = daemon_connect(&d);
         struct forkserver_spawn_args a = {.path = sleeper[0], .argv = sleeper, .envp = ev};
-        struct forkserver_spawn_args f = {.entry = "libjobs:job_noop", .arg = secret,
-                                          .arglen = sizeof(secret) - 1, .envp = ev};
+        struct forkserver_spawn_args f = {
+            .entry = "libjobs:job_noop", .arg = secret, .arglen = sizeof(secret) - 1, .envp = ev};
         struct forkserver_proc *w, *keep;
 
         ck_assert_int_eq(forkserver_spawn(fs, &a, &keep), 0); /* it outlives the zygotes */
@@ -328,11 +383,10 @@ START_TEST(dead_zygotes_replaced_from_the_template)
 
                 ck_assert_int_eq(fs_key_load_file(d.key, &k, NULL), 0);
                 for (size_t i = 0; i < nz; i++)
-                        ck_assert_msg(scan_memory(zyg[i], (const uint8_t *)secret,
-                                                  sizeof(secret) - 1) == 0,
-                                      "a restarted zygote holds an earlier request");
-                ck_assert_int_eq(scan_memory(tpl, (const uint8_t *)secret, sizeof(secret) - 1),
-                                 0);
+                        ck_assert_msg(
+                            scan_memory(zyg[i], (const uint8_t *)secret, sizeof(secret) - 1) == 0,
+                            "a restarted zygote holds an earlier request");
+                ck_assert_int_eq(scan_memory(tpl, (const uint8_t *)secret, sizeof(secret) - 1), 0);
                 ck_assert_int_eq(scan_memory(tpl, k->bytes, FS_KEY_LEN), 0);
                 /* the same scan finds the request in the front, which shows it can */
                 ck_assert_int_ge(scan_memory(d.pid, (const uint8_t *)secret, sizeof(secret) - 1),
@@ -357,6 +411,7 @@ static Suite *suite(void)
         tcase_set_timeout(tc, 60);
         tcase_add_test(tc, passed_fds_closed_off_the_loop);
         tcase_add_test(tc, dead_zygotes_replaced_from_the_template);
+        tcase_add_test(tc, refused_spawn_fds_closed_off_the_zygote);
         suite_add_tcase(s, tc);
         TCase *load = tcase_create("load");
 
