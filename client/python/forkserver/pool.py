@@ -107,13 +107,13 @@ class _Core:
                if k.startswith(("PYTHON", "LANG", "LC_", "HOME", "PATH", "FAKECUDA",
                                 "FORKSERVER_LIBCUDA", "OPENBLAS", "OMP_", "MKL_"))}
         if mode == "zygote":
-            mid = self.client._spawn_send(entry=ZYGOTE_ENTRY, env=env, channel=True,
+            mid = self.client.spawn_request(entry=ZYGOTE_ENTRY, env=env, channel=True,
                                           profile=self.profile, stdout=1, stderr=2)
         else:
             pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
             env["PYTHONPATH"] = os.pathsep.join([pkg] + ([env["PYTHONPATH"]]
                                                          if env.get("PYTHONPATH") else []))
-            mid = self.client._spawn_send([sys.executable, "-m", "forkserver.worker"], env=env,
+            mid = self.client.spawn_request([sys.executable, "-m", "forkserver.worker"], env=env,
                                           channel=True, profile=self.profile, stdout=1,
                                           stderr=2)
         self.starting[mid] = mode
@@ -122,7 +122,7 @@ class _Core:
         """Takes the daemon's answer to the spawn request mid (waiting for it if need be)."""
         mode = self.starting.pop(mid)
         try:
-            w = self.client._spawn_finish(mid, True)
+            w = self.client.spawn_result(mid)
         except C.SpawnError as e:
             if mode == "zygote" and self.mode == "auto" and \
                     e.errno in (errno_mod.EPERM, errno_mod.ENOENT):
@@ -218,7 +218,7 @@ class _Core:
         while True:
             with self.lock:
                 terminating, closing = self.terminating, self.closing
-            for mid in [m for m in self.starting if self.client._spawn_done(m)]:
+            for mid in [m for m in self.starting if self.client.spawn_ready(m)]:
                 self._started(mid)
             if terminating:
                 self._fail_all(RuntimeError("the pool was terminated"))
@@ -253,7 +253,7 @@ class _Core:
                 except BlockingIOError:
                     pass
             if self.client.fileno() in ready:
-                self.client._pump(block=False)
+                self.client.read_events()
             for s in list(self.slots):
                 if s.worker.channel and s.worker.channel.fileno() in ready:
                     self._collect(s)
