@@ -3,6 +3,11 @@
 set -euo pipefail
 pkgs=(meson ninja-build pkg-config gcc libssl-dev libseccomp-dev check clang libclang-rt-14-dev
       valgrind python3 python3-dev procps scdoc)
+# CPython's own tests (test._test_multiprocessing, test.test_concurrent_futures), which
+# tests/python/cpython_pools.py runs on forkserver's pools: the package of /usr/bin/python3
+pyver=$(/usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null ||
+        echo 3.11)
+pkgs+=("libpython${pyver}-testsuite")
 missing=()
 for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
