@@ -603,11 +603,24 @@ def _run_chunk(func: Callable, argses: List[tuple]) -> list:
     return [func(*a) for a in argses]
 
 
-def _chunks(argses: Iterable[tuple], size: int) -> Iterator[Tuple[int, List[tuple]]]:
+def _run_map(func: Callable, items: list) -> list:
+    """_run_chunk for map's chunks: one argument an item, as multiprocessing's mapstar."""
+    return list(map(func, items))
+
+
+def _run_starmap(func: Callable, argses: list) -> list:
+    return list(itertools.starmap(func, argses))
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[Tuple[int, list]]:
     """(index of its first item, chunk) for chunks of size items, read lazily."""
     if size < 1:
         raise ValueError(f"chunksize must be 1 or more, not {size}")
-    it = iter(argses)
+    if isinstance(items, list):  # slices: no item-by-item copy
+        for i in range(0, len(items), size):
+            yield i, items[i:i + size]
+        return
+    it = iter(items)
     i = 0
     while True:
         chunk = list(itertools.islice(it, size))
@@ -682,34 +695,37 @@ class Pool:
                   callback: Optional[Callable] = None,
                   error_callback: Optional[Callable] = None) -> AsyncResult:
         self._check_running()
-        return self._map_async(func, [(x,) for x in iterable], chunksize, callback,
+        return self._map_async(func, list(iterable), False, chunksize, callback,
                                error_callback)
 
     def starmap_async(self, func: Callable, iterable: Iterable, chunksize: Optional[int] = None,
                       callback: Optional[Callable] = None,
                       error_callback: Optional[Callable] = None) -> AsyncResult:
         self._check_running()
-        return self._map_async(func, [tuple(x) for x in iterable], chunksize, callback,
+        return self._map_async(func, [tuple(x) for x in iterable], True, chunksize, callback,
                                error_callback)
 
-    def _map_async(self, func: Callable, argses: List[tuple], chunksize: Optional[int],
+    def _map_async(self, func: Callable, items: list, star: bool, chunksize: Optional[int],
                    callback: Optional[Callable],
                    error_callback: Optional[Callable]) -> AsyncResult:
         if chunksize is None:  # multiprocessing's choice: about 4 chunks per worker
-            chunksize = max(1, -(-len(argses) // (self._core.n * 4)))
-        r = _MapResult(len(argses), callback, error_callback)
-        for i, chunk in _chunks(argses, chunksize):
-            self._submit_chunk(func, chunk, functools.partial(r._part, i))
+            chunksize = max(1, -(-len(items) // (self._core.n * 4)))
+        r = _MapResult(len(items), callback, error_callback)
+        for i, chunk in _chunks(items, chunksize):
+            self._submit_chunk(func, chunk, star, functools.partial(r._part, i))
         return r
 
-    def _submit_chunk(self, func: Callable, chunk: List[tuple],
+    def _submit_chunk(self, func: Callable, chunk: list, star: bool,
                       done: Callable[[bool, Any], None]) -> None:
-        """A chunk as one task; done gets the list of its results. A chunk of one item is the
-        item's own task (its traceback shows no chunk runner)."""
+        """A chunk as one task; done gets the list of its results. Items go as they are
+        (star: argument tuples), not each wrapped in a tuple: that costs pickling at both
+        ends, the per-item cost of a map of tiny tasks. A chunk of one item is the item's own
+        task (its traceback shows no chunk runner)."""
         if len(chunk) == 1:
-            self._core.submit(func, chunk[0], {}, lambda ok, v: done(ok, [v] if ok else v))
+            args = tuple(chunk[0]) if star else (chunk[0],)
+            self._core.submit(func, args, {}, lambda ok, v: done(ok, [v] if ok else v))
         else:
-            self._core.submit(_run_chunk, (func, chunk), {}, done)
+            self._core.submit(_run_starmap if star else _run_map, (func, chunk), {}, done)
 
     def map(self, func: Callable, iterable: Iterable, chunksize: Optional[int] = None) -> list:
         return self.map_async(func, iterable, chunksize).get()
@@ -731,8 +747,8 @@ class Pool:
         def feed() -> None:
             n = 0
             try:
-                for _, chunk in _chunks(((x,) for x in iterable), chunksize):
-                    submit_chunk(func, chunk, functools.partial(it._set, n))
+                for _, chunk in _chunks(iterable, chunksize):
+                    submit_chunk(func, chunk, False, functools.partial(it._set, n))
                     n += 1
             except BaseException as e:  # noqa: BLE001 - the input's, for its reader
                 it._set(n, False, e)
