@@ -8,9 +8,9 @@ Four figures: tiny tasks with long-lived workers, one message per task (chunksiz
 same with --items items (200,000) and map's default chunksize, where the cost is pickling
 and messages; maxtasksperchild=1, where every task needs a new process; and the time from
 creating a pool to its first result. For each, the methods run in turns (R rounds, each
-method once per round, interleaved); medians per method and the ratios are printed. forkserver.Pool needs a
-forkserverd with --python-preload (for the zygote method) reachable at $FORKSERVER_SOCKET;
-bench/pool.sh starts one.
+method once per round, interleaved); medians per method and the ratios are printed.
+forkserver.Pool needs a forkserverd with --python-preload (for the zygote method) reachable
+at $FORKSERVER_SOCKET; bench/pool.sh starts one.
 """
 from __future__ import annotations
 

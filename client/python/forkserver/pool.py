@@ -742,7 +742,7 @@ class Pool:
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         it = IMapIterator(ordered)
-        core, submit_chunk = self._core, self._submit_chunk
+        submit_chunk = self._submit_chunk
 
         def feed() -> None:
             n = 0
@@ -754,7 +754,6 @@ class Pool:
                 it._set(n, False, e)
                 n += 1
             it._set_length(n)
-        del core
         threading.Thread(target=feed, name="forkserver-pool-imap", daemon=True).start()
         return it
 
