@@ -74,6 +74,9 @@ SKIPS = {
     "test_submit_after_interpreter_shutdown": CHILD + "; test_forkserver "
                                               "test_executor_at_interpreter_exit",
     "test_hang_gh83386": CHILD + " (CPython skips it for its process pool too)",
+    # 3.12 and later
+    "test_python_finalization_error": "makes CPython's second executor thread (its queue "
+                                      "feeder) fail to start; ours has one thread",
 }
 
 _daemons: dict = {}
