@@ -8,6 +8,11 @@ pkgs=(meson ninja-build pkg-config gcc libssl-dev libseccomp-dev check clang lib
       python3-venv
       # a one-node Slurm for the Slurm recipe's test (about 15 s to install)
       slurmctld slurmd slurm-client munge)
+# CPython's own tests (test._test_multiprocessing, test.test_concurrent_futures), which
+# tests/python/cpython_pools.py runs on forkserver's pools: the package of /usr/bin/python3
+pyver=$(/usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null ||
+        echo 3.11)
+pkgs+=("libpython${pyver}-testsuite")
 missing=()
 for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -30,6 +30,9 @@ trap cleanup EXIT
 trap 'exit 0' TERM INT HUP
 "$ctl" keygen -o "$dir/key" >/dev/null
 mkfifo "$dir/ready"
+# Run as root (a test, a root-run job), the daemon needs a plan for its workers (forkserverd(8)):
+# they stay root, without capabilities. A user's job has no say: the option does nothing there.
+[ "$(id -u)" -ne 0 ] || set -- --allow-root-workers "$@"
 # fd 4 (readiness) is opened first: should anything after it fail, the reader sees EOF at
 # once. stdout is srun's readiness stream: the daemon's goes to stderr.
 "$fsd" --foreground --socket "$dir/fs.sock" --key-fd 3 --ready-fd 4 "$@" \

@@ -1,5 +1,6 @@
 """Task functions for the Pool tests (importable by workers through the client's sys.path)."""
 import os
+import sys
 import signal
 import time
 
@@ -57,3 +58,37 @@ def fail_on(x):
 def slow_pid(_=None):
     time.sleep(0.05)
     return os.getpid()
+
+
+def identity(x):
+    return x
+
+
+class Counted:
+    pass
+
+
+def unpicklable_result(_=None):
+    return lambda: 42
+
+
+class _BadUnpickle:
+    def __reduce__(self):
+        return fail, ("unpickling",)
+
+
+def bad_unpickle(_=None):
+    return _BadUnpickle()
+
+
+def argv(_=None):
+    return sys.argv
+
+
+def bump(ns):
+    ns.n += 1
+
+
+def say(seconds, text):
+    time.sleep(seconds)
+    print(text, flush=True)

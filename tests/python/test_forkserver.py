@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import concurrent.futures
+import gc
+import itertools
 import multiprocessing
+import multiprocessing.pool
 import os
 import secrets
 import shutil
@@ -14,6 +17,7 @@ import tempfile
 import threading
 import time
 import unittest
+import weakref
 
 import forkserver
 from forkserver import _protocol as P
@@ -279,9 +283,6 @@ class PoolTests(unittest.TestCase):
                 p.apply(pooltasks.die, (3,))
             self.assertEqual(p.map(pooltasks.square, range(8)), [x * x for x in range(8)])
         with forkserver.Executor(2, socket_path=self.zd.sock, key_file=self.zd.key) as ex:
-            f = ex.submit(pooltasks.kill_self)
-            with self.assertRaises(concurrent.futures.process.BrokenProcessPool):
-                f.result(10)
             self.assertEqual(list(ex.map(pooltasks.square, range(5))), [0, 1, 4, 9, 16])
             self.assertEqual(ex.submit(pooltasks.add, 1, b=2).result(10), 3)
             for c in (1, 3):  # iterators are read once
@@ -290,6 +291,212 @@ class PoolTests(unittest.TestCase):
             self.assertEqual(len(set(ex.map(pooltasks.slow_pid, range(6), chunksize=6))), 1)
             with self.assertRaises(ValueError):
                 ex.map(pooltasks.square, range(3), chunksize=0)
+
+    def executor(self, *args, zygote: bool = True, **kw) -> forkserver.Executor:
+        d = self.zd if zygote else self.plain
+        return forkserver.Executor(*args, socket_path=d.sock, key_file=d.key, **kw)
+
+    def test_executor_broken_after_a_worker_dies(self) -> None:
+        """As ProcessPoolExecutor: a worker killed, or an initializer that fails, breaks the
+        pool: its futures and every later submit raise BrokenProcessPool."""
+        Broken = concurrent.futures.process.BrokenProcessPool
+        with self.executor(2) as ex:
+            slow = ex.submit(pooltasks.nap, 30)
+            f = ex.submit(pooltasks.kill_self)
+            with self.assertRaises(Broken):
+                f.result(10)
+            with self.assertRaises(Broken):
+                slow.result(10)
+            with self.assertRaises(Broken):
+                ex.submit(pooltasks.square, 2)
+            self.assertTrue(ex._broken)
+        with self.executor(2, initializer=pooltasks.fail, initargs=(1,)) as ex, \
+                self.assertLogs("concurrent.futures", "CRITICAL") as logs:
+            with self.assertRaises(Broken):
+                ex.submit(pooltasks.square, 2).result(10)
+            with self.assertRaises(Broken):
+                ex.submit(pooltasks.square, 2)
+        self.assertIn("ValueError: task failed on 1", logs.output[0])
+
+    def test_unpicklable_argument_does_not_stall(self) -> None:
+        """A task whose argument does not pickle fails alone; the next map runs (it used to
+        stall: the failed pickle used up the idle worker's turn)."""
+        lock = threading.Lock()
+        for zygote in (True, False):
+            with self.subTest(zygote=zygote), self.pool(2, zygote=zygote) as p:
+                for _ in range(3):
+                    with self.assertRaises(TypeError):
+                        p.map(pooltasks.square, [lock] * 4, chunksize=1)
+                    with self.assertRaises(TypeError):
+                        p.apply(pooltasks.square, (lock,))
+                    self.assertEqual(p.map(pooltasks.square, range(4)), [0, 1, 4, 9])
+
+    def test_cancel_pending_futures(self) -> None:
+        """Futures stay pending until a worker takes one: cancel() works, and
+        shutdown(cancel_futures=True) cancels the queued ones without killing those that
+        run."""
+        ex = self.executor(1)
+        running = ex.submit(pooltasks.nap, 0.5)
+        queued = [ex.submit(pooltasks.nap, 0.5) for _ in range(6)]
+        time.sleep(0.2)
+        self.assertTrue(running.running())
+        self.assertTrue(queued[0].cancel())
+        ex.shutdown(cancel_futures=True)
+        self.assertEqual(running.result(10), 0.5)
+        self.assertGreaterEqual(sum(f.cancelled() for f in queued), 5)
+
+    def test_constructor_arguments_as_cpython(self) -> None:
+        for bad, exc in (({"processes": 0}, ValueError), ({"processes": -1}, ValueError),
+                         ({"initializer": 1}, TypeError),
+                         ({"maxtasksperchild": "x"}, ValueError),
+                         ({"maxtasksperchild": 0.5}, ValueError)):
+            with self.subTest(**bad), self.assertRaises(exc):
+                self.pool(**bad)
+        for n in (0, -1):
+            with self.assertRaisesRegex(ValueError, "max_workers must be greater than 0"):
+                self.executor(n)
+        with self.assertRaises(TypeError):
+            self.executor(1, max_tasks_per_child="x")
+        p = self.pool(1)
+        p.close()
+        with self.assertRaises(ValueError):
+            p.map_async(pooltasks.square, [])
+        p.join()
+        with self.pool(1) as p:
+            pass
+        with self.assertRaises(ValueError):
+            with p:
+                pass
+        with self.assertRaises(ValueError):
+            p.apply(pooltasks.square, (1,))
+
+    def test_errors_of_the_cpython_types(self) -> None:
+        with self.pool(1) as p:
+            with self.assertRaises(ValueError) as cm:
+                p.apply(pooltasks.fail, (1,))
+            self.assertIs(type(cm.exception.__cause__), multiprocessing.pool.RemoteTraceback)
+            with self.assertRaises(multiprocessing.TimeoutError):
+                p.apply_async(pooltasks.nap, (1,)).get(0.1)
+            with self.assertRaises(multiprocessing.pool.MaybeEncodingError):
+                p.apply(pooltasks.unpicklable_result)
+            with self.assertRaisesRegex(ValueError, "on unpickling"):  # unpickled here
+                p.apply(pooltasks.bad_unpickle)
+            self.assertEqual(p.apply(pooltasks.square, (3,)), 9)  # the worker goes on
+        with self.executor(1) as ex:
+            with self.assertRaises(ValueError) as cm:
+                ex.submit(pooltasks.fail, 1).result(10)
+            self.assertIs(type(cm.exception.__cause__),
+                          concurrent.futures.process._RemoteTraceback)
+            with self.assertRaises(concurrent.futures.process.BrokenProcessPool):
+                ex.submit(pooltasks.bad_unpickle).result(10)
+
+    def test_raising_callback_breaks_nothing(self) -> None:
+        def boom(_):
+            raise KeyError("callback")
+        with self.pool(1) as p:
+            r = p.apply_async(pooltasks.square, (2,), callback=boom)
+            self.assertEqual(r.get(10), 4)
+            self.assertEqual(p.map(pooltasks.square, range(3)), [0, 1, 4])
+
+    def test_imap_lazy_and_input_errors(self) -> None:
+        def gen():
+            yield 1
+            yield 2
+            raise KeyError("input")
+        with self.pool(2) as p:
+            it = p.imap(pooltasks.square, gen())
+            self.assertEqual([next(it), next(it)], [1, 4])  # the error at its place
+            with self.assertRaises(KeyError):
+                next(it)
+            with self.assertRaises(KeyError):  # as they come: the error among them
+                list(p.imap_unordered(pooltasks.square, gen()))
+            endless = itertools.count()  # read as workers take it, not up front
+            it = p.imap(pooltasks.square, endless)
+            self.assertEqual([next(it) for _ in range(5)], [0, 1, 4, 9, 16])
+            with self.assertRaises(multiprocessing.TimeoutError):
+                p.imap(pooltasks.nap, [2]).next(timeout=0.1)
+
+    def test_task_references_released(self) -> None:
+        objs = [pooltasks.Counted() for _ in range(10)]
+        refs = [weakref.ref(o) for o in objs]
+        with self.pool(2) as p:
+            p.map(pooltasks.identity, objs)
+            del objs
+            gc.collect()
+            time.sleep(0.1)
+            self.assertEqual({r() for r in refs}, {None})
+            ex = self.executor(1)
+            o = pooltasks.Counted()
+            ref = weakref.ref(o)
+            ex.submit(pooltasks.identity, o).result(10)
+            del o
+            gc.collect()
+            time.sleep(0.1)
+            self.assertIsNone(ref())
+            ex.shutdown()
+
+    def test_argv_and_manager_proxies(self) -> None:
+        for zygote in (True, False):
+            with self.subTest(zygote=zygote), self.pool(1, zygote=zygote) as p:
+                self.assertEqual(p.apply(pooltasks.argv), sys.argv)
+        with multiprocessing.Manager() as m:
+            ns = m.Namespace()
+            ns.n = 0
+            with self.pool(1, pooltasks.bump, (ns,)) as p:
+                p.apply(pooltasks.bump, (ns,))
+                self.assertEqual(ns.n, 2)
+            q = multiprocessing.Queue()  # by inheritance only, as multiprocessing says
+            with self.pool(1) as p:
+                with self.assertRaisesRegex(RuntimeError, "inheritance"):
+                    p.apply(pooltasks.square, (q,))
+            q.close()
+
+    def test_many_fds(self) -> None:
+        """selectors, not select.select: the engine works with fds above 1,023."""
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and hard < 1100:
+            self.skipTest("RLIMIT_NOFILE below 1,100")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1100), hard))
+        fds = []
+        try:
+            while not fds or fds[-1] < 1030:
+                fds.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+            with self.pool(1) as p:
+                self.assertEqual(p.map(pooltasks.square, range(4)), [0, 1, 4, 9])
+        finally:
+            for fd in fds:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    def test_executor_at_interpreter_exit(self) -> None:
+        """Work left to interpreter exit completes; submit from an atexit hook raises
+        CPython's RuntimeError; as test_concurrent_futures checks ProcessPoolExecutor."""
+        code = ("import atexit, forkserver, pooltasks, sys\n"
+                "ex = forkserver.Executor(2, socket_path=sys.argv[1], key_file=sys.argv[2])\n"
+                "@atexit.register\n"
+                "def last():\n"
+                "    try:\n"
+                "        ex.submit(id, None)\n"
+                "    except RuntimeError as e:\n"
+                "        print(e)\n"
+                "ex.submit(pooltasks.say, 0.5, 'apple')\n")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([PKG, HERE]))
+        r = subprocess.run([sys.executable, "-c", code, self.zd.sock, self.zd.key], env=env,
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.stderr, "")
+        self.assertEqual(r.stdout.split("\n")[:2],
+                         ["apple", "cannot schedule new futures after interpreter shutdown"])
+
+    def test_executor_threads_end_at_del(self) -> None:
+        ex = self.executor(2)
+        res = ex.map(abs, range(-5, 5))
+        thread = ex._pool._core.thread
+        del ex
+        gc.collect()
+        thread.join(10)
+        self.assertFalse(thread.is_alive())
+        self.assertEqual(list(res), [abs(v) for v in range(-5, 5)])
 
     def test_terminate_with_tasks_in_flight(self) -> None:
         p = self.pool(2)

@@ -139,7 +139,8 @@ class NodeScriptTests(unittest.TestCase):
         os.mkdir(shared)
         os.chmod(shared, 0o777)
         r = subprocess.run([FSD, "--foreground", "--socket", os.path.join(shared, "fs.sock"),
-                            "--key-fd", "0"], input=b"00" * 32, capture_output=True, timeout=15)
+                            "--key-fd", "0", "--allow-root-workers"], input=b"00" * 32,
+                           capture_output=True, timeout=15)
         self.assertNotEqual(r.returncode, 0)
         self.assertIn(b"writable by group or others: use a private subdirectory", r.stderr)
 

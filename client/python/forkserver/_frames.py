@@ -78,6 +78,11 @@ def send_pickle(ch: Channel, data: bytes) -> None:
 
 def recv_obj(ch: Channel) -> Any:
     """The next object; EOFError when the peer is gone."""
+    return pickle.loads(recv_pickle(ch))
+
+
+def recv_pickle(ch: Channel) -> bytes:
+    """The next object's pickle, not yet unpickled; EOFError when the peer is gone."""
     parts: List[bytes] = []
     while True:
         msg, fds = ch.recv(maxfds=0)
@@ -85,4 +90,6 @@ def recv_obj(ch: Channel) -> Any:
             raise EOFError("bad frame")
         parts.append(msg[1:])
         if msg[:1] == b"F":
-            return pickle.loads(b"".join(parts))
+            return b"".join(parts)
+
+

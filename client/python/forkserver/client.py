@@ -6,7 +6,7 @@ import errno as errno_mod
 import hmac
 import os
 import secrets
-import select
+import selectors
 import shutil
 import signal
 import socket
@@ -147,7 +147,14 @@ class Channel:
     def __init__(self, fd: int) -> None:
         self._sock = socket.socket(fileno=fd)
 
+    def read_events(self) -> None:
+        """Reads what the server sent without waiting: exit events reach their Workers
+        (returncode), answers wait for their callers. For callers that watch fileno() in
+        their own event loop."""
+        self._pump(block=False)
+
     def fileno(self) -> int:
+        """The connection's fd: readable when the server sent something (read_events)."""
         return self._sock.fileno()
 
     def send(self, data: bytes, fds: Sequence[int] = ()) -> None:
@@ -257,6 +264,9 @@ class Client:
         self._expected: set = set()  # workers whose SPAWNED was read, not yet picked up
         self._private = private
         self._dead: Optional[ForkserverError] = None
+        self._spawning: Dict[int, bool] = {}  # spawn requests in flight: id -> channel
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(sock, selectors.EVENT_READ)
 
     # -- plumbing --
 
@@ -271,7 +281,8 @@ class Client:
         first = True
         while True:
             wait = (timeout if first else 0) if block else 0
-            r, _, _ = select.select([self._sock], [], [], wait)
+            # selectors, not select.select: fds above 1,023 are fine
+            r = self._sel.select(wait)
             first = False
             if not r:
                 return
@@ -362,13 +373,13 @@ class Client:
         entry="LIBNAME:SYMBOL" and arg bytes. stdio not given is /dev/null; fds maps worker fd
         numbers to your fds or files; env is the worker's whole environment (default: none);
         gpu lists (device, size) buffers. Raises SpawnError with the server's reason."""
-        return self._spawn_finish(self._spawn_send(
+        return self.spawn_result(self.spawn_request(
             argv, entry=entry, arg=arg, env=env, cwd=cwd, stdin=stdin, stdout=stdout,
             stderr=stderr, fds=fds, channel=channel, detach=detach,
             new_process_group=new_process_group, profile=profile, rlimits=rlimits,
-            umask=umask, gpu=gpu), channel)
+            umask=umask, gpu=gpu))
 
-    def _spawn_send(self, argv: Optional[Sequence[str]] = None, *, entry: Optional[str] = None,
+    def spawn_request(self, argv: Optional[Sequence[str]] = None, *, entry: Optional[str] = None,
                     arg: bytes = b"", env: Optional[Mapping[str, str]] = None,
                     cwd: Optional[str] = None, stdin: Optional[FdLike] = None,
                     stdout: Optional[FdLike] = None, stderr: Optional[FdLike] = None,
@@ -378,7 +389,10 @@ class Client:
                     rlimits: Optional[Mapping[int, Tuple[int, int]]] = None,
                     umask: Optional[int] = None,
                     gpu: Sequence[Tuple[int, int]] = ()) -> int:
-        """spawn's first half: sends the request; its id for _spawn_finish."""
+        """spawn split in two, for callers that start many workers without waiting for each:
+        sends the request (spawn's arguments) and returns its id, for spawn_ready and
+        spawn_result. The fds named are copied by the kernel at once: close yours when you
+        like."""
         if (argv is None) == (entry is None):
             raise ValueError("give argv (exec mode) or entry (fork mode)")
         w = P.Writer(P.SPAWN, self._id())
@@ -422,16 +436,22 @@ class Client:
             w.u32(P.F_UMASK, umask & 0o777)
         for dev, size in gpu:
             w.raw(P.F_GPU, struct.pack(">IQ", dev, size))
-        return self._request(w, list(mapping.values()))
+        mid = self._request(w, list(mapping.values()))
+        self._spawning[mid] = channel
+        return mid
 
-    def _spawn_done(self, mid: int) -> bool:
-        """Whether the reply to the spawn request mid is in (after _pump)."""
-        return mid in self._replies
+    def spawn_ready(self, request: int) -> bool:
+        """Whether the answer to spawn request `request` has arrived (reads what the server
+        sent, without waiting)."""
+        if request not in self._replies:
+            self._pump(block=False)
+        return request in self._replies
 
-    def _spawn_finish(self, mid: int, channel: bool) -> Worker:
-        """spawn's second half: waits for the reply to request mid; the Worker, or
-        SpawnError."""
-        t, fields, rfds = self._reply(mid)
+    def spawn_result(self, request: int) -> Worker:
+        """The Worker that spawn request `request` started, waiting for the answer if need
+        be; SpawnError with the server's reason if it was refused."""
+        channel = self._spawning.pop(request)
+        t, fields, rfds = self._reply(request)
         if t == P.ERROR:
             _close_all(rfds)
             raise SpawnError(P.u(P.first(fields, P.F_ERRNO)),
@@ -467,13 +487,21 @@ class Client:
                 return None
             self._pump(block=True, timeout=left)
 
+    def read_events(self) -> None:
+        """Reads what the server sent without waiting: exit events reach their Workers
+        (returncode), answers wait for their callers. For callers that watch fileno() in
+        their own event loop."""
+        self._pump(block=False)
+
     def fileno(self) -> int:
+        """The connection's fd: readable when the server sent something (read_events)."""
         return self._sock.fileno()
 
     def close(self) -> None:
         """Closes the connection: workers not detached end; a private server stops."""
         for w in list(self._workers.values()):
             w.close()
+        self._sel.close()
         self._sock.close()
         if self._private:
             self._private.stop()
@@ -629,8 +657,9 @@ class _PrivateDaemon:
             os.close(rw)
         os.write(kw, self.key.hex().encode() + b"\n")
         os.close(kw)
-        r, _, _ = select.select([rr], [], [], 10)
-        ready = os.read(rr, 16) if r else b""
+        with selectors.DefaultSelector() as sel:
+            sel.register(rr, selectors.EVENT_READ)
+            ready = os.read(rr, 16) if sel.select(10) else b""
         os.close(rr)
         if ready != b"READY\n":
             self.stop()
