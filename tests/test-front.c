@@ -410,7 +410,12 @@ static Suite *suite(void)
 
         tcase_set_timeout(tc, 60);
         tcase_add_test(tc, passed_fds_closed_off_the_loop);
-        tcase_add_test(tc, dead_zygotes_replaced_from_the_template);
+        TCase *tp = tcase_create("pidfd-signal");
+
+        tcase_set_timeout(tp, 60);
+        tcase_set_tags(tp, "pidfd"); /* forkserver_kill: valgrind 3.19 lacks pidfd_send_signal */
+        tcase_add_test(tp, dead_zygotes_replaced_from_the_template);
+        suite_add_tcase(s, tp);
         tcase_add_test(tc, refused_spawn_fds_closed_off_the_zygote);
         suite_add_tcase(s, tc);
         TCase *load = tcase_create("load");
