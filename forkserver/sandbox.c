@@ -145,14 +145,14 @@ static int socket_families(scmp_filter_ctx ctx, bool allow)
         for (uint64_t af = 0; af < AF_INET6; af++)
                 if (af != AF_UNIX && af != AF_INET &&
                     (r = seccomp_rule_add(ctx, no, SCMP_SYS(socket), 1,
-                                          SCMP_A0(SCMP_CMP_EQ, af))) < 0)
+                                          SCMP_A0(SCMP_CMP_EQ, af, 0))) < 0)
                         return r;
         if ((r = seccomp_rule_add(ctx, no, SCMP_SYS(socket), 1,
-                                  SCMP_A0(SCMP_CMP_GT, (uint64_t)AF_INET6))) < 0)
+                                  SCMP_A0(SCMP_CMP_GT, (uint64_t)AF_INET6, 0))) < 0)
                 return r;
         for (size_t i = 0; allow && i < FS_ARRAY_SIZE(ok); i++)
                 if ((r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(socket), 1,
-                                          SCMP_A0(SCMP_CMP_EQ, ok[i]))) < 0)
+                                          SCMP_A0(SCMP_CMP_EQ, ok[i], 0))) < 0)
                         return r;
         return 0;
 }

@@ -484,7 +484,9 @@ class PoolTests(unittest.TestCase):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([PKG, HERE]))
         r = subprocess.run([sys.executable, "-c", code, self.zd.sock, self.zd.key], env=env,
                            capture_output=True, text=True, timeout=60)
-        self.assertEqual(r.stderr, "")
+        # but for what a sanitizer's runtime says in an instrumented worker
+        noise = ("==", "False positive error reports", "For details see")
+        self.assertEqual([ln for ln in r.stderr.splitlines() if not ln.startswith(noise)], [])
         self.assertEqual(r.stdout.split("\n")[:2],
                          ["apple", "cannot schedule new futures after interpreter shutdown"])
 
