@@ -19,7 +19,6 @@
 #include "forkserver/helper.h"
 
 #define CLOSER_SOCK_FD 3
-#define SCM_MAX 253     /* the kernel's SCM_MAX_FD: fds one message can carry */
 #define MAX_THREADS 256 /* closes that may be stuck at once before the queue waits */
 #define QUEUE 8192
 
@@ -93,7 +92,7 @@ static void close_later(int fd)
                 close(fd);
 }
 
-#define HELD (4 * SCM_MAX)
+#define HELD (4 * FS_SCM_MAX_FD)
 
 static int held[HELD];
 static size_t nheld;
@@ -124,37 +123,23 @@ static __attribute__((noreturn)) void closer_main(void *arg, int sock, pid_t fro
             fs_fdpass_send(CLOSER_SOCK_FD, ok, (size_t)n, NULL, 0, 0) < 0)
                 _exit(1);
         for (;;) {
-                union {
-                        struct cmsghdr align;
-                        char buf[CMSG_SPACE(sizeof(int) * SCM_MAX)];
-                } ctl;
-                struct iovec iov = {.iov_base = byte, .iov_len = sizeof(byte)};
-                struct msghdr mh = {.msg_iov = &iov,
-                                    .msg_iovlen = 1,
-                                    .msg_control = ctl.buf,
-                                    .msg_controllen = sizeof(ctl.buf)};
-                ssize_t got = recvmsg(CLOSER_SOCK_FD, &mh, MSG_CMSG_CLOEXEC);
+                int fds[FS_SCM_MAX_FD], flags;
+                bool foreign;
+                size_t nfds;
+                int got = fs_fdpass_recv_raw(CLOSER_SOCK_FD, byte, sizeof(byte), fds, &nfds, &flags,
+                                             &foreign, 0);
 
-                if (got < 0 && errno == EINTR)
+                if (got == -EINTR)
                         continue;
                 if (got <= 0)
                         _exit(0); /* the front is done; exit closes what the threads hold */
                 /* Held until the front says it let go of its copies ('C'): closed before
                  * that, ours would not be the last reference, and the front's would be. */
-                for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-                        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-                                continue;
-                        size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-
-                        for (size_t i = 0; i < k; i++) {
-                                int fd;
-
-                                memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-                                if (nheld < HELD)
-                                        held[nheld++] = fd;
-                                else
-                                        close_later(fd); /* the front broke its word */
-                        }
+                for (size_t i = 0; i < nfds; i++) {
+                        if (nheld < HELD)
+                                held[nheld++] = fds[i];
+                        else
+                                close_later(fds[i]); /* the front broke its word */
                 }
                 if (got == 1 && byte[0] == 'C') {
                         for (size_t i = 0; i < nheld; i++)
