@@ -1,4 +1,5 @@
 #include "forkserver/closer.h"
+#include "common/log.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -153,7 +154,7 @@ int fsd_closer_start(struct fsd_closer *cl, char *err, size_t errlen)
 {
         int r;
 
-        *cl = (struct fsd_closer){.fd = -1, .pidfd = -1, .epfd = -1};
+        *cl = (struct fsd_closer){.fd = -1, .pidfd = -1, .io = FSD_IO_INIT, .io_exit = FSD_IO_INIT};
         if ((r = fsd_helper_start("closer", closer_main, NULL, NULL, 0, NULL, &cl->pid, &cl->pidfd,
                                   &cl->fd, err, errlen)) < 0)
                 return r;
@@ -162,20 +163,30 @@ int fsd_closer_start(struct fsd_closer *cl, char *err, size_t errlen)
 
 /* ---- the front's side ---- */
 
-void fsd_closer_attach(struct fsd_closer *cl, int epfd, void *src)
+static void on_writable(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
 {
-        cl->epfd = epfd;
-        cl->src = src;
+        (void)l;
+        (void)events;
+        fsd_closer_flush(fsd_container_of(io, struct fsd_closer, io));
+}
+
+static void died(struct fsd_loop *l, struct fsd_io *io, uint32_t events);
+
+void fsd_closer_attach(struct fsd_closer *cl, struct fsd_loop *l)
+{
+        cl->loop = l;
+        if (cl->pidfd >= 0 && fsd_io_start(l, &cl->io_exit, cl->pidfd, EPOLLIN, false, died) < 0)
+                cl->loop = NULL; /* without it, a full socket waits for the next turn */
 }
 
 static void want_out(struct fsd_closer *cl, bool on)
 {
-        struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = cl->src};
-
-        if (cl->waiting == on || cl->epfd < 0)
+        if (fsd_io_active(&cl->io) == on || !cl->loop)
                 return;
-        if (epoll_ctl(cl->epfd, on ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, cl->fd, &ev) == 0)
-                cl->waiting = on;
+        if (on)
+                (void)fsd_io_start(cl->loop, &cl->io, cl->fd, EPOLLOUT, false, on_writable);
+        else
+                fsd_io_stop(cl->loop, &cl->io);
 }
 
 /* Without a closer: here, as a last resort. */
@@ -263,11 +274,16 @@ static void reap(struct fsd_closer *cl)
         }
 }
 
-void fsd_closer_died(struct fsd_closer *cl)
+/* Its pidfd became readable: it died; reaps it, closes go on here. */
+static void died(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
 {
+        struct fsd_closer *cl = fsd_container_of(io, struct fsd_closer, io_exit);
+
+        (void)events;
+        fs_log(FS_LOG_ERROR, "the closer died: passed fds are closed by the front itself from "
+               "now on");
         want_out(cl, false);
-        if (cl->epfd >= 0 && cl->pidfd >= 0)
-                (void)epoll_ctl(cl->epfd, EPOLL_CTL_DEL, cl->pidfd, NULL);
+        fsd_io_stop(l, io);
         cl->fd = fs_close(cl->fd);
         reap(cl);
         fsd_closer_flush(cl); /* what waited is closed here now */
@@ -284,12 +300,15 @@ void fsd_closer_stop(struct fsd_closer *cl, int timeout_ms)
 
                 if (left <= 0 || poll(&out, 1, (int)left) <= 0)
                         break;
-                cl->waiting = false; /* the loop is over: nothing is registered any more */
-                cl->epfd = -1;
+                cl->loop = NULL; /* the loop is over: nothing is watched any more */
+                cl->io.fd = -1;
                 fsd_closer_flush(cl);
         }
-        cl->epfd = -1;
-        cl->waiting = false;
+        if (cl->loop) {
+                fsd_io_stop(cl->loop, &cl->io);
+                fsd_io_stop(cl->loop, &cl->io_exit);
+        }
+        cl->loop = NULL;
         cl->fd = fs_close(cl->fd); /* EOF: the closer exits once its threads are done */
         if (cl->pidfd < 0)
                 return;

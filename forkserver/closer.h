@@ -20,14 +20,16 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "forkserver/event.h"
+
 #define FSD_CLOSER_PENDING 4096 /* fds the front holds while the closer's socket is full */
 
 struct fsd_closer {
         int fd, pidfd; /* -1: none (closes happen here, as before) */
         pid_t pid;
-        int epfd;        /* for EPOLLOUT while fds wait */
-        void *src;       /* epoll data for that */
-        bool waiting;    /* registered for EPOLLOUT */
+        struct fsd_loop *loop; /* NULL until attached, and after the loop */
+        struct fsd_io io;      /* EPOLLOUT on its socket while fds wait */
+        struct fsd_io io_exit; /* its pidfd */
         bool unreleased; /* fds sent, and no 'C' yet (closer.c) */
         size_t n;
         int pending[FSD_CLOSER_PENDING];
@@ -36,17 +38,15 @@ struct fsd_closer {
 
 /* Starts the closer; on failure writes why into err. */
 int fsd_closer_start(struct fsd_closer *cl, char *err, size_t errlen);
-/* From now on a full socket is waited for with EPOLLOUT on epfd, data src. */
-void fsd_closer_attach(struct fsd_closer *cl, int epfd, void *src);
+/* From now on a full socket is waited for on the loop, and its death is noticed there. */
+void fsd_closer_attach(struct fsd_closer *cl, struct fsd_loop *l);
 /* Takes fds (n of them, -1 entries skipped) to be closed off the loop. */
 void fsd_closer_put(struct fsd_closer *cl, const int *fds, size_t n);
 static inline void fsd_closer_put1(struct fsd_closer *cl, int fd)
 {
         fsd_closer_put(cl, &fd, 1);
 }
-/* Sends what waits; call once per loop turn and on EPOLLOUT. */
+/* Sends what waits; call once per loop turn. */
 void fsd_closer_flush(struct fsd_closer *cl);
-/* The closer's pidfd became readable: it died; reaps it, closes go on here. */
-void fsd_closer_died(struct fsd_closer *cl);
 /* At exit: hands over what waits, lets the closer finish for at most timeout_ms, reaps it. */
 void fsd_closer_stop(struct fsd_closer *cl, int timeout_ms);

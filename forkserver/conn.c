@@ -24,13 +24,23 @@ static void unlink_conn(struct fsd_conn **head, struct fsd_conn **last, struct f
         c->prev = c->next = NULL;
 }
 
+static struct fsd_server *server_of(struct fsd_loop *l)
+{
+        return fsd_container_of(l, struct fsd_server, loop);
+}
+
+/* Backpressure: no new requests while replies wait to be sent, or one waits for a zygote. */
 static void set_events(struct fsd_server *s, struct fsd_conn *c)
 {
-        struct epoll_event ev = {.data.ptr = &c->src};
+        c->reading = !c->outq && !c->held;
+        (void)fsd_io_update(&s->loop, &c->io, c->outq ? EPOLLOUT : c->reading ? EPOLLIN : 0);
+}
 
-        c->reading = !c->outq; /* backpressure: no new requests while replies wait */
-        ev.events = c->outq ? EPOLLOUT : EPOLLIN;
-        (void)epoll_ctl(s->epfd, EPOLL_CTL_MOD, c->fd, &ev);
+void fsd_conn_hold(struct fsd_server *s, struct fsd_conn *c, int delta)
+{
+        c->held += (unsigned)delta;
+        if (!c->dead)
+                set_events(s, c);
 }
 
 static void free_outmsg(struct fsd_outmsg *m)
@@ -53,7 +63,7 @@ void fsd_conn_close(struct fsd_server *s, struct fsd_conn *c, const char *why)
         }
         fs_log(FS_LOG_DEBUG, "conn %llu (pid %d uid %u) closed: %s", (unsigned long long)c->id,
                (int)c->pid, (unsigned)c->uid, why);
-        (void)epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+        fsd_io_stop(&s->loop, &c->io);
         /* Whatever the peer queued in it goes with it: not a close for the loop to make. */
         fsd_closer_put1(&s->closer, c->fd);
         c->fd = -1;
@@ -67,8 +77,8 @@ void fsd_conn_close(struct fsd_server *s, struct fsd_conn *c, const char *why)
                 c->outq = m->next;
                 free_outmsg(m);
         }
-        fsd_spawn_forget_conn(s, c);
-        fsd_worker_orphan_all(s, c);
+        if (c->authed)
+                s->on_conn_closed(s, c);
         c->next = s->dead;
         s->dead = c;
 }
@@ -260,6 +270,9 @@ static struct fsd_conn *pending_victim(struct fsd_server *s)
         return s->pending;
 }
 
+static void on_event(struct fsd_loop *l, struct fsd_io *io, uint32_t events);
+static void on_handshake_timer(struct fsd_loop *l, struct fsd_timer *t, int64_t now);
+
 static void accept_one(struct fsd_server *s, int fd)
 {
         struct fs_creds cr;
@@ -276,7 +289,7 @@ static void accept_one(struct fsd_server *s, int fd)
                 fsd_closer_put1(&s->closer, fd);
                 return;
         }
-        *c = (struct fsd_conn){.src.kind = FSD_SRC_CONN, .fd = fd, .id = ++s->next_conn_id,
+        *c = (struct fsd_conn){.io = FSD_IO_INIT, .fd = fd, .id = ++s->next_conn_id,
                                .uid = cr.uid, .pid = (pid_t)cr.pid, .gid = cr.gid, .reading = true,
                                .deadline = fs_now_ms() + s->opt->handshake_timeout_ms};
         s->stats.connections++;
@@ -318,10 +331,12 @@ static void accept_one(struct fsd_server *s, int fd)
                 fsd_conn_send_error(s, old, 0, ETIMEDOUT, "too many pending handshakes");
                 fsd_conn_close(s, old, "pending cap");
         }
-        if (fsd_epoll_add(s, fd, EPOLLIN, &c->src) < 0) {
+        if (fsd_io_start(&s->loop, &c->io, fd, EPOLLIN, false, on_event) < 0) {
                 fsd_conn_close(s, c, "epoll");
                 return;
         }
+        if (!fsd_timer_armed(&s->t_handshake))
+                (void)fsd_timer_arm(&s->loop, &s->t_handshake, c->deadline, on_handshake_timer);
         if ((n = fs_auth_server_hello(&c->auth, &cr, s->tx, sizeof(s->tx))) < 0) {
                 fsd_conn_close(s, c, "cannot build HELLO");
                 return;
@@ -329,8 +344,14 @@ static void accept_one(struct fsd_server *s, int fd)
         (void)fsd_conn_send(s, c, s->tx, (size_t)n, NULL, 0);
 }
 
-void fsd_conn_accept(struct fsd_server *s)
+/* After the connections that sent something (a late source): a flood of connects cannot
+ * push back clients that are already talking. */
+static void on_listen(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
 {
+        struct fsd_server *s = server_of(l);
+
+        (void)io;
+        (void)events;
         for (int i = 0; i < 16 && s->listen_fd >= 0; i++) {
                 int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
@@ -345,8 +366,15 @@ void fsd_conn_accept(struct fsd_server *s)
         }
 }
 
-void fsd_conn_expire(struct fsd_server *s, int64_t now)
+int fsd_conn_attach(struct fsd_server *s)
 {
+        return fsd_io_start(&s->loop, &s->io_listen, s->listen_fd, EPOLLIN, true, on_listen);
+}
+
+static void on_handshake_timer(struct fsd_loop *l, struct fsd_timer *t, int64_t now)
+{
+        struct fsd_server *s = server_of(l);
+
         while (s->pending && s->pending->deadline <= now) {
                 struct fsd_conn *c = s->pending;
 
@@ -355,6 +383,8 @@ void fsd_conn_expire(struct fsd_server *s, int64_t now)
                 fsd_conn_send_error(s, c, 0, ETIMEDOUT, "handshake timed out");
                 fsd_conn_close(s, c, "handshake timeout");
         }
+        if (s->pending)
+                (void)fsd_timer_arm(l, t, s->pending->deadline, on_handshake_timer);
 }
 
 static void handshake(struct fsd_server *s, struct fsd_conn *c, size_t len, size_t nfds)
@@ -401,208 +431,6 @@ static void handshake(struct fsd_server *s, struct fsd_conn *c, size_t len, size
                (unsigned)c->auth.bound.gid, c->auth.bound.flags & FS_BIND_PID ? "" : "not ");
 }
 
-static const char *const fail_names[FSD_FAIL_N_] = {
-        [FSD_FAIL_BAD_REQUEST] = "bad_request",
-        [FSD_FAIL_POLICY] = "policy",
-        [FSD_FAIL_MAX_WORKERS] = "max_workers",
-        [FSD_FAIL_OUT_OF_FDS] = "out_of_fds",
-        [FSD_FAIL_OUT_OF_PROCESSES] = "out_of_processes",
-        [FSD_FAIL_SETUP] = "setup",
-        [FSD_FAIL_ZYGOTE] = "zygote",
-        [FSD_FAIL_GPU] = "gpu",
-};
-
-static int cmp_u32(const void *a, const void *b)
-{
-        uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-
-        return (x > y) - (x < y);
-}
-
-/* Percentiles of the last FSD_LATENCY_SAMPLES spawns (nearest rank). */
-static void put_latency(struct fs_msgw *w, const struct fsd_stats *st)
-{
-        static const struct {
-                const char *name;
-                unsigned permille;
-        } q[] = {{"p50", 500}, {"p90", 900}, {"p99", 990}, {"max", 1000}};
-        static uint32_t sorted[FSD_LATENCY_SAMPLES];
-        size_t n = st->nlatency < FSD_LATENCY_SAMPLES ? (size_t)st->nlatency
-                                                       : FSD_LATENCY_SAMPLES;
-
-        fs_msg_put_stat(w, "spawn_latency_us.samples", n);
-        if (!n)
-                return;
-        memcpy(sorted, st->latency_us, n * sizeof(sorted[0]));
-        qsort(sorted, n, sizeof(sorted[0]), cmp_u32);
-        for (size_t i = 0; i < FS_ARRAY_SIZE(q); i++) {
-                char name[48];
-                size_t rank = (n * q[i].permille + 999) / 1000;
-
-                snprintf(name, sizeof(name), "spawn_latency_us.%s", q[i].name);
-                fs_msg_put_stat(w, name, sorted[rank ? rank - 1 : 0]);
-        }
-}
-
-/* Each connection's peer and live workers; the first FSD_STATUS_CONNS only (one datagram). */
-#define FSD_STATUS_CONNS 256
-
-static void put_connections(struct fsd_server *s, struct fs_msgw *w)
-{
-        unsigned listed = 0;
-
-        for (struct fsd_conn *c = s->conns; c && listed < FSD_STATUS_CONNS; c = c->next) {
-                char name[64];
-                uint64_t nw = 0;
-
-                if (c->dead)
-                        continue;
-                for (struct fsd_worker *k = c->workers; k; k = k->next)
-                        nw++;
-                snprintf(name, sizeof(name), "connection.%llu.uid", (unsigned long long)c->id);
-                fs_msg_put_stat(w, name, c->uid);
-                snprintf(name, sizeof(name), "connection.%llu.pid", (unsigned long long)c->id);
-                fs_msg_put_stat(w, name, (uint64_t)c->pid);
-                snprintf(name, sizeof(name), "connection.%llu.workers", (unsigned long long)c->id);
-                fs_msg_put_stat(w, name, nw);
-                listed++;
-        }
-        fs_msg_put_stat(w, "connections_listed", listed);
-}
-
-static int put_status(struct fsd_server *s, uint32_t id)
-{
-        const struct fsd_stats *st = &s->stats;
-        struct fs_msgw w;
-
-        fs_msg_begin(&w, s->tx, sizeof(s->tx), FS_MSG_STATUS_REPLY, id);
-        fs_msg_put_stat(&w, "pid", (uint64_t)getpid());
-        fs_msg_put_stat(&w, "zygote_pid", (uint64_t)s->zyg[0].pid);
-        fs_msg_put_stat(&w, "zygotes", s->nzyg);
-        fs_msg_put_stat(&w, "zygote_restarts", s->zygote_restarts);
-        fs_msg_put_stat(&w, "uptime_ms", (uint64_t)(fs_now_ms() - s->start_ms));
-        fs_msg_put_stat(&w, "protocol_version", FS_PROTO_VERSION);
-        fs_msg_put_stat(&w, "landlock_abi", (uint64_t)s->sandbox.landlock_abi);
-        fs_msg_put_stat(&w, "closer.handed", s->closer.handed);
-        fs_msg_put_stat(&w, "closer.closed_by_front", s->closer.closed_here);
-        fs_msg_put_stat(&w, "closer.pending", s->closer.n);
-        fs_msg_put_stat(&w, "version", FS_VERSION_NUMBER); /* MAJOR << 16 | MINOR << 8 | PATCH */
-        fs_msg_put_stat(&w, "key_age_ms", (uint64_t)(fs_now_ms() - s->key_loaded_ms));
-        fs_msg_put_stat(&w, "key_reloads", s->key_reloads);
-        /* 1 daemon: workers run as the daemon's uid; 2 client: as their clients' */
-        fs_msg_put_stat(&w, "workers_run_as", s->switch_uids ? 2 : 1);
-        fs_msg_put_stat(&w, "root_workers_allowed", s->switch_uids && s->opt->allow_root_workers);
-        fs_msg_put_stat(&w, "workers", s->nworkers);
-        fs_msg_put_stat(&w, "max_workers", s->opt->max_workers);
-        fs_msg_put_stat(&w, "connections", s->nconns);
-        fs_msg_put_stat(&w, "pending_handshakes", s->npending);
-        fs_msg_put_stat(&w, "connections_total", st->connections);
-        fs_msg_put_stat(&w, "auth_ok", st->auth_ok);
-        fs_msg_put_stat(&w, "auth_failed", st->auth_failed);
-        fs_msg_put_stat(&w, "auth_pid_bound", st->auth_pid_bound);
-        fs_msg_put_stat(&w, "peer_refused", st->peer_refused);
-        fs_msg_put_stat(&w, "bad_requests", st->bad_requests);
-        fs_msg_put_stat(&w, "spawns", st->spawns);
-        fs_msg_put_stat(&w, "spawn_failures", st->spawn_failures);
-        fs_msg_put_stat(&w, "exits", st->exits);
-        for (size_t i = 0; i < FSD_FAIL_N_; i++) {
-                char name[64];
-
-                snprintf(name, sizeof(name), "spawn_failures_by_cause.%s", fail_names[i]);
-                fs_msg_put_stat(&w, name, st->fail[i]);
-        }
-        put_latency(&w, st);
-        put_connections(s, &w);
-        fs_msg_put_stat(&w, "gpu_broker.enabled", s->gpu.enabled);
-        fs_msg_put_stat(&w, "gpu_broker.up", s->gpu.up);
-        fs_msg_put_stat(&w, "gpu_broker.pid", (uint64_t)s->gpu.pid);
-        fs_msg_put_stat(&w, "gpu_broker.devices", s->gpu.enabled ? s->gpu.ndev : 0);
-        fs_msg_put_stat(&w, "gpu_broker.restarts", s->gpu.restarts);
-        fs_msg_put_stat(&w, "gpu_broker.leases", s->gpu.leases);
-        fs_msg_put_stat(&w, "gpu_broker.bytes", s->gpu.bytes);
-        /* less the one fs_count_dir opens to count them */
-        fs_msg_put_stat(&w, "open_fds", (uint64_t)(fs_count_dir("/proc/self/fd") - 1));
-        return fs_msg_finish(&w);
-}
-
-static void request(struct fsd_server *s, struct fsd_conn *c, size_t len, int *fds, size_t nfds)
-{
-        const char *why = NULL;
-        struct fs_hdr h;
-        struct fs_buf p;
-        struct fs_msgw w;
-        int r;
-
-        if ((r = fs_proto_parse_hdr(s->rx, len, &h, &p)) < 0) {
-                s->stats.bad_requests++;
-                fsd_closer_put(&s->closer, fds, nfds);
-                fsd_conn_send_error(s, c, 0, r, "%s", r == -EPROTO ? "bad magic or version"
-                                                                   : "malformed message header");
-                fsd_conn_close(s, c, "malformed header");
-                return;
-        }
-        if (nfds > 0 && h.type != FS_MSG_SPAWN) {
-                s->stats.bad_requests++;
-                fsd_closer_put(&s->closer, fds, nfds);
-                fsd_conn_send_error(s, c, h.id, EBADMSG, "%s carries no fds",
-                                    fs_proto_type_name(h.type));
-                return;
-        }
-        switch (h.type) {
-        case FS_MSG_SPAWN:
-                if (s->stopping) {
-                        fsd_closer_put(&s->closer, fds, nfds);
-                        fsd_conn_send_error(s, c, h.id, ESHUTDOWN, "server is stopping");
-                        return;
-                }
-                fsd_spawn_request(s, c, h.id, s->rx, len, &p, fds, nfds);
-                return;
-        case FS_MSG_PING:
-        case FS_MSG_STOP:
-                if ((r = fs_proto_parse_empty(&p, &why)) < 0)
-                        break;
-                fs_msg_begin(&w, s->tx, sizeof(s->tx), FS_MSG_OK, h.id);
-                if ((r = fs_msg_finish(&w)) > 0)
-                        (void)fsd_conn_send(s, c, s->tx, (size_t)r, NULL, 0);
-                if (h.type == FS_MSG_STOP) {
-                        fs_log(FS_LOG_INFO, "stop requested by conn %llu pid %d uid %u",
-                               (unsigned long long)c->id, (int)c->pid, (unsigned)c->uid);
-                        fsd_server_stop(s, "stop request");
-                }
-                return;
-        case FS_MSG_STATUS:
-                if ((r = fs_proto_parse_empty(&p, &why)) < 0)
-                        break;
-                if ((r = put_status(s, h.id)) > 0)
-                        (void)fsd_conn_send(s, c, s->tx, (size_t)r, NULL, 0);
-                return;
-        default:
-                r = -EBADMSG;
-                why = "message type not accepted from clients";
-                break;
-        }
-        s->stats.bad_requests++;
-        fsd_conn_send_error(s, c, h.id, r, "%s: %s", fs_proto_type_name(h.type),
-                            why ? why : "bad request");
-}
-
-/* The kernel could not give us the fds that came with a request: we are out of fds. The
- * request is answered, not dropped, and the connection (and its workers) lives on. */
-static void refuse_lost_fds(struct fsd_server *s, struct fsd_conn *c, size_t len)
-{
-        struct fs_hdr h;
-        uint32_t id = 0;
-
-        if (fs_proto_parse_hdr_only(s->rx, len, &h) == 0)
-                id = h.id;
-        fsd_spawn_failed(s, FSD_FAIL_OUT_OF_FDS);
-        fs_log_limited(FS_LOG_WARNING, "conn %llu pid %d uid %u: out of file descriptors, "
-                       "request refused", (unsigned long long)c->id, (int)c->pid,
-                       (unsigned)c->uid);
-        fsd_conn_send_error(s, c, id, EMFILE, "server is out of file descriptors "
-                            "(RLIMIT_NOFILE): the fds sent with the request were dropped");
-}
-
 /*
  * fs_fdpass_recv_lossy's verdicts, without closing anything here: every fd that came goes to
  * the closer unless the message is good (then *ret_nfds of them are the caller's).
@@ -633,8 +461,10 @@ static int receive(struct fsd_server *s, struct fsd_conn *c, int *fds, size_t *r
         return n;
 }
 
-void fsd_conn_event(struct fsd_server *s, struct fsd_conn *c, uint32_t events)
+static void on_event(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
 {
+        struct fsd_conn *c = fsd_container_of(io, struct fsd_conn, io);
+        struct fsd_server *s = server_of(l);
         int fds[FS_SCM_MAX_FD];
 
         if (c->dead)
@@ -656,7 +486,7 @@ void fsd_conn_event(struct fsd_server *s, struct fsd_conn *c, uint32_t events)
                 if (n == -EAGAIN)
                         return;
                 if (n > 0 && lost && c->authed) {
-                        refuse_lost_fds(s, c, (size_t)n);
+                        s->on_request(s, c, (size_t)n, fds, 0, true);
                         continue;
                 }
                 if (n > 0 && lost)
@@ -685,7 +515,7 @@ void fsd_conn_event(struct fsd_server *s, struct fsd_conn *c, uint32_t events)
                         fsd_closer_put(&s->closer, fds, nfds);
                         handshake(s, c, (size_t)n, nfds);
                 } else {
-                        request(s, c, (size_t)n, fds, nfds);
+                        s->on_request(s, c, (size_t)n, fds, nfds, false);
                 }
         }
 }

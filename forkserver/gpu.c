@@ -19,36 +19,68 @@
 #define GPU_BACKOFF_MIN_MS 100
 #define GPU_BACKOFF_MAX_MS 10000
 
-int fsd_gpu_start(struct fsd_server *s, char *err, size_t errlen)
+static struct fsd_server *server_of(struct fsd_loop *l)
+{
+        return fsd_container_of(l, struct fsd_server, loop);
+}
+
+static void on_exit_(struct fsd_loop *l, struct fsd_io *io, uint32_t events);
+
+/* A broker we do not keep: a child of ours, so it is ours to reap. */
+static void kill_reap(int pidfd)
+{
+        siginfo_t si;
+
+        if (pidfd < 0)
+                return;
+        (void)pidfd_send_signal(pidfd, SIGKILL, NULL, 0);
+        while (waitid(P_PIDFD, (id_t)pidfd, &si, WEXITED) < 0 && errno == EINTR)
+                ;
+        fs_close(pidfd);
+}
+
+/* The broker the template made is ours now. */
+static int take(struct fsd_server *s, const struct fsd_template_reply *rep, int fd, int pidfd)
 {
         struct fsd_gpu *g = &s->gpu;
         int r;
 
-        struct fsd_template_reply rep;
-
-        /* From the template, never from us: a broker forked now would hold our clients'
-         * state. The one request in flight: zygote restarts wait (fsd_gpu_tick). */
-        if (s->tpl.busy)
-                return -EAGAIN;
-        if ((r = fsd_template_request(&s->tpl, FSD_TPL_BROKER, 0)) < 0 ||
-            (r = fsd_template_reply(&s->tpl, false, &rep, &g->fd, &g->pidfd)) < 0) {
-                snprintf(err, errlen, "%s", r == -EPIPE || r == -EAGAIN || !rep.why[0]
-                                                    ? "the template is unreachable"
-                                                    : rep.why);
-                return r;
-        }
-        g->pid = rep.pid;
-        g->ndev = rep.ndev;
-        g->src_exit.kind = FSD_SRC_BROKER_EXIT;
-        if (s->epfd >= 0 && (r = fsd_epoll_add(s, g->pidfd, EPOLLIN, &g->src_exit)) < 0) {
-                snprintf(err, errlen, "epoll_ctl: %s", strerror(-r));
-                fsd_gpu_stop(s);
+        g->fd = fd;
+        g->pidfd = pidfd;
+        g->pid = rep->pid;
+        g->ndev = rep->ndev;
+        if ((r = fsd_io_start(&s->loop, &g->io_exit, g->pidfd, EPOLLIN, false, on_exit_)) < 0) {
+                g->fd = g->pidfd = -1; /* the caller's again */
+                g->pid = 0;
                 return r;
         }
         g->enabled = g->up = true;
         g->generation++;
         g->started_at = fs_now_ms();
         return 0;
+}
+
+/* At start-up, before any client: waits for the template's answer. */
+int fsd_gpu_start(struct fsd_server *s, char *err, size_t errlen)
+{
+        struct fsd_template_reply rep;
+        int fd = -1, pidfd = -1, r;
+
+        /* From the template, never from us: a broker forked now would hold our clients'
+         * state. */
+        if ((r = fsd_template_request(&s->tpl, FSD_TPL_BROKER, 0)) < 0 ||
+            (r = fsd_template_reply(&s->tpl, false, &rep, &fd, &pidfd)) < 0) {
+                snprintf(err, errlen, "%s", r == -EPIPE || r == -EAGAIN || !rep.why[0]
+                                                    ? "the template is unreachable"
+                                                    : rep.why);
+                return r;
+        }
+        if ((r = take(s, &rep, fd, pidfd)) < 0) {
+                snprintf(err, errlen, "epoll_ctl: %s", strerror(-r));
+                fs_close(fd);
+                kill_reap(pidfd);
+        }
+        return r;
 }
 
 /* Ends the broker: EOF on its socket, then its exit. */
@@ -66,8 +98,7 @@ void fsd_gpu_stop(struct fsd_server *s)
                         (void)pidfd_send_signal(g->pidfd, SIGKILL, NULL, 0);
                 while (waitid(P_PIDFD, (id_t)g->pidfd, &si, WEXITED) < 0 && errno == EINTR)
                         ;
-                if (s->epfd >= 0)
-                        (void)epoll_ctl(s->epfd, EPOLL_CTL_DEL, g->pidfd, NULL);
+                fsd_io_stop(&s->loop, &g->io_exit);
                 g->pidfd = fs_close(g->pidfd);
         }
         g->pid = 0;
@@ -75,8 +106,12 @@ void fsd_gpu_stop(struct fsd_server *s)
 
 /* Next attempt: 100 ms after the first failure, doubling to 10 s while they go on; a broker
  * that had run for 10 s or more counts as a first failure again. */
-static void schedule_restart(struct fsd_gpu *g, int64_t now)
+static void on_restart(struct fsd_loop *l, struct fsd_timer *t, int64_t now);
+
+static void schedule_restart(struct fsd_server *s, int64_t now)
 {
+        struct fsd_gpu *g = &s->gpu;
+
         if (g->started_at && now - g->started_at >= GPU_BACKOFF_MAX_MS)
                 g->backoff_ms = 0;
         g->started_at = 0;
@@ -84,45 +119,68 @@ static void schedule_restart(struct fsd_gpu *g, int64_t now)
         if (g->backoff_ms > GPU_BACKOFF_MAX_MS)
                 g->backoff_ms = GPU_BACKOFF_MAX_MS;
         g->restart_at = now + g->backoff_ms;
+        (void)fsd_timer_arm(&s->loop, &g->restart, g->restart_at, on_restart);
 }
 
-void fsd_gpu_exited(struct fsd_server *s)
+static void on_exit_(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
 {
+        struct fsd_server *s = server_of(l);
         struct fsd_gpu *g = &s->gpu;
         siginfo_t si = {0};
 
+        (void)events;
         if (g->pidfd < 0 || waitid(P_PIDFD, (id_t)g->pidfd, &si, WEXITED | WNOHANG) < 0 ||
             si.si_pid == 0)
                 return;
-        (void)epoll_ctl(s->epfd, EPOLL_CTL_DEL, g->pidfd, NULL);
+        fsd_io_stop(l, io);
         g->pidfd = fs_close(g->pidfd);
         g->fd = fs_close(g->fd);
         g->up = false;
         g->pid = 0;
         if (s->stopping)
                 return;
-        schedule_restart(g, fs_now_ms());
+        schedule_restart(s, fs_now_ms());
         fs_log(FS_LOG_ERROR, "GPU broker exited (code %d, status %d); restarting in %lld ms",
                si.si_code, si.si_status, (long long)g->backoff_ms);
 }
 
-void fsd_gpu_tick(struct fsd_server *s, int64_t now, int64_t *next)
+/* A new broker is asked of the template; its start-up (cuInit) takes the template's time,
+ * and its answer comes to the loop (fsd_gpu_made). */
+static void on_restart(struct fsd_loop *l, struct fsd_timer *t, int64_t now)
 {
+        struct fsd_server *s = server_of(l);
         struct fsd_gpu *g = &s->gpu;
-        char err[256];
 
-        if (!g->enabled || g->up || s->stopping)
+        if (!g->enabled || g->up || g->starting || s->stopping)
                 return;
-        if (now < g->restart_at) {
-                if (*next < 0 || g->restart_at < *next)
-                        *next = g->restart_at;
+        if (s->tpl.busy) { /* it makes one helper at a time */
+                (void)fsd_timer_arm(l, t, now + 100, on_restart);
                 return;
         }
-        /* The key page is wiped in any fork (MADV_WIPEONFORK), and the broker closes every
-         * fd but its socket before it loads the driver. */
-        if (fsd_gpu_start(s, err, sizeof(err)) < 0) {
-                schedule_restart(g, now);
-                fs_log(FS_LOG_ERROR, "GPU broker restart failed: %s", err);
+        if (fsd_template_request(&s->tpl, FSD_TPL_BROKER, 0) == 0)
+                g->starting = true;
+        else
+                schedule_restart(s, now);
+}
+
+void fsd_gpu_made(struct fsd_server *s, const struct fsd_template_reply *rep, int r, int fd,
+                  int pidfd)
+{
+        struct fsd_gpu *g = &s->gpu;
+
+        g->starting = false;
+        if (r == 0 && !s->stopping && !g->up)
+                r = take(s, rep, fd, pidfd);
+        else if (r == 0)
+                r = -ECANCELED;
+        if (r < 0) {
+                fs_close(fd);
+                kill_reap(pidfd);
+                if (s->stopping || r == -ECANCELED)
+                        return;
+                schedule_restart(s, fs_now_ms());
+                fs_log(FS_LOG_ERROR, "GPU broker restart failed: %s", rep->why[0] ? rep->why
+                                                                                : strerror(-r));
                 return;
         }
         g->restarts++;

@@ -418,9 +418,9 @@ static int start_zygotes(struct fsd_server *s, const struct fsd_options *o)
 
                 if (p && !(p->zygote_safe && min_ok && (p->allowed || p == sb->dflt)))
                         continue;
-                *z = (struct fsd_zygote){.src.kind = FSD_SRC_ZYGOTE,
-                                         .src_exit.kind = FSD_SRC_ZYGOTE_EXIT, .sandboxed = p,
-                                         .fd = -1, .pidfd = -1};
+                *z = (struct fsd_zygote){.io = FSD_IO_INIT, .io_exit = FSD_IO_INIT,
+                                         .sandboxed = p, .fd = -1, .pidfd = -1};
+                z->wait_tail = &z->wait;
                 struct fsd_template_reply rep;
 
                 z->tpl_index = (uint32_t)i;
@@ -489,17 +489,20 @@ static int start(struct fsd_server *s, struct fsd_options *o)
         sigset_t sigs;
         int r;
 
-        s->epfd = s->listen_fd = s->sig_fd = s->reserve_fd = -1;
+        s->listen_fd = s->sig_fd = s->reserve_fd = -1;
         s->gpu.pidfd = s->gpu.fd = -1;
+        s->gpu.io_exit = s->io_listen = s->io_signal = s->io_template =
+                (struct fsd_io)FSD_IO_INIT;
         s->opt = o;
         s->start_ms = fs_now_ms();
-        s->src_listen.kind = FSD_SRC_LISTEN;
-        s->src_signal.kind = FSD_SRC_SIGNAL;
-        s->src_closer.kind = FSD_SRC_CLOSER;
-        s->src_closer_exit.kind = FSD_SRC_CLOSER_EXIT;
-        s->src_template.kind = FSD_SRC_TEMPLATE;
         s->tpl = (struct fsd_template){.fd = -1, .pidfd = -1};
-        s->closer = (struct fsd_closer){.fd = -1, .pidfd = -1, .epfd = -1};
+        s->closer = (struct fsd_closer){.fd = -1, .pidfd = -1, .io = FSD_IO_INIT,
+                                        .io_exit = FSD_IO_INIT};
+        fsd_dispatch_init(s);
+        fsd_spawn_init(s);
+        /* every helper (the template too) closes the loop's fd: none may watch ours */
+        if ((r = fsd_loop_init(&s->loop)) < 0)
+                return fs_log_errno(FS_LOG_ERROR, r, "epoll_create1");
 
         /* Not dumpable: no core, no ptrace or /proc/PID/mem by same-uid processes. */
         if (prctl(PR_SET_DUMPABLE, 0) < 0)
@@ -572,24 +575,13 @@ static int start(struct fsd_server *s, struct fsd_options *o)
                 s->socket_ours = true;
         }
         sigdelset(&sigs, SIGPIPE);
-        if ((s->sig_fd = signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK)) < 0 ||
-            (s->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0)
-                return fs_log_errno(FS_LOG_ERROR, -errno, "signalfd/epoll");
+        if ((s->sig_fd = signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK)) < 0)
+                return fs_log_errno(FS_LOG_ERROR, -errno, "signalfd");
         s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-        if ((r = fsd_epoll_add(s, s->listen_fd, EPOLLIN, &s->src_listen)) < 0 ||
-            (r = fsd_epoll_add(s, s->sig_fd, EPOLLIN, &s->src_signal)) < 0)
-                return fs_log_errno(FS_LOG_ERROR, r, "epoll_ctl");
-        fsd_closer_attach(&s->closer, s->epfd, &s->src_closer);
-        if ((r = fsd_epoll_add(s, s->tpl.fd, EPOLLIN, &s->src_template)) < 0)
-                return fs_log_errno(FS_LOG_ERROR, r, "epoll_ctl");
-        if ((r = fsd_epoll_add(s, s->closer.pidfd, EPOLLIN, &s->src_closer_exit)) < 0)
-                return fs_log_errno(FS_LOG_ERROR, r, "epoll_ctl");
-        if (s->gpu.pidfd >= 0 &&
-            (r = fsd_epoll_add(s, s->gpu.pidfd, EPOLLIN, &s->gpu.src_exit)) < 0)
+        if ((r = fsd_front_attach(s)) < 0)
                 return fs_log_errno(FS_LOG_ERROR, r, "epoll_ctl");
         for (unsigned i = 0; i < s->nzyg; i++)
-                if ((r = fsd_epoll_add(s, s->zyg[i].fd, EPOLLIN, &s->zyg[i].src)) < 0 ||
-                    (r = fsd_epoll_add(s, s->zyg[i].pidfd, EPOLLIN, &s->zyg[i].src_exit)) < 0)
+                if ((r = fsd_zygote_attach(s, &s->zyg[i])) < 0)
                         return fs_log_errno(FS_LOG_ERROR, r, "epoll_ctl");
         return 0;
 }
@@ -602,7 +594,7 @@ static void cleanup(struct fsd_server *s)
         fsd_closer_stop(&s->closer, 1000);
         s->listen_fd = fs_close(s->listen_fd);
         s->sig_fd = fs_close(s->sig_fd);
-        s->epfd = fs_close(s->epfd);
+        fsd_loop_fini(&s->loop);
         s->reserve_fd = fs_close(s->reserve_fd);
         fs_key_free(fs_take_ptr(&s->key));
         fsd_sandbox_free(&s->sandbox);

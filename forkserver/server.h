@@ -11,6 +11,7 @@
 #include "common/log.h"
 #include "common/proto.h"
 #include "forkserver/closer.h"
+#include "forkserver/event.h"
 #include "forkserver/sandbox.h"
 #include "forkserver/template.h"
 
@@ -18,7 +19,10 @@
 #define FSD_MAX_WORKERS 65536
 #define FSD_MAX_PENDING 4096
 #define FSD_MAX_CONNS 65536 /* --max-connections at most */
-#define FSD_ZYGOTE_INFLIGHT 32     /* spawn requests queued at the zygote */
+#define FSD_ZYGOTE_INFLIGHT 32     /* spawn requests sent to a zygote and not answered */
+#define FSD_ZYGOTE_QUEUE 1024      /* ... and waiting for room there, all zygotes together */
+#define FSD_ZYGOTE_DEADLINE_MS 5000 /* a zygote slower than this to answer is killed */
+#define FSD_STOP_DEADLINE_MS 1000  /* ... and when we are stopping */
 #define FSD_KILL_GRACE_MS 1000     /* SIGTERM, then SIGKILL after this */
 #define FSD_OUTQ_MAX 16384         /* queued replies per connection before it is cut */
 #define FSD_READ_BATCH 32          /* requests read from one connection per wakeup */
@@ -53,24 +57,6 @@ struct fsd_options {
         bool allow_root_workers;       /* root clients may have root workers */
 };
 
-enum fsd_src_kind {
-        FSD_SRC_LISTEN = 1,
-        FSD_SRC_SIGNAL,
-        FSD_SRC_ZYGOTE,
-        FSD_SRC_ZYGOTE_EXIT,
-        FSD_SRC_CONN,
-        FSD_SRC_WORKER,
-        FSD_SRC_BROKER_EXIT,
-        FSD_SRC_CLOSER,      /* its socket is writable again */
-        FSD_SRC_CLOSER_EXIT, /* its pidfd */
-        FSD_SRC_TEMPLATE,    /* a helper made, or the template gone */
-};
-
-/* First member of everything registered with epoll. */
-struct fsd_source {
-        enum fsd_src_kind kind;
-};
-
 #define FSD_OUT_FDS 4 /* fds one reply to a client may carry */
 
 /* A reply the client's socket had no room for; owns its fds. */
@@ -84,7 +70,7 @@ struct fsd_outmsg {
 struct fsd_worker;
 
 struct fsd_conn {
-        struct fsd_source src;
+        struct fsd_io io;
         int fd;
         uint64_t id;
         uid_t uid;
@@ -95,12 +81,13 @@ struct fsd_conn {
         bool authed;
         bool dead;        /* closed; freed after the current batch of events */
         bool reading;     /* EPOLLIN wanted */
+        unsigned held;    /* requests of it waiting for room at a zygote: it is not read */
         int64_t deadline; /* handshake deadline (ms), while !authed */
         struct fs_auth_server auth;
         struct fsd_outmsg *outq, **outq_tail;
         size_t outq_len;
         struct fsd_worker *workers;
-        unsigned inflight; /* spawns at the zygote */
+        unsigned inflight; /* spawns at a zygote or waiting for one */
         uint64_t gpu_bytes; /* GPU buffers of its live workers */
         struct fsd_conn *prev, *next;
 };
@@ -111,14 +98,15 @@ struct fsd_lease {
 };
 
 struct fsd_worker {
-        struct fsd_source src;
+        struct fsd_io io; /* its pidfd */
+        struct fsd_timer kill; /* SIGKILL after SIGTERM's grace */
         int pidfd;
         pid_t pid;
         uid_t uid; /* it runs as (its client's, when workers run as their clients) */
         uint64_t id;
         uint32_t req_id;
         bool detached;
-        int64_t kill_at; /* SIGKILL deadline after SIGTERM; 0: none */
+        bool terminating; /* SIGTERM sent */
         bool unkillable; /* its SIGKILL could not be sent (no zygote to relay it) */
         struct fsd_conn *conn; /* NULL: orphaned (connection gone) */
         size_t ngpu;
@@ -139,6 +127,17 @@ struct fsd_inflight {
         uint32_t req_id;
         uint32_t seq;
         uint32_t flags;
+        int64_t deadline; /* the zygote answers by then, or is killed */
+};
+
+/* A request that found its zygote's ring full: sent when there is room, in arrival order, so
+ * that the zygote's time is shared across connections (each has one waiting at most: it is
+ * not read meanwhile). */
+struct fsd_zwait {
+        struct fsd_zwait *next;
+        struct fsd_inflight e;
+        size_t len;
+        uint8_t msg[];
 };
 
 #define FSD_MAX_ZYGOTES 3
@@ -149,13 +148,18 @@ struct fsd_inflight {
  * its workers inherit it at no cost per spawn.
  */
 struct fsd_zygote {
-        struct fsd_source src;      /* FSD_SRC_ZYGOTE: its replies */
-        struct fsd_source src_exit; /* FSD_SRC_ZYGOTE_EXIT: its pidfd */
+        struct fsd_io io;      /* its replies */
+        struct fsd_io io_exit; /* its pidfd */
+        struct fsd_timer deadline; /* the oldest request's, while any is in flight */
+        struct fsd_timer restart;  /* while it is gone */
         int fd, pidfd;
         pid_t pid;
         const struct fsd_profile *sandboxed;
         struct fsd_inflight ring[FSD_ZYGOTE_INFLIGHT];
         unsigned ring_head, ring_len;
+        struct fsd_zwait *wait, **wait_tail; /* waiting for room in the ring */
+        unsigned nwait;
+        uint64_t killed; /* for missing a deadline */
         uint32_t seq;
         uint32_t tpl_index;         /* what the template makes it from (template.h) */
         bool starting;              /* asked of the template, not answered yet */
@@ -188,9 +192,11 @@ struct fsd_stats {
 
 /* The gpu-broker as the front sees it (see broker.h). */
 struct fsd_gpu {
-        struct fsd_source src_exit;
+        struct fsd_io io_exit;
+        struct fsd_timer restart;
         bool enabled; /* --cuda given and the broker started once */
         bool up;
+        bool starting; /* asked of the template, not answered yet */
         pid_t pid;
         int pidfd, fd;
         unsigned ndev, restarts;
@@ -207,19 +213,29 @@ struct fsd_server {
         uint8_t pidns[FS_PIDNS_LEN]; /* ours: the namespace SO_PEERCRED pids are counted in */
         int64_t key_loaded_ms; /* fs_now_ms() when it was read, at start or on SIGHUP */
         uint64_t key_reloads;
-        int epfd, listen_fd, sig_fd, reserve_fd;
+        struct fsd_loop loop;
+        int listen_fd, sig_fd, reserve_fd;
         bool socket_ours; /* we made it (not systemd): remove it when we stop */
         dev_t sock_dev;
         ino_t sock_ino;
-        struct fsd_source src_listen, src_signal, src_closer, src_closer_exit;
+        struct fsd_io io_listen, io_signal, io_template;
+        struct fsd_timer t_handshake, t_log;
         struct fsd_closer closer; /* closes what peers passed us, off the loop */
         struct fsd_template tpl;  /* makes zygotes and brokers: forkserver/template.h */
-        struct fsd_source src_template;
         uint64_t zygote_restarts;
         struct fsd_zygote zyg[FSD_MAX_ZYGOTES];
         struct fsd_gpu gpu;
         unsigned nzyg;
-        unsigned inflight; /* spawns at all zygotes */
+        unsigned inflight; /* spawns at all zygotes, and waiting for one */
+        unsigned nwait;    /* of them: waiting (FSD_ZYGOTE_QUEUE) */
+        /* What the layers above transport and the zygote channels want to hear of. */
+        void (*on_request)(struct fsd_server *s, struct fsd_conn *c, size_t len, int *fds,
+                           size_t nfds, bool fds_lost);
+        void (*on_conn_closed)(struct fsd_server *s, struct fsd_conn *c);
+        /* a zygote's answer to e (msg NULL: none will come; err and why say why) */
+        void (*on_zygote_answer)(struct fsd_server *s, struct fsd_inflight *e,
+                                 const uint8_t *msg, size_t len, int *fds, size_t nfds,
+                                 bool lost, int err, const char *why);
         struct fsd_conn *pending; /* handshakes, oldest first */
         struct fsd_conn *pending_last;
         struct fsd_conn *conns;   /* authenticated */
@@ -239,30 +255,52 @@ struct fsd_server {
         uint8_t tx[FS_MAX_MSG];
 };
 
-#define fsd_container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
-
-/* loop.c */
+/* loop.c: the front's top */
 int fsd_loop_run(struct fsd_server *s);
 void fsd_server_stop(struct fsd_server *s, const char *why);
-void fsd_zygotes_stop(struct fsd_server *s);
-int fsd_epoll_add(struct fsd_server *s, int fd, uint32_t events, struct fsd_source *src);
+/* Watches the listening socket, signals and the template (start-up). */
+int fsd_front_attach(struct fsd_server *s);
 
-/* conn.c */
-void fsd_conn_accept(struct fsd_server *s);
-void fsd_conn_event(struct fsd_server *s, struct fsd_conn *c, uint32_t events);
+/* conn.c: transport (accept, handshake, out-queue, send, close) */
+int fsd_conn_attach(struct fsd_server *s); /* the listening socket */
 void fsd_conn_close(struct fsd_server *s, struct fsd_conn *c, const char *why);
-void fsd_conn_expire(struct fsd_server *s, int64_t now);
 void fsd_conn_free_dead(struct fsd_server *s);
+/* A request of c waits (held: +1) or no longer does (-1); c is not read while any does. */
+void fsd_conn_hold(struct fsd_server *s, struct fsd_conn *c, int delta);
 int fsd_conn_send(struct fsd_server *s, struct fsd_conn *c, const void *buf, size_t len,
                   const int *fds, size_t nfds);
 void fsd_conn_send_error(struct fsd_server *s, struct fsd_conn *c, uint32_t id, int err,
                          const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
+/* dispatch.c: what an authenticated client asks */
+void fsd_dispatch_init(struct fsd_server *s);
+
+/* zygotes.c: the front's end of each zygote's channel */
+int fsd_zygote_attach(struct fsd_server *s, struct fsd_zygote *z);
+/* Sends e's request (msg, len: its id is set here) or queues it; the channel owns e's fds
+ * from then on, and answers through on_zygote_answer. -EAGAIN: no room, -EPIPE: the zygote
+ * is gone; the caller keeps e then. */
+int fsd_zygote_submit(struct fsd_server *s, struct fsd_zygote *z, const struct fsd_inflight *e,
+                      uint8_t *msg, size_t len);
+void fsd_zygote_forget_conn(struct fsd_server *s, struct fsd_conn *c);
+/* The template made a zygote (or could not): fd and pidfd are its, or -1. */
+void fsd_zygote_made(struct fsd_server *s, const struct fsd_template_reply *rep, int r, int fd,
+                     int pidfd);
+/* We are stopping: what is in flight gets FSD_STOP_DEADLINE_MS. */
+void fsd_zygotes_hurry(struct fsd_server *s);
+void fsd_zygotes_stop(struct fsd_server *s);
+/* Sends sig to a worker running as uid, by pidfd (or pid, for a child whose pidfd never
+ * reached us). A worker of another uid is signalled through a zygote (the plain one while
+ * it lives), which may act as that uid: the front holds no capability. 0, or a negative
+ * errno (-EAGAIN: the zygote's queue is full; -ENOTCONN: no zygote is left). */
+int fsd_signal(struct fsd_server *s, int pidfd, pid_t pid, uid_t uid, int sig);
+
 /* gpu.c */
 int fsd_gpu_start(struct fsd_server *s, char *err, size_t errlen);
 void fsd_gpu_stop(struct fsd_server *s);
-void fsd_gpu_exited(struct fsd_server *s);
-void fsd_gpu_tick(struct fsd_server *s, int64_t now, int64_t *next);
+/* The template made a broker (or could not). */
+void fsd_gpu_made(struct fsd_server *s, const struct fsd_template_reply *rep, int r, int fd,
+                  int pidfd);
 /* Leases every buffer sp asks for, into e (its fds and books); 0, or a negative errno with
  * the reason in why (nothing held then). */
 int fsd_gpu_acquire(struct fsd_server *s, struct fsd_conn *c, const struct fs_spawn *sp,
@@ -273,24 +311,16 @@ void fsd_gpu_abandon(struct fsd_server *s, struct fsd_inflight *e);
 void fsd_gpu_release_worker(struct fsd_server *s, struct fsd_worker *w);
 
 /* spawn.c */
+void fsd_spawn_init(struct fsd_server *s);
 void fsd_spawn_failed(struct fsd_server *s, enum fsd_fail why);
 /* msg is the whole datagram (forwarded to a zygote), payload its already-checked fields. */
 void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, uint8_t *msg,
                        size_t len, struct fs_buf *payload, int *fds, size_t nfds);
-void fsd_spawn_complete(struct fsd_server *s, struct fsd_zygote *z, bool block);
-void fsd_spawn_forget_conn(struct fsd_server *s, struct fsd_conn *c);
 
 /* worker.c */
 struct fsd_worker *fsd_worker_new(struct fsd_server *s, struct fsd_conn *c, int pidfd, pid_t pid,
                                   uint32_t req_id, bool detached);
-void fsd_worker_event(struct fsd_server *s, struct fsd_worker *w);
-void fsd_worker_terminate(struct fsd_server *s, struct fsd_worker *w, int64_t now);
+void fsd_worker_terminate(struct fsd_server *s, struct fsd_worker *w);
 void fsd_worker_orphan_all(struct fsd_server *s, struct fsd_conn *c);
-void fsd_worker_tick(struct fsd_server *s, int64_t now, int64_t *next_deadline);
 void fsd_worker_terminate_all(struct fsd_server *s);
 void fsd_worker_free_dead(struct fsd_server *s);
-/* Sends sig to a worker running as uid, by pidfd (or pid, for a child whose pidfd never
- * reached us). A worker of another uid is signalled through a zygote (the plain one while
- * it lives), which may act as that uid: the front holds no capability. 0, or a negative
- * errno (-EAGAIN: the zygote's queue is full; -ENOTCONN: no zygote is left). */
-int fsd_signal(struct fsd_server *s, int pidfd, pid_t pid, uid_t uid, int sig);

@@ -1,7 +1,6 @@
 #include <errno.h>
 #include <string.h>
 #include <signal.h>
-#include <sys/epoll.h>
 #include <sys/pidfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -48,11 +47,8 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
         const char *why = "bad request";
         int64_t t0 = fs_now_us();
         struct fsd_inflight pre = {0};
-        int all_fds[FS_MAX_MSG_FDS + FS_MAX_GPU];
         struct fsd_zygote *z = &s->zyg[0];
         struct fs_spawn sp;
-        struct fs_buf patch;
-        struct fsd_inflight *slot;
         int r;
 
         if ((r = fs_proto_parse_spawn(payload, nfds, false, spawn_ptrs, FS_ARRAY_SIZE(spawn_ptrs), &sp,
@@ -114,18 +110,6 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
                 fsd_conn_send_error(s, c, id, EAGAIN, "the zygote is restarting; try again");
                 goto out;
         }
-        /* A zygote answers in order; keep at most FSD_ZYGOTE_INFLIGHT requests there so its
-         * replies always fit in the socket buffer and neither side can block the other. */
-        while (z->ring_len == FSD_ZYGOTE_INFLIGHT && z->fd >= 0)
-                fsd_spawn_complete(s, z, true);
-        /* that may have closed this very connection (a reply it could not take) */
-        if (c->dead)
-                goto out;
-        if (z->fd < 0) {
-                fsd_spawn_failed(s, FSD_FAIL_ZYGOTE);
-                fsd_conn_send_error(s, c, id, EAGAIN, "the zygote is restarting; try again");
-                goto out;
-        }
         if (s->switch_uids && (r = add_cred(s, c, id, msg, &len)) < 0)
                 goto out;
 
@@ -151,55 +135,37 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
                         fsd_conn_send_error(s, c, id, r, "SPAWN: no room for the GPU buffers");
                         goto out;
                 }
-                memcpy(all_fds, fds, nfds * sizeof(int));
-                memcpy(all_fds + nfds, pre.gpu_fd, pre.ngpu * sizeof(int));
         }
 
-        /* Forward the validated datagram as it came, with our sequence number as its id. */
-        fs_buf_init_reader(&patch, msg, len);
-        patch.cap = len;
-        (void)fs_buf_patch_u32(&patch, 8, ++z->seq);
-        if ((r = fs_fdpass_send(z->fd, msg, len, pre.ngpu ? all_fds : fds, nfds + pre.ngpu, 0)) <
-            0) {
-                fs_log_errno(FS_LOG_ERROR, r, "sending a request to the zygote");
-                fsd_gpu_abandon(s, &pre);
-                fsd_spawn_failed(s, FSD_FAIL_ZYGOTE);
-                fsd_conn_send_error(s, c, id, r, "zygote unreachable");
-                goto out;
-        }
-        slot = &z->ring[(z->ring_head + z->ring_len++) % FSD_ZYGOTE_INFLIGHT];
+        /* The validated datagram goes on as it came; the channel sets its id. Ours of the
+         * fds are kept until the zygote answers (it closes its copies first), so that the
+         * last close of each is the closer's, never the zygote's. */
         pre.conn = c;
         pre.uid = s->switch_uids ? c->uid : geteuid();
         pre.req_id = id;
-        pre.seq = z->seq;
         pre.flags = sp.flags;
         pre.t0_us = t0;
-        *slot = pre;
-        s->inflight++;
+        memcpy(pre.req_fds, fds, nfds * sizeof(int));
+        pre.nreq_fds = nfds;
+        if ((r = fsd_zygote_submit(s, z, &pre, msg, len)) < 0) {
+                fsd_gpu_abandon(s, &pre);
+                fsd_spawn_failed(s, FSD_FAIL_ZYGOTE);
+                if (r == -EAGAIN) {
+                        fs_log_limited(FS_LOG_WARNING, "conn %llu pid %d uid %u: the zygotes' "
+                                       "queue is full", (unsigned long long)c->id, (int)c->pid,
+                                       (unsigned)c->uid);
+                        fsd_conn_send_error(s, c, id, EAGAIN, "the zygotes are busy (%d "
+                                            "requests wait); try again", FSD_ZYGOTE_QUEUE);
+                } else {
+                        fs_log_errno(FS_LOG_ERROR, r, "sending a request to the zygote");
+                        fsd_conn_send_error(s, c, id, r, "zygote unreachable");
+                }
+                goto out;
+        }
         c->inflight++;
-        /* Ours are kept until the zygote answers (it closes its copies first), so that the
-         * last close of each is the closer's, never the zygote's. */
-        memcpy(slot->req_fds, fds, nfds * sizeof(int));
-        slot->nreq_fds = nfds;
         return;
 out:
         fsd_closer_put(&s->closer, fds, nfds);
-}
-
-void fsd_spawn_forget_conn(struct fsd_server *s, struct fsd_conn *c)
-{
-        for (unsigned k = 0; k < s->nzyg; k++) {
-                struct fsd_zygote *z = &s->zyg[k];
-
-                for (unsigned i = 0; i < z->ring_len && c->inflight; i++) {
-                        struct fsd_inflight *e = &z->ring[(z->ring_head + i) % FSD_ZYGOTE_INFLIGHT];
-
-                        if (e->conn == c) {
-                                e->conn = NULL;
-                                c->inflight--;
-                        }
-                }
-        }
 }
 
 /* Reaps a child that failed before exec: it has exited or is about to. */
@@ -261,6 +227,8 @@ static void send_setup_error(struct fsd_server *s, struct fsd_conn *c, uint32_t 
         fs_msg_begin_error(&w, s->tx, sizeof(s->tx), id, (int)er->err, "%s", er->reason);
         if (er->step)
                 fs_msg_put_u32(&w, FS_F_STEP, er->step);
+        if (er->pid)
+                fs_msg_put_u32(&w, FS_F_PID, er->pid);
         if ((n = fs_msg_finish(&w)) > 0)
                 (void)fsd_conn_send(s, c, s->tx, (size_t)n, NULL, 0);
 }
@@ -320,7 +288,7 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
                         (uint32_t)(fs_now_us() - e->t0_us);
                 if (!c) {
                         if (!w->detached)
-                                fsd_worker_terminate(s, w, fs_now_ms());
+                                fsd_worker_terminate(s, w);
                         goto out;
                 }
                 fs_msg_begin(&mw, s->tx, sizeof(s->tx), FS_MSG_SPAWNED, e->req_id);
@@ -378,55 +346,27 @@ out:
         e->ngpu = 0;
 }
 
-static void zygote_lost(struct fsd_server *s, struct fsd_zygote *z)
+/* The zygote answered e, or never will (msg NULL). */
+static void answered(struct fsd_server *s, struct fsd_inflight *e, const uint8_t *msg, size_t len,
+                     int *fds, size_t nfds, bool lost, int err, const char *why)
 {
-        if (z->fd >= 0) {
-                epoll_ctl(s->epfd, EPOLL_CTL_DEL, z->fd, NULL);
-                z->fd = fs_close(z->fd);
+        fsd_closer_put(&s->closer, e->req_fds, e->nreq_fds);
+        e->nreq_fds = 0;
+        if (msg && nfds <= 2) {
+                complete(s, e, msg, len, nfds > 0 ? fds[0] : -1, nfds > 1 ? fds[1] : -1, lost);
+                return;
         }
+        fs_close_many(fds, nfds);
+        fsd_gpu_abandon(s, e);
+        if (!e->conn)
+                return; /* nobody to tell: its connection is gone */
+        e->conn->inflight--;
+        fsd_spawn_failed(s, FSD_FAIL_ZYGOTE);
+        fsd_conn_send_error(s, e->conn, e->req_id, err ? err : EIO, "%s",
+                            why ? why : "zygote failed to answer");
 }
 
-void fsd_spawn_complete(struct fsd_server *s, struct fsd_zygote *z, bool block)
+void fsd_spawn_init(struct fsd_server *s)
 {
-        struct fsd_inflight e;
-        uint8_t msg[1024]; /* zygote replies are small; a larger one is an error */
-        int fds[2] = {-1, -1};
-        size_t nfds = 0;
-        bool lost = false;
-        int n = -EPIPE;
-
-        if (z->fd >= 0) {
-                n = fs_fdpass_recv_lossy(z->fd, msg, sizeof(msg), fds, 2, &nfds, &lost,
-                                         block ? 0 : MSG_DONTWAIT);
-                if (n == -EAGAIN)
-                        return;
-        }
-        if (z->ring_len == 0) {
-                fs_close_many(fds, nfds);
-                if (n > 0)
-                        fs_log(FS_LOG_ERROR, "unexpected reply from a zygote");
-                else
-                        zygote_lost(s, z);
-                return;
-        }
-        e = z->ring[z->ring_head];
-        z->ring_head = (z->ring_head + 1) % FSD_ZYGOTE_INFLIGHT;
-        z->ring_len--;
-        s->inflight--;
-        fsd_closer_put(&s->closer, e.req_fds, e.nreq_fds);
-        e.nreq_fds = 0;
-        if (n <= 0 || nfds > 2) {
-                fs_close_many(fds, nfds);
-                fsd_gpu_abandon(s, &e);
-                if (e.conn) {
-                        e.conn->inflight--;
-                        fsd_conn_send_error(s, e.conn, e.req_id, EIO,
-                                            "zygote failed to answer");
-                }
-                fsd_spawn_failed(s, FSD_FAIL_ZYGOTE);
-                if (n <= 0)
-                        zygote_lost(s, z);
-                return;
-        }
-        complete(s, &e, msg, (size_t)n, nfds > 0 ? fds[0] : -1, nfds > 1 ? fds[1] : -1, lost);
+        s->on_zygote_answer = answered;
 }

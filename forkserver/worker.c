@@ -13,34 +13,6 @@
 
 #define SIGNAL_RETRY_MS 20 /* a SIGKILL the zygote could not take yet is tried again */
 
-int fsd_signal(struct fsd_server *s, int pidfd, pid_t pid, uid_t uid, int sig)
-{
-        struct fsd_zygote *z = NULL;
-        uint8_t buf[128];
-        struct fs_msgw m;
-        int n;
-
-        if ((pidfd >= 0 ? pidfd_send_signal(pidfd, sig, NULL, 0) : kill(pid, sig)) == 0)
-                return 0;
-        if (errno != EPERM || !s->switch_uids || uid == geteuid())
-                return -errno;
-        /* the plain zygote, or any other still there (all may act as any uid) */
-        for (unsigned i = 0; i < s->nzyg && !z; i++)
-                if (s->zyg[i].fd >= 0)
-                        z = &s->zyg[i];
-        if (!z)
-                return -ENOTCONN;
-        fs_msg_begin(&m, buf, sizeof(buf), FS_MSG_SIGNAL, 0);
-        fs_msg_put_u32(&m, FS_F_STATUS, (uint32_t)sig);
-        fs_msg_put_cred(&m, uid, 0, NULL, 0);
-        if (pidfd < 0)
-                fs_msg_put_u32(&m, FS_F_PID, (uint32_t)pid);
-        if ((n = fs_msg_finish(&m)) < 0)
-                return n;
-        /* never waits: a zygote that does not read now gets it again later, or not at all */
-        return fs_fdpass_send(z->fd, buf, (size_t)n, &pidfd, pidfd >= 0 ? 1 : 0, MSG_DONTWAIT);
-}
-
 static struct fsd_worker **list_of(struct fsd_server *s, struct fsd_worker *w)
 {
         return w->conn ? &w->conn->workers : &s->orphans;
@@ -66,6 +38,13 @@ static void push_worker(struct fsd_worker **head, struct fsd_worker *w)
         *head = w;
 }
 
+static struct fsd_server *server_of(struct fsd_loop *l)
+{
+        return fsd_container_of(l, struct fsd_server, loop);
+}
+
+static void on_exit_(struct fsd_loop *l, struct fsd_io *io, uint32_t events);
+
 struct fsd_worker *fsd_worker_new(struct fsd_server *s, struct fsd_conn *c, int pidfd, pid_t pid,
                                   uint32_t req_id, bool detached)
 {
@@ -73,10 +52,10 @@ struct fsd_worker *fsd_worker_new(struct fsd_server *s, struct fsd_conn *c, int 
 
         if (!w)
                 return NULL;
-        *w = (struct fsd_worker){.src.kind = FSD_SRC_WORKER, .pid = pid, .id = ++s->next_worker_id,
+        *w = (struct fsd_worker){.io = FSD_IO_INIT, .pid = pid, .id = ++s->next_worker_id,
                                  .req_id = req_id, .detached = detached, .conn = c};
         w->pidfd = pidfd; /* ours from here on, unless we fail */
-        if (fsd_epoll_add(s, w->pidfd, EPOLLIN, &w->src) < 0) {
+        if (fsd_io_start(&s->loop, &w->io, w->pidfd, EPOLLIN, false, on_exit_) < 0) {
                 free(w);
                 return NULL;
         }
@@ -85,12 +64,13 @@ struct fsd_worker *fsd_worker_new(struct fsd_server *s, struct fsd_conn *c, int 
         return w;
 }
 
-void fsd_worker_event(struct fsd_server *s, struct fsd_worker *w)
+static void on_exit_(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
 {
+        struct fsd_worker *w = fsd_container_of(io, struct fsd_worker, io);
+        struct fsd_server *s = server_of(l);
         siginfo_t si = {0};
 
-        if (w->pidfd < 0)
-                return; /* reaped earlier in this batch of events */
+        (void)events;
         if (waitid(P_PIDFD, (id_t)w->pidfd, &si, WEXITED | WNOHANG) < 0) {
                 if (errno == EINTR || errno == EAGAIN)
                         return;
@@ -115,7 +95,8 @@ void fsd_worker_event(struct fsd_server *s, struct fsd_worker *w)
         fs_log(FS_LOG_DEBUG, "worker %llu pid %d exited (code %d status %d)",
                (unsigned long long)w->id, (int)w->pid, si.si_code, si.si_status);
         unlink_worker(s, w);
-        (void)epoll_ctl(s->epfd, EPOLL_CTL_DEL, w->pidfd, NULL);
+        fsd_io_stop(&s->loop, &w->io);
+        fsd_timer_disarm(&s->loop, &w->kill);
         w->pidfd = fs_close(w->pidfd);
         /* Freed after the current batch of events, which may still name it. */
         w->next = s->dead_workers;
@@ -125,18 +106,38 @@ void fsd_worker_event(struct fsd_server *s, struct fsd_worker *w)
                 s->nunkillable--;
 }
 
-void fsd_worker_terminate(struct fsd_server *s, struct fsd_worker *w, int64_t now)
+/* SIGKILL after the grace; a zygote that cannot take it yet (its queue is full) gets it
+ * again soon; one nobody can send (no zygote left) is left to our parent-death signal. */
+static void on_kill(struct fsd_loop *l, struct fsd_timer *t, int64_t now)
 {
-        if (w->kill_at)
+        struct fsd_worker *w = fsd_container_of(t, struct fsd_worker, kill);
+        struct fsd_server *s = server_of(l);
+        int r = fsd_signal(s, w->pidfd, w->pid, w->uid, SIGKILL);
+
+        if (r == -EAGAIN) {
+                (void)fsd_timer_arm(l, t, now + SIGNAL_RETRY_MS, on_kill);
                 return;
+        }
+        if (r < 0 && r != -ESRCH && !w->unkillable) {
+                fs_log_errno(FS_LOG_ERROR, r, "cannot end worker %llu pid %d",
+                             (unsigned long long)w->id, (int)w->pid);
+                w->unkillable = true;
+                s->nunkillable++;
+        }
+}
+
+void fsd_worker_terminate(struct fsd_server *s, struct fsd_worker *w)
+{
+        if (w->terminating)
+                return;
+        w->terminating = true;
         (void)fsd_signal(s, w->pidfd, w->pid, w->uid, SIGTERM);
-        w->kill_at = now + FSD_KILL_GRACE_MS;
+        if (fsd_timer_arm(&s->loop, &w->kill, fs_now_ms() + FSD_KILL_GRACE_MS, on_kill) < 0)
+                on_kill(&s->loop, &w->kill, fs_now_ms()); /* no memory for a timer: now */
 }
 
 void fsd_worker_orphan_all(struct fsd_server *s, struct fsd_conn *c)
 {
-        int64_t now = fs_now_ms();
-
         while (c->workers) {
                 struct fsd_worker *w = c->workers;
 
@@ -144,51 +145,17 @@ void fsd_worker_orphan_all(struct fsd_server *s, struct fsd_conn *c)
                 w->conn = NULL;
                 push_worker(&s->orphans, w);
                 if (!w->detached)
-                        fsd_worker_terminate(s, w, now);
+                        fsd_worker_terminate(s, w);
         }
 }
 
 void fsd_worker_terminate_all(struct fsd_server *s)
 {
-        int64_t now = fs_now_ms();
-
         for (struct fsd_conn *c = s->conns; c; c = c->next)
                 for (struct fsd_worker *w = c->workers; w; w = w->next)
-                        fsd_worker_terminate(s, w, now);
+                        fsd_worker_terminate(s, w);
         for (struct fsd_worker *w = s->orphans; w; w = w->next)
-                fsd_worker_terminate(s, w, now);
-}
-
-static void tick_list(struct fsd_server *s, struct fsd_worker *w, int64_t now, int64_t *next)
-{
-        for (; w; w = w->next) {
-                if (!w->kill_at)
-                        continue;
-                if (w->kill_at <= now) {
-                        int r = fsd_signal(s, w->pidfd, w->pid, w->uid, SIGKILL);
-
-                        /* sent, the exit event follows; or the zygote's queue was full; or
-                         * nobody can send it (the zygote is gone): not waited for then */
-                        w->kill_at = r == -EAGAIN ? now + SIGNAL_RETRY_MS : INT64_MAX;
-                        if (r < 0 && r != -EAGAIN && r != -ESRCH && !w->unkillable) {
-                                fs_log_errno(FS_LOG_ERROR, r, "cannot end worker %llu pid %d",
-                                             (unsigned long long)w->id, (int)w->pid);
-                                w->unkillable = true;
-                                s->nunkillable++;
-                        }
-                }
-                if (w->kill_at != INT64_MAX && (*next < 0 || w->kill_at < *next)) {
-                        *next = w->kill_at;
-                }
-        }
-}
-
-void fsd_worker_tick(struct fsd_server *s, int64_t now, int64_t *next)
-{
-        tick_list(s, s->orphans, now, next);
-        if (s->stopping)
-                for (struct fsd_conn *c = s->conns; c; c = c->next)
-                        tick_list(s, c->workers, now, next);
+                fsd_worker_terminate(s, w);
 }
 
 void fsd_worker_free_dead(struct fsd_server *s)

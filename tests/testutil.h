@@ -25,3 +25,13 @@ static inline int run_suite(Suite *s)
         srunner_free(sr);
         return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }
+
+/* How much slower than plain this build's daemon runs (FORKSERVER_TEST_SLOWDOWN, set for the
+ * sanitizers' run): bounds on time are multiplied by it. */
+static inline long slowdown(void)
+{
+        const char *v = getenv("FORKSERVER_TEST_SLOWDOWN");
+        long n = v ? strtol(v, NULL, 10) : 1;
+
+        return n >= 1 && n <= 100 ? n : 1;
+}
