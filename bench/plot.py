@@ -122,9 +122,10 @@ def hbar_chart(path, title, notes, sections, series, xlabel):
                 end = x
                 if b.get("lo") is not None and b.get("hi") is not None:
                     lo, hi, cy = ax(b["lo"]), ax(b["hi"]), by + bar_h / 2
-                    out.append(f'<path d="M{lo:.1f},{cy}H{hi:.1f}M{lo:.1f},{by + 1}V{by + bar_h - 1}'
-                               f'M{hi:.1f},{by + 1}V{by + bar_h - 1}" stroke="#222" '
-                               f'stroke-width="1.2" fill="none"/>')
+                    y0, y1 = by + 1, by + bar_h - 1
+                    out.append(f'<path d="M{lo:.1f},{cy}H{hi:.1f}M{lo:.1f},{y0}V{y1}'
+                               f'M{hi:.1f},{y0}V{y1}" stroke="#222" stroke-width="1.2" '
+                               f'fill="none"/>')
                     end = max(end, hi)
                 out.append(f'<text x="{end + 4:.1f}" y="{by + bar_h - 2}" font-size="9.5" '
                            f'fill="#333">{esc(fmt(b["v"]))}</text>')
@@ -330,7 +331,8 @@ def pool_chart(pool, out):
                                   "min_tasks_per_s", "max_tasks_per_s", "rounds"], rows)
     w0 = work[0][1]
     nrounds = len(next(iter(w0["runs"].values())))
-    notes = [f"bar: median of {nrounds} round{'s' if nrounds != 1 else ''} (pools interleaved); whisker: min to max; "
+    rounds = f"{nrounds} round{'s' if nrounds != 1 else ''}"
+    notes = [f"bar: median of {rounds} (pools interleaved); whisker: min to max; "
              "pool start and end included; higher is better; log scale",
              f"task: x * x; {w0.get('processes', 2)} processes; "
              f"Python {w0.get('python', '3')}; maxtasksperchild=K: a new process every K tasks"]
