@@ -5,8 +5,8 @@
  * and each repetition, with the methods interleaved inside a repetition (in an order that
  * rotates) so that drift on a shared machine hits all alike. Reported per method: procs/sec
  * (median, min, max over repetitions) and the latency of one create→exit→reaped (p50, p99,
- * pooled over repetitions). fs_handshake and uds_rtt report operations/sec and their own
- * latency.
+ * pooled over repetitions; the JSON adds p10, p90, min and max). fs_handshake and uds_rtt
+ * report operations/sec and their own latency.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -496,7 +496,7 @@ static void machine_json(FILE *f)
                 u.release, sysconf(_SC_NPROCESSORS_ONLN));
 }
 
-static void write_json(const char *path, struct result *res, int nres)
+static void write_json(const char *path, int reps, struct result *res, int nres)
 {
         FILE *f = fopen(path, "we");
 
@@ -506,7 +506,7 @@ static void write_json(const char *path, struct result *res, int nres)
         }
         fprintf(f, "{\"machine\": ");
         machine_json(f);
-        fprintf(f, ",\n \"results\": [\n");
+        fprintf(f, ",\n \"reps\": %d,\n \"results\": [\n", reps);
         for (int i = 0; i < nres; i++) {
                 struct result *r = &res[i];
                 double rs[32];
@@ -517,10 +517,13 @@ static void write_json(const char *path, struct result *res, int nres)
                 fprintf(f, "  {\"method\": \"%s\", \"program\": \"%s\", \"profile\": \"%s\", "
                            "\"zygote_mib\": %d, \"active\": %d, \"total\": %d, "
                            "\"procs_per_sec\": {\"median\": %.1f, \"min\": %.1f, \"max\": %.1f}, "
-                           "\"latency_us\": {\"p50\": %.1f, \"p99\": %.1f}}%s\n",
+                           "\"latency_us\": {\"p50\": %.1f, \"p99\": %.1f, \"p10\": %.1f, "
+                           "\"p90\": %.1f, \"min\": %.1f, \"max\": %.1f}}%s\n",
                         r->m->name, r->m->program, r->m->profile, r->zygote_mib, r->active,
                         r->total, med, mn, mx,
                         pct(r->lat, r->nlat, 0.5), pct(r->lat, r->nlat, 0.99),
+                        pct(r->lat, r->nlat, 0.1), pct(r->lat, r->nlat, 0.9),
+                        pct(r->lat, r->nlat, 0), pct(r->lat, r->nlat, 1),
                         i + 1 < nres ? "," : "");
         }
         fprintf(f, " ]}\n");
@@ -789,7 +792,7 @@ int main(int argc, char **argv)
                 for (int i = 0; i < nres; i++)
                         if (strcmp(res[i].m->program, static_prog) == 0)
                                 ((struct method *)res[i].m)->program = "static";
-                write_json(json, res, nres);
+                write_json(json, c.reps, res, nres);
         }
         forkserver_key_free(c.fkey);
         kill(daemon, SIGTERM);

@@ -47,6 +47,9 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--methods", help="accepted for fsbench's sake; ignored")
+    ap.add_argument("--sizes", help="accepted for fsbench's sake; ignored")
+    ap.add_argument("--actives", default="1,2,8",
+                    help="comma-separated numbers of processes alive at once, as fsbench's")
     ap.add_argument("--totals", help="comma-separated, as fsbench's (capped at 256: CPython "
                     "start methods are slow)")
     args = ap.parse_args()
@@ -54,12 +57,14 @@ def main():
     totals = [64] if args.quick else [64, 256]
     if args.totals:
         totals = sorted({min(int(t), 256) for t in args.totals.split(",")})
+    actives = [int(a) for a in args.actives.split(",")]
     methods = ["fork", "forkserver", "spawn"]
     with open(args.json) as f:
         doc = json.load(f)
     doc["machine"]["python"] = platform.python_version()
+    doc["mp_reps"] = reps
     for total in totals:
-        for active in (1, 2, 8):
+        for active in actives:
             rates = {m: [] for m in methods}
             lats = {m: [] for m in methods}
             for rep in range(reps):
@@ -77,8 +82,9 @@ def main():
                     "procs_per_sec": {"median": round(statistics.median(rates[m]), 1),
                                       "min": round(min(rates[m]), 1),
                                       "max": round(max(rates[m]), 1)},
-                    "latency_us": {"p50": round(pct(lats[m], 0.5), 1),
-                                   "p99": round(pct(lats[m], 0.99), 1)},
+                    "latency_us": {k: round(pct(lats[m], q), 1) for k, q in
+                                   (("p50", 0.5), ("p99", 0.99), ("p10", 0.1), ("p90", 0.9),
+                                    ("min", 0), ("max", 1))},
                 }
                 doc["results"].append(res)
                 print(f"{res['method']:<18} N={active} total={res['total']:<5} "

@@ -2,12 +2,14 @@
 """forkserver.Pool against multiprocessing.Pool, side by side in one run, same Python.
 
     bench/pool_compare.py [--tasks N] [--items N] [--reps R] [--processes P] [--only TEXT]
-                          [--json FILE]
+                          [--maxtasks K,...] [--maxtasks-tasks N] [--quick] [--json FILE]
 
-Four figures: tiny tasks with long-lived workers, one message per task (chunksize=1); the
-same with --items items (200,000) and map's default chunksize, where the cost is pickling
-and messages; maxtasksperchild=1, where every task needs a new process; and the time from
-creating a pool to its first result. For each, the methods run in turns (R rounds, each
+Four kinds of figure: tiny tasks with long-lived workers, one message per task
+(chunksize=1); the same with --items items (200,000) and map's default chunksize, where the
+cost is pickling and messages; maxtasksperchild=K for each K of --maxtasks (default 1, where
+every task needs a new process), with --maxtasks-tasks tasks (default --tasks); and the time
+from creating a pool to its first result. --quick: 2 rounds, 100 tasks, 50,000 items, 20
+tasks at maxtasksperchild. For each, the methods run in turns (R rounds, each
 method once per round, interleaved); medians per method and the ratios are printed.
 forkserver.Pool needs a forkserverd with --python-preload (for the zygote method) reachable
 at $FORKSERVER_SOCKET; bench/pool.sh starts one.
@@ -63,20 +65,31 @@ def main() -> int:
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--items", type=int, default=200_000)
     ap.add_argument("--only", help="run only the workloads whose name contains this")
+    ap.add_argument("--maxtasks", default="1",
+                    help="comma-separated maxtasksperchild values, one workload each")
+    ap.add_argument("--maxtasks-tasks", type=int,
+                    help="tasks in a maxtasksperchild workload (default: --tasks)")
+    ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json")
     a = ap.parse_args()
+    if a.quick:
+        a.reps, a.tasks, a.items = min(a.reps, 2), min(a.tasks, 100), min(a.items, 50_000)
+        a.maxtasks_tasks = min(a.maxtasks_tasks or 20, 20)
+    mtasks = a.maxtasks_tasks or a.tasks
     methods = ["forkserver-zygote", "forkserver-exec", "mp-fork", "mp-forkserver", "mp-spawn"]
     results = {}
-    workloads = (
-        ("tiny tasks", f"{a.tasks} tasks, chunksize=1", "tasks/s",
+    # (label, description, unit, maxtasksperchild, tasks, function)
+    workloads = [
+        ("tiny tasks", f"{a.tasks} tasks, chunksize=1", "tasks/s", None, a.tasks,
          lambda m: run(m, a.tasks, a.processes, None)),
         ("tiny tasks, default chunksize", f"{a.items} items, map's default chunksize",
-         "items/s", lambda m: run(m, a.items, a.processes, None, None)),
-        ("maxtasksperchild=1", f"{a.tasks} tasks, chunksize=1", "tasks/s",
-         lambda m: run(m, a.tasks, a.processes, 1)),
-        ("time to first result", "pool created, one apply", "ms",
-         lambda m: first_result(m, a.processes)))
-    for label, what, unit, fn in workloads:
+         "items/s", None, a.items, lambda m: run(m, a.items, a.processes, None, None))]
+    for k in sorted({int(x) for x in a.maxtasks.split(",") if x}):
+        workloads.append((f"maxtasksperchild={k}", f"{mtasks} tasks, chunksize=1", "tasks/s",
+                          k, mtasks, lambda m, k=k: run(m, mtasks, a.processes, k)))
+    workloads.append(("time to first result", "pool created, one apply", "ms", None, 1,
+                      lambda m: first_result(m, a.processes)))
+    for label, what, unit, maxtasks, ntasks, fn in workloads:
         if a.only and a.only not in label:
             continue
         rates: dict[str, list[float]] = {m: [] for m in methods}
@@ -84,7 +97,9 @@ def main() -> int:
             for m in methods:
                 rates[m].append(fn(m))
         med = {m: statistics.median(v) for m, v in rates.items()}
-        results[label] = {"unit": unit, "median": med, "runs": rates}
+        results[label] = {"unit": unit, "median": med, "runs": rates, "tasks": ntasks,
+                          "maxtasksperchild": maxtasks, "processes": a.processes,
+                          "python": sys.version.split()[0]}
         print(f"{label}: {what}, {a.processes} processes, median of {a.reps} "
               f"(Python {sys.version.split()[0]})")
         for m in methods:
