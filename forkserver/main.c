@@ -172,7 +172,7 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                 {"version", no_argument, NULL, O_VERSION},
                 {0},
         };
-        unsigned v;
+        unsigned v = 0;
         int c;
 
         while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
