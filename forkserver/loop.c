@@ -1,6 +1,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/pidfd.h>
@@ -123,6 +124,132 @@ static void on_template(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
         }
 }
 
+/* ---- strays: workers a zygote made and never reported (it died first) ---- */
+
+static bool tracked(const struct fsd_server *s, pid_t pid)
+{
+        if (pid == s->tpl.pid || pid == s->gpu.pid || pid == s->closer.pid)
+                return true;
+        for (unsigned i = 0; i < s->nzyg; i++)
+                if (pid == s->zyg[i].pid)
+                        return true;
+        for (const struct fsd_worker *w = s->orphans; w; w = w->next)
+                if (pid == w->pid)
+                        return true;
+        for (const struct fsd_conn *c = s->conns; c; c = c->next)
+                for (const struct fsd_worker *w = c->workers; w; w = w->next)
+                        if (pid == w->pid)
+                                return true;
+        return false;
+}
+
+/* Our children that none of our books name. */
+static size_t untracked_children(const struct fsd_server *s, pid_t *out, size_t cap)
+{
+        char path[64];
+        size_t n = 0;
+        FILE *f;
+        int pid;
+
+        (void)fs_format(path, sizeof(path), "/proc/self/task/%d/children", (int)getpid());
+        if (!(f = fopen(path, "re")))
+                return 0;
+        while (n < cap && fscanf(f, "%d", &pid) == 1)
+                if (!tracked(s, (pid_t)pid))
+                        out[n++] = (pid_t)pid;
+        fclose(f);
+        return n;
+}
+
+static uid_t uid_of(pid_t pid)
+{
+        char path[64], line[128];
+        unsigned uid = (unsigned)geteuid();
+        FILE *f;
+
+        (void)fs_format(path, sizeof(path), "/proc/%d/status", (int)pid);
+        if (!(f = fopen(path, "re")))
+                return (uid_t)uid;
+        while (fgets(line, sizeof(line), f))
+                if (sscanf(line, "Uid: %u", &uid) == 1)
+                        break;
+        fclose(f);
+        return (uid_t)uid;
+}
+
+/* Every zygote has answered what it had been asked when the candidates were listed (or is
+ * gone): a candidate still untracked was nobody's report. */
+static bool zygotes_caught_up(const struct fsd_server *s)
+{
+        const struct fsd_strays *st = &s->strays;
+
+        for (unsigned i = 0; i < s->nzyg; i++) {
+                const struct fsd_zygote *z = &s->zyg[i];
+
+                if (z->pid == st->zpid[i] && z->ring_len &&
+                    z->ring[z->ring_head].seq <= st->seq[i])
+                        return false;
+        }
+        return true;
+}
+
+static void on_strays(struct fsd_loop *l, struct fsd_timer *t, int64_t now)
+{
+        struct fsd_server *s = server_of(l);
+        struct fsd_strays *st = &s->strays;
+
+        if (!zygotes_caught_up(s)) {
+                (void)fsd_timer_arm(l, t, now + 100, on_strays);
+                return;
+        }
+        for (size_t i = 0; i < st->n; i++) {
+                pid_t pid = st->pid[i];
+                struct fsd_worker *w;
+                int pidfd;
+
+                if (tracked(s, pid) || (pidfd = (int)pidfd_open(pid, 0)) < 0)
+                        continue;
+                /* an orphan: SIGTERM now, SIGKILL after the grace, reaped on its exit */
+                if (!(w = fsd_worker_new(s, NULL, pidfd, pid, 0, false))) {
+                        (void)pidfd_send_signal(pidfd, SIGKILL, NULL, 0);
+                        fs_close(pidfd); /* its zombie is reaped by nobody: logged */
+                        fs_log(FS_LOG_ERROR, "worker pid %d, which no zygote reported, could "
+                               "not be tracked: killed", (int)pid);
+                        continue;
+                }
+                w->uid = uid_of(pid);
+                st->ended++;
+                fs_log(FS_LOG_WARNING, "worker pid %d was made by a zygote that died before "
+                       "reporting it: ended", (int)pid);
+                fsd_worker_terminate(s, w);
+        }
+        st->n = 0;
+}
+
+static void zygote_gone(struct fsd_server *s)
+{
+        struct fsd_strays *st = &s->strays;
+
+        /* listed again on a second loss before the check: the union, and the later seqs */
+        pid_t more[FSD_MAX_STRAYS];
+        size_t n = untracked_children(s, more, FSD_MAX_STRAYS);
+
+        for (size_t i = 0; i < n && st->n < FSD_MAX_STRAYS; i++) {
+                bool dup = false;
+
+                for (size_t k = 0; k < st->n && !dup; k++)
+                        dup = st->pid[k] == more[i];
+                if (!dup)
+                        st->pid[st->n++] = more[i];
+        }
+        for (unsigned i = 0; i < s->nzyg; i++) {
+                st->seq[i] = s->zyg[i].seq;
+                st->zpid[i] = s->zyg[i].pid;
+        }
+        if (st->n)
+                (void)fsd_timer_arm(&s->loop, &st->check, fs_now_ms(), on_strays);
+}
+
 static bool finished(const struct fsd_server *s)
 {
         return s->stopping && s->nworkers == s->nunkillable && s->inflight == 0;
@@ -140,6 +267,7 @@ int fsd_front_attach(struct fsd_server *s)
 {
         int r;
 
+        s->on_zygote_gone = zygote_gone;
         if ((r = fsd_conn_attach(s)) < 0 ||
             (r = fsd_io_start(&s->loop, &s->io_signal, s->sig_fd, EPOLLIN, false, on_signal)) <
                     0 ||

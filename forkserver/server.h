@@ -206,6 +206,19 @@ struct fsd_gpu {
         uint64_t leases, bytes; /* held by live workers */
 };
 
+#define FSD_MAX_STRAYS 256
+
+/* Children of ours that a zygote made and could not tell us of (it died or was killed while
+ * making them): found once every zygote has answered what it was asked before the loss. */
+struct fsd_strays {
+        struct fsd_timer check;
+        pid_t pid[FSD_MAX_STRAYS]; /* candidates: untracked children at the loss */
+        size_t n;
+        uint32_t seq[FSD_MAX_ZYGOTES]; /* each zygote's last request then, */
+        pid_t zpid[FSD_MAX_ZYGOTES];   /* and which zygote that was */
+        uint64_t ended;
+};
+
 struct fsd_server {
         const struct fsd_options *opt;
         struct fsd_sandbox sandbox;
@@ -232,6 +245,9 @@ struct fsd_server {
         void (*on_request)(struct fsd_server *s, struct fsd_conn *c, size_t len, int *fds,
                            size_t nfds, bool fds_lost);
         void (*on_conn_closed)(struct fsd_server *s, struct fsd_conn *c);
+        /* a zygote died or was killed: it may leave children nobody knows of */
+        void (*on_zygote_gone)(struct fsd_server *s);
+        struct fsd_strays strays;
         /* a zygote's answer to e (msg NULL: none will come; err and why say why) */
         void (*on_zygote_answer)(struct fsd_server *s, struct fsd_inflight *e,
                                  const uint8_t *msg, size_t len, int *fds, size_t nfds,

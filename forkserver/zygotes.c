@@ -307,6 +307,7 @@ static void on_exit_(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
         z->pid = 0;
         disconnect(s, z);
         fail_all(s, z, EIO, "zygote failed to answer");
+        s->on_zygote_gone(s);
         if (s->stopping)
                 return;
         schedule(s, z, fs_now_ms(), false);

@@ -7,7 +7,9 @@
 #include "daemon.h"
 
 #include <netinet/in.h>
+#include <sys/ptrace.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <sys/time.h>
 #include <time.h>
 
@@ -566,6 +568,65 @@ START_TEST(burst_shares_the_zygote_round_robin)
 }
 END_TEST
 
+/*
+ * A zygote killed while it makes a worker (stuck in the exec-mode vfork: here a tracer holds
+ * the new child before its exec, as a slow filesystem could) leaves a child nobody reported:
+ * the front finds it among its own children, ends it and reaps it, and counts it. As root
+ * (ptrace of the non-dumpable zygote).
+ */
+START_TEST(stray_of_a_killed_zygote_is_ended)
+{
+        const char *extra[] = {"--allow-profile", "default,none", NULL};
+        const char *sl[] = {"/bin/sleep", "60", NULL};
+        struct forkserver_spawn_args a = {.path = sl[0], .argv = sl, .profile = "none"};
+        struct forkserver_proc *w;
+        unsigned long msg = 0;
+        uint32_t ticket;
+        int64_t t0;
+        pid_t zpid, child;
+        int st, r;
+
+        if (geteuid() != 0) {
+                fprintf(stderr, "not root: no ptrace of the zygote, stray test skipped\n");
+                return;
+        }
+        daemon_start(&d, extra);
+        struct forkserver *fs = daemon_connect(&d);
+
+        zpid = (pid_t)daemon_stat(fs, "zygote_pid"); /* the plain one: it serves "none" */
+        ck_assert_int_eq(ptrace(PTRACE_SEIZE, zpid, 0,
+                                PTRACE_O_TRACECLONE | PTRACE_O_TRACEVFORK | PTRACE_O_TRACEFORK),
+                         0);
+        ck_assert_int_eq(forkserver_spawn_submit(fs, &a, &ticket), 0);
+        /* the clone event; the child starts stopped, the zygote then waits for its exec */
+        ck_assert_int_eq(waitpid(zpid, &st, __WALL), zpid);
+        ck_assert(WIFSTOPPED(st) && (st >> 8 == (SIGTRAP | (PTRACE_EVENT_CLONE << 8)) ||
+                                     st >> 8 == (SIGTRAP | (PTRACE_EVENT_VFORK << 8)) ||
+                                     st >> 8 == (SIGTRAP | (PTRACE_EVENT_FORK << 8))));
+        ck_assert_int_eq(ptrace(PTRACE_GETEVENTMSG, zpid, 0, &msg), 0);
+        child = (pid_t)msg;
+        ck_assert_int_eq(waitpid(child, &st, __WALL), child);
+        ck_assert(WIFSTOPPED(st));
+        ck_assert_int_eq(ptrace(PTRACE_CONT, zpid, 0, 0), 0);
+        t0 = now_ms();
+        r = forkserver_spawn_collect(fs, ticket, &w);
+        ck_assert_msg(r == -ETIMEDOUT, "spawn: %d %s", r, forkserver_error(fs));
+        /* the zygote's death is ours to see first, as its tracer; then the child goes on */
+        ck_assert_int_eq(waitpid(zpid, &st, __WALL), zpid);
+        ck_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+        ck_assert_int_eq(ptrace(PTRACE_DETACH, child, 0, 0), 0);
+        while (kill(child, 0) == 0) {
+                ck_assert_msg(now_ms() - t0 < 10000 * slowdown(), "the stray lives on");
+                usleep(20 * 1000);
+        }
+        ck_assert_uint_eq(daemon_stat(fs, "zygote_strays_ended"), 1);
+        ck_assert_uint_eq(daemon_stat(fs, "workers"), 0);
+        ck_assert_int_eq(count_zombies(d.pid), 0);
+        forkserver_close(fs);
+        ck_assert_int_eq(daemon_stop(&d), 0);
+}
+END_TEST
+
 static Suite *suite(void)
 {
         Suite *s = suite_create("front");
@@ -581,6 +642,7 @@ static Suite *suite(void)
         tcase_add_test(tc, stopped_zygote_killed_and_replaced);
         tcase_add_test(tc, sigterm_while_zygotes_are_stopped);
         tcase_add_test(tc, burst_shares_the_zygote_round_robin);
+        tcase_add_test(tc, stray_of_a_killed_zygote_is_ended);
         suite_add_tcase(s, tp);
         tcase_add_test(tc, refused_spawn_fds_closed_off_the_zygote);
         suite_add_tcase(s, tc);
