@@ -69,6 +69,7 @@ void fsd_conn_close(struct fsd_server *s, struct fsd_conn *c, const char *why)
         }
         fsd_spawn_forget_conn(s, c);
         fsd_worker_orphan_all(s, c);
+        fsd_gpu_conn_closed(s, c);
         c->next = s->dead;
         s->dead = c;
 }

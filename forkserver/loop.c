@@ -296,6 +296,9 @@ int fsd_loop_run(struct fsd_server *s)
                         case FSD_SRC_BROKER_EXIT:
                                 fsd_gpu_exited(s);
                                 break;
+                        case FSD_SRC_GPU_HOLD:
+                                fsd_gpu_hold_event(s, src);
+                                break;
                         case FSD_SRC_CLOSER:
                                 break; /* flushed below */
                         case FSD_SRC_TEMPLATE:
