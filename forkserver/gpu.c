@@ -315,10 +315,14 @@ static uint64_t room_of(uint64_t quota, uint64_t held)
 static void quota_why(char *why, size_t whylen, const char *which, uint64_t quota, uint64_t held,
                       uint64_t kept, uint64_t asked, const char *detail)
 {
+        char copies[128] = "";
+
+        if (kept)
+                snprintf(copies, sizeof(copies), ", %llu of them by copies this client holds of "
+                         "exited workers' buffers", (unsigned long long)kept);
         snprintf(why, whylen, "GPU quota of this %s exceeded (--cuda-%squota %llu bytes; %llu "
-                 "held, %llu of them by copies this client holds of exited workers' buffers; "
-                 "%llu asked)%s%s", which, which[0] == 'c' ? "conn-" : "",
-                 (unsigned long long)quota, (unsigned long long)held, (unsigned long long)kept,
+                 "held%s; %llu asked)%s%s", which, which[0] == 'c' ? "conn-" : "",
+                 (unsigned long long)quota, (unsigned long long)held, copies,
                  (unsigned long long)asked, detail ? ": " : "", detail ? detail : "");
 }
 
