@@ -670,7 +670,7 @@ END_TEST
         X(cuCtxSetCurrent) X(cuCtxPushCurrent) X(cuCtxPopCurrent) X(cuCtxSynchronize)              \
         X(cuMemGetInfo) X(cuMemCreate) X(cuMemRelease) X(cuMemExportToShareableHandle)             \
         X(cuMemAddressReserve) X(cuMemAddressFree) X(cuMemMap) X(cuMemUnmap) X(cuMemSetAccess)     \
-        X(cuMemsetD8) X(cuMemImportFromShareableHandle)
+        X(cuMemsetD8) X(cuMemImportFromShareableHandle) X(cuCtxGetCurrent)
 #define STR2(x) #x
 #define STR(x) STR2(x)
 static struct {
@@ -835,6 +835,59 @@ START_TEST(fake_exclusive_process)
 }
 END_TEST
 
+/* The library leaves the caller's current context as it was (it pushes and pops its own),
+ * and names the driver's error when a call fails. */
+START_TEST(caller_context_kept)
+{
+        struct forkserver_gpu_request g = {0, 1 << 20};
+        const struct forkserver_gpu_buf *b;
+        struct forkserver_gpu_buf bogus;
+        struct forkserver_gpu_map m;
+        struct forkserver_proc *w;
+        struct forkserver *fs;
+        CUcontext mine, cur = NULL;
+        CUdevice one;
+        char back[4] = "";
+        int p[2];
+
+        setenv("FAKECUDA_DEVICES", "2", 1);
+        daemon_start(&d, gpu_args(NULL, NULL));
+        fs = daemon_connect(&d);
+        ck_assert_int_eq(spawn_exit(fs, g.size, FORKSERVER_SPAWN_GPU_FDS, &w), 0);
+        ck_assert_uint_eq(forkserver_proc_gpu(w, &b), 1);
+        /* this process makes device 1's context its own current one */
+        fake_open();
+        ck_assert_int_eq(fk.cuInit(0), CUDA_SUCCESS);
+        ck_assert_int_eq(fk.cuDeviceGet(&one, 1), CUDA_SUCCESS);
+        ck_assert_int_eq(fk.cuDevicePrimaryCtxRetain(&mine, one), CUDA_SUCCESS);
+        ck_assert_int_eq(fk.cuCtxSetCurrent(mine), CUDA_SUCCESS);
+        /* the buffer is on device 0 */
+        ck_assert_int_eq(forkserver_gpu_map(&b[0], &m), 0);
+        ck_assert_int_eq(forkserver_gpu_fill(&m, 'x'), 0);
+        ck_assert_int_eq(forkserver_gpu_read(&m, 0, back, 3), 0);
+        ck_assert_str_eq(back, "xxx");
+        ck_assert_int_eq(forkserver_gpu_unmap(&m), 0);
+        ck_assert_int_eq(fk.cuCtxGetCurrent(&cur), CUDA_SUCCESS);
+        ck_assert_ptr_eq(cur, mine);
+        /* a driver error, named */
+        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+        bogus = b[0];
+        bogus.fd = p[0];
+        ck_assert_int_eq(forkserver_gpu_map(&bogus, &m), -EINVAL);
+        ck_assert_str_eq(forkserver_gpu_error(),
+                         "cuMemImportFromShareableHandle: CUDA_ERROR_INVALID_VALUE");
+        ck_assert_int_eq(fk.cuCtxGetCurrent(&cur), CUDA_SUCCESS);
+        ck_assert_ptr_eq(cur, mine);
+        close(p[0]);
+        close(p[1]);
+        ck_assert_int_eq(fk.cuDevicePrimaryCtxRelease(one), CUDA_SUCCESS);
+        unsetenv("FAKECUDA_DEVICES");
+        forkserver_proc_free(fs, w);
+        forkserver_close(fs);
+        stop_ok();
+}
+END_TEST
+
 int main(void)
 {
         Suite *s = suite_create("gpu");
@@ -875,6 +928,7 @@ int main(void)
                 tcase_add_test(tf, exported_memory_outlives_its_worker);
                 tcase_add_test(tf, reserve_for_contexts);
                 tcase_add_test(tf, exclusive_compute_mode_refused);
+                tcase_add_test(tf, caller_context_kept);
                 suite_add_tcase(s, tf);
         }
         /* the daemon's processes are not dumpable: only root reads their maps */
