@@ -72,7 +72,8 @@ static int worker_self(uint64_t size)
                                    .flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE};
         if (cu.cuMemCreate(&h, size, &prop, 0) || cu.cuMemAddressReserve(&ptr, size, gran, 0, 0) ||
             cu.cuMemMap(ptr, size, 0, h, 0) || cu.cuMemSetAccess(ptr, size, &access, 1) ||
-            cu.cuMemsetD8(ptr, 0xab, size) || cu.cuMemcpyHtoD(ptr, pattern, sizeof(pattern)))
+            cu.cuMemsetD8(ptr, 0xab, size) || cu.cuMemcpyHtoD(ptr, pattern, sizeof(pattern)) ||
+            cu.cuCtxSynchronize()) /* as forkserver_gpu_fill and _write do: a fair race */
                 return 4;
         if (write(1, "ready", 5) != 5)
                 return 5;
@@ -93,13 +94,14 @@ static int cmp_i64(const void *a, const void *b)
 /* Spawns this program as a worker in mode, times it to "ready"; returns µs or -1. */
 static int64_t timed_worker(struct forkserver *fs, const char *self, const char *mode,
                             const char *size, const struct forkserver_gpu_request *g,
-                            struct forkserver_proc **ret)
+                            unsigned flags, struct forkserver_proc **ret)
 {
         const char *argv[] = {self, mode, size, NULL};
         struct forkserver_fd_map out = {1, -1};
         struct forkserver_spawn_args a = {.path = self, .argv = argv,
                                           .envp = (const char *const *)environ,
-                                          .fds = &out, .nfds = 1, .gpu = g, .ngpu = g ? 1 : 0};
+                                          .fds = &out, .nfds = 1, .gpu = g, .ngpu = g ? 1 : 0,
+                                          .flags = flags};
         char buf[8];
         int p[2], st;
         int64_t t0, t;
@@ -186,7 +188,8 @@ int main(int argc, char **argv)
         char back[sizeof(pattern)];
         uint8_t tail = 0;
 
-        if (timed_worker(fs, self, "worker-fd", size_s, &g, &w) < 0 ||
+        /* our own copy of its buffer (kept charged to us until we exit) */
+        if (timed_worker(fs, self, "worker-fd", size_s, &g, FORKSERVER_SPAWN_GPU_FDS, &w) < 0 ||
             forkserver_proc_gpu(w, &b) != 1) {
                 forkserver_close(fs);
                 return 1;
@@ -200,8 +203,9 @@ int main(int argc, char **argv)
                 r = forkserver_gpu_read(&m, b[0].size - 1, &tail, 1);
         (void)forkserver_gpu_unmap(&m);
         if (r < 0 || memcmp(back, pattern, sizeof(pattern)) != 0 || tail != 0xab) {
-                fprintf(stderr, "gpubench: scenario FAILED (%s)\n", r < 0 ? strerror(-r)
-                                                                        : "wrong contents");
+                fprintf(stderr, "gpubench: scenario FAILED (%s%s%s)\n",
+                        r < 0 ? strerror(-r) : "wrong contents", r < 0 ? ": " : "",
+                        r < 0 ? forkserver_gpu_error() : "");
                 forkserver_close(fs);
                 return 1;
         }
@@ -215,10 +219,10 @@ int main(int argc, char **argv)
         int64_t *tb = calloc((size_t)reps, sizeof(*tb)), *ts = calloc((size_t)reps, sizeof(*ts));
 
         for (long i = 0; i < reps && tb && ts; i++) {
-                if ((tb[i] = timed_worker(fs, self, "worker-fd", size_s, &g, &w)) < 0)
+                if ((tb[i] = timed_worker(fs, self, "worker-fd", size_s, &g, 0, &w)) < 0)
                         return 1;
                 forkserver_proc_free(fs, w);
-                if ((ts[i] = timed_worker(fs, self, "worker-self", size_s, NULL, &w)) < 0)
+                if ((ts[i] = timed_worker(fs, self, "worker-self", size_s, NULL, 0, &w)) < 0)
                         return 1;
                 forkserver_proc_free(fs, w);
         }

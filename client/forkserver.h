@@ -128,6 +128,9 @@ FORKSERVER_EXPORT int forkserver_fd(const struct forkserver *fs);
 #define FORKSERVER_SPAWN_NEWPGRP 2u /* the worker leads a new process group */
 #define FORKSERVER_SPAWN_CHANNEL 4u /* a private channel: the worker's fd 3, and the client's
                                        end from forkserver_proc_channel() */
+#define FORKSERVER_SPAWN_GPU_FDS 8u /* the client gets its own copy of the worker's GPU buffers
+                                       (forkserver_proc_gpu); they stay charged to the
+                                       connection until it is closed and this process exited */
 
 struct forkserver_rlimit {
         int resource;                /* RLIMIT_NOFILE, RLIMIT_AS, RLIMIT_CPU, ... */
@@ -238,7 +241,8 @@ FORKSERVER_EXPORT int forkserver_wait_any(struct forkserver *fs, int timeout_ms,
 FORKSERVER_EXPORT int forkserver_kill(struct forkserver *fs, struct forkserver_proc *w,
                                       int sig);
 /* The worker's GPU buffers (the same memory it got), *ret pointing into w: their fds stay
- * open until forkserver_proc_free. Returns how many. */
+ * open until forkserver_proc_free. Returns how many: 0 unless it was spawned with
+ * FORKSERVER_SPAWN_GPU_FDS. */
 FORKSERVER_EXPORT size_t forkserver_proc_gpu(const struct forkserver_proc *w,
                                             const struct forkserver_gpu_buf **ret);
 
@@ -320,8 +324,13 @@ typedef int forkserver_entry_fn(const struct forkserver_worker *w);
  * or $FORKSERVER_LIBCUDA), initializes it, imports the buffer's fd on the device with that
  * UUID and maps it read-write; the fd stays open (close it when no one else needs it).
  * CUDA and fork() do not mix: map in the process that uses the memory, never before a fork.
- * Without CUDA support in this build: -EOPNOTSUPP. Errors: -ENODEV (no driver or device),
- * -EINVAL (not a buffer of this driver), -ENOMEM, -EIO.
+ * The driver is loaded once per process (any thread); each call makes the buffer's device
+ * current only for its own duration (the caller's current context is restored), and write
+ * and fill return once the data is on the device. Mapping (and forkserver_gpu_from_env)
+ * marks the fd close-on-exec. Without CUDA support in this build: -EOPNOTSUPP. Errors:
+ * -ENODEV (no driver or device), -EINVAL (not a buffer of this driver), -ENOMEM, -EBUSY
+ * (the device's compute mode), -EIO; forkserver_gpu_error() then names the driver call and
+ * its CUresult ("cuMemMap: CUDA_ERROR_INVALID_VALUE").
  */
 struct forkserver_gpu_map {
         uint64_t dptr; /* the device address (a CUdeviceptr), valid in this process */
@@ -344,6 +353,8 @@ FORKSERVER_EXPORT int forkserver_gpu_write(const struct forkserver_gpu_map *m, u
 FORKSERVER_EXPORT int forkserver_gpu_read(const struct forkserver_gpu_map *m, uint64_t offset,
                                           void *dst, size_t n);
 FORKSERVER_EXPORT int forkserver_gpu_fill(const struct forkserver_gpu_map *m, uint8_t byte);
+/* The last GPU failure of this thread, described; "" if none. */
+FORKSERVER_EXPORT const char *forkserver_gpu_error(void);
 
 #ifdef __cplusplus
 }

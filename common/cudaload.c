@@ -30,11 +30,16 @@ int fs_cuda_load(struct fs_cuda *c, const char **why)
         FS_CUDA_FUNCS(FS_CUDA_LOAD)
 #undef FS_CUDA_LOAD
         if ((r = c->cuInit(0)) != CUDA_SUCCESS) {
-                *why = r == CUDA_ERROR_STUB_LIBRARY ? "the CUDA driver is a stub library"
-                       : r == CUDA_ERROR_NO_DEVICE  ? "no CUDA device"
-                       : r == CUDA_ERROR_NOT_INITIALIZED
-                               ? "cuInit failed: not initialized (a forked child of a CUDA process?)"
-                               : "cuInit failed";
+                c->result = r;
+                snprintf(c->why, sizeof(c->why), "%s (%s)",
+                         r == CUDA_ERROR_STUB_LIBRARY ? "the CUDA driver is a stub library"
+                         : r == CUDA_ERROR_NO_DEVICE  ? "no CUDA device"
+                         : r == CUDA_ERROR_NOT_INITIALIZED
+                                 ? "cuInit failed: not initialized (a forked child of a CUDA "
+                                   "process?)"
+                                 : "cuInit failed",
+                         fs_cuda_strerror(c, r));
+                *why = c->why;
                 return -ENODEV;
         }
         if (c->cuDriverGetVersion(&c->version) != CUDA_SUCCESS || c->version < 12000) {
@@ -46,7 +51,7 @@ int fs_cuda_load(struct fs_cuda *c, const char **why)
 
 const char *fs_cuda_strerror(const struct fs_cuda *c, CUresult r)
 {
-        static char buf[32];
+        static _Thread_local char buf[32];
         const char *s = NULL;
 
         if (c->cuGetErrorName && c->cuGetErrorName(r, &s) == CUDA_SUCCESS && s)
@@ -67,6 +72,8 @@ int fs_cuda_errno(CUresult r)
                 return -EINVAL;
         case CUDA_ERROR_NOT_SUPPORTED:
                 return -EOPNOTSUPP;
+        case CUDA_ERROR_DEVICE_UNAVAILABLE: /* an exclusive-process or prohibited device */
+                return -EBUSY;
         case CUDA_ERROR_NOT_INITIALIZED:
         case CUDA_ERROR_NO_DEVICE:
                 return -ENODEV;

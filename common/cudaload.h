@@ -19,7 +19,8 @@
 #define FS_CUDA_FUNCS(X)                                                                           \
         X(cuInit) X(cuDriverGetVersion) X(cuDeviceGetCount) X(cuDeviceGet)                         \
         X(cuDeviceGetAttribute) X(cuDeviceGetUuid) X(cuDevicePrimaryCtxRetain)                     \
-        X(cuDevicePrimaryCtxRelease) X(cuCtxSetCurrent) X(cuMemGetAllocationGranularity)           \
+        X(cuDevicePrimaryCtxRelease) X(cuCtxSetCurrent) X(cuCtxPushCurrent) X(cuCtxPopCurrent)     \
+        X(cuCtxSynchronize) X(cuDeviceTotalMem) X(cuMemGetInfo) X(cuMemGetAllocationGranularity)   \
         X(cuMemCreate) X(cuMemRelease) X(cuMemExportToShareableHandle)                             \
         X(cuMemImportFromShareableHandle) X(cuMemAddressReserve) X(cuMemAddressFree) X(cuMemMap)   \
         X(cuMemUnmap) X(cuMemSetAccess) X(cuMemsetD8) X(cuMemcpyHtoD) X(cuMemcpyDtoH)              \
@@ -30,12 +31,15 @@ struct fs_cuda {
         FS_CUDA_FUNCS(FS_CUDA_MEMBER)
 #undef FS_CUDA_MEMBER
         int version;
+        CUresult result; /* of the call fs_cuda_load failed in (cuInit's, say), else 0 */
+        char why[128];   /* what *why points to when it names a CUresult */
 };
 
 /*
  * Opens $FORKSERVER_LIBCUDA or libcuda.so.1, resolves every function and calls cuInit. 0, or
  * -ENOENT (no driver library), -ENOSYS (a symbol is missing), -ENODEV (no usable GPU, a stub
- * library, a driver older than 12.0) with *why saying which. Never dlclose'd.
+ * library, a driver older than 12.0) with *why saying which (c->why, naming the CUresult,
+ * which c->result keeps, when a driver call failed). Never dlclose'd.
  */
 int fs_cuda_load(struct fs_cuda *c, const char **why);
 /* The driver's name for r ("CUDA_ERROR_OUT_OF_MEMORY"), or "CUDA error N". */

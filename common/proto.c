@@ -17,7 +17,7 @@ static const uint8_t field_kind[FS_F_MAX_ + 1] = {
         [FS_F_UMASK] = K_U32,       [FS_F_ENTRY] = K_STR,       [FS_F_ARGBYTES] = K_BYTES,
         [FS_F_GPU] = K_GPU,         [FS_F_LEASE] = K_U64,       [FS_F_UUID] = K_B16,
         [FS_F_PIDNS] = K_B16,       [FS_F_BIND] = K_U32,
-        [FS_F_CRED] = K_BYTES,
+        [FS_F_CRED] = K_BYTES,      [FS_F_ROOM] = K_U64,        [FS_F_RESERVE] = K_U64,
 };
 
 static const char *const type_names[FS_MSG_MAX_ + 1] = {
@@ -705,15 +705,19 @@ int fs_proto_parse_lease(struct fs_buf *p, struct fs_msg_lease *ret, const char 
         return 0;
 }
 
-int fs_proto_parse_gpu_alloc(struct fs_buf *p, struct fs_gpu_buf *ret, const char **ret_why)
+int fs_proto_parse_gpu_alloc(struct fs_buf *p, struct fs_msg_gpu_alloc *ret,
+                             const char **ret_why)
 {
         struct fields f;
-        int r = DECODE(p, &f, ret_why, {FS_F_GPU, REQ});
+        int r = DECODE(p, &f, ret_why, {FS_F_GPU, REQ}, {FS_F_ROOM, 0}, {FS_F_RESERVE, 0});
 
         if (r < 0)
                 return r;
-        *ret = (struct fs_gpu_buf){.device = (uint32_t)be(f.val[FS_F_GPU], 4),
-                                   .size = be(f.val[FS_F_GPU] + 4, 8)};
+        *ret = (struct fs_msg_gpu_alloc){
+                .gpu = {.device = (uint32_t)be(f.val[FS_F_GPU], 4),
+                        .size = be(f.val[FS_F_GPU] + 4, 8)},
+                .room = f.count[FS_F_ROOM] ? f.num[FS_F_ROOM] : UINT64_MAX,
+                .reserve = f.count[FS_F_RESERVE] ? f.num[FS_F_RESERVE] : UINT64_MAX};
         return 0;
 }
 

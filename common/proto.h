@@ -80,14 +80,18 @@ enum fs_field_tag {
         FS_F_PIDNS = 28,      /* 16 bytes: the server's pid namespace (HELLO) */
         FS_F_BIND = 29,       /* u32: what the client's MAC binds (AUTH; FS_BIND_*) */
         FS_F_CRED = 30,       /* u32 uid, u32 gid, u32 groups...: front → zygote only */
-        FS_F_MAX_ = FS_F_CRED,
+        FS_F_ROOM = 31,       /* u64: GPU_ALLOC: the most bytes it may take, rounded up */
+        FS_F_RESERVE = 32,    /* u64: GPU_ALLOC: device bytes to leave free (--cuda-reserve) */
+        FS_F_MAX_ = FS_F_RESERVE,
 };
 
 enum fs_spawn_flags {
         FS_SPAWN_DETACH = 1u << 0,  /* survives its connection; no parent-death signal */
         FS_SPAWN_NEWPGRP = 1u << 1, /* the worker leads its own process group */
         FS_SPAWN_CHANNEL = 1u << 2, /* a socketpair: one end the worker's fd 3, one the client's */
-        FS_SPAWN_KNOWN_FLAGS = FS_SPAWN_DETACH | FS_SPAWN_NEWPGRP | FS_SPAWN_CHANNEL,
+        FS_SPAWN_GPU_FDS = 1u << 3, /* SPAWNED gives the client the GPU buffers' fds too */
+        FS_SPAWN_KNOWN_FLAGS = FS_SPAWN_DETACH | FS_SPAWN_NEWPGRP | FS_SPAWN_CHANNEL |
+                               FS_SPAWN_GPU_FDS,
 };
 
 #define FS_MAX_RLIMITS 16
@@ -258,8 +262,14 @@ struct fs_msg_lease {
         struct fs_gpu_buf gpu; /* size rounded up; with the device's UUID */
 };
 int fs_proto_parse_lease(struct fs_buf *p, struct fs_msg_lease *ret, const char **ret_why);
-/* GPU_ALLOC (GPU field) and GPU_FREE (LEASE field). */
-int fs_proto_parse_gpu_alloc(struct fs_buf *p, struct fs_gpu_buf *ret, const char **ret_why);
+/* GPU_ALLOC {GPU, ROOM, RESERVE} (room and reserve UINT64_MAX when absent: no quota, the
+ * broker's default) and GPU_FREE {LEASE}. */
+struct fs_msg_gpu_alloc {
+        struct fs_gpu_buf gpu;
+        uint64_t room, reserve;
+};
+int fs_proto_parse_gpu_alloc(struct fs_buf *p, struct fs_msg_gpu_alloc *ret,
+                             const char **ret_why);
 int fs_proto_parse_gpu_free(struct fs_buf *p, uint64_t *ret_lease, const char **ret_why);
 void fs_msg_put_gpu(struct fs_msgw *w, uint32_t device, uint64_t size);
 /* Begins ERROR {ERRNO = |err|, REASON as printf formats it (at most 511 bytes)}; more fields

@@ -32,6 +32,7 @@ struct broker {
                 CUdevice dev;
                 CUcontext ctx;
                 size_t granularity;
+                size_t reserve; /* kept free when the front names none: FSD_GPU_RESERVE_DEFAULT */
                 uint8_t uuid[16];
         } dev[FSD_MAX_GPUS];
         struct {
@@ -59,12 +60,13 @@ static int reply_error(struct broker *b, uint32_t id, int err, const char *fmt, 
         return fs_fdpass_send(b->sock, b->out, (size_t)n, NULL, 0, 0);
 }
 
-static int alloc_one(struct broker *b, uint32_t id, const struct fs_gpu_buf *g)
+static int alloc_one(struct broker *b, uint32_t id, const struct fs_msg_gpu_alloc *a)
 {
+        const struct fs_gpu_buf *g = &a->gpu;
         CUmemGenericAllocationHandle h;
         CUmemAllocationProp prop;
         struct fs_msgw w;
-        size_t size, slot = MAX_LEASES;
+        size_t size, slot = MAX_LEASES, reserve, fr = 0, total = 0;
         int fd = -1, n, r;
         CUresult cr;
 
@@ -82,16 +84,34 @@ static int alloc_one(struct broker *b, uint32_t id, const struct fs_gpu_buf *g)
         if (g->size > SIZE_MAX - gran)
                 return reply_error(b, id, EINVAL, "GPU buffer too large");
         size = (size_t)(g->size + gran - 1) / gran * gran;
-        fs_cuda_prop(&prop, b->dev[g->device].dev);
+        /* The front's quotas, against the size the device would really give: before any
+         * allocation, not after. */
+        if (size > a->room)
+                return reply_error(b, id, EDQUOT, "%zu bytes (%llu asked, rounded up to the "
+                                   "granularity of %zu) exceed the %llu bytes the quota leaves",
+                                   size, (unsigned long long)g->size, gran,
+                                   (unsigned long long)a->room);
+        reserve = a->reserve == UINT64_MAX ? b->dev[g->device].reserve : (size_t)a->reserve;
         if ((cr = b->cu.cuCtxSetCurrent(b->dev[g->device].ctx)) != CUDA_SUCCESS ||
-            (cr = b->cu.cuMemCreate(&h, size, &prop, 0)) != CUDA_SUCCESS)
-                return reply_error(b, id, fs_cuda_errno(cr), "cuMemCreate of %zu bytes on GPU %u: "
-                                   "%s", size, g->device, fs_cuda_strerror(&b->cu, cr));
+            (cr = b->cu.cuMemGetInfo(&fr, &total)) != CUDA_SUCCESS)
+                return reply_error(b, id, -fs_cuda_errno(cr), "cuMemGetInfo on GPU %u: %s",
+                                   g->device, fs_cuda_strerror(&b->cu, cr));
+        /* Every worker that maps a buffer makes a context of its own (hundreds of MiB on real
+         * hardware): leave room for them rather than allocate until OUT_OF_MEMORY. */
+        if (size > fr || fr - size < reserve)
+                return reply_error(b, id, ENOMEM, "GPU %u has %zu bytes free of %zu: %zu more "
+                                   "would leave less than the %zu that --cuda-reserve keeps "
+                                   "for workers' own contexts", g->device, fr, total, size,
+                                   reserve);
+        fs_cuda_prop(&prop, b->dev[g->device].dev);
+        if ((cr = b->cu.cuMemCreate(&h, size, &prop, 0)) != CUDA_SUCCESS)
+                return reply_error(b, id, -fs_cuda_errno(cr), "cuMemCreate of %zu bytes on GPU "
+                                   "%u: %s", size, g->device, fs_cuda_strerror(&b->cu, cr));
         if ((cr = b->cu.cuMemExportToShareableHandle(&fd, h,
                                                      CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
                                                      0)) != CUDA_SUCCESS) {
                 (void)b->cu.cuMemRelease(h);
-                return reply_error(b, id, fs_cuda_errno(cr), "cuMemExportToShareableHandle: %s",
+                return reply_error(b, id, -fs_cuda_errno(cr), "cuMemExportToShareableHandle: %s",
                                    fs_cuda_strerror(&b->cu, cr));
         }
         /* the driver's fd may not be close-on-exec: ours are, from here on */
@@ -107,14 +127,18 @@ static int alloc_one(struct broker *b, uint32_t id, const struct fs_gpu_buf *g)
         return r;
 }
 
-static void free_one(struct broker *b, uint64_t lease)
+/* 0, or -EPROTO when the driver refuses the release: our handles and the driver's are out
+ * of step (a handle released twice, say), and the front restarts a broker that ends. */
+static int free_one(struct broker *b, uint64_t lease)
 {
         for (size_t i = 0; i < MAX_LEASES; i++)
                 if (b->lease[i].id == lease) {
-                        (void)b->cu.cuMemRelease(b->lease[i].h);
+                        CUresult cr = b->cu.cuMemRelease(b->lease[i].h);
+
                         b->lease[i].id = 0;
-                        return;
+                        return cr == CUDA_SUCCESS ? 0 : -EPROTO;
                 }
+        return 0; /* of an earlier broker, or given back already */
 }
 
 static int setup(struct broker *b, const int *ordinals, size_t n, char *err, size_t errlen)
@@ -136,24 +160,47 @@ static int setup(struct broker *b, const int *ordinals, size_t n, char *err, siz
         if (b->ndev > FSD_MAX_GPUS)
                 b->ndev = FSD_MAX_GPUS;
         for (unsigned i = 0; i < b->ndev; i++) {
-                int ord = n ? ordinals[i] : (int)i;
+                int ord = n ? ordinals[i] : (int)i, mode = 0;
                 CUmemAllocationProp prop;
+                size_t total = 0;
                 CUresult cr;
 
                 if ((r = fs_cuda_device(&b->cu, ord, &b->dev[i].dev, b->dev[i].uuid, &why)) < 0) {
                         snprintf(err, errlen, "CUDA device %d: %s", ord, why);
                         return r;
                 }
+                /* The broker keeps a primary context on every device it serves: in
+                 * exclusive-process mode no worker could then make its own. */
+                if ((cr = b->cu.cuDeviceGetAttribute(&mode, CU_DEVICE_ATTRIBUTE_COMPUTE_MODE,
+                                                     b->dev[i].dev)) != CUDA_SUCCESS) {
+                        snprintf(err, errlen, "CUDA device %d: compute mode: %s", ord,
+                                 fs_cuda_strerror(&b->cu, cr));
+                        return fs_cuda_errno(cr);
+                }
+                if (mode == CU_COMPUTEMODE_EXCLUSIVE_PROCESS || mode == CU_COMPUTEMODE_PROHIBITED) {
+                        snprintf(err, errlen, "CUDA device %d is in %s compute mode: %s", ord,
+                                 mode == CU_COMPUTEMODE_PROHIBITED ? "prohibited"
+                                                                   : "exclusive-process",
+                                 mode == CU_COMPUTEMODE_PROHIBITED
+                                         ? "no context can be made on it"
+                                         : "the broker's context would keep every worker off "
+                                           "it; set the Default mode (nvidia-smi -c DEFAULT) or "
+                                           "leave it out of --cuda-devices");
+                        return -EBUSY;
+                }
                 fs_cuda_prop(&prop, b->dev[i].dev);
                 if ((cr = b->cu.cuDevicePrimaryCtxRetain(&b->dev[i].ctx, b->dev[i].dev)) !=
                             CUDA_SUCCESS ||
                     (cr = b->cu.cuMemGetAllocationGranularity(&b->dev[i].granularity, &prop,
                                                               CU_MEM_ALLOC_GRANULARITY_MINIMUM)) !=
-                            CUDA_SUCCESS) {
+                            CUDA_SUCCESS ||
+                    (cr = b->cu.cuDeviceTotalMem(&total, b->dev[i].dev)) != CUDA_SUCCESS) {
                         snprintf(err, errlen, "CUDA device %d: %s", ord,
                                  fs_cuda_strerror(&b->cu, cr));
                         return fs_cuda_errno(cr);
                 }
+                b->dev[i].reserve = total / 8 < FSD_GPU_RESERVE_DEFAULT ? total / 8
+                                                                        : FSD_GPU_RESERVE_DEFAULT;
         }
         return 0;
 }
@@ -162,7 +209,7 @@ static void release_all(struct broker *b)
 {
         for (size_t i = 0; i < MAX_LEASES; i++)
                 if (b->lease[i].id)
-                        free_one(b, b->lease[i].id);
+                        (void)free_one(b, b->lease[i].id);
         for (unsigned i = 0; i < b->ndev; i++)
                 (void)b->cu.cuDevicePrimaryCtxRelease(b->dev[i].dev);
 }
@@ -200,7 +247,7 @@ static __attribute__((noreturn)) void broker_main(const int *ordinals, size_t n,
             r < 0)
                 _exit(1);
         for (;;) {
-                struct fs_gpu_buf g;
+                struct fs_msg_gpu_alloc g;
                 struct fs_hdr h;
                 struct fs_buf p;
                 uint64_t lease;
@@ -215,11 +262,13 @@ static __attribute__((noreturn)) void broker_main(const int *ordinals, size_t n,
                 if (h.type == FS_MSG_GPU_ALLOC && fs_proto_parse_gpu_alloc(&p, &g, NULL) == 0)
                         r = alloc_one(&b, h.id, &g);
                 else if (h.type == FS_MSG_GPU_FREE && fs_proto_parse_gpu_free(&p, &lease, NULL) == 0)
-                        free_one(&b, lease), r = 0;
+                        r = free_one(&b, lease);
                 else
                         _exit(1);
                 if (r == -EPIPE)
                         break;
+                if (r == -EPROTO)
+                        _exit(1); /* out of step with the driver: start afresh */
         }
         release_all(&b);
         exit(0); /* exit, not _exit: the driver may have its own clean-up */

@@ -2,11 +2,13 @@
  * The gpu-broker: the one process that initializes CUDA. forkserverd forks it before its
  * event loop (and again, with a back-off, if it dies); it never forks itself, so CUDA never
  * meets fork(). It retains the primary context of each device it serves and answers, in
- * order: GPU_ALLOC {GPU: device index, size} → GPU_LEASE {LEASE, GPU: index, size rounded up
+ * order: GPU_ALLOC {GPU: device index, size; ROOM: the most bytes the front's quotas leave;
+ * RESERVE: device bytes to keep free} → GPU_LEASE {LEASE, GPU: index, size rounded up
  * to the allocation granularity, UUID} + the buffer's POSIX fd (cuMemCreate with
  * CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, cuMemExportToShareableHandle), or ERROR;
  * GPU_FREE {LEASE} → releases its handle (no reply). Its first message is OK {STAT
- * "devices"}, or ERROR {REASON} when it cannot serve. See docs/GPU.md.
+ * "devices"}, or ERROR {REASON} when it cannot serve (no usable driver, a device in
+ * exclusive-process or prohibited compute mode). See docs/GPU.md.
  */
 #pragma once
 
@@ -15,6 +17,9 @@
 #include <sys/types.h>
 
 #define FSD_MAX_GPUS 16
+/* Device memory the broker leaves free for workers' own contexts unless --cuda-reserve says
+ * otherwise: 512 MiB, or an eighth of a smaller device. */
+#define FSD_GPU_RESERVE_DEFAULT ((size_t)512 << 20)
 
 /* Forks the broker for the CUDA device ordinals given (none: all). Returns its pid, a pidfd,
  * the front's end of the socketpair and the number of devices it serves. */

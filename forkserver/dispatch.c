@@ -233,6 +233,7 @@ static void conn_closed(struct fsd_server *s, struct fsd_conn *c)
 {
         fsd_zygote_forget_conn(s, c);
         fsd_worker_orphan_all(s, c);
+        fsd_gpu_conn_closed(s, c);
 }
 
 void fsd_dispatch_init(struct fsd_server *s)

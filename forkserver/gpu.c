@@ -1,9 +1,16 @@
 /* The front's side of the gpu-broker: start and restart it, lease buffers, keep the books.
- * The front never loads the driver; it forwards the broker's fds opaquely. */
+ * The front never loads the driver; it forwards the broker's fds opaquely.
+ *
+ * The books follow the memory: device memory lives while any process holds an fd or a
+ * mapping of it, so a lease stays charged to its connection until every process it was
+ * handed to is gone: its worker (by its pidfd) and, when the client asked for a copy
+ * (FS_SPAWN_GPU_FDS), the client: its connection closed and its process (a pidfd from
+ * SO_PEERPIDFD) exited. See docs/GPU.md, "Quotas and books". */
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/pidfd.h>
@@ -18,6 +25,42 @@
 #define GPU_REPLY_TIMEOUT_MS 10000
 #define GPU_BACKOFF_MIN_MS 100
 #define GPU_BACKOFF_MAX_MS 10000
+
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77 /* Linux 6.5 */
+#endif
+
+struct fsd_gpu_hold {
+        struct fsd_io io;      /* its pidfd, once the connection closed */
+        int pidfd;             /* the client process's, or -1 when it had gone already */
+        struct fsd_conn *conn; /* NULL once closed */
+        bool gone;             /* connection closed and process exited */
+        unsigned refs;         /* leases of live (or coming) workers that name it */
+        size_t n, cap;
+        struct fsd_lease *kept; /* leases whose workers are gone: charged for its copies */
+        uint64_t kept_bytes;
+        struct fsd_gpu_hold *prev, *next; /* in s->gpu.holds, once the connection closed */
+};
+
+static void hold_free(struct fsd_server *s, struct fsd_gpu_hold *h)
+{
+        fsd_io_stop(&s->loop, &h->io);
+        if (h->prev)
+                h->prev->next = h->next;
+        else if (s->gpu.holds == h)
+                s->gpu.holds = h->next;
+        if (h->next)
+                h->next->prev = h->prev;
+        fs_close(h->pidfd);
+        free(h->kept);
+        free(h);
+}
+
+static void hold_maybe_free(struct fsd_server *s, struct fsd_gpu_hold *h)
+{
+        if (h->gone && h->refs == 0 && h->n == 0)
+                hold_free(s, h);
+}
 
 static struct fsd_server *server_of(struct fsd_loop *l)
 {
@@ -102,6 +145,9 @@ void fsd_gpu_stop(struct fsd_server *s)
                 g->pidfd = fs_close(g->pidfd);
         }
         g->pid = 0;
+        /* the server ends: the copies' books go with it */
+        while (s->stopping && g->holds)
+                hold_free(s, g->holds);
 }
 
 /* Next attempt: 100 ms after the first failure, doubling to 10 s while they go on; a broker
@@ -205,8 +251,8 @@ static void send_free(struct fsd_server *s, const struct fsd_lease *l)
 
 /* One GPU_ALLOC round trip. The broker answers in order and fast (a cuMemCreate); the front
  * waits for it, bounded, rather than keep a second queue of half-made spawns. */
-static int lease_one(struct fsd_server *s, const struct fs_gpu_buf *want, int *ret_fd,
-                     struct fs_msg_lease *ret, char *why, size_t whylen)
+static int lease_one(struct fsd_server *s, const struct fs_gpu_buf *want, uint64_t room,
+                     int *ret_fd, struct fs_msg_lease *ret, char *why, size_t whylen)
 {
         struct fsd_gpu *g = &s->gpu;
         uint8_t msg[1024];
@@ -220,6 +266,10 @@ static int lease_one(struct fsd_server *s, const struct fs_gpu_buf *want, int *r
 
         fs_msg_begin(&w, msg, sizeof(msg), FS_MSG_GPU_ALLOC, id);
         fs_msg_put_gpu(&w, want->device, want->size);
+        if (room != UINT64_MAX)
+                fs_msg_put_u64(&w, FS_F_ROOM, room);
+        if (s->opt->cuda_reserve_set)
+                fs_msg_put_u64(&w, FS_F_RESERVE, s->opt->cuda_reserve);
         if ((n = fs_msg_finish(&w)) < 0 || (n = fs_fdpass_send(g->fd, msg, (size_t)n, NULL, 0, 0)) < 0)
                 goto lost;
         if ((n = poll(&pf, 1, GPU_REPLY_TIMEOUT_MS)) != 1) {
@@ -264,17 +314,81 @@ lost:
 /* Leases obtained before a refusal go back (nothing was charged yet). */
 static void give_back(struct fsd_server *s, struct fsd_inflight *e)
 {
-        for (size_t i = 0; i < e->ngpu; i++)
+        for (size_t i = 0; i < e->ngpu; i++) {
                 send_free(s, &e->gpu[i]);
+                if (e->gpu[i].hold)
+                        e->gpu[i].hold->refs--;
+        }
         fs_close_many(e->gpu_fd, e->ngpu);
         e->ngpu = 0;
+}
+
+/* The record of what c's client process holds copies of: made on its first request with
+ * FS_SPAWN_GPU_FDS, with a pidfd for the process that connected (SO_PEERPIDFD names it
+ * without a race on its pid being reused). */
+static int get_hold(struct fsd_conn *c, struct fsd_gpu_hold **ret, char *why, size_t whylen)
+{
+        struct fsd_gpu_hold *h;
+        socklen_t len = sizeof(int);
+        int pidfd = -1;
+
+        if (c->gpu_hold) {
+                *ret = c->gpu_hold;
+                return 0;
+        }
+        if (getsockopt(c->fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) < 0) {
+                pidfd = -1;
+                if (errno == ENOPROTOOPT && c->pid > 0) /* before Linux 6.5: by its pid */
+                        pidfd = pidfd_open(c->pid, 0);
+                else if (errno == ESRCH || errno == EINVAL)
+                        errno = 0; /* it has gone: the connection's end is all to wait for */
+                if (pidfd < 0 && errno != 0) {
+                        snprintf(why, whylen, "the server cannot follow this client's process "
+                                 "(pid %d), so it cannot give it the GPU buffers' fds; ask "
+                                 "without FORKSERVER_SPAWN_GPU_FDS", (int)c->pid);
+                        return -EPERM;
+                }
+        }
+        if (!(h = calloc(1, sizeof(*h)))) {
+                fs_close(pidfd);
+                snprintf(why, whylen, "out of memory");
+                return -ENOMEM;
+        }
+        h->io = (struct fsd_io)FSD_IO_INIT;
+        h->pidfd = pidfd;
+        h->conn = c;
+        c->gpu_hold = h;
+        *ret = h;
+        return 0;
+}
+
+/* Room a quota leaves: UINT64_MAX for none. */
+static uint64_t room_of(uint64_t quota, uint64_t held)
+{
+        return !quota ? UINT64_MAX : held >= quota ? 0 : quota - held;
+}
+
+static void quota_why(char *why, size_t whylen, const char *which, uint64_t quota, uint64_t held,
+                      uint64_t kept, uint64_t asked, const char *detail)
+{
+        char copies[128] = "";
+
+        if (kept)
+                snprintf(copies, sizeof(copies), ", %llu of them by copies this client holds of "
+                         "exited workers' buffers", (unsigned long long)kept);
+        snprintf(why, whylen, "GPU quota of this %s exceeded (--cuda-%squota %llu bytes; %llu "
+                 "held%s; %llu asked)%s%s", which, which[0] == 'c' ? "conn-" : "",
+                 (unsigned long long)quota, (unsigned long long)held, copies,
+                 (unsigned long long)asked, detail ? ": " : "", detail ? detail : "");
 }
 
 int fsd_gpu_acquire(struct fsd_server *s, struct fsd_conn *c, const struct fs_spawn *sp,
                     struct fsd_inflight *e, char *why, size_t whylen)
 {
         struct fsd_gpu *g = &s->gpu;
-        uint64_t total = 0;
+        const struct fsd_options *o = s->opt;
+        struct fsd_gpu_hold *hold = NULL;
+        uint64_t total = 0, asked = 0, room_conn, room_all, kept;
         int r = 0;
 
         e->ngpu = 0;
@@ -286,32 +400,63 @@ int fsd_gpu_acquire(struct fsd_server *s, struct fsd_conn *c, const struct fs_sp
                 snprintf(why, whylen, "the GPU broker is down; it is being restarted");
                 return -EAGAIN;
         }
-        for (size_t i = 0; i < sp->ngpu; i++)
+        for (size_t i = 0; i < sp->ngpu; i++) {
                 if (sp->gpu[i].device >= g->ndev) {
                         snprintf(why, whylen, "no GPU %u (this server has %u)", sp->gpu[i].device,
                                  g->ndev);
                         return -EINVAL;
                 }
+                asked = sp->gpu[i].size > UINT64_MAX - asked ? UINT64_MAX
+                                                             : asked + sp->gpu[i].size;
+        }
+        /* The quotas first, before the broker allocates anything: here with the sizes asked,
+         * by the broker with each size rounded up (ROOM). */
+        kept = c->gpu_hold ? c->gpu_hold->kept_bytes : 0;
+        room_conn = room_of(o->cuda_conn_quota, c->gpu_bytes);
+        room_all = room_of(o->cuda_quota, g->bytes);
+        if (asked > room_conn) {
+                quota_why(why, whylen, "connection", o->cuda_conn_quota, c->gpu_bytes, kept,
+                          asked, NULL);
+                return -EDQUOT;
+        }
+        if (asked > room_all) {
+                quota_why(why, whylen, "server", o->cuda_quota, g->bytes, kept, asked, NULL);
+                return -EDQUOT;
+        }
+        if ((sp->flags & FS_SPAWN_GPU_FDS) && (r = get_hold(c, &hold, why, whylen)) < 0)
+                return r;
         for (size_t i = 0; i < sp->ngpu && r == 0; i++) {
+                uint64_t room = room_conn < room_all ? room_conn : room_all;
                 struct fs_msg_lease l;
+                char bwhy[256];
 
-                if ((r = lease_one(s, &sp->gpu[i], &e->gpu_fd[i], &l, why, whylen)) < 0)
+                if (room != UINT64_MAX)
+                        room -= total;
+                if ((r = lease_one(s, &sp->gpu[i], room, &e->gpu_fd[i], &l, bwhy,
+                                   sizeof(bwhy))) < 0) {
+                        if (r == -EDQUOT && room_conn <= room_all)
+                                quota_why(why, whylen, "connection", o->cuda_conn_quota,
+                                          c->gpu_bytes, kept, asked, bwhy);
+                        else if (r == -EDQUOT)
+                                quota_why(why, whylen, "server", o->cuda_quota, g->bytes, kept,
+                                          asked, bwhy);
+                        else
+                                snprintf(why, whylen, "%s", bwhy);
                         break;
-                e->gpu[i] = (struct fsd_lease){l.lease, l.gpu.size, g->generation};
+                }
+                e->gpu[i] = (struct fsd_lease){l.lease, l.gpu.size, g->generation, hold};
+                if (hold)
+                        hold->refs++;
                 e->gpu_buf[i] = l.gpu;
                 e->ngpu++;
                 total += l.gpu.size;
         }
-        if (r == 0 && s->opt->cuda_conn_quota && c->gpu_bytes + total > s->opt->cuda_conn_quota) {
-                snprintf(why, whylen, "GPU quota of this connection exceeded (--cuda-conn-quota "
-                         "%llu bytes; %llu held, %llu asked)",
-                         (unsigned long long)s->opt->cuda_conn_quota,
-                         (unsigned long long)c->gpu_bytes, (unsigned long long)total);
-                r = -EDQUOT;
-        } else if (r == 0 && s->opt->cuda_quota && g->bytes + total > s->opt->cuda_quota) {
-                snprintf(why, whylen, "GPU quota of this server exceeded (--cuda-quota %llu "
-                         "bytes; %llu held, %llu asked)", (unsigned long long)s->opt->cuda_quota,
-                         (unsigned long long)g->bytes, (unsigned long long)total);
+        /* the broker checked the rounded sizes against ROOM: this only catches a broker out
+         * of step with us */
+        if (r == 0 && (total > room_conn || total > room_all)) {
+                quota_why(why, whylen, total > room_conn ? "connection" : "server",
+                          total > room_conn ? o->cuda_conn_quota : o->cuda_quota,
+                          total > room_conn ? c->gpu_bytes : g->bytes, kept, total, NULL);
                 r = -EDQUOT;
         }
         if (r < 0) {
@@ -333,10 +478,46 @@ static void uncharge(struct fsd_server *s, struct fsd_conn *c, const struct fsd_
         send_free(s, l);
 }
 
+/* A lease that names hold has lost its worker (or never had one): charged on while the
+ * client may hold its copy, uncharged once it is gone. */
+static void drop_worker_ref(struct fsd_server *s, struct fsd_conn *c, const struct fsd_lease *l,
+                            bool client_has_it)
+{
+        struct fsd_gpu_hold *h = l->hold;
+
+        if (!h) {
+                uncharge(s, c, l);
+                return;
+        }
+        h->refs--;
+        if (client_has_it && !h->gone) {
+                if (h->n == h->cap) {
+                        size_t cap = h->cap ? h->cap * 2 : 8;
+                        struct fsd_lease *k = realloc(h->kept, cap * sizeof(*k));
+
+                        if (!k) {
+                                /* cannot remember it: it stays charged for good, which
+                                 * errs on the side of the device */
+                                fs_log(FS_LOG_ERROR, "out of memory: a GPU lease of %llu bytes "
+                                       "stays charged", (unsigned long long)l->size);
+                                return;
+                        }
+                        h->kept = k;
+                        h->cap = cap;
+                }
+                h->kept[h->n++] = *l;
+                h->kept_bytes += l->size;
+                return;
+        }
+        uncharge(s, c, l);
+        hold_maybe_free(s, h);
+}
+
 void fsd_gpu_abandon(struct fsd_server *s, struct fsd_inflight *e)
 {
+        /* no SPAWNED reached the client: it has no copy */
         for (size_t i = 0; i < e->ngpu; i++)
-                uncharge(s, e->conn, &e->gpu[i]);
+                drop_worker_ref(s, e->conn, &e->gpu[i], false);
         fs_close_many(e->gpu_fd, e->ngpu);
         e->ngpu = 0;
 }
@@ -344,6 +525,50 @@ void fsd_gpu_abandon(struct fsd_server *s, struct fsd_inflight *e)
 void fsd_gpu_release_worker(struct fsd_server *s, struct fsd_worker *w)
 {
         for (size_t i = 0; i < w->ngpu; i++)
-                uncharge(s, w->conn, &w->gpu[i]);
+                drop_worker_ref(s, w->conn, &w->gpu[i], true);
         w->ngpu = 0;
+}
+
+/* Connection closed and process exited: no copy is left with the client. */
+static void hold_gone(struct fsd_server *s, struct fsd_gpu_hold *h)
+{
+        h->gone = true;
+        for (size_t i = 0; i < h->n; i++)
+                uncharge(s, NULL, &h->kept[i]);
+        h->n = 0;
+        h->kept_bytes = 0;
+        fsd_io_stop(&s->loop, &h->io);
+        h->pidfd = fs_close(h->pidfd);
+        hold_maybe_free(s, h);
+}
+
+/* The client process exited after its connection closed. */
+static void on_hold_exit(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
+{
+        (void)events;
+        hold_gone(server_of(l), fsd_container_of(io, struct fsd_gpu_hold, io));
+}
+
+void fsd_gpu_conn_closed(struct fsd_server *s, struct fsd_conn *c)
+{
+        struct fsd_gpu_hold *h = c->gpu_hold;
+        struct pollfd pf;
+        int r;
+
+        if (!h)
+                return;
+        c->gpu_hold = NULL;
+        h->conn = NULL;
+        h->next = s->gpu.holds;
+        if (h->next)
+                h->next->prev = h;
+        s->gpu.holds = h;
+        pf = (struct pollfd){.fd = h->pidfd, .events = POLLIN};
+        if (h->pidfd < 0 || poll(&pf, 1, 0) != 0) {
+                hold_gone(s, h);
+                return;
+        }
+        if ((r = fsd_io_start(&s->loop, &h->io, h->pidfd, EPOLLIN, false, on_hold_exit)) < 0)
+                fs_log_errno(FS_LOG_ERROR, r, "watching a client that holds GPU buffers (they "
+                             "stay charged)");
 }

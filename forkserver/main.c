@@ -29,7 +29,7 @@ static const char usage_text[] =
         "                   [--handshake-timeout MS]\n"
         "                   [--min-profile NAME] [--allow-profile LIST] [--profile-dir DIR]\n"
         "                   [--preload LIB]... [--cuda[=auto]] [--cuda-devices LIST]\n"
-        "                   [--cuda-quota SIZE] [--cuda-conn-quota SIZE]\n"
+        "                   [--cuda-quota SIZE] [--cuda-conn-quota SIZE] [--cuda-reserve SIZE]\n"
         "                   [--python-preload MODULES] [--user NAME] [--allow-root-workers]\n"
         "                   [--require-landlock] [--ready-fd N] [--log-level LEVEL]\n"
         "                   [--foreground]\n"
@@ -69,6 +69,11 @@ static const char usage_text[] =
         "  --cuda-quota SIZE       GPU buffer bytes held by all workers at most (K, M, G, T;\n"
         "                          default: what the devices have)\n"
         "  --cuda-conn-quota SIZE  GPU buffer bytes held by one connection's workers at most\n"
+        "                          (a buffer counts until its worker and, if the client took\n"
+        "                          its fd, the client's connection and process are gone)\n"
+        "  --cuda-reserve SIZE     device memory the broker leaves free on each GPU for the\n"
+        "                          workers' own contexts (default: 512M, or 1/8 of a smaller\n"
+        "                          device; 0: none)\n"
         "  --user NAME             started as root: become user NAME (or a numeric uid) first,\n"
         "                          keeping CAP_SETUID and CAP_SETGID for the zygotes; the key\n"
         "                          file and socket directory then belong to NAME\n"
@@ -142,7 +147,7 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
         enum { O_SOCKET = 256, O_KEY_FILE, O_KEY_FD, O_ALLOW_UID, O_MAX_WORKERS, O_MAX_PENDING,
                O_HS_TIMEOUT, O_READY_FD, O_LOG_LEVEL, O_FOREGROUND, O_MIN_PROFILE,
                O_ALLOW_PROFILE, O_PROFILE_DIR, O_PRELOAD, O_CUDA, O_CUDA_DEVICES, O_CUDA_QUOTA,
-               O_CUDA_CONN_QUOTA, O_PYTHON_PRELOAD, O_REQUIRE_LANDLOCK, O_VERSION, O_USER,
+               O_CUDA_CONN_QUOTA, O_CUDA_RESERVE, O_PYTHON_PRELOAD, O_REQUIRE_LANDLOCK, O_VERSION, O_USER,
                O_ALLOW_ROOT_WORKERS, O_MAX_CONNECTIONS };
         static const struct option opts[] = {
                 {"socket", required_argument, NULL, O_SOCKET},
@@ -165,6 +170,7 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                 {"cuda-devices", required_argument, NULL, O_CUDA_DEVICES},
                 {"cuda-quota", required_argument, NULL, O_CUDA_QUOTA},
                 {"cuda-conn-quota", required_argument, NULL, O_CUDA_CONN_QUOTA},
+                {"cuda-reserve", required_argument, NULL, O_CUDA_RESERVE},
                 {"require-landlock", no_argument, NULL, O_REQUIRE_LANDLOCK},
                 {"user", required_argument, NULL, O_USER},
                 {"allow-root-workers", no_argument, NULL, O_ALLOW_ROOT_WORKERS},
@@ -309,6 +315,12 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                                 return usage_error("--%s: not a size: '%s'",
                                                    c == O_CUDA_QUOTA ? "cuda-quota"
                                                                      : "cuda-conn-quota", optarg);
+                        break;
+                case O_CUDA_RESERVE:
+                        if (fs_parse_size(optarg, &o->cuda_reserve) < 0 ||
+                            o->cuda_reserve >= UINT64_MAX)
+                                return usage_error("--cuda-reserve: not a size: '%s'", optarg);
+                        o->cuda_reserve_set = true;
                         break;
                 case O_USER:
                         if (!*optarg)

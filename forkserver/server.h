@@ -50,6 +50,8 @@ struct fsd_options {
         size_t ncuda_devices;
         uint64_t cuda_quota;           /* bytes of GPU buffers in all; 0: no limit */
         uint64_t cuda_conn_quota;      /* ... per connection; 0: no limit */
+        uint64_t cuda_reserve;         /* device bytes the broker keeps free (--cuda-reserve) */
+        bool cuda_reserve_set;         /* ... given; else the broker's default per device */
         const char *preload[16];       /* absolute paths (FSD_MAX_PRELOAD) */
         char preload_name[16][128];    /* their LIBNAMEs */
         size_t npreload;
@@ -68,6 +70,7 @@ struct fsd_outmsg {
 };
 
 struct fsd_worker;
+struct fsd_gpu_hold; /* gpu.c: the GPU buffers a client process holds fds of */
 
 struct fsd_conn {
         struct fsd_io io;
@@ -88,13 +91,16 @@ struct fsd_conn {
         size_t outq_len;
         struct fsd_worker *workers;
         unsigned inflight; /* spawns at a zygote or waiting for one */
-        uint64_t gpu_bytes; /* GPU buffers of its live workers */
+        uint64_t gpu_bytes; /* GPU buffers of its live workers, and its own copies of them */
+        struct fsd_gpu_hold *gpu_hold; /* those copies (FS_SPAWN_GPU_FDS); NULL: none asked */
         struct fsd_conn *prev, *next;
 };
 
-/* A GPU buffer as the front keeps the books: the broker's lease, while its worker lives. */
+/* A GPU buffer as the front keeps the books: the broker's lease, while its worker lives and,
+ * when the client got a copy of its fd (hold), until that client is gone too. */
 struct fsd_lease {
         uint64_t id, size, generation; /* generation: of the broker that made it */
+        struct fsd_gpu_hold *hold;     /* the client holding a copy, or NULL */
 };
 
 struct fsd_worker {
@@ -203,7 +209,8 @@ struct fsd_gpu {
         uint32_t next_id;
         uint64_t generation;
         int64_t restart_at, backoff_ms, started_at;
-        uint64_t leases, bytes; /* held by live workers */
+        uint64_t leases, bytes; /* held by live workers or by clients' copies */
+        struct fsd_gpu_hold *holds; /* of closed connections, until their processes exit */
 };
 
 #define FSD_MAX_STRAYS 256
@@ -323,8 +330,10 @@ int fsd_gpu_acquire(struct fsd_server *s, struct fsd_conn *c, const struct fs_sp
                     struct fsd_inflight *e, char *why, size_t whylen);
 /* Gives back what e holds and uncharges it (the spawn failed after fsd_gpu_acquire). */
 void fsd_gpu_abandon(struct fsd_server *s, struct fsd_inflight *e);
-/* The worker's buffers are done with (it exited). */
+/* The worker's buffers are done with (it exited); those its client holds stay charged. */
 void fsd_gpu_release_worker(struct fsd_server *s, struct fsd_worker *w);
+/* The connection closed: its client's copies are uncharged once its process has exited. */
+void fsd_gpu_conn_closed(struct fsd_server *s, struct fsd_conn *c);
 
 /* spawn.c */
 void fsd_spawn_init(struct fsd_server *s);

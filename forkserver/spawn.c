@@ -297,8 +297,9 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
                 int out_fds[2 + FS_MAX_GPU] = {w->pidfd, chan};
                 size_t nout = chan >= 0 ? 2 : 1;
 
-                /* the client gets the worker's GPU buffers too, to share with it */
-                for (size_t i = 0; i < e->ngpu; i++) {
+                /* the client gets the worker's GPU buffers too when it asked, to share
+                 * with it (and they stay charged to it until it is gone: gpu.c) */
+                for (size_t i = 0; i < e->ngpu && (e->flags & FS_SPAWN_GPU_FDS); i++) {
                         fs_msg_put_gpu(&mw, e->gpu_buf[i].device, e->gpu_buf[i].size);
                         fs_msg_put_bytes(&mw, FS_F_UUID, e->gpu_buf[i].uuid, 16);
                         out_fds[nout++] = e->gpu_fd[i];

@@ -87,7 +87,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 break;
         }
         case FS_MSG_GPU_ALLOC: {
-                struct fs_gpu_buf g;
+                struct fs_msg_gpu_alloc g;
 
                 fs_proto_parse_gpu_alloc(&p, &g, &why);
                 break;

@@ -1,5 +1,7 @@
 /* Exec-mode GPU worker: maps each buffer of $FORKSERVER_GPU_FDS, fills it with argv[1] (a
- * byte value), unmaps, and prints "FD SIZE UUID" per buffer. Exits 0, or 10 + the step. */
+ * byte value), unmaps, and prints "FD SIZE UUID" per buffer. Exits 0, or 10 + the step (14:
+ * the fd would survive a further exec). */
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -22,6 +24,8 @@ int main(int argc, char **argv)
                         return 12;
                 if (forkserver_gpu_unmap(&m) < 0)
                         return 13;
+                if (!(fcntl(b[i].fd, F_GETFD) & FD_CLOEXEC))
+                        return 14;
                 forkserver_gpu_uuid_str(b[i].uuid, uuid);
                 printf("%d %llu %s\n", b[i].fd, (unsigned long long)b[i].size, uuid);
         }

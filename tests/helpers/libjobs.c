@@ -171,6 +171,48 @@ int job_gpu_write(const struct forkserver_worker *w)
         return forkserver_gpu_unmap(&m) < 0 ? 13 : 0;
 }
 
+/* GPU: fills its first buffer with 0 and writes its argument there, says "ok" on stdout and
+ * keeps the mapping until its stdin ends: what it wrote must be on the device by then, for
+ * another process to read (the fake applies unsynchronized work only at sync or unmap). */
+EXPORT int job_gpu_write_hold(const struct forkserver_worker *w);
+int job_gpu_write_hold(const struct forkserver_worker *w)
+{
+        struct forkserver_gpu_map m;
+        char c;
+
+        if (w->ngpu < 1)
+                return 10;
+        if (forkserver_gpu_map(&w->gpu[0], &m) < 0)
+                return 11;
+        if (forkserver_gpu_fill(&m, 0) < 0 || forkserver_gpu_write(&m, 0, w->arg, w->arglen) < 0)
+                return 12;
+        if (write(1, "ok\n", 3) != 3)
+                return 13;
+        while (read(0, &c, 1) > 0)
+                ;
+        return forkserver_gpu_unmap(&m) < 0 ? 14 : 0;
+}
+
+/* GPU: hands its first buffer's fd on to a child of its own, which keeps it until its stdin
+ * ends, and exits at once: the memory outlives the worker, out of the daemon's sight. */
+EXPORT int job_gpu_pass_on(const struct forkserver_worker *w);
+int job_gpu_pass_on(const struct forkserver_worker *w)
+{
+        pid_t pid;
+        char c;
+
+        if (w->ngpu < 1)
+                return 10;
+        if ((pid = fork()) < 0)
+                return 11;
+        if (pid == 0) {
+                while (read(0, &c, 1) > 0)
+                        ;
+                _exit(0);
+        }
+        return 0;
+}
+
 /* GPU: arg "FD:UUID:SIZE:LEN": maps that fd (a plain extra fd, described the way
  * FORKSERVER_GPU_FDS describes one) and prints its first LEN bytes. */
 EXPORT int job_gpu_read(const struct forkserver_worker *w);

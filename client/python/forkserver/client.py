@@ -368,16 +368,18 @@ class Client:
               profile: Optional[str] = None,
               rlimits: Optional[Mapping[int, Tuple[int, int]]] = None,
               umask: Optional[int] = None,
-              gpu: Sequence[Tuple[int, int]] = ()) -> Worker:
+              gpu: Sequence[Tuple[int, int]] = (), gpu_fds: bool = False) -> Worker:
         """Starts a worker: exec mode with argv (argv[0] looked up in $PATH), or fork mode with
         entry="LIBNAME:SYMBOL" and arg bytes. stdio not given is /dev/null; fds maps worker fd
         numbers to your fds or files; env is the worker's whole environment (default: none);
-        gpu lists (device, size) buffers. Raises SpawnError with the server's reason."""
+        gpu lists (device, size) buffers; gpu_fds gives you their fds too (Worker.gpu), which
+        keeps them charged to you until your connection is closed and your process exited.
+        Raises SpawnError with the server's reason."""
         return self.spawn_result(self.spawn_request(
             argv, entry=entry, arg=arg, env=env, cwd=cwd, stdin=stdin, stdout=stdout,
             stderr=stderr, fds=fds, channel=channel, detach=detach,
             new_process_group=new_process_group, profile=profile, rlimits=rlimits,
-            umask=umask, gpu=gpu))
+            umask=umask, gpu=gpu, gpu_fds=gpu_fds))
 
     def spawn_request(self, argv: Optional[Sequence[str]] = None, *, entry: Optional[str] = None,
                     arg: bytes = b"", env: Optional[Mapping[str, str]] = None,
@@ -388,7 +390,7 @@ class Client:
                     profile: Optional[str] = None,
                     rlimits: Optional[Mapping[int, Tuple[int, int]]] = None,
                     umask: Optional[int] = None,
-                    gpu: Sequence[Tuple[int, int]] = ()) -> int:
+                    gpu: Sequence[Tuple[int, int]] = (), gpu_fds: bool = False) -> int:
         """spawn split in two, for callers that start many workers without waiting for each:
         sends the request (spawn's arguments) and returns its id, for spawn_ready and
         spawn_result. The fds named are copied by the kernel at once: close yours when you
@@ -425,7 +427,7 @@ class Client:
         for n in mapping:
             w.u32(P.F_FD, n)
         flags = (P.SPAWN_CHANNEL if channel else 0) | (P.SPAWN_DETACH if detach else 0) | \
-            (P.SPAWN_NEWPGRP if new_process_group else 0)
+            (P.SPAWN_NEWPGRP if new_process_group else 0) | (P.SPAWN_GPU_FDS if gpu_fds else 0)
         if flags:
             w.u32(P.F_FLAGS, flags)
         if profile:
