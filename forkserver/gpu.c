@@ -68,6 +68,8 @@ static struct fsd_server *server_of(struct fsd_loop *l)
 }
 
 static void on_exit_(struct fsd_loop *l, struct fsd_io *io, uint32_t events);
+static void on_answer(struct fsd_loop *l, struct fsd_io *io, uint32_t events);
+static void fail_reqs(struct fsd_server *s, int err, const char *why);
 
 /* A broker we do not keep: a child of ours, so it is ours to reap. */
 static void kill_reap(int pidfd)
@@ -92,7 +94,9 @@ static int take(struct fsd_server *s, const struct fsd_template_reply *rep, int 
         g->pidfd = pidfd;
         g->pid = rep->pid;
         g->ndev = rep->ndev;
-        if ((r = fsd_io_start(&s->loop, &g->io_exit, g->pidfd, EPOLLIN, false, on_exit_)) < 0) {
+        if ((r = fsd_io_start(&s->loop, &g->io_exit, g->pidfd, EPOLLIN, false, on_exit_)) < 0 ||
+            (r = fsd_io_start(&s->loop, &g->io, g->fd, EPOLLIN, false, on_answer)) < 0) {
+                fsd_io_stop(&s->loop, &g->io_exit);
                 g->fd = g->pidfd = -1; /* the caller's again */
                 g->pid = 0;
                 return r;
@@ -132,6 +136,8 @@ void fsd_gpu_stop(struct fsd_server *s)
         struct fsd_gpu *g = &s->gpu;
 
         g->up = false;
+        fail_reqs(s, ESHUTDOWN, "server is stopping");
+        fsd_io_stop(&s->loop, &g->io);
         g->fd = fs_close(g->fd);
         if (g->pidfd >= 0) {
                 siginfo_t si;
@@ -179,10 +185,12 @@ static void on_exit_(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
             si.si_pid == 0)
                 return;
         fsd_io_stop(l, io);
+        fsd_io_stop(l, &g->io);
         g->pidfd = fs_close(g->pidfd);
         g->fd = fs_close(g->fd);
         g->up = false;
         g->pid = 0;
+        fail_reqs(s, EAGAIN, "the GPU broker is down; it is being restarted");
         if (s->stopping)
                 return;
         schedule_restart(s, fs_now_ms());
@@ -245,73 +253,51 @@ static void send_free(struct fsd_server *s, const struct fsd_lease *l)
                 return;
         fs_msg_begin(&w, msg, sizeof(msg), FS_MSG_GPU_FREE, ++g->next_id);
         fs_msg_put_u64(&w, FS_F_LEASE, l->id);
-        if ((n = fs_msg_finish(&w)) > 0)
-                (void)fs_fdpass_send(g->fd, msg, (size_t)n, NULL, 0, 0);
+        /* never waits: a broker whose socket is full is stuck, and its deadline ends it */
+        if ((n = fs_msg_finish(&w)) > 0 &&
+            (n = fs_fdpass_send(g->fd, msg, (size_t)n, NULL, 0, MSG_DONTWAIT)) < 0)
+                fs_log_errno(FS_LOG_WARNING, n, "GPU_FREE to the broker");
 }
 
-/* One GPU_ALLOC round trip. The broker answers in order and fast (a cuMemCreate); the front
- * waits for it, bounded, rather than keep a second queue of half-made spawns. */
-static int lease_one(struct fsd_server *s, const struct fs_gpu_buf *want, uint64_t room,
-                     int *ret_fd, struct fs_msg_lease *ret, char *why, size_t whylen)
+/* The broker cannot be trusted to be in step: it is killed, and restarted on its exit. */
+static void broker_lost(struct fsd_server *s, int err)
 {
         struct fsd_gpu *g = &s->gpu;
-        uint8_t msg[1024];
-        struct fs_msgw w;
-        struct fs_hdr h;
-        struct fs_buf p;
-        struct pollfd pf = {.fd = g->fd, .events = POLLIN};
-        uint32_t id = ++g->next_id;
-        size_t nfds;
-        int n, fd = -1;
 
-        fs_msg_begin(&w, msg, sizeof(msg), FS_MSG_GPU_ALLOC, id);
+        fs_log_errno(FS_LOG_ERROR, err ? err : -EPIPE, "GPU broker");
+        if (g->pidfd >= 0)
+                (void)pidfd_send_signal(g->pidfd, SIGKILL, NULL, 0);
+        fsd_io_stop(&s->loop, &g->io);
+        fsd_timer_disarm(&s->loop, &g->deadline);
+        g->up = false;
+}
+
+static void on_deadline(struct fsd_loop *l, struct fsd_timer *t, int64_t now);
+
+/* One GPU_ALLOC, without waiting: its answer comes to on_answer. */
+static int send_alloc(struct fsd_server *s, const struct fs_gpu_buf *want, uint64_t room,
+                      uint32_t *ret_id)
+{
+        struct fsd_gpu *g = &s->gpu;
+        uint8_t msg[256];
+        struct fs_msgw w;
+        int n;
+
+        *ret_id = ++g->next_id;
+        fs_msg_begin(&w, msg, sizeof(msg), FS_MSG_GPU_ALLOC, *ret_id);
         fs_msg_put_gpu(&w, want->device, want->size);
         if (room != UINT64_MAX)
                 fs_msg_put_u64(&w, FS_F_ROOM, room);
         if (s->opt->cuda_reserve_set)
                 fs_msg_put_u64(&w, FS_F_RESERVE, s->opt->cuda_reserve);
-        if ((n = fs_msg_finish(&w)) < 0 || (n = fs_fdpass_send(g->fd, msg, (size_t)n, NULL, 0, 0)) < 0)
-                goto lost;
-        if ((n = poll(&pf, 1, GPU_REPLY_TIMEOUT_MS)) != 1) {
-                n = n == 0 ? -ETIMEDOUT : -errno;
-                goto lost;
-        }
-        if ((n = fs_fdpass_recv(g->fd, msg, sizeof(msg), &fd, 1, &nfds, 0)) <= 0)
-                goto lost;
-        if (fs_proto_parse_hdr(msg, (size_t)n, &h, &p) < 0 || h.id != id) {
-                n = -EPROTO;
-                goto lost;
-        }
-        if (h.type == FS_MSG_ERROR) {
-                struct fs_msg_error e;
-
-                fs_close_many(&fd, nfds);
-                if (fs_proto_parse_error(&p, &e, NULL) < 0) {
-                        n = -EPROTO;
-                        goto lost;
-                }
-                snprintf(why, whylen, "%s", e.reason);
-                return -(int)e.err;
-        }
-        if (h.type != FS_MSG_GPU_LEASE || nfds != 1 || fs_proto_parse_lease(&p, ret, NULL) < 0 ||
-            ret->gpu.device != want->device || ret->gpu.size < want->size) {
-                fs_close_many(&fd, nfds);
-                n = -EPROTO;
-                goto lost;
-        }
-        *ret_fd = fd;
-        return 0;
-lost:
-        /* the broker cannot be trusted to be in step: restart it */
-        fs_log_errno(FS_LOG_ERROR, n ? n : -EPIPE, "GPU broker");
-        if (g->pidfd >= 0)
-                (void)pidfd_send_signal(g->pidfd, SIGKILL, NULL, 0);
-        g->up = false;
-        snprintf(why, whylen, "the GPU broker failed; it is being restarted");
-        return -EIO;
+        /* one request in flight at a time: the socket has room, or the broker is stuck */
+        if ((n = fs_msg_finish(&w)) < 0 ||
+            (n = fs_fdpass_send(g->fd, msg, (size_t)n, NULL, 0, MSG_DONTWAIT)) < 0)
+                return n;
+        return fsd_timer_arm(&s->loop, &g->deadline, fs_now_ms() + GPU_REPLY_TIMEOUT_MS,
+                             on_deadline);
 }
 
-/* Leases obtained before a refusal go back (nothing was charged yet). */
 static void give_back(struct fsd_server *s, struct fsd_inflight *e)
 {
         for (size_t i = 0; i < e->ngpu; i++) {
@@ -382,16 +368,120 @@ static void quota_why(char *why, size_t whylen, const char *which, uint64_t quot
                  (unsigned long long)asked, detail ? ": " : "", detail ? detail : "");
 }
 
-int fsd_gpu_acquire(struct fsd_server *s, struct fsd_conn *c, const struct fs_spawn *sp,
-                    struct fsd_inflight *e, char *why, size_t whylen)
+static void serve(struct fsd_server *s);
+
+/* The head request is done with (r 0: all its buffers leased): charged, or given back. */
+static void finish(struct fsd_server *s, int r, const char *why)
+{
+        struct fsd_gpu *g = &s->gpu;
+        struct fsd_gpu_req *q = g->reqs;
+        char qwhy[512];
+
+        fsd_timer_disarm(&s->loop, &g->deadline);
+        g->reqs = q->next;
+        if (!g->reqs)
+                g->reqs_tail = &g->reqs;
+        g->nreqs--;
+        if (q->conn)
+                fsd_conn_hold(s, q->conn, -1);
+        /* the broker checked the rounded sizes against ROOM: this only catches a broker out
+         * of step with us */
+        if (r == 0 && q->conn && (q->total > q->room_conn || q->total > q->room_all)) {
+                bool conn = q->total > q->room_conn;
+
+                quota_why(qwhy, sizeof(qwhy), conn ? "connection" : "server",
+                          conn ? s->opt->cuda_conn_quota : s->opt->cuda_quota,
+                          conn ? q->conn->gpu_bytes : g->bytes, q->kept, q->total, NULL);
+                r = -EDQUOT;
+                why = qwhy;
+        }
+        if (r == 0 && !q->conn) {
+                r = -ECONNRESET;
+                why = "connection closed";
+        }
+        if (r < 0) {
+                give_back(s, &q->e);
+        } else {
+                q->conn->gpu_bytes += q->total;
+                g->bytes += q->total;
+                g->leases += q->e.ngpu;
+        }
+        s->on_gpu_ready(s, q, r, why);
+}
+
+/* The next buffer of the head request, or its end. */
+static void step(struct fsd_server *s)
+{
+        struct fsd_gpu_req *q = s->gpu.reqs;
+        uint64_t room = q->room_conn < q->room_all ? q->room_conn : q->room_all;
+        int r;
+
+        if (q->e.ngpu == q->nwant) {
+                finish(s, 0, NULL);
+                return;
+        }
+        if (room != UINT64_MAX)
+                room -= q->total;
+        if ((r = send_alloc(s, &q->want[q->e.ngpu], room, &q->alloc_id)) < 0) {
+                broker_lost(s, r);
+                finish(s, -EIO, "the GPU broker failed; it is being restarted");
+        }
+}
+
+/* The head request's turn: the quotas first, before the broker allocates anything (here
+ * with the sizes asked, by the broker with each size rounded up: ROOM). */
+static bool start(struct fsd_server *s)
 {
         struct fsd_gpu *g = &s->gpu;
         const struct fsd_options *o = s->opt;
-        struct fsd_gpu_hold *hold = NULL;
-        uint64_t total = 0, asked = 0, room_conn, room_all, kept;
-        int r = 0;
+        struct fsd_gpu_req *q = g->reqs;
+        struct fsd_conn *c = q->conn;
+        char why[512];
+        int r;
 
-        e->ngpu = 0;
+        if (!c) {
+                finish(s, -ECONNRESET, "connection closed");
+                return false;
+        }
+        if (!g->up) {
+                finish(s, -EAGAIN, "the GPU broker is down; it is being restarted");
+                return false;
+        }
+        q->kept = c->gpu_hold ? c->gpu_hold->kept_bytes : 0;
+        q->room_conn = room_of(o->cuda_conn_quota, c->gpu_bytes);
+        q->room_all = room_of(o->cuda_quota, g->bytes);
+        if (q->asked > q->room_conn || q->asked > q->room_all) {
+                bool conn = q->asked > q->room_conn;
+
+                quota_why(why, sizeof(why), conn ? "connection" : "server",
+                          conn ? o->cuda_conn_quota : o->cuda_quota,
+                          conn ? c->gpu_bytes : g->bytes, q->kept, q->asked, NULL);
+                finish(s, -EDQUOT, why);
+                return false;
+        }
+        if ((q->flags & FS_SPAWN_GPU_FDS) && (r = get_hold(c, &q->hold, why, sizeof(why))) < 0) {
+                finish(s, r, why);
+                return false;
+        }
+        step(s);
+        return true;
+}
+
+/* Serves requests from the head on, until one waits for the broker or none is left. */
+static void serve(struct fsd_server *s)
+{
+        while (s->gpu.reqs && !fsd_timer_armed(&s->gpu.deadline)) {
+                struct fsd_gpu_req *q = s->gpu.reqs;
+
+                if (start(s) && s->gpu.reqs == q)
+                        return; /* waits for the broker */
+        }
+}
+
+int fsd_gpu_request(struct fsd_server *s, struct fsd_gpu_req *q, char *why, size_t whylen)
+{
+        struct fsd_gpu *g = &s->gpu;
+
         if (!g->enabled) {
                 snprintf(why, whylen, "this server has no GPU broker (start it with --cuda)");
                 return -ENODEV;
@@ -400,73 +490,129 @@ int fsd_gpu_acquire(struct fsd_server *s, struct fsd_conn *c, const struct fs_sp
                 snprintf(why, whylen, "the GPU broker is down; it is being restarted");
                 return -EAGAIN;
         }
-        for (size_t i = 0; i < sp->ngpu; i++) {
-                if (sp->gpu[i].device >= g->ndev) {
-                        snprintf(why, whylen, "no GPU %u (this server has %u)", sp->gpu[i].device,
+        q->asked = 0;
+        for (size_t i = 0; i < q->nwant; i++) {
+                if (q->want[i].device >= g->ndev) {
+                        snprintf(why, whylen, "no GPU %u (this server has %u)", q->want[i].device,
                                  g->ndev);
                         return -EINVAL;
                 }
-                asked = sp->gpu[i].size > UINT64_MAX - asked ? UINT64_MAX
-                                                             : asked + sp->gpu[i].size;
+                q->asked = q->want[i].size > UINT64_MAX - q->asked ? UINT64_MAX
+                                                                   : q->asked + q->want[i].size;
         }
-        /* The quotas first, before the broker allocates anything: here with the sizes asked,
-         * by the broker with each size rounded up (ROOM). */
-        kept = c->gpu_hold ? c->gpu_hold->kept_bytes : 0;
-        room_conn = room_of(o->cuda_conn_quota, c->gpu_bytes);
-        room_all = room_of(o->cuda_quota, g->bytes);
-        if (asked > room_conn) {
-                quota_why(why, whylen, "connection", o->cuda_conn_quota, c->gpu_bytes, kept,
-                          asked, NULL);
-                return -EDQUOT;
+        if (g->nreqs >= FSD_GPU_QUEUE) {
+                snprintf(why, whylen, "the GPU broker is busy (%d requests wait); try again",
+                         FSD_GPU_QUEUE);
+                return -EAGAIN;
         }
-        if (asked > room_all) {
-                quota_why(why, whylen, "server", o->cuda_quota, g->bytes, kept, asked, NULL);
-                return -EDQUOT;
-        }
-        if ((sp->flags & FS_SPAWN_GPU_FDS) && (r = get_hold(c, &hold, why, whylen)) < 0)
-                return r;
-        for (size_t i = 0; i < sp->ngpu && r == 0; i++) {
-                uint64_t room = room_conn < room_all ? room_conn : room_all;
-                struct fs_msg_lease l;
-                char bwhy[256];
-
-                if (room != UINT64_MAX)
-                        room -= total;
-                if ((r = lease_one(s, &sp->gpu[i], room, &e->gpu_fd[i], &l, bwhy,
-                                   sizeof(bwhy))) < 0) {
-                        if (r == -EDQUOT && room_conn <= room_all)
-                                quota_why(why, whylen, "connection", o->cuda_conn_quota,
-                                          c->gpu_bytes, kept, asked, bwhy);
-                        else if (r == -EDQUOT)
-                                quota_why(why, whylen, "server", o->cuda_quota, g->bytes, kept,
-                                          asked, bwhy);
-                        else
-                                snprintf(why, whylen, "%s", bwhy);
-                        break;
-                }
-                e->gpu[i] = (struct fsd_lease){l.lease, l.gpu.size, g->generation, hold};
-                if (hold)
-                        hold->refs++;
-                e->gpu_buf[i] = l.gpu;
-                e->ngpu++;
-                total += l.gpu.size;
-        }
-        /* the broker checked the rounded sizes against ROOM: this only catches a broker out
-         * of step with us */
-        if (r == 0 && (total > room_conn || total > room_all)) {
-                quota_why(why, whylen, total > room_conn ? "connection" : "server",
-                          total > room_conn ? o->cuda_conn_quota : o->cuda_quota,
-                          total > room_conn ? c->gpu_bytes : g->bytes, kept, total, NULL);
-                r = -EDQUOT;
-        }
-        if (r < 0) {
-                give_back(s, e);
-                return r;
-        }
-        c->gpu_bytes += total;
-        g->bytes += total;
-        g->leases += e->ngpu;
+        q->next = NULL;
+        q->e.ngpu = 0;
+        q->total = 0;
+        q->hold = NULL;
+        if (!g->reqs_tail)
+                g->reqs_tail = &g->reqs;
+        *g->reqs_tail = q;
+        g->reqs_tail = &q->next;
+        g->nreqs++;
+        fsd_conn_hold(s, q->conn, +1);
+        serve(s);
         return 0;
+}
+
+/* The broker's answer to the GPU_ALLOC in flight. */
+static void on_answer(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
+{
+        struct fsd_server *s = server_of(l);
+        struct fsd_gpu *g = &s->gpu;
+        struct fsd_gpu_req *q = g->reqs;
+        struct fs_msg_lease ls;
+        uint8_t msg[1024];
+        struct fs_hdr h;
+        struct fs_buf p;
+        size_t nfds = 0;
+        int n, fd = -1;
+
+        (void)io;
+        (void)events;
+        n = fs_fdpass_recv(g->fd, msg, sizeof(msg), &fd, 1, &nfds, MSG_DONTWAIT);
+        if (n == -EAGAIN || n == -EINTR)
+                return;
+        bool waiting = q && fsd_timer_armed(&g->deadline);
+
+        if (n <= 0 || !waiting || fs_proto_parse_hdr(msg, (size_t)n, &h, &p) < 0 ||
+            h.id != q->alloc_id) {
+                fs_close_many(&fd, nfds);
+                broker_lost(s, n < 0 ? n : -EPROTO);
+                if (waiting)
+                        finish(s, -EIO, "the GPU broker failed; it is being restarted");
+                serve(s);
+                return;
+        }
+        fsd_timer_disarm(&s->loop, &g->deadline);
+        if (h.type == FS_MSG_ERROR) {
+                struct fs_msg_error e;
+                char why[512];
+
+                fs_close_many(&fd, nfds);
+                if (fs_proto_parse_error(&p, &e, NULL) < 0) {
+                        broker_lost(s, -EPROTO);
+                        finish(s, -EIO, "the GPU broker failed; it is being restarted");
+                } else if (e.err == EDQUOT) {
+                        bool conn = q->room_conn <= q->room_all;
+
+                        quota_why(why, sizeof(why), conn ? "connection" : "server",
+                                  conn ? s->opt->cuda_conn_quota : s->opt->cuda_quota,
+                                  conn && q->conn ? q->conn->gpu_bytes : g->bytes, q->kept,
+                                  q->asked, e.reason);
+                        finish(s, -EDQUOT, why);
+                } else {
+                        snprintf(why, sizeof(why), "%s", e.reason);
+                        finish(s, -(int)e.err, why);
+                }
+                serve(s);
+                return;
+        }
+        size_t i = q->e.ngpu;
+
+        if (h.type != FS_MSG_GPU_LEASE || nfds != 1 || fs_proto_parse_lease(&p, &ls, NULL) < 0 ||
+            ls.gpu.device != q->want[i].device || ls.gpu.size < q->want[i].size) {
+                fs_close_many(&fd, nfds);
+                broker_lost(s, -EPROTO);
+                finish(s, -EIO, "the GPU broker failed; it is being restarted");
+                serve(s);
+                return;
+        }
+        q->e.gpu_fd[i] = fd;
+        q->e.gpu[i] = (struct fsd_lease){ls.lease, ls.gpu.size, g->generation, q->hold};
+        if (q->hold)
+                q->hold->refs++;
+        q->e.gpu_buf[i] = ls.gpu;
+        q->e.ngpu++;
+        q->total += ls.gpu.size;
+        step(s);
+        serve(s);
+}
+
+/* The broker did not answer in time: it is killed and restarted. */
+static void on_deadline(struct fsd_loop *l, struct fsd_timer *t, int64_t now)
+{
+        struct fsd_server *s = server_of(l);
+
+        (void)t;
+        (void)now;
+        if (!s->gpu.reqs)
+                return;
+        broker_lost(s, -ETIMEDOUT);
+        finish(s, -EIO, "the GPU broker did not answer in time; it is being restarted");
+        serve(s);
+}
+
+/* Every request waiting is answered (the broker is gone, or we stop). */
+static void fail_reqs(struct fsd_server *s, int err, const char *why)
+{
+        fsd_timer_disarm(&s->loop, &s->gpu.deadline);
+        while (s->gpu.reqs)
+                finish(s, -err, why);
 }
 
 static void uncharge(struct fsd_server *s, struct fsd_conn *c, const struct fsd_lease *l)
@@ -555,6 +701,9 @@ void fsd_gpu_conn_closed(struct fsd_server *s, struct fsd_conn *c)
         struct pollfd pf;
         int r;
 
+        for (struct fsd_gpu_req *q = s->gpu.reqs; q; q = q->next)
+                if (q->conn == c)
+                        q->conn = NULL; /* its leases are given back when it is done */
         if (!h)
                 return;
         c->gpu_hold = NULL;
@@ -571,4 +720,9 @@ void fsd_gpu_conn_closed(struct fsd_server *s, struct fsd_conn *c)
         if ((r = fsd_io_start(&s->loop, &h->io, h->pidfd, EPOLLIN, false, on_hold_exit)) < 0)
                 fs_log_errno(FS_LOG_ERROR, r, "watching a client that holds GPU buffers (they "
                              "stay charged)");
+}
+
+void fsd_gpu_cancel(struct fsd_server *s)
+{
+        fail_reqs(s, ESHUTDOWN, "server is stopping");
 }

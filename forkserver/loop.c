@@ -42,6 +42,7 @@ void fsd_server_stop(struct fsd_server *s, const char *why)
         }
         fsd_timer_disarm(&s->loop, &s->t_handshake);
         fsd_zygotes_hurry(s);
+        fsd_gpu_cancel(s);
         while (s->pending)
                 fsd_conn_close(s, s->pending, "server stopping");
         fsd_worker_terminate_all(s);

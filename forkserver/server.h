@@ -196,10 +196,37 @@ struct fsd_stats {
         uint64_t nlatency;
 };
 
+#define FSD_GPU_QUEUE 256 /* SPAWNs waiting for their GPU buffers, all connections together */
+
+/*
+ * A SPAWN waiting for its GPU buffers. gpu.c leases them one broker round trip at a time, for
+ * one request at a time, in arrival order (so each request's quota check sees every earlier
+ * one's charge); the request's connection is not read meanwhile. spawn.c gets it back through
+ * on_gpu_ready and frees it.
+ */
+struct fsd_gpu_req {
+        struct fsd_gpu_req *next;
+        struct fsd_conn *conn;       /* NULL once its connection closed */
+        struct fsd_zygote *z;        /* where it goes next */
+        uint32_t flags;
+        size_t nwant;
+        struct fs_gpu_buf want[FS_MAX_GPU];
+        uint64_t room_conn, room_all, kept, asked, total;
+        struct fsd_gpu_hold *hold;
+        uint32_t alloc_id;           /* the GPU_ALLOC in flight */
+        struct fsd_inflight e;       /* spawn.c's; the leases are added to it */
+        size_t len, cap;
+        uint8_t msg[];               /* the request for the zygote, with room for UUIDs */
+};
+
 /* The gpu-broker as the front sees it (see broker.h). */
 struct fsd_gpu {
         struct fsd_io io_exit;
+        struct fsd_io io;           /* its answers */
         struct fsd_timer restart;
+        struct fsd_timer deadline;  /* the GPU_ALLOC in flight */
+        struct fsd_gpu_req *reqs, **reqs_tail; /* the first is being served */
+        unsigned nreqs;
         bool enabled; /* --cuda given and the broker started once */
         bool up;
         bool starting; /* asked of the template, not answered yet */
@@ -254,6 +281,9 @@ struct fsd_server {
         void (*on_conn_closed)(struct fsd_server *s, struct fsd_conn *c);
         /* a zygote died or was killed: it may leave children nobody knows of */
         void (*on_zygote_gone)(struct fsd_server *s);
+        /* a request's GPU buffers are leased (r 0: into req->e) or cannot be (why says) */
+        void (*on_gpu_ready)(struct fsd_server *s, struct fsd_gpu_req *req, int r,
+                             const char *why);
         struct fsd_strays strays;
         /* a zygote's answer to e (msg NULL: none will come; err and why say why) */
         void (*on_zygote_answer)(struct fsd_server *s, struct fsd_inflight *e,
@@ -324,10 +354,11 @@ void fsd_gpu_stop(struct fsd_server *s);
 /* The template made a broker (or could not). */
 void fsd_gpu_made(struct fsd_server *s, const struct fsd_template_reply *rep, int r, int fd,
                   int pidfd);
-/* Leases every buffer sp asks for, into e (its fds and books); 0, or a negative errno with
- * the reason in why (nothing held then). */
-int fsd_gpu_acquire(struct fsd_server *s, struct fsd_conn *c, const struct fs_spawn *sp,
-                    struct fsd_inflight *e, char *why, size_t whylen);
+/* Queues req for its GPU buffers (req->want); answers come through on_gpu_ready, perhaps
+ * before this returns. A negative errno with why: refused at once, req still the caller's. */
+int fsd_gpu_request(struct fsd_server *s, struct fsd_gpu_req *req, char *why, size_t whylen);
+/* We are stopping: what waits for its buffers is answered ESHUTDOWN now. */
+void fsd_gpu_cancel(struct fsd_server *s);
 /* Gives back what e holds and uncharges it (the spawn failed after fsd_gpu_acquire). */
 void fsd_gpu_abandon(struct fsd_server *s, struct fsd_inflight *e);
 /* The worker's buffers are done with (it exited); those its client holds stay charged. */

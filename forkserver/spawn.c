@@ -1,4 +1,5 @@
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <signal.h>
 #include <sys/pidfd.h>
@@ -35,6 +36,104 @@ static int add_cred(struct fsd_server *s, struct fsd_conn *c, uint32_t id, uint8
                 fsd_conn_send_error(s, c, id, r, "SPAWN: no room for the client's groups");
         }
         return r;
+}
+
+/* The request goes to its zygote (or is answered, and what it holds given up). */
+static void forward(struct fsd_server *s, struct fsd_conn *c, struct fsd_zygote *z,
+                    struct fsd_inflight *e, uint8_t *msg, size_t len)
+{
+        int r;
+
+        if ((r = fsd_zygote_submit(s, z, e, msg, len)) == 0) {
+                c->inflight++;
+                return;
+        }
+        fsd_gpu_abandon(s, e);
+        fsd_closer_put(&s->closer, e->req_fds, e->nreq_fds);
+        e->nreq_fds = 0;
+        fsd_spawn_failed(s, FSD_FAIL_ZYGOTE);
+        if (r == -EAGAIN) {
+                fs_log_limited(FS_LOG_WARNING, "conn %llu pid %d uid %u: the zygotes' queue is "
+                               "full", (unsigned long long)c->id, (int)c->pid, (unsigned)c->uid);
+                fsd_conn_send_error(s, c, e->req_id, EAGAIN, "the zygotes are busy (%d requests "
+                                    "wait); try again", FSD_ZYGOTE_QUEUE);
+        } else if (r == -EPIPE) {
+                fsd_conn_send_error(s, c, e->req_id, EAGAIN, "the zygote is restarting; try "
+                                    "again");
+        } else {
+                fs_log_errno(FS_LOG_ERROR, r, "sending a request to the zygote");
+                fsd_conn_send_error(s, c, e->req_id, r, "zygote unreachable");
+        }
+}
+
+/* GPU buffers: leased first, one broker round trip each, without waiting (gpu.c); then their
+ * fds go along after the request's own, their sizes (rounded up) and devices' UUIDs written
+ * into the request for the zygote. */
+static void gpu_ready(struct fsd_server *s, struct fsd_gpu_req *q, int r, const char *why)
+{
+        struct fsd_conn *c = q->conn;
+        uint64_t sizes[FS_MAX_GPU];
+
+        s->inflight--;
+        if (r == 0) {
+                for (size_t i = 0; i < q->e.ngpu; i++)
+                        sizes[i] = q->e.gpu_buf[i].size;
+                r = fs_proto_patch_gpu_sizes(q->msg, q->len, sizes, q->e.ngpu);
+                for (size_t i = 0; i < q->e.ngpu && r == 0; i++)
+                        r = fs_proto_append_uuid(q->msg, &q->len, q->cap, q->e.gpu_buf[i].uuid);
+                if (r < 0) {
+                        fsd_gpu_abandon(s, &q->e);
+                        why = "no room for the GPU buffers";
+                }
+        }
+        if (r == 0 && c) {
+                forward(s, c, q->z, &q->e, q->msg, q->len);
+        } else {
+                fsd_closer_put(&s->closer, q->e.req_fds, q->e.nreq_fds);
+                if (c) {
+                        fsd_spawn_failed(s, FSD_FAIL_GPU);
+                        fsd_conn_send_error(s, c, q->e.req_id, r < 0 ? -r : EIO, "SPAWN: %s",
+                                            why ? why : "GPU buffers");
+                }
+        }
+        explicit_bzero(q->msg, q->len);
+        free(q);
+}
+
+static void gpu_first(struct fsd_server *s, struct fsd_conn *c, struct fsd_zygote *z,
+                      const struct fs_spawn *sp, struct fsd_inflight *e, uint8_t *msg,
+                      size_t len)
+{
+        size_t cap = len + FS_MAX_GPU * 32; /* room for a UUID field per buffer */
+        struct fsd_gpu_req *q = calloc(1, sizeof(*q) + cap);
+        char why[512];
+        int r;
+
+        if (!q) {
+                fsd_closer_put(&s->closer, e->req_fds, e->nreq_fds);
+                fsd_spawn_failed(s, FSD_FAIL_GPU);
+                fsd_conn_send_error(s, c, e->req_id, ENOMEM, "SPAWN: out of memory");
+                return;
+        }
+        q->conn = c;
+        q->z = z;
+        q->flags = sp->flags;
+        q->nwant = sp->ngpu;
+        memcpy(q->want, sp->gpu, sp->ngpu * sizeof(sp->gpu[0]));
+        q->e = *e;
+        q->len = len;
+        q->cap = cap;
+        memcpy(q->msg, msg, len);
+        explicit_bzero(msg, len);
+        s->inflight++; /* counted against --max-workers meanwhile */
+        if ((r = fsd_gpu_request(s, q, why, sizeof(why))) < 0) {
+                s->inflight--;
+                fsd_closer_put(&s->closer, e->req_fds, e->nreq_fds);
+                fsd_spawn_failed(s, FSD_FAIL_GPU);
+                fsd_conn_send_error(s, c, e->req_id, -r, "SPAWN: %s", why);
+                explicit_bzero(q->msg, q->len);
+                free(q);
+        }
 }
 
 /* Pointer storage for validating argv/envp; the front is single-threaded. */
@@ -113,30 +212,6 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
         if (s->switch_uids && (r = add_cred(s, c, id, msg, &len)) < 0)
                 goto out;
 
-        /* GPU buffers: leased now, their fds sent along after the request's own, their sizes
-         * (rounded up) and devices' UUIDs written into the request for the zygote. */
-        if (sp.ngpu) {
-                uint64_t sizes[FS_MAX_GPU];
-                char gwhy[256];
-
-                if ((r = fsd_gpu_acquire(s, c, &sp, &pre, gwhy, sizeof(gwhy))) < 0) {
-                        fsd_spawn_failed(s, FSD_FAIL_GPU);
-                        fsd_conn_send_error(s, c, id, r, "SPAWN: %s", gwhy);
-                        goto out;
-                }
-                for (size_t i = 0; i < pre.ngpu; i++)
-                        sizes[i] = pre.gpu_buf[i].size;
-                r = fs_proto_patch_gpu_sizes(msg, len, sizes, pre.ngpu);
-                for (size_t i = 0; i < pre.ngpu && r == 0; i++)
-                        r = fs_proto_append_uuid(msg, &len, sizeof(s->rx), pre.gpu_buf[i].uuid);
-                if (r < 0) {
-                        fsd_gpu_abandon(s, &pre);
-                        fsd_spawn_failed(s, FSD_FAIL_BAD_REQUEST);
-                        fsd_conn_send_error(s, c, id, r, "SPAWN: no room for the GPU buffers");
-                        goto out;
-                }
-        }
-
         /* The validated datagram goes on as it came; the channel sets its id. Ours of the
          * fds are kept until the zygote answers (it closes its copies first), so that the
          * last close of each is the closer's, never the zygote's. */
@@ -147,22 +222,11 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
         pre.t0_us = t0;
         memcpy(pre.req_fds, fds, nfds * sizeof(int));
         pre.nreq_fds = nfds;
-        if ((r = fsd_zygote_submit(s, z, &pre, msg, len)) < 0) {
-                fsd_gpu_abandon(s, &pre);
-                fsd_spawn_failed(s, FSD_FAIL_ZYGOTE);
-                if (r == -EAGAIN) {
-                        fs_log_limited(FS_LOG_WARNING, "conn %llu pid %d uid %u: the zygotes' "
-                                       "queue is full", (unsigned long long)c->id, (int)c->pid,
-                                       (unsigned)c->uid);
-                        fsd_conn_send_error(s, c, id, EAGAIN, "the zygotes are busy (%d "
-                                            "requests wait); try again", FSD_ZYGOTE_QUEUE);
-                } else {
-                        fs_log_errno(FS_LOG_ERROR, r, "sending a request to the zygote");
-                        fsd_conn_send_error(s, c, id, r, "zygote unreachable");
-                }
-                goto out;
+        if (sp.ngpu) {
+                gpu_first(s, c, z, &sp, &pre, msg, len);
+                return;
         }
-        c->inflight++;
+        forward(s, c, z, &pre, msg, len);
         return;
 out:
         fsd_closer_put(&s->closer, fds, nfds);
@@ -370,4 +434,5 @@ static void answered(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
 void fsd_spawn_init(struct fsd_server *s)
 {
         s->on_zygote_answer = answered;
+        s->on_gpu_ready = gpu_ready;
 }

@@ -104,6 +104,49 @@ static int run_gpu_entry(struct forkserver *fs, const char *entry, const char *a
         return spawn_capture_keep(fs, &a, 1, out, cap, keep);
 }
 
+/*
+ * A broker that answers slowly (cuMemCreate takes 2 s in the fake) holds up only the spawn
+ * that waits for it: another client's pings are answered meanwhile, and the spawn completes.
+ */
+START_TEST(slow_broker_blocks_nobody_else)
+{
+        struct forkserver_gpu_request one = {0, 1 << 20};
+        struct forkserver_spawn_args a = {.entry = "libjobs:job_noop", .gpu = &one, .ngpu = 1,
+                                          .envp = leak_env};
+        struct forkserver_proc *w;
+        int64_t worst = 0, t0;
+        uint32_t ticket;
+        int st;
+
+        setenv("FAKECUDA_DELAY_MS", "cuMemCreate:2000", 1);
+        daemon_start(&d, gpu_args(NULL, NULL));
+        unsetenv("FAKECUDA_DELAY_MS");
+        struct forkserver *fs = daemon_connect(&d), *other = daemon_connect(&d);
+
+        t0 = now_ms();
+        ck_assert_int_eq(forkserver_spawn_submit(fs, &a, &ticket), 0);
+        for (int i = 0; i < 50; i++) {
+                int64_t p0 = now_ms();
+
+                ck_assert_int_eq(forkserver_ping(other), 0);
+                if (now_ms() - p0 > worst)
+                        worst = now_ms() - p0;
+                usleep(20 * 1000);
+        }
+        ck_assert_int_eq(forkserver_spawn_collect(fs, ticket, &w), 0);
+        fprintf(stderr, "a broker 2 s slow: 50 pings, worst %lld ms; the spawn after %lld ms\n",
+                (long long)worst, (long long)(now_ms() - t0));
+        ck_assert_int_ge(now_ms() - t0, 2000);
+        ck_assert_int_lt(worst, 1000);
+        ck_assert_int_eq(forkserver_wait(fs, w, &st), 0);
+        ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        forkserver_proc_free(fs, w);
+        forkserver_close(other);
+        forkserver_close(fs);
+        stop_ok();
+}
+END_TEST
+
 START_TEST(share_between_workers_and_client)
 {
         struct forkserver_gpu_request one = {0, 1 << 20};
@@ -929,6 +972,7 @@ int main(void)
                 tcase_add_test(tf, reserve_for_contexts);
                 tcase_add_test(tf, exclusive_compute_mode_refused);
                 tcase_add_test(tf, caller_context_kept);
+                tcase_add_test(tf, slow_broker_blocks_nobody_else);
                 suite_add_tcase(s, tf);
         }
         /* the daemon's processes are not dumpable: only root reads their maps */
