@@ -2,16 +2,35 @@
 
 #include <ctype.h>
 #include <dirent.h>
+#include <errno.h>
 #include <limits.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/pidfd.h>
+#include <sys/wait.h>
 #include <time.h>
 
 void fs_close_many(int *fds, size_t n)
 {
         for (size_t i = 0; i < n; i++)
                 fds[i] = fs_close(fds[i]);
+}
+
+int fs_pidfd_end(int pidfd, int grace_ms)
+{
+        struct pollfd pf = {.fd = pidfd, .events = POLLIN};
+        siginfo_t si;
+
+        if (pidfd < 0)
+                return -1;
+        if (grace_ms >= 0 && (grace_ms == 0 || poll(&pf, 1, grace_ms) != 1))
+                (void)pidfd_send_signal(pidfd, SIGKILL, NULL, 0);
+        while (waitid(P_PIDFD, (id_t)pidfd, &si, WEXITED) < 0 && errno == EINTR)
+                ;
+        return fs_close(pidfd);
 }
 
 int64_t fs_now_us(void)

@@ -57,6 +57,12 @@ void fs_close_many(int *fds, size_t n);
 
 /* CLOCK_MONOTONIC in milliseconds and microseconds. */
 int64_t fs_now_ms(void);
+/*
+ * Ends the child behind pidfd, ours to reap, and closes the pidfd: waits for its exit for at
+ * most grace_ms (0: none; -1: for as long as it takes, no signal), then SIGKILL, then reaps
+ * it. Returns -1, for pidfd = fs_pidfd_end(pidfd, ...). A pidfd of -1 is a no-op.
+ */
+int fs_pidfd_end(int pidfd, int grace_ms);
 int64_t fs_now_us(void);
 
 /* Parses a decimal integer in [min, max]; the whole string must be the number. */

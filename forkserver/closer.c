@@ -265,13 +265,7 @@ void fsd_closer_put(struct fsd_closer *cl, const int *fds, size_t n)
 
 static void reap(struct fsd_closer *cl)
 {
-        siginfo_t si;
-
-        if (cl->pidfd >= 0) {
-                while (waitid(P_PIDFD, (id_t)cl->pidfd, &si, WEXITED) < 0 && errno == EINTR)
-                        ;
-                cl->pidfd = fs_close(cl->pidfd);
-        }
+        cl->pidfd = fs_pidfd_end(cl->pidfd, -1);
 }
 
 /* Its pidfd became readable: it died; reaps it, closes go on here. */

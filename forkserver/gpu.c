@@ -74,14 +74,7 @@ static void fail_reqs(struct fsd_server *s, int err, const char *why);
 /* A broker we do not keep: a child of ours, so it is ours to reap. */
 static void kill_reap(int pidfd)
 {
-        siginfo_t si;
-
-        if (pidfd < 0)
-                return;
-        (void)pidfd_send_signal(pidfd, SIGKILL, NULL, 0);
-        while (waitid(P_PIDFD, (id_t)pidfd, &si, WEXITED) < 0 && errno == EINTR)
-                ;
-        fs_close(pidfd);
+        (void)fs_pidfd_end(pidfd, 0);
 }
 
 /* The broker the template made is ours now. */
@@ -139,17 +132,8 @@ void fsd_gpu_stop(struct fsd_server *s)
         fail_reqs(s, ESHUTDOWN, "server is stopping");
         fsd_io_stop(&s->loop, &g->io);
         g->fd = fs_close(g->fd);
-        if (g->pidfd >= 0) {
-                siginfo_t si;
-                struct pollfd pf = {.fd = g->pidfd, .events = POLLIN};
-
-                if (poll(&pf, 1, 5000) != 1)
-                        (void)pidfd_send_signal(g->pidfd, SIGKILL, NULL, 0);
-                while (waitid(P_PIDFD, (id_t)g->pidfd, &si, WEXITED) < 0 && errno == EINTR)
-                        ;
-                fsd_io_stop(&s->loop, &g->io_exit);
-                g->pidfd = fs_close(g->pidfd);
-        }
+        fsd_io_stop(&s->loop, &g->io_exit);
+        g->pidfd = fs_pidfd_end(g->pidfd, 5000); /* EOF ends it */
         g->pid = 0;
         /* the server ends: the copies' books go with it */
         while (s->stopping && g->holds)

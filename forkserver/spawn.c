@@ -238,7 +238,7 @@ static void reap_failed(int pidfd)
         siginfo_t si;
 
         while (waitid(P_PIDFD, (id_t)pidfd, &si, WEXITED) < 0 && errno == EINTR)
-                ;
+                ; /* the caller closes it */
 }
 
 /* Ends a new worker and reaps it; one that could not be signalled is left to its exit

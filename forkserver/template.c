@@ -136,13 +136,7 @@ int fsd_template_reply(struct fsd_template *t, bool dontwait, struct fsd_templat
                 /* a helper that did not start, killed: ours to reap */
                 int pfd = ret->pid > 0 ? pidfd_open(ret->pid, 0) : -1;
 
-                if (pfd >= 0) {
-                        siginfo_t si;
-
-                        while (waitid(P_PIDFD, (id_t)pfd, &si, WEXITED) < 0 && errno == EINTR)
-                                ;
-                        close(pfd);
-                }
+                (void)fs_pidfd_end(pfd, -1);
                 return ret->err < 0 ? ret->err : -EIO;
         }
         *ret_sock = fds[0];
@@ -154,15 +148,8 @@ void fsd_template_stop(struct fsd_template *t)
 {
         t->fd = fs_close(t->fd);
         if (t->pidfd >= 0) {
-                struct pollfd pf = {.fd = t->pidfd, .events = POLLIN};
-                siginfo_t si;
-
                 /* it may be starting a helper: a bounded wait, then SIGKILL */
-                if (poll(&pf, 1, 2000) != 1)
-                        (void)pidfd_send_signal(t->pidfd, SIGKILL, NULL, 0);
-                while (waitid(P_PIDFD, (id_t)t->pidfd, &si, WEXITED) < 0 && errno == EINTR)
-                        ;
-                t->pidfd = fs_close(t->pidfd);
+                t->pidfd = fs_pidfd_end(t->pidfd, 2000);
         }
         t->pid = 0;
 }

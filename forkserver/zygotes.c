@@ -348,12 +348,7 @@ int fsd_zygote_attach(struct fsd_server *s, struct fsd_zygote *z)
 
 static void kill_reap(int pidfd)
 {
-        siginfo_t si;
-
-        (void)pidfd_send_signal(pidfd, SIGKILL, NULL, 0);
-        while (waitid(P_PIDFD, (id_t)pidfd, &si, WEXITED) < 0 && errno == EINTR)
-                ;
-        fs_close(pidfd);
+        (void)fs_pidfd_end(pidfd, 0);
 }
 
 void fsd_zygote_made(struct fsd_server *s, const struct fsd_template_reply *rep, int r, int fd,
@@ -427,18 +422,9 @@ void fsd_zygotes_stop(struct fsd_server *s)
                 z->fd = fs_close(z->fd);
         }
         for (unsigned i = 0; i < s->nzyg; i++) {
-                struct fsd_zygote *z = &s->zyg[i];
-                struct pollfd pf = {.fd = z->pidfd, .events = POLLIN};
                 int64_t left = by - fs_now_ms();
-                siginfo_t si;
 
-                if (z->pidfd < 0)
-                        continue;
-                if (poll(&pf, 1, left > 0 ? (int)left : 0) != 1)
-                        (void)pidfd_send_signal(z->pidfd, SIGKILL, NULL, 0);
-                while (waitid(P_PIDFD, (id_t)z->pidfd, &si, WEXITED) < 0 && errno == EINTR)
-                        ;
-                z->pidfd = fs_close(z->pidfd);
+                s->zyg[i].pidfd = fs_pidfd_end(s->zyg[i].pidfd, left > 1 ? (int)left : 1);
         }
 }
 
