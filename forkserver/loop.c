@@ -5,6 +5,7 @@
 #include <sys/epoll.h>
 #include <sys/pidfd.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -123,6 +124,7 @@ static void on_zygote_exit(struct fsd_server *s, struct fsd_zygote *z)
         /* Requests it never answered fail now. */
         while (z->ring_len)
                 fsd_spawn_complete(s, z, false);
+        fsd_pool_end(s, z); /* and its idle children end */
 }
 
 /* Zygotes due for a restart are asked of the template, one at a time. */
@@ -221,7 +223,9 @@ void fsd_zygotes_stop(struct fsd_server *s)
                 struct fsd_zygote *z = &s->zyg[i];
                 siginfo_t si;
 
-                z->fd = fs_close(z->fd);
+                /* half-closed: what it says of its idle children meanwhile is still read */
+                if (z->fd >= 0)
+                        (void)shutdown(z->fd, SHUT_WR);
                 if (z->pidfd >= 0) {
                         struct pollfd pf = {.fd = z->pidfd, .events = POLLIN};
 
@@ -233,6 +237,8 @@ void fsd_zygotes_stop(struct fsd_server *s)
                                 ;
                         z->pidfd = fs_close(z->pidfd);
                 }
+                fsd_pool_end(s, z);
+                z->fd = fs_close(z->fd);
         }
 }
 

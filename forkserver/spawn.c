@@ -289,6 +289,7 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
 
                 if (fs_proto_parse_spawned(&p, &sp, &why) < 0)
                         goto fail;
+                fsd_pool_taken(s, (pid_t)sp.pid); /* a pre-forked child serves it */
                 if (lost) {
                         fsd_gpu_abandon(s, e);
                         reap_by_pid(s, (pid_t)sp.pid, e->uid, true);
@@ -346,6 +347,8 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
 
                 if (fs_proto_parse_error(&p, &er, &why) < 0)
                         goto fail;
+                if (er.pid)
+                        fsd_pool_taken(s, (pid_t)er.pid);
                 fsd_gpu_abandon(s, e);
                 if (pidfd >= 0)
                         reap_failed(pidfd);
@@ -399,6 +402,9 @@ void fsd_spawn_complete(struct fsd_server *s, struct fsd_zygote *z, bool block)
                 n = fs_fdpass_recv_lossy(z->fd, msg, sizeof(msg), fds, 2, &nfds, &lost,
                                          block ? 0 : MSG_DONTWAIT);
                 if (n == -EAGAIN)
+                        return;
+                /* news of its pre-forked children, between the replies */
+                if (n > 0 && fsd_pool_message(s, z, msg, (size_t)n, fds, nfds, lost))
                         return;
         }
         if (z->ring_len == 0) {
