@@ -2,6 +2,7 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -77,6 +78,8 @@ struct zygote {
         bool holds_caps;      /* any capability: each worker drops all */
         char name[16];        /* our process name, which workers have too */
         int idle_sock;        /* for idle_main: its end of the new child's socketpair */
+        bool replied_error;   /* this request's: our stack holds its text */
+        size_t ngroups;       /* in a->groups: the client's, to wipe */
         struct pool {
                 struct idle {
                         pid_t pid;
@@ -147,6 +150,7 @@ static int reply_error(struct zygote *z, uint32_t id, uint32_t step, int err, co
         int n;
 
         drop_request_fds(z);
+        z->replied_error = true;
         fs_msg_begin_error(&w, z->out, OUT_SIZE, id, err, "%s%s%s: %s", step_name(step),
                            what ? " " : "", what ? what : "", strerror(err));
         fs_msg_put_u32(&w, FS_F_STEP, step);
@@ -205,6 +209,7 @@ static void plan_creds(struct zygote *z, const struct fs_spawn *sp, struct fsd_c
                 groups[i] = (gid_t)((uint32_t)sp->groups[4 * i] << 24 |
                                     (uint32_t)sp->groups[4 * i + 1] << 16 |
                                     (uint32_t)sp->groups[4 * i + 2] << 8 | sp->groups[4 * i + 3]);
+        z->ngroups = sp->ngroups; /* for forget() */
         plan->set_creds = true;
         plan->uid = sp->uid;
         plan->gid = sp->gid;
@@ -528,6 +533,19 @@ static __attribute__((noreturn)) void idle_fail(int errfd, uint32_t step, int er
         _exit(127);
 }
 
+/*
+ * Wipes what our stack may still hold of a request (a formatted ERROR with its paths) before
+ * a child takes a copy of it. Only after an error: every page we write is a copy-on-write fault
+ * while idle children share it, the cost the pool exists to avoid.
+ */
+static __attribute__((noinline)) void scrub_stack(void)
+{
+        char junk[16384];
+
+        explicit_bzero(junk, sizeof(junk));
+        __asm__ volatile("" : : "r"(junk) : "memory");
+}
+
 /* An idle child: a copy of us, on a copy of the child stack. It waits for one request. */
 static int idle_main(void *arg)
 {
@@ -555,11 +573,10 @@ static int idle_main(void *arg)
             dup3(sock, IDLE_SOCK_FD, O_CLOEXEC) < 0 || dup3(null, IDLE_NULL_FD, O_CLOEXEC) < 0 ||
             close_range(IDLE_NULL_FD + 1, ~0u, 0) < 0)
                 _exit(127);
+        /* (our copies of z->ll and z->pool name fds closed here; nothing below uses them, and
+         * each page written now is one more copy-on-write fault) */
         z->sock = -1;
         z->devnull = IDLE_NULL_FD;
-        z->pool = (struct pool){0};
-        for (size_t i = 0; i < FS_ARRAY_SIZE(z->ll); i++)
-                z->ll[i].fd = -1;
         /* dies with the front; signals stay blocked until fsd_child_entry resets them */
         if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != z->front)
                 _exit(0);
@@ -597,16 +614,6 @@ static int idle_main(void *arg)
         a->plan.pdeathsig_set = true;
         (void)prctl(PR_SET_NAME, z->name); /* a worker, as if forked now */
         return fsd_child_entry(&a->plan);
-}
-
-/* Wipes what our stack may still hold of past requests (formatted replies, paths) before a
- * child takes a copy of it. */
-static __attribute__((noinline)) void scrub_stack(void)
-{
-        char junk[32768];
-
-        explicit_bzero(junk, sizeof(junk));
-        __asm__ volatile("" : : "r"(junk) : "memory");
 }
 
 /* Forks one idle child and tells the front. */
@@ -940,7 +947,8 @@ static void forget(struct zygote *z, size_t len)
         explicit_bzero(z->a->gpu_env, strnlen(z->a->gpu_env, sizeof(z->a->gpu_env)));
         explicit_bzero(&z->a->plan, sizeof(z->a->plan));
         explicit_bzero(&z->a->sp, sizeof(z->a->sp));
-        explicit_bzero(z->a->groups, sizeof(z->a->groups));
+        explicit_bzero(z->a->groups, z->ngroups * sizeof(gid_t));
+        z->ngroups = 0;
 }
 
 /* The first message: OK, or ERROR with the reason start-up failed. */
@@ -1023,8 +1031,9 @@ static __attribute__((noreturn)) void zygote_main(const struct fsd_sandbox *sb,
                 z.nreq_fds = nfds;
                 r = spawn_one(&z, (size_t)n, fds, nfds);
                 forget(&z, (size_t)n);
-                if (prefork_max)
-                        scrub_stack(); /* where spawn_one's frames were */
+                if (prefork_max && z.replied_error)
+                        scrub_stack();
+                z.replied_error = false;
                 if (r < 0 && errno == EPIPE)
                         _exit(0);
                 drop_request_fds(&z);

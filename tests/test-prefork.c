@@ -240,6 +240,53 @@ START_TEST(killed_idle_child_replaced)
 }
 END_TEST
 
+/* A pre-forked child serving one client holds nothing of the request another client made
+ * before it was forked (the zygote wiped it): the worker scans its own memory for it. */
+START_TEST(no_residue_of_earlier_requests)
+{
+        const char *extra[] = {"--preload", env_or_die("LIBJOBS"), "--prefork", "1", NULL};
+        const char secret[] = "zq8-forkserver-prefork-secret-3Qv";
+        char env[4096], arg[2048], xored[sizeof(secret)], out[64];
+        const char *ev[] = {env, NULL};
+        pid_t idle[8], pid;
+        int st;
+
+        memset(env, 'e', sizeof(env));
+        memcpy(env, "PAD=", 4);
+        memcpy(env + sizeof(env) - sizeof(secret), secret, sizeof(secret));
+        memset(arg, 'a', sizeof(arg));
+        memcpy(arg + sizeof(arg) - sizeof(secret) + 1, secret, sizeof(secret) - 1);
+        for (size_t i = 0; i < sizeof(secret) - 1; i++)
+                xored[i] = (char)(secret[i] ^ 0x5a);
+        daemon_start(&d, extra);
+        struct forkserver *a = daemon_connect(&d), *b = daemon_connect(&d);
+        struct forkserver_spawn_args sa = {
+                .entry = "libjobs:job_noop", .envp = ev, .arg = arg, .arglen = sizeof(arg)};
+        struct forkserver_spawn_args sb = {
+                .entry = "libjobs:job_scan", .arg = xored, .arglen = sizeof(secret) - 1};
+        struct forkserver_proc *w;
+
+        for (int round = 0; round < 3; round++) {
+                ck_assert_int_eq(forkserver_spawn(a, &sa, &w), 0);
+                ck_assert_int_eq(forkserver_wait(a, w, &st), 0);
+                forkserver_proc_free(a, w);
+                /* the idle child now there was forked after that request */
+                size_t n = wait_idle(b, 1, idle, 8);
+
+                st = spawn_capture_keep(b, &sb, 1, out, sizeof(out), &w);
+                pid = forkserver_proc_pid(w);
+                forkserver_proc_free(b, w);
+                ck_assert_msg(EXITS(st, 0), "scan failed (status %#x)", st);
+                ck_assert_msg(in(pid, idle, n), "round %d: not served by an idle child", round);
+                ck_assert_msg(strcmp(out, "0\n") == 0,
+                              "round %d: another client's secret found %s time(s)", round, out);
+        }
+        forkserver_close(a);
+        forkserver_close(b);
+        ck_assert_int_eq(daemon_stop(&d), 0);
+}
+END_TEST
+
 static Suite *suite(void)
 {
         Suite *s = suite_create("prefork");
@@ -248,6 +295,7 @@ static Suite *suite(void)
         tcase_set_timeout(tc, 60);
         tcase_add_test(tc, prefork_worker_gets_exactly_its_request);
         tcase_add_test(tc, killed_idle_child_replaced);
+        tcase_add_test(tc, no_residue_of_earlier_requests);
         suite_add_tcase(s, tc);
         TCase *tp = tcase_create("pidfd-signal");
 
