@@ -23,8 +23,8 @@
 #define FSD_OUTQ_MAX 16384         /* queued replies per connection before it is cut */
 #define FSD_READ_BATCH 32          /* requests read from one connection per wakeup */
 #define FSD_MAX_PREFORK 64         /* --prefork N at most: idle children per zygote */
-#define FSD_PREFORK_DEFAULT 4      /* docs/BENCHMARKS.md, "Pre-forked workers", says why */
-#define FSD_PREFORK_DEFAULT_STR "4"
+#define FSD_PREFORK_DEFAULT 0      /* docs/BENCHMARKS.md, "Pre-forked workers", says why */
+#define FSD_PREFORK_DEFAULT_STR "0"
 
 struct fsd_options {
         const char *socket_path;
