@@ -36,7 +36,8 @@ def start(dirname, prefork, python):
     lib = ["--python-preload", ""] if python else \
         ["--preload", os.path.join(BUILD, "bench", "libbench.so")]
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "client", "python"))
-    p = subprocess.Popen([os.path.join(BUILD, "forkserver", "forkserverd"), "--foreground",
+    daemon = os.environ.get("FORKSERVERD") or os.path.join(BUILD, "forkserver", "forkserverd")
+    p = subprocess.Popen([daemon, "--foreground",
                           "--socket", sock, "--key-file", key, "--ready-fd", str(w),
                           "--allow-root-workers", "--log-level", "warning",
                           "--prefork", str(prefork)] + lib, pass_fds=[w], env=env)
@@ -120,13 +121,11 @@ def main():
             res["ratio_exit_p50"] = res["fork"]["exit_p50_us"] / res["prefork"]["exit_p50_us"]
             # the pool grows to --prefork under that many requests at once
             for _ in range(4):
-                reqs = [fa.spawn_request(entry="libbench:noop") for _ in range(a.prefork + 1)] \
-                    if not a.python else None
-                if reqs is None:
-                    ws = [fa.spawn(entry="libforkserver-python:forkserver_python_worker",
-                                   channel=True) for _ in range(a.prefork + 1)]
-                else:
-                    ws = [fa.spawn_result(r) for r in reqs]
+                entry = "libforkserver-python:forkserver_python_worker" if a.python \
+                    else "libbench:noop"
+                reqs = [fa.spawn_request(entry=entry, channel=a.python)
+                        for _ in range(a.prefork + 1)]
+                ws = [fa.spawn_result(r) for r in reqs]
                 for w in ws:
                     if a.python:
                         w.channel.close()
