@@ -6,6 +6,7 @@
  */
 #include "daemon.h"
 
+#include <sys/pidfd.h>
 #include <time.h>
 
 #define EXITS(st, code) (WIFEXITED(st) && WEXITSTATUS(st) == (code))
@@ -174,15 +175,23 @@ START_TEST(idle_children_end_with_the_daemon)
         daemon_start(&d, extra);
         struct forkserver *fs = daemon_connect(&d);
 
-        /* four at once: each finds the pool short by one more, and it grows to three */
-        for (int round = 0; round < 3; round++) {
+        /* four at once (pipelined): those that find the pool empty grow it, up to three */
+        int64_t t0 = now_ms();
+
+        while (daemon_stat(fs, "prefork.idle") < 3) {
+                uint32_t ticket[4];
+
+                ck_assert_msg(now_ms() - t0 < 10000, "the pool did not grow to 3");
                 for (int i = 0; i < 4; i++)
-                        ck_assert_int_eq(forkserver_spawn(fs, &a, &w[i]), 0);
+                        ck_assert_int_eq(forkserver_spawn_submit(fs, &a, &ticket[i]), 0);
+                for (int i = 0; i < 4; i++)
+                        ck_assert_int_eq(forkserver_spawn_collect(fs, ticket[i], &w[i]), 0);
                 for (int i = 0; i < 4; i++) {
                         ck_assert_int_eq(forkserver_kill(fs, w[i], SIGKILL), 0);
                         ck_assert_int_eq(forkserver_wait(fs, w[i], &st), 0);
                         forkserver_proc_free(fs, w[i]);
                 }
+                usleep(50 * 1000); /* refilled meanwhile */
         }
         n = wait_idle(fs, 3, idle, 8);
         ck_assert_uint_eq(daemon_stat(fs, "workers"), 0);
@@ -261,9 +270,9 @@ START_TEST(no_residue_of_earlier_requests)
         daemon_start(&d, extra);
         struct forkserver *a = daemon_connect(&d), *b = daemon_connect(&d);
         struct forkserver_spawn_args sa = {
-                .entry = "libjobs:job_noop", .envp = ev, .arg = arg, .arglen = sizeof(arg)};
+            .entry = "libjobs:job_noop", .envp = ev, .arg = arg, .arglen = sizeof(arg)};
         struct forkserver_spawn_args sb = {
-                .entry = "libjobs:job_scan", .arg = xored, .arglen = sizeof(secret) - 1};
+            .entry = "libjobs:job_scan", .arg = xored, .arglen = sizeof(secret) - 1};
         struct forkserver_proc *w;
 
         for (int round = 0; round < 3; round++) {
@@ -287,6 +296,43 @@ START_TEST(no_residue_of_earlier_requests)
 }
 END_TEST
 
+/* An idle child has the parent-death signal set; serving a detached request, it clears it:
+ * the worker outlives a daemon that is killed (one not detached does not). */
+START_TEST(detached_prefork_worker_outlives_a_killed_daemon)
+{
+        const char *extra[] = {"--preload", env_or_die("LIBJOBS"), "--prefork", "1", NULL};
+        struct forkserver_spawn_args a = {.entry = "libjobs:job_sleep",
+                                          .flags = FORKSERVER_SPAWN_DETACH};
+        struct forkserver_proc *w;
+        pid_t idle[8], pid;
+        char out[256];
+        int pidfd, st;
+
+        daemon_start(&d, extra);
+        struct forkserver *fs = daemon_connect(&d);
+
+        report(fs, out, sizeof(out), &pid);
+        size_t n = wait_idle(fs, 1, idle, 8);
+
+        ck_assert_int_eq(forkserver_spawn(fs, &a, &w), 0);
+        ck_assert_msg(in(forkserver_proc_pid(w), idle, n), "not served by an idle child");
+        pidfd = fcntl(forkserver_proc_pidfd(w), F_DUPFD_CLOEXEC, 3);
+        ck_assert_int_ge(pidfd, 0);
+        ck_assert_int_eq(kill(d.pid, SIGKILL), 0);
+        ck_assert_int_eq(waitpid(d.pid, &st, 0), d.pid);
+        d.pid = 0;
+        struct pollfd pf = {.fd = pidfd, .events = POLLIN};
+
+        ck_assert_msg(poll(&pf, 1, 500) == 0, "the detached worker died with the daemon");
+        ck_assert_int_eq(pidfd_send_signal(pidfd, SIGKILL, NULL, 0), 0);
+        ck_assert_int_eq(poll(&pf, 1, 3000), 1);
+        close(pidfd);
+        forkserver_proc_free(fs, w);
+        forkserver_close(fs);
+        daemon_cleanup_dir(&d);
+}
+END_TEST
+
 static Suite *suite(void)
 {
         Suite *s = suite_create("prefork");
@@ -302,6 +348,7 @@ static Suite *suite(void)
         tcase_set_timeout(tp, 60);
         tcase_set_tags(tp, "pidfd"); /* forkserver_kill: valgrind 3.19 lacks pidfd_send_signal */
         tcase_add_test(tp, idle_children_end_with_the_daemon);
+        tcase_add_test(tp, detached_prefork_worker_outlives_a_killed_daemon);
         suite_add_tcase(s, tp);
         return s;
 }
