@@ -35,6 +35,10 @@ extern char **environ;
 
 struct config {
         const char *sock, *key, *static_prog, *libbench;
+        /* a second daemon, with --prefork 0, for fs_fork_noprefork; sock0 NULL: none */
+        const char *sock0, *key0;
+        struct forkserver_key *fkey0;
+        const char *prefork; /* the first daemon's --prefork; NULL: its default */
         const char *only; /* comma-separated method names, or NULL for all */
         int zygote_mib;
         struct forkserver_key *fkey;
@@ -183,7 +187,9 @@ static int run_fs_exec(const struct method *m, const struct config *c, int activ
                        double *lat, int *nlat)
 {
         const char *argv[] = {m->program, NULL};
-        bool fork_mode = strcmp(m->name, "fs_fork") == 0;
+        bool noprefork = strcmp(m->name, "fs_fork_noprefork") == 0;
+        bool fork_mode = noprefork || strcmp(m->name, "fs_fork") == 0;
+        struct config c0 = *c;
         struct forkserver_spawn_args a = {.path = fork_mode ? NULL : m->program,
                                           .argv = fork_mode ? NULL : argv,
                                           .entry = fork_mode ? "libbench:noop" : NULL,
@@ -197,7 +203,11 @@ static int run_fs_exec(const struct method *m, const struct config *c, int activ
         struct forkserver *fs;
         int started = 0, done = 0, running = 0, r = 0;
 
-        if (connect_fs(c, &fs) < 0)
+        if (noprefork) { /* the same, from the daemon that forks on each request */
+                c0.sock = c->sock0;
+                c0.fkey = c->fkey0;
+        }
+        if (connect_fs(&c0, &fs) < 0)
                 return -1;
         while (done < total) {
                 struct forkserver_proc *w;
@@ -532,9 +542,12 @@ static void write_json(const char *path, int reps, struct result *res, int nres)
 
 /* ---- a private daemon ---- */
 
-static pid_t start_daemon(struct config *c, char *dir)
+/* Daemon slot 0 is the one every method uses, slot 1 the --prefork 0 one. */
+static pid_t start_daemon(struct config *c, char *dir, int slot)
 {
-        static char sock[256], key[256], mib[32];
+        static char socks[2][256], keys[2][256], mib[32];
+        char *sock = socks[slot], *key = keys[slot];
+        const char *prefork = slot ? "0" : c->prefork;
         char exe[4096], daemon[4096], hex[FS_KEY_HEX_LEN + 1];
         const char *env = getenv("FORKSERVERD");
         struct fs_key *k;
@@ -553,8 +566,8 @@ static pid_t start_daemon(struct config *c, char *dir)
         if (!mkdtemp(dir) || fs_key_generate(&k) < 0)
                 return -1;
         snprintf(mib, sizeof(mib), "%d", c->zygote_mib);
-        snprintf(sock, sizeof(sock), "%s/s.sock", dir);
-        snprintf(key, sizeof(key), "%s/key", dir);
+        snprintf(sock, sizeof(socks[0]), "%s/s.sock", dir);
+        snprintf(key, sizeof(keys[0]), "%s/key", dir);
         fs_key_hex(k, hex);
         fs_key_free(k);
         fd = open(key, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
@@ -570,7 +583,8 @@ static pid_t start_daemon(struct config *c, char *dir)
                 execl(daemon, "forkserverd", "--foreground", "--socket", sock, "--key-file", key,
                       "--ready-fd", "3", "--allow-root-workers", "--allow-profile",
                       "default,none", "--max-workers",
-                      "4096", "--log-level", "warning", "--preload", c->libbench, NULL);
+                      "4096", "--log-level", "warning", "--preload", c->libbench,
+                      prefork ? "--prefork" : NULL, prefork, NULL);
                 _exit(127);
         }
         close(p[1]);
@@ -581,8 +595,13 @@ static pid_t start_daemon(struct config *c, char *dir)
                 return -1;
         }
         close(p[0]);
-        c->sock = sock;
-        c->key = key;
+        if (slot) {
+                c->sock0 = sock;
+                c->key0 = key;
+        } else {
+                c->sock = sock;
+                c->key = key;
+        }
         return pid;
 }
 
@@ -665,6 +684,50 @@ static int series(const struct config *c, const struct method *all, int nall, co
         return 0;
 }
 
+struct daemons {
+        char dir[2][128];
+        pid_t pid[2]; /* 0: not started */
+};
+
+static void stop_daemons(struct config *c, struct daemons *d)
+{
+        for (int i = 0; i < 2; i++) {
+                if (d->pid[i] <= 0)
+                        continue;
+                kill(d->pid[i], SIGTERM);
+                waitpid(d->pid[i], NULL, 0);
+                d->pid[i] = 0;
+                unlink(i ? c->key0 : c->key);
+                rmdir(d->dir[i]);
+        }
+        forkserver_key_free(c->fkey);
+        forkserver_key_free(c->fkey0);
+        c->fkey = c->fkey0 = NULL;
+}
+
+/* The daemon, and the one with --prefork 0 when fs_fork_noprefork is to run. */
+static int start_daemons(struct config *c, struct daemons *d, bool second)
+{
+        for (int i = 0; i < (second ? 2 : 1); i++) {
+                /* $TMPDIR: the socket's directory and its parents are what every worker's
+                 * Landlock domain keeps out, listed again whenever they change (a busy /tmp
+                 * costs each spawn a new ruleset) */
+                const char *tmp = getenv("TMPDIR");
+
+                if (fs_format(d->dir[i], sizeof(d->dir[i]), "%s/fsbench-XXXXXX",
+                              tmp && *tmp ? tmp : "/tmp") < 0)
+                        return -1;
+                if ((d->pid[i] = start_daemon(c, d->dir[i], i)) < 0 ||
+                    forkserver_key_load_file(i ? c->key0 : c->key, i ? &c->fkey0 : &c->fkey,
+                                             NULL) < 0) {
+                        d->pid[i] = d->pid[i] < 0 ? 0 : d->pid[i];
+                        stop_daemons(c, d);
+                        return -1;
+                }
+        }
+        return 0;
+}
+
 /* "N,N,..." into out[8], each within [lo, hi]: the count, or -1. "" gives 0. */
 static int int_list(char *arg, int *out, int lo, int hi)
 {
@@ -685,13 +748,14 @@ int main(int argc, char **argv)
                 {"reps", required_argument, NULL, 'r'}, {"methods", required_argument, NULL, 'm'},
                 {"totals", required_argument, NULL, 't'},
                 {"actives", required_argument, NULL, 'a'}, {"sizes", required_argument, NULL, 's'},
+                {"prefork", required_argument, NULL, 'p'},
                 {"help", no_argument, NULL, 'h'}, {0}};
-        char dir[] = "/tmp/fsbench-XXXXXX", static_prog[4096], exe[4096], libbench[4096];
+        char static_prog[4096], exe[4096], libbench[4096];
+        struct daemons dm = {0};
         struct config c = {.reps = 5};
         const char *json = NULL;
         int opt, totals_arg[8], ntot_arg = 0, actives[8] = {1, 2, 8}, nact = 3;
         int sizes[8] = {256, 1024}, nsizes = 2;
-        pid_t daemon;
         ssize_t n;
 
         while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -703,6 +767,8 @@ int main(int argc, char **argv)
                         c.reps = atoi(optarg);
                 else if (opt == 'm')
                         c.only = optarg;
+                else if (opt == 'p')
+                        c.prefork = optarg;
                 else if (opt == 't') {
                         if ((ntot_arg = int_list(optarg, totals_arg, 1, MAX_SAMPLES)) < 1)
                                 return 2;
@@ -715,7 +781,7 @@ int main(int argc, char **argv)
                 } else {
                         fprintf(stderr, "usage: fsbench [--quick] [--reps N] [--json FILE] "
                                         "[--methods NAME,...] [--totals N,...] "
-                                        "[--actives N,...] [--sizes MIB,...]\n");
+                                        "[--actives N,...] [--sizes MIB,...] [--prefork N]\n");
                         return opt == 'h' ? 0 : 2;
                 }
         }
@@ -733,9 +799,9 @@ int main(int argc, char **argv)
         if (fs_format(libbench, sizeof(libbench), "%s/libbench.so", exe) < 0)
                 return 1;
         c.libbench = libbench;
-        if ((daemon = start_daemon(&c, dir)) < 0)
-                return 1;
-        if (forkserver_key_load_file(c.key, &c.fkey, NULL) < 0)
+        bool second = selected(&c, "fs_fork_noprefork");
+
+        if (start_daemons(&c, &dm, second) < 0)
                 return 1;
 
         const struct method methods[] = {
@@ -750,6 +816,7 @@ int main(int argc, char **argv)
                 {"fs_exec_reconnect", static_prog, "default", run_fs_reconnect},
                 {"fs_fork", "", "default", run_fs_exec},
                 {"fs_fork", "", "none", run_fs_exec},
+                {"fs_fork_noprefork", "", "default", run_fs_exec},
                 {"fs_handshake", "", "", run_fs_handshake},
                 {"uds_rtt", "", "", run_uds_rtt},
                 {"chan_rtt_1m", "", "", run_chan_rtt},
@@ -760,6 +827,7 @@ int main(int argc, char **argv)
         const struct method sized[] = {
                 {"fs_exec", static_prog, "default", run_fs_exec},
                 {"fs_fork", "", "default", run_fs_exec},
+                {"fs_fork_noprefork", "", "default", run_fs_exec},
                 {"fork_sized", "4k", "", run_raw},
                 {"fork_sized", "thp", "", run_raw},
         };
@@ -774,15 +842,9 @@ int main(int argc, char **argv)
         for (int i = 0; i < nsizes; i++) {
                 const int two[] = {2}, total[] = {c.quick ? 32 : 256};
 
-                kill(daemon, SIGTERM);
-                waitpid(daemon, NULL, 0);
-                unlink(c.key);
-                rmdir(dir);
-                strcpy(dir, "/tmp/fsbench-XXXXXX");
+                stop_daemons(&c, &dm);
                 c.zygote_mib = sizes[i];
-                forkserver_key_free(c.fkey);
-                if ((daemon = start_daemon(&c, dir)) < 0 ||
-                    forkserver_key_load_file(c.key, &c.fkey, NULL) < 0)
+                if (start_daemons(&c, &dm, second) < 0)
                         return 1;
                 if (series(&c, sized, (int)FS_ARRAY_SIZE(sized), two, 1, total, 1, res, &nres) < 0)
                         goto fail;
@@ -794,16 +856,9 @@ int main(int argc, char **argv)
                                 ((struct method *)res[i].m)->program = "static";
                 write_json(json, c.reps, res, nres);
         }
-        forkserver_key_free(c.fkey);
-        kill(daemon, SIGTERM);
-        waitpid(daemon, NULL, 0);
-        unlink(c.key);
-        rmdir(dir);
+        stop_daemons(&c, &dm);
         return 0;
 fail:
-        kill(daemon, SIGTERM);
-        waitpid(daemon, NULL, 0);
-        unlink(c.key);
-        rmdir(dir);
+        stop_daemons(&c, &dm);
         return 1;
 }

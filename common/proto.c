@@ -30,6 +30,7 @@ static const char *const type_names[FS_MSG_MAX_ + 1] = {
         [FS_MSG_STOP] = "STOP",       [FS_MSG_DATA] = "DATA",
         [FS_MSG_GPU_ALLOC] = "GPU_ALLOC", [FS_MSG_GPU_LEASE] = "GPU_LEASE",
         [FS_MSG_GPU_FREE] = "GPU_FREE", [FS_MSG_SIGNAL] = "SIGNAL",
+        [FS_MSG_POOL] = "POOL",
 };
 
 const char *fs_proto_type_name(uint16_t type)
@@ -46,6 +47,7 @@ size_t fs_proto_max_fds(uint16_t type)
                 return 2 + FS_MAX_GPU; /* pidfd, the channel when asked for, GPU buffers */
         case FS_MSG_GPU_LEASE:
         case FS_MSG_SIGNAL:
+        case FS_MSG_POOL:
                 return 1;
         case FS_MSG_ERROR:
                 return 1; /* zygote → front only: the pidfd of a child that failed to exec */
@@ -811,5 +813,24 @@ int fs_proto_parse_signal(struct fs_buf *p, size_t nfds, struct fs_msg_signal *r
         *ret = (struct fs_msg_signal){.signo = (uint32_t)f.num[FS_F_STATUS],
                                       .uid = (uint32_t)be(f.val[FS_F_CRED], 4),
                                       .pid = (uint32_t)f.num[FS_F_PID]};
+        return 0;
+}
+
+int fs_proto_parse_pool(struct fs_buf *p, size_t nfds, struct fs_msg_pool *ret,
+                        const char **ret_why)
+{
+        struct fields f;
+        int r = DECODE(p, &f, ret_why, {FS_F_PID, REQ}, {FS_F_STATUS, REQ});
+
+        if (r < 0)
+                return r;
+        if (f.num[FS_F_PID] == 0 || f.num[FS_F_PID] > INT32_MAX)
+                return fail(ret_why, "POOL: no such PID", -EBADMSG);
+        if (f.num[FS_F_STATUS] != FS_POOL_ADDED && f.num[FS_F_STATUS] != FS_POOL_GONE)
+                return fail(ret_why, "POOL: unknown event", -EBADMSG);
+        if (nfds > (f.num[FS_F_STATUS] == FS_POOL_ADDED ? 1u : 0u))
+                return fail(ret_why, "POOL: a pidfd comes with ADDED only", -EBADMSG);
+        *ret = (struct fs_msg_pool){.pid = (uint32_t)f.num[FS_F_PID],
+                                    .event = (uint32_t)f.num[FS_F_STATUS]};
         return 0;
 }

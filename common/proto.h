@@ -46,7 +46,9 @@ enum fs_msg_type {
         FS_MSG_GPU_FREE = 17,  /* LEASE: the broker releases its handle */
         /* between forkserverd and its plain zygote only */
         FS_MSG_SIGNAL = 18, /* STATUS (signal), CRED (as whom) + a pidfd, or PID: no reply */
-        FS_MSG_MAX_ = FS_MSG_SIGNAL,
+        /* zygote → forkserverd, unsolicited: PID, STATUS (enum fs_pool_event) [+ a pidfd] */
+        FS_MSG_POOL = 19,
+        FS_MSG_MAX_ = FS_MSG_POOL,
 };
 
 enum fs_field_tag {
@@ -256,6 +258,17 @@ struct fs_msg_signal {
 };
 int fs_proto_parse_signal(struct fs_buf *p, size_t nfds, struct fs_msg_signal *ret,
                           const char **ret_why);
+/* POOL (zygote → front): what became of one of the zygote's pre-forked idle children. */
+enum fs_pool_event {
+        FS_POOL_ADDED = 1, /* a new idle child, its pidfd attached: the front reaps it one day */
+        FS_POOL_GONE = 2,  /* an idle child that ended or was let go, no fd: end and reap it */
+};
+struct fs_msg_pool {
+        uint32_t pid, event; /* event: enum fs_pool_event */
+};
+/* nfds: how many fds came (ADDED may have lost its pidfd to a full fd table). */
+int fs_proto_parse_pool(struct fs_buf *p, size_t nfds, struct fs_msg_pool *ret,
+                        const char **ret_why);
 /* GPU_LEASE from the broker. */
 struct fs_msg_lease {
         uint64_t lease;

@@ -71,6 +71,12 @@ static int setup_child(const struct fsd_child_plan *p, bool close_now, int *errf
                         errno = ESRCH;
                         return -1;
                 }
+        } else if (p->pdeathsig_set) {
+                /* a detached worker forked ahead outlives the front (a uid switch clears the
+                 * signal only where the ids change) */
+                e->step = FS_STEP_PARENT;
+                if (prctl(PR_SET_PDEATHSIG, 0) < 0)
+                        return -1;
         }
 
         /* A domain of our own, made by this call: no sibling, zygote or front shares it. It

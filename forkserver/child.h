@@ -30,6 +30,7 @@ struct fsd_child_plan {
         const gid_t *groups;
         bool drop_caps;        /* the zygote holds capabilities; the worker keeps none */
         bool detached;
+        bool pdeathsig_set;    /* forked ahead: the parent-death signal is set already */
         bool newpgrp;          /* setpgid(0, 0) */
         int umask;             /* -1: keep the parent's */
         const struct fs_rlimit *rlimits;

@@ -98,6 +98,8 @@ static int put_status(struct fsd_server *s, uint32_t id)
         fs_msg_put_stat(&w, "zygote_inflight", ringed);
         fs_msg_put_stat(&w, "zygote_waiting", s->nwait);
         fs_msg_put_stat(&w, "zygote_strays_ended", s->strays.ended);
+        fs_msg_put_stat(&w, "prefork.max", s->opt->prefork);
+        fs_msg_put_stat(&w, "prefork.idle", fsd_pool_idle(s)); /* not counted in workers */
         fs_msg_put_stat(&w, "uptime_ms", (uint64_t)(fs_now_ms() - s->start_ms));
         fs_msg_put_stat(&w, "protocol_version", FS_PROTO_VERSION);
         fs_msg_put_stat(&w, "landlock_abi", (uint64_t)s->sandbox.landlock_abi);

@@ -131,9 +131,13 @@ static bool tracked(const struct fsd_server *s, pid_t pid)
 {
         if (pid == s->tpl.pid || pid == s->gpu.pid || pid == s->closer.pid)
                 return true;
-        for (unsigned i = 0; i < s->nzyg; i++)
+        for (unsigned i = 0; i < s->nzyg; i++) {
                 if (pid == s->zyg[i].pid)
                         return true;
+                for (unsigned k = 0; k < s->zyg[i].nidle; k++)
+                        if (pid == s->zyg[i].idle[k].pid)
+                                return true;
+        }
         for (const struct fsd_worker *w = s->orphans; w; w = w->next)
                 if (pid == w->pid)
                         return true;

@@ -31,8 +31,8 @@ static const char usage_text[] =
         "                   [--preload LIB]... [--cuda[=auto]] [--cuda-devices LIST]\n"
         "                   [--cuda-quota SIZE] [--cuda-conn-quota SIZE] [--cuda-reserve SIZE]\n"
         "                   [--python-preload MODULES] [--user NAME] [--allow-root-workers]\n"
-        "                   [--require-landlock] [--ready-fd N] [--log-level LEVEL]\n"
-        "                   [--foreground]\n"
+        "                   [--prefork N] [--require-landlock] [--ready-fd N]\n"
+        "                   [--log-level LEVEL] [--foreground]\n"
         "\n"
         "Creates worker processes for authenticated local clients.\n"
         "\n"
@@ -58,6 +58,9 @@ static const char usage_text[] =
         "                          get what the kernel has, and start-up says what is missing\n"
         "  --preload LIB           load LIB (/dir/LIBNAME.so) into the zygotes before listening;\n"
         "                          requests may then run LIBNAME:SYMBOL without exec (max 16)\n"
+        "  --prefork N             with --preload: each zygote keeps up to N idle children\n"
+        "                          forked ahead, each serving one fork-mode request (0..64,\n"
+        "                          default " FSD_PREFORK_DEFAULT_STR "; 0: fork on each request)\n"
         "  --python-preload MODULES  host a Python zygote: preload libforkserver-python.so,\n"
         "                          which starts Python in the zygotes and imports MODULES\n"
         "                          (comma-separated; may be empty) for forkserver.Pool workers\n"
@@ -148,7 +151,7 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                O_HS_TIMEOUT, O_READY_FD, O_LOG_LEVEL, O_FOREGROUND, O_MIN_PROFILE,
                O_ALLOW_PROFILE, O_PROFILE_DIR, O_PRELOAD, O_CUDA, O_CUDA_DEVICES, O_CUDA_QUOTA,
                O_CUDA_CONN_QUOTA, O_CUDA_RESERVE, O_PYTHON_PRELOAD, O_REQUIRE_LANDLOCK, O_VERSION, O_USER,
-               O_ALLOW_ROOT_WORKERS, O_MAX_CONNECTIONS };
+               O_ALLOW_ROOT_WORKERS, O_MAX_CONNECTIONS, O_PREFORK };
         static const struct option opts[] = {
                 {"socket", required_argument, NULL, O_SOCKET},
                 {"key-file", required_argument, NULL, O_KEY_FILE},
@@ -174,6 +177,7 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                 {"require-landlock", no_argument, NULL, O_REQUIRE_LANDLOCK},
                 {"user", required_argument, NULL, O_USER},
                 {"allow-root-workers", no_argument, NULL, O_ALLOW_ROOT_WORKERS},
+                {"prefork", required_argument, NULL, O_PREFORK},
                 {"help", no_argument, NULL, 'h'},
                 {"version", no_argument, NULL, O_VERSION},
                 {0},
@@ -200,6 +204,11 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                         if (o->n_allow_uid == FSD_MAX_ALLOW_UID)
                                 return usage_error("--allow-uid: at most 64 (%s)", optarg);
                         o->allow_uid[o->n_allow_uid++] = (uid_t)v;
+                        break;
+                case O_PREFORK:
+                        if (parse_uint(optarg, 0, FSD_MAX_PREFORK, &o->prefork) < 0)
+                                return usage_error("--prefork: need 0..%d, got '%s'",
+                                                   FSD_MAX_PREFORK, optarg);
                         break;
                 case O_MAX_WORKERS:
                         if (parse_uint(optarg, 1, FSD_MAX_WORKERS, &o->max_workers) < 0)
@@ -537,6 +546,7 @@ static int start(struct fsd_server *s, struct fsd_options *o)
         if ((r = confine(s, o)) < 0)
                 return r;
         fsd_zygote_set_creds(s->switch_uids, o->allow_root_workers);
+        fsd_zygote_set_prefork(o->npreload ? o->prefork : 0); /* fork mode needs --preload */
         /* The template: a copy of us as we are now, before the key and any client, from
          * which every zygote and broker comes, first ones and restarts. */
         if ((r = fsd_template_start(&s->tpl, s, err, sizeof(err))) < 0) {
@@ -617,6 +627,7 @@ int main(int argc, char **argv)
         static struct fsd_server srv;
         static char socket_buf[FS_SOCKET_PATH_MAX], key_buf[4096];
         struct fsd_options o = {.key_fd = -1, .ready_fd = -1, .listen_fd = -1, .max_workers = 1024,
+                                .prefork = FSD_PREFORK_DEFAULT,
                                 .max_pending = 64, .max_connections = 16384,
                                 .handshake_timeout_ms = 5000,
                                 .log_level = FS_LOG_INFO};

@@ -23,6 +23,9 @@
 #define FSD_ZYGOTE_QUEUE 1024      /* ... and waiting for room there, all zygotes together */
 #define FSD_ZYGOTE_DEADLINE_MS 5000 /* a zygote slower than this to answer is killed */
 #define FSD_STOP_DEADLINE_MS 1000  /* ... and when we are stopping */
+#define FSD_MAX_PREFORK 64         /* --prefork N at most: idle children per zygote */
+#define FSD_PREFORK_DEFAULT 0      /* docs/BENCHMARKS.md, "Pre-forked workers", says why */
+#define FSD_PREFORK_DEFAULT_STR "0"
 #define FSD_KILL_GRACE_MS 1000     /* SIGTERM, then SIGKILL after this */
 #define FSD_OUTQ_MAX 16384         /* queued replies per connection before it is cut */
 #define FSD_READ_BATCH 32          /* requests read from one connection per wakeup */
@@ -57,6 +60,7 @@ struct fsd_options {
         size_t npreload;
         const char *user;              /* --user: root drops to this user first */
         bool allow_root_workers;       /* root clients may have root workers */
+        unsigned prefork;              /* idle pre-forked children per fork-mode zygote, at most */
 };
 
 #define FSD_OUT_FDS 4 /* fds one reply to a client may carry */
@@ -166,6 +170,13 @@ struct fsd_zygote {
         struct fsd_zwait *wait, **wait_tail; /* waiting for room in the ring */
         unsigned nwait;
         uint64_t killed; /* for missing a deadline */
+        /* its pre-forked idle children (pool.c): our children, not workers, until one serves */
+        struct fsd_idle {
+                pid_t pid;
+                int pidfd;  /* -1: lost (we were out of fds); by pid then */
+                bool dying; /* let go and signalled, not reaped yet */
+        } idle[FSD_MAX_PREFORK];
+        unsigned nidle;
         uint32_t seq;
         uint32_t tpl_index;         /* what the template makes it from (template.h) */
         bool starting;              /* asked of the template, not answered yet */
@@ -372,6 +383,16 @@ void fsd_spawn_failed(struct fsd_server *s, enum fsd_fail why);
 /* msg is the whole datagram (forwarded to a zygote), payload its already-checked fields. */
 void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, uint8_t *msg,
                        size_t len, struct fs_buf *payload, int *fds, size_t nfds);
+
+/* pool.c: the zygotes' pre-forked children, as our books keep them */
+/* A POOL message from z (true: it was one, and its fds are taken care of). */
+bool fsd_pool_message(struct fsd_server *s, struct fsd_zygote *z, const uint8_t *msg, size_t len,
+                      int *fds, size_t nfds, bool lost);
+/* pid, a zygote's reply says, serves a request now: a worker, no longer idle. */
+void fsd_pool_taken(struct fsd_server *s, pid_t pid);
+/* z is gone or going: takes what it still said, then ends and reaps its idle children. */
+void fsd_pool_end(struct fsd_server *s, struct fsd_zygote *z);
+unsigned fsd_pool_idle(const struct fsd_server *s);
 
 /* worker.c */
 struct fsd_worker *fsd_worker_new(struct fsd_server *s, struct fsd_conn *c, int pidfd, pid_t pid,

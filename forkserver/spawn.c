@@ -321,6 +321,7 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
 
                 if (fs_proto_parse_spawned(&p, &sp, &why) < 0)
                         goto fail;
+                fsd_pool_taken(s, (pid_t)sp.pid); /* a pre-forked child serves it */
                 if (lost) {
                         fsd_gpu_abandon(s, e);
                         reap_by_pid(s, (pid_t)sp.pid, e->uid, true);
@@ -379,6 +380,8 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
 
                 if (fs_proto_parse_error(&p, &er, &why) < 0)
                         goto fail;
+                if (er.pid)
+                        fsd_pool_taken(s, (pid_t)er.pid);
                 fsd_gpu_abandon(s, e);
                 if (pidfd >= 0)
                         reap_failed(pidfd);

@@ -2,7 +2,9 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -74,6 +76,19 @@ struct zygote {
          * profile i's rules */
         struct fsd_landlock ll[FSD_MAX_PROFILES + 1];
         bool holds_caps;      /* any capability: each worker drops all */
+        char name[16];        /* our process name, which workers have too */
+        int idle_sock;        /* for idle_main: its end of the new child's socketpair */
+        bool replied_error;   /* this request's: our stack holds its text */
+        size_t ngroups;       /* in a->groups: the client's, to wipe */
+        struct pool {
+                struct idle {
+                        pid_t pid;
+                        int pidfd; /* ours; the front has its own */
+                        int sock;  /* our end of its socketpair */
+                } kid[FSD_MAX_PREFORK];
+                unsigned n, target;
+                int64_t last_use_ms; /* the last fork-mode request */
+        } pool;
 };
 
 /* Set by the front before it forks us (fsd_zygote_set_creds). */
@@ -135,6 +150,7 @@ static int reply_error(struct zygote *z, uint32_t id, uint32_t step, int err, co
         int n;
 
         drop_request_fds(z);
+        z->replied_error = true;
         fs_msg_begin_error(&w, z->out, OUT_SIZE, id, err, "%s%s%s: %s", step_name(step),
                            what ? " " : "", what ? what : "", strerror(err));
         fs_msg_put_u32(&w, FS_F_STEP, step);
@@ -193,6 +209,7 @@ static void plan_creds(struct zygote *z, const struct fs_spawn *sp, struct fsd_c
                 groups[i] = (gid_t)((uint32_t)sp->groups[4 * i] << 24 |
                                     (uint32_t)sp->groups[4 * i + 1] << 16 |
                                     (uint32_t)sp->groups[4 * i + 2] << 8 | sp->groups[4 * i + 3]);
+        z->ngroups = sp->ngroups; /* for forget() */
         plan->set_creds = true;
         plan->uid = sp->uid;
         plan->gid = sp->gid;
@@ -200,36 +217,49 @@ static void plan_creds(struct zygote *z, const struct fs_spawn *sp, struct fsd_c
         plan->ngroups = sp->ngroups;
 }
 
-static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfds_in)
+/* What a request asks for, worked out from its bytes in z->a: by us, and again by the idle
+ * child that serves it, from its own copy. */
+struct req {
+        struct fs_hdr h;
+        void *entry;                   /* fork mode */
+        const struct fsd_profile *prof;
+        size_t nfds;                   /* a->fds: the request's, its GPU buffers, the channel */
+        struct forkserver_gpu_buf gpu[FS_MAX_GPU];
+};
+
+/* Parses the request (len bytes in z->a->data, nfds_in fds), fills a->fds, a->targets and the
+ * environment. 0, or a positive errno with the step and what to say in *ret_step, *ret_what. */
+static int read_request(struct zygote *z, size_t len, const int *fds_in, size_t nfds_in,
+                        struct req *q, uint32_t *ret_step, const char **ret_what)
 {
         struct spawn_area *a = z->a;
-        struct fsd_child_plan *plan = &a->plan;
         struct fs_spawn *sp = &a->sp;
-        int *fds = a->fds, chan[2] = {-1, -1}, out_fds[2];
         uint32_t *targets = a->targets;
-        void *entry = NULL;
-        size_t nfds = nfds_in;
-        struct forkserver_gpu_buf gpu[FS_MAX_GPU];
-        struct fsd_child_error ce;
-        struct fs_hdr h;
         struct fs_buf p;
-        struct fs_msgw w;
-        int errpipe[2], pidfd = -1, r, n;
-        pid_t pid;
-        ssize_t got;
 
         /* The front validated this already; parse it again all the same, bounds-checked. */
         const char **ptrs = (const char **)(a->data + ((len + 7) & ~(size_t)7));
 
-        if ((r = fs_proto_parse_hdr(a->data, len, &h, &p)) < 0 || h.type != FS_MSG_SPAWN ||
-            (r = fs_proto_parse_spawn(&p, nfds, true, ptrs, FS_SPAWN_PTRS, sp, NULL)) < 0)
-                return reply_error(z, h.id, FS_STEP_CLONE, EBADMSG, "request", 0, -1);
-        if (sp->entry && !(entry = find_entry(z, sp->entry)))
-                return reply_error(z, h.id, FS_STEP_ENTRY, ENOENT, sp->entry, 0, -1);
+        *q = (struct req){.nfds = nfds_in};
+        *ret_what = NULL;
+        if (fs_proto_parse_hdr(a->data, len, &q->h, &p) < 0 || q->h.type != FS_MSG_SPAWN ||
+            fs_proto_parse_spawn(&p, nfds_in, true, ptrs, FS_SPAWN_PTRS, sp, NULL) < 0) {
+                *ret_step = FS_STEP_CLONE;
+                *ret_what = "request";
+                return EBADMSG;
+        }
+        if (sp->entry && !(q->entry = find_entry(z, sp->entry))) {
+                *ret_step = FS_STEP_ENTRY;
+                *ret_what = sp->entry;
+                return ENOENT;
+        }
         /* the front's word on whom the worker runs as, and our own check of root */
-        if (switch_uids != sp->has_cred || (sp->has_cred && sp->uid == 0 && !allow_root))
-                return reply_error(z, h.id, FS_STEP_CREDS, EPERM, "(uid plan)", 0, -1);
-        memcpy(fds, fds_in, nfds * sizeof(int));
+        if (switch_uids != sp->has_cred || (sp->has_cred && sp->uid == 0 && !allow_root)) {
+                *ret_step = FS_STEP_CREDS;
+                *ret_what = "(uid plan)";
+                return EPERM;
+        }
+        memcpy(a->fds, fds_in, nfds_in * sizeof(int));
         memcpy(targets, sp->child_fd, sp->nfds * sizeof(uint32_t));
         /* GPU buffers take the numbers just above every other fd of the worker */
         uint32_t base = (sp->flags & FS_SPAWN_CHANNEL) ? FS_CHANNEL_FD + 1 : 3;
@@ -237,14 +267,17 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
         for (size_t i = 0; i < sp->nfds; i++)
                 if (sp->child_fd[i] + 1 > base)
                         base = sp->child_fd[i] + 1;
-        if (sp->ngpu && base + sp->ngpu - 1 > FS_MAX_CHILD_FD)
-                return reply_error(z, h.id, FS_STEP_FDS, EMFILE, "GPU buffers", 0, -1);
+        if (sp->ngpu && base + sp->ngpu - 1 > FS_MAX_CHILD_FD) {
+                *ret_step = FS_STEP_FDS;
+                *ret_what = "GPU buffers";
+                return EMFILE;
+        }
         for (size_t i = 0; i < sp->ngpu; i++) {
                 targets[sp->nfds + i] = base + (uint32_t)i;
-                gpu[i] = (struct forkserver_gpu_buf){.fd = (int)(base + i),
-                                                     .device = sp->gpu[i].device,
-                                                     .size = sp->gpu[i].size};
-                memcpy(gpu[i].uuid, sp->gpu[i].uuid, 16);
+                q->gpu[i] = (struct forkserver_gpu_buf){.fd = (int)(base + i),
+                                                        .device = sp->gpu[i].device,
+                                                        .size = sp->gpu[i].size};
+                memcpy(q->gpu[i].uuid, sp->gpu[i].uuid, 16);
         }
         if (sp->ngpu && !sp->entry) { /* exec mode learns its buffers from the environment */
                 size_t at = (size_t)snprintf(a->gpu_env, sizeof(a->gpu_env), "FORKSERVER_GPU_FDS=");
@@ -252,10 +285,10 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
                 for (size_t i = 0; i < sp->ngpu && at < sizeof(a->gpu_env); i++) {
                         char uuid[FS_GPU_UUID_STR];
 
-                        fs_gpu_uuid_str(gpu[i].uuid, uuid);
+                        fs_gpu_uuid_str(q->gpu[i].uuid, uuid);
                         at += (size_t)snprintf(a->gpu_env + at, sizeof(a->gpu_env) - at,
-                                               "%s%d:%s:%llu", i ? "," : "", gpu[i].fd, uuid,
-                                               (unsigned long long)gpu[i].size);
+                                               "%s%d:%s:%llu", i ? "," : "", q->gpu[i].fd, uuid,
+                                               (unsigned long long)q->gpu[i].size);
                 }
                 env_drop(sp->envp, "FORKSERVER_GPU_FDS");
                 for (sp->envc = 0; sp->envp[sp->envc]; sp->envc++)
@@ -263,54 +296,48 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
                 sp->envp[sp->envc++] = a->gpu_env;
                 sp->envp[sp->envc] = NULL;
         }
-        if (sp->flags & FS_SPAWN_CHANNEL) {
-                if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, chan) < 0)
-                        return reply_error(z, h.id, FS_STEP_FDS, errno, "channel", 0, -1);
-                fds[nfds] = chan[1];
-                targets[nfds++] = FS_CHANNEL_FD;
-                if (!sp->entry) { /* exec mode learns its channel from the environment */
-                        env_drop(sp->envp, "FORKSERVER_CHANNEL_FD");
-                        for (sp->envc = 0; sp->envp[sp->envc]; sp->envc++)
-                                ;
-                        sp->envp[sp->envc++] = "FORKSERVER_CHANNEL_FD=3";
-                        sp->envp[sp->envc] = NULL;
-                }
+        q->prof = sp->profile ? fsd_sandbox_find(z->sb, sp->profile) : z->sb->dflt;
+        /* Our own filter is inherited: we serve only requests for it. */
+        if (!q->prof || (z->sandboxed && q->prof != z->sandboxed)) {
+                *ret_step = FS_STEP_SECCOMP;
+                *ret_what = "profile";
+                return q->prof ? EINVAL : ENOENT;
         }
+        return 0;
+}
 
-        const struct fsd_profile *prof = sp->profile ? fsd_sandbox_find(z->sb, sp->profile)
-                                                     : z->sb->dflt;
+/* The worker's end of its channel becomes its fd 3. */
+static void add_channel(struct zygote *z, struct req *q, int chan)
+{
+        struct fs_spawn *sp = &z->a->sp;
 
-        int llfd = -1;
-
-        if (prof && z->sb->landlock_abi > 0) {
-                size_t k = prof->nfs ? (size_t)(prof - z->sb->profiles) + 1 : 0;
-                char why[512];
-
-                if ((r = fsd_landlock_prepare(&z->ll[k], z->sb->landlock_abi, z->sb->deny,
-                                              z->sb->ndeny, prof->fs, prof->nfs, why,
-                                              sizeof(why))) < 0) {
-                        fs_close_many(chan, 2);
-                        return reply_error(z, h.id, FS_STEP_LANDLOCK, -r, why, 0, -1);
-                }
-                llfd = z->ll[k].fd;
+        z->a->fds[q->nfds] = chan;
+        z->a->targets[q->nfds++] = FS_CHANNEL_FD;
+        if (!sp->entry) { /* exec mode learns its channel from the environment */
+                env_drop(sp->envp, "FORKSERVER_CHANNEL_FD");
+                for (sp->envc = 0; sp->envp[sp->envc]; sp->envc++)
+                        ;
+                sp->envp[sp->envc++] = "FORKSERVER_CHANNEL_FD=3";
+                sp->envp[sp->envc] = NULL;
         }
-        if (!prof || pipe2(errpipe, O_CLOEXEC) < 0) {
-                r = prof ? errno : ENOENT;
-                fs_close_many(chan, 2);
-                return reply_error(z, h.id, prof ? FS_STEP_CLONE : FS_STEP_SECCOMP, r,
-                                   prof ? NULL : "profile", 0, -1);
-        }
+}
+
+static void make_plan(struct zygote *z, const struct req *q, int errpipe, int llfd, bool channel)
+{
+        struct fsd_child_plan *plan = &z->a->plan;
+        const struct fs_spawn *sp = &z->a->sp;
+
         *plan = (struct fsd_child_plan){
                 .path = sp->path,
                 .argv = (char *const *)sp->argv,
                 .envp = (char *const *)sp->envp,
                 .cwd = sp->cwd,
-                .fds = fds,
-                .targets = targets,
-                .nfds = nfds,
+                .fds = z->a->fds,
+                .targets = z->a->targets,
+                .nfds = q->nfds,
                 .devnull = z->devnull,
                 .null_stdio = z->null_stdio,
-                .errpipe = errpipe[1],
+                .errpipe = errpipe,
                 .landlock_fd = llfd,
                 .front = z->front,
                 .detached = sp->flags & FS_SPAWN_DETACH,
@@ -318,41 +345,85 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
                 .umask = sp->umask >= 0 && sp->umask != ZYGOTE_UMASK ? sp->umask : -1,
                 .rlimits = sp->rlimits,
                 .nrlimits = sp->nrlimits,
-                .entry = (int (*)(const struct forkserver_worker *))entry,
+                .entry = (int (*)(const struct forkserver_worker *))q->entry,
                 .arg = sp->arg,
                 .arglen = sp->arglen,
-                .channel = chan[1] >= 0,
+                .channel = channel,
                 .nreq = sp->nfds,
                 .ngpu = sp->ngpu,
         };
-        memcpy(plan->gpu, gpu, sp->ngpu * sizeof(gpu[0]));
+        memcpy(plan->gpu, q->gpu, sp->ngpu * sizeof(q->gpu[0]));
         plan_creds(z, sp, plan);
-        if (z->sandboxed) {
-                /* Our own filter is inherited: nothing to install per worker. */
-                if (prof != z->sandboxed) {
-                        fs_close_many(errpipe, 2);
-                        fs_close_many(chan, 2);
-                        return reply_error(z, h.id, FS_STEP_SECCOMP, EINVAL, "profile", 0, -1);
-                }
-        } else {
-                if (z->sb->min && z->sb->min != prof)
+        if (!z->sandboxed) {
+                if (z->sb->min && z->sb->min != q->prof)
                         plan->filters[plan->nfilters++] = &z->sb->min->prog;
-                if (prof->prog.len)
-                        plan->filters[plan->nfilters++] = &prof->prog;
+                if (q->prof->prog.len)
+                        plan->filters[plan->nfilters++] = &q->prof->prog;
         }
-        /* posix_spawn's route: the child borrows our memory and we sleep until it execs,
+}
+
+static pid_t pool_take(struct zygote *z, const struct req *q, size_t len, int errpipe, int llfd,
+                       int *ret_pidfd);
+
+static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfds_in)
+{
+        struct spawn_area *a = z->a;
+        struct fs_spawn *sp = &a->sp;
+        int chan[2] = {-1, -1}, out_fds[2];
+        struct fsd_child_error ce;
+        const char *what;
+        struct fs_msgw w;
+        struct req q;
+        int errpipe[2], pidfd = -1, r, n;
+        uint32_t step;
+        pid_t pid;
+        ssize_t got;
+
+        if ((r = read_request(z, len, fds_in, nfds_in, &q, &step, &what)) != 0)
+                return reply_error(z, q.h.id, step, r, what, 0, -1);
+        if (sp->flags & FS_SPAWN_CHANNEL) {
+                if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, chan) < 0)
+                        return reply_error(z, q.h.id, FS_STEP_FDS, errno, "channel", 0, -1);
+                add_channel(z, &q, chan[1]);
+        }
+
+        int llfd = -1;
+
+        if (z->sb->landlock_abi > 0) {
+                size_t k = q.prof->nfs ? (size_t)(q.prof - z->sb->profiles) + 1 : 0;
+                char why[512];
+
+                if ((r = fsd_landlock_prepare(&z->ll[k], z->sb->landlock_abi, z->sb->deny,
+                                              z->sb->ndeny, q.prof->fs, q.prof->nfs, why,
+                                              sizeof(why))) < 0) {
+                        fs_close_many(chan, 2);
+                        return reply_error(z, q.h.id, FS_STEP_LANDLOCK, -r, why, 0, -1);
+                }
+                llfd = z->ll[k].fd;
+        }
+        if (pipe2(errpipe, O_CLOEXEC) < 0) {
+                r = errno;
+                fs_close_many(chan, 2);
+                return reply_error(z, q.h.id, FS_STEP_CLONE, r, NULL, 0, -1);
+        }
+        make_plan(z, &q, errpipe[1], llfd, chan[1] >= 0);
+        /* Fork mode: an idle child forked ahead takes it, when there is one. Otherwise
+         * posix_spawn's route: the child borrows our memory and we sleep until it execs,
          * so the cost does not grow with our size. CLONE_PARENT makes it the front's child.
          * In fork mode a copy of us runs the entry; we wait only for its set-up. */
-        pid = clone(entry ? fsd_child_entry : fsd_child_exec, a->stack_end + sizeof(a->stack_end),
-                    CLONE_PARENT | CLONE_PIDFD | (entry ? 0 : CLONE_VM | CLONE_VFORK), plan,
-                    &pidfd);
+        pid = q.entry ? pool_take(z, &q, len, errpipe[1], llfd, &pidfd) : 0;
+        if (pid == 0)
+                pid = clone(q.entry ? fsd_child_entry : fsd_child_exec,
+                            a->stack_end + sizeof(a->stack_end),
+                            CLONE_PARENT | CLONE_PIDFD | (q.entry ? 0 : CLONE_VM | CLONE_VFORK),
+                            &a->plan, &pidfd);
         r = -errno;
         errpipe[1] = fs_close(errpipe[1]);
         chan[1] = fs_close(chan[1]);
         if (pid < 0) {
                 errpipe[0] = fs_close(errpipe[0]);
                 chan[0] = fs_close(chan[0]);
-                return reply_error(z, h.id, FS_STEP_CLONE, -r, r == -EAGAIN ? PROC_LIMITS
+                return reply_error(z, q.h.id, FS_STEP_CLONE, -r, r == -EAGAIN ? PROC_LIMITS
                                    : r == -EMFILE ? "(zygote out of file descriptors)" : NULL,
                                    0, -1);
         }
@@ -362,19 +433,19 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
         errpipe[0] = fs_close(errpipe[0]);
         if (got == sizeof(ce)) {
                 /* a uid switch passes RLIMIT_NPROC on to exec, which then fails */
-                const char *what = ce.step == FS_STEP_EXEC && ce.err == EAGAIN && sp->has_cred
-                                           ? NPROC_CLIENT
-                                   : ce.step == FS_STEP_EXEC  ? sp->path
-                                   : ce.step == FS_STEP_CHDIR ? sp->cwd
-                                                              : NULL;
+                what = ce.step == FS_STEP_EXEC && ce.err == EAGAIN && sp->has_cred
+                               ? NPROC_CLIENT
+                       : ce.step == FS_STEP_EXEC  ? sp->path
+                       : ce.step == FS_STEP_CHDIR ? sp->cwd
+                                                  : NULL;
 
-                r = reply_error(z, h.id, (uint32_t)ce.step, ce.err > 0 ? ce.err : EIO, what, pid,
-                                pidfd);
+                r = reply_error(z, q.h.id, (uint32_t)ce.step, ce.err > 0 ? ce.err : EIO, what,
+                                pid, pidfd);
                 pidfd = fs_close(pidfd);
                 chan[0] = fs_close(chan[0]);
                 return r;
         }
-        fs_msg_begin(&w, z->out, OUT_SIZE, FS_MSG_SPAWNED, h.id);
+        fs_msg_begin(&w, z->out, OUT_SIZE, FS_MSG_SPAWNED, q.h.id);
         fs_msg_put_u64(&w, FS_F_WORKER, 0);
         fs_msg_put_u32(&w, FS_F_PID, (uint32_t)pid);
         out_fds[0] = pidfd;
@@ -387,6 +458,292 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
         pidfd = fs_close(pidfd);
         chan[0] = fs_close(chan[0]); /* the front passes it on and keeps none */
         return r;
+}
+
+/*
+ * Pre-forked children (--prefork N; docs/PROCESSES.md, "Pre-forked workers").
+ *
+ * A fork-mode zygote keeps up to N idle children, forked while it had nothing to do, each the
+ * front's child (CLONE_PARENT) like any worker and told to the front (POOL ADDED, with a
+ * pidfd), so that the front reaps it whatever becomes of it. An idle child holds its end of
+ * a socketpair, /dev/null and stdio, nothing else; it blocks in recvmsg with every signal
+ * blocked, and dies with the front (parent-death signal) or at EOF (this zygote gone, or the
+ * pool shrinking). A fork-mode request, once we checked it and made its channel, error pipe
+ * and Landlock ruleset, goes to one idle child whole: the request's bytes and fds and those
+ * three. The child parses it as we did, from its own copy, and runs fsd_child_entry: set-up,
+ * error pipe, entry, as a child forked on the spot would. We answer as for a fork, with its
+ * pid and our pidfd for it. Each child serves one request; it was forked after we had wiped
+ * the previous ones (forget(), scrub_stack()), so it holds nothing of any other.
+ *
+ * The pool adapts below N: it starts empty, grows by one each time a fork-mode request finds it
+ * empty, and halves (down to one) after POOL_SHRINK_MS without a fork-mode request. A zygote
+ * that serves no fork mode (exec only, or a profile nobody asks for) keeps none.
+ */
+#define POOL_SHRINK_MS 10000
+#define IDLE_SOCK_FD 3 /* in an idle child: its socket ... */
+#define IDLE_NULL_FD 4 /* ... and /dev/null */
+#define HANDOFF_MAX_FDS (FS_MAX_MSG_FDS + 3)
+
+static unsigned prefork_max;
+
+void fsd_zygote_set_prefork(unsigned n)
+{
+        prefork_max = n < FSD_MAX_PREFORK ? n : FSD_MAX_PREFORK;
+}
+
+/* Ahead of a request's bytes, to its idle child. Its fds: the error pipe, the Landlock
+ * ruleset when ll, then the request's own nfds, then the channel when it asks for one. */
+struct handoff {
+        uint32_t len;
+        uint32_t nfds;
+        uint32_t ll;
+};
+
+/* Tells the front of a child, new (with our pidfd for it) or gone. */
+static int pool_report(struct zygote *z, pid_t pid, uint32_t event, int pidfd)
+{
+        struct fs_msgw w;
+        int n;
+
+        fs_msg_begin(&w, z->out, OUT_SIZE, FS_MSG_POOL, 0);
+        fs_msg_put_u32(&w, FS_F_PID, (uint32_t)pid);
+        fs_msg_put_u32(&w, FS_F_STATUS, event);
+        if ((n = fs_msg_finish(&w)) < 0)
+                return n;
+        return fs_fdpass_send(z->sock, z->out, (size_t)n, &pidfd, event == FS_POOL_ADDED, 0);
+}
+
+/* Lets idle child i go: EOF ends it, and the front reaps it. */
+static int pool_drop(struct zygote *z, unsigned i)
+{
+        struct pool *pl = &z->pool;
+        pid_t pid = pl->kid[i].pid;
+
+        fs_close(pl->kid[i].sock);
+        fs_close(pl->kid[i].pidfd);
+        pl->kid[i] = pl->kid[--pl->n];
+        return pool_report(z, pid, FS_POOL_GONE, -1);
+}
+
+static __attribute__((noreturn)) void idle_fail(int errfd, uint32_t step, int err)
+{
+        struct fsd_child_error e = {(int32_t)step, err};
+
+        (void)!write(errfd, &e, sizeof(e));
+        _exit(127);
+}
+
+/*
+ * Wipes what our stack may still hold of a request (a formatted ERROR with its paths) before
+ * a child takes a copy of it. Only after an error: every page we write is a copy-on-write fault
+ * while idle children share it, the cost the pool exists to avoid.
+ */
+static __attribute__((noinline)) void scrub_stack(void)
+{
+        char junk[16384];
+
+        explicit_bzero(junk, sizeof(junk));
+        __asm__ volatile("" : : "r"(junk) : "memory");
+}
+
+/* An idle child: a copy of us, on a copy of the child stack. It waits for one request. */
+static int idle_main(void *arg)
+{
+        struct zygote *z = arg;
+        struct spawn_area *a = z->a;
+        union {
+                struct cmsghdr align;
+                char buf[CMSG_SPACE(sizeof(int) * HANDOFF_MAX_FDS)];
+        } ctl;
+        struct handoff ho;
+        struct iovec iov[2] = {{&ho, sizeof(ho)}, {a->data, FS_MAX_MSG}};
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 2, .msg_control = ctl.buf,
+                            .msg_controllen = sizeof(ctl.buf)};
+        int fds[HANDOFF_MAX_FDS], sock, null, errfd, llfd = -1, r;
+        size_t nfds = 0, base;
+        const char *what;
+        uint32_t step;
+        struct req q;
+        ssize_t n;
+
+        /* Nothing of ours but the socket and /dev/null: not the front's socket, not the
+         * other children's, not the rulesets. */
+        if ((sock = fcntl(z->idle_sock, F_DUPFD_CLOEXEC, IDLE_NULL_FD + 1)) < 0 ||
+            (null = fcntl(z->devnull, F_DUPFD_CLOEXEC, IDLE_NULL_FD + 1)) < 0 ||
+            dup3(sock, IDLE_SOCK_FD, O_CLOEXEC) < 0 || dup3(null, IDLE_NULL_FD, O_CLOEXEC) < 0 ||
+            close_range(IDLE_NULL_FD + 1, ~0u, 0) < 0)
+                _exit(127);
+        /* (our copies of z->ll and z->pool name fds closed here; nothing below uses them, and
+         * each page written now is one more copy-on-write fault) */
+        z->sock = -1;
+        z->devnull = IDLE_NULL_FD;
+        /* dies with the front; signals stay blocked until fsd_child_entry resets them */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != z->front)
+                _exit(0);
+        (void)prctl(PR_SET_NAME, "forkserverd-idl");
+        do
+                n = recvmsg(IDLE_SOCK_FD, &mh, MSG_CMSG_CLOEXEC);
+        while (n < 0 && errno == EINTR);
+        if (n <= 0)
+                _exit(0); /* let go, or the zygote is gone */
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+                size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+
+                if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS ||
+                    nfds + k > HANDOFF_MAX_FDS)
+                        _exit(127);
+                memcpy(fds + nfds, CMSG_DATA(c), k * sizeof(int));
+                nfds += k;
+        }
+        if (nfds == 0)
+                _exit(127);
+        errfd = fds[0];
+        base = 1 + (ho.ll ? 1 : 0);
+        if ((mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || (size_t)n < sizeof(ho) ||
+            (size_t)n - sizeof(ho) != ho.len || ho.nfds > FS_MAX_MSG_FDS || nfds < base + ho.nfds)
+                idle_fail(errfd, FS_STEP_CLONE, EBADMSG);
+        if (ho.ll)
+                llfd = fds[1];
+        if ((r = read_request(z, ho.len, fds + base, ho.nfds, &q, &step, &what)) != 0)
+                idle_fail(errfd, step, r);
+        if (nfds != base + ho.nfds + ((a->sp.flags & FS_SPAWN_CHANNEL) ? 1 : 0))
+                idle_fail(errfd, FS_STEP_FDS, EBADMSG);
+        if (a->sp.flags & FS_SPAWN_CHANNEL)
+                add_channel(z, &q, fds[nfds - 1]);
+        make_plan(z, &q, errfd, llfd, (a->sp.flags & FS_SPAWN_CHANNEL) != 0);
+        a->plan.pdeathsig_set = true;
+        (void)prctl(PR_SET_NAME, z->name); /* a worker, as if forked now */
+        return fsd_child_entry(&a->plan);
+}
+
+/* Forks one idle child and tells the front. */
+static int pool_add(struct zygote *z)
+{
+        struct pool *pl = &z->pool;
+        int sv[2], pidfd = -1, r;
+        pid_t pid;
+
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+                return -errno;
+        z->idle_sock = sv[1];
+        pid = clone(idle_main, z->a->stack_end + sizeof(z->a->stack_end),
+                    CLONE_PARENT | CLONE_PIDFD, z, &pidfd);
+        r = -errno;
+        z->idle_sock = -1;
+        fs_close(sv[1]);
+        if (pid < 0) {
+                fs_close(sv[0]);
+                return r;
+        }
+        pl->kid[pl->n++] = (struct idle){.pid = pid, .pidfd = pidfd, .sock = sv[0]};
+        return pool_report(z, pid, FS_POOL_ADDED, pidfd);
+}
+
+/* An idle child for this request, which it now has: its pid, and our pidfd for it in
+ * *ret_pidfd; 0 when none could take it (we fork then). */
+static pid_t pool_take(struct zygote *z, const struct req *q, size_t len, int errpipe, int llfd,
+                       int *ret_pidfd)
+{
+        struct pool *pl = &z->pool;
+        bool chan = z->a->sp.flags & FS_SPAWN_CHANNEL;
+        struct handoff ho = {.len = (uint32_t)len, .nfds = (uint32_t)(q->nfds - chan),
+                             .ll = llfd >= 0};
+        union {
+                struct cmsghdr align;
+                char buf[CMSG_SPACE(sizeof(int) * HANDOFF_MAX_FDS)];
+        } ctl;
+        struct iovec iov[2] = {{&ho, sizeof(ho)}, {z->a->data, len}};
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 2, .msg_control = ctl.buf};
+        size_t nfds = 0;
+        int *fds;
+
+        if (!prefork_max)
+                return 0;
+        pl->last_use_ms = fs_now_ms();
+        memset(&ctl, 0, sizeof(ctl));
+        mh.msg_controllen = CMSG_SPACE(sizeof(int) * (1 + (llfd >= 0) + q->nfds));
+        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * (1 + (llfd >= 0) + q->nfds));
+        fds = (int *)CMSG_DATA(c);
+        fds[nfds++] = errpipe;
+        if (llfd >= 0)
+                fds[nfds++] = llfd;
+        memcpy(fds + nfds, z->a->fds, q->nfds * sizeof(int));
+        while (pl->n > 0) {
+                struct idle k = pl->kid[pl->n - 1];
+                ssize_t n;
+
+                do
+                        n = sendmsg(k.sock, &mh, MSG_NOSIGNAL);
+                while (n < 0 && errno == EINTR);
+                if (n < 0) { /* it died: the next one */
+                        if (pool_drop(z, pl->n - 1) == -EPIPE)
+                                return 0;
+                        continue;
+                }
+                fs_close(k.sock);
+                pl->n--;
+                *ret_pidfd = k.pidfd;
+                return k.pid;
+        }
+        if (pl->target < prefork_max)
+                pl->target++; /* it was empty: one more next time */
+        return 0;
+}
+
+/*
+ * Between requests: children that died are let go, the pool shrinks when fork mode has been
+ * idle, and grows back to its target one fork at a time while no request waits (each fork
+ * checks again). Returns once a request (or EOF) is there.
+ */
+static void pool_idle(struct zygote *z)
+{
+        struct pool *pl = &z->pool;
+
+        for (;;) {
+                struct pollfd pf[1 + FSD_MAX_PREFORK];
+                int64_t now = fs_now_ms();
+                bool grow = pl->n < pl->target;
+                int timeout = -1;
+
+                pf[0] = (struct pollfd){.fd = z->sock, .events = POLLIN | (grow ? POLLOUT : 0)};
+                for (unsigned i = 0; i < pl->n; i++)
+                        pf[1 + i] = (struct pollfd){.fd = pl->kid[i].pidfd, .events = POLLIN};
+                if (!grow && pl->target > 1) {
+                        int64_t due = pl->last_use_ms + POOL_SHRINK_MS;
+
+                        timeout = due > now ? (int)(due - now) : 0;
+                }
+                if (poll(pf, 1 + pl->n, timeout) < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return;
+                }
+                for (unsigned i = pl->n; i-- > 0;)
+                        if (pf[1 + i].revents && pool_drop(z, i) == -EPIPE)
+                                _exit(0);
+                if (pf[0].revents & (POLLIN | POLLHUP | POLLERR))
+                        return;
+                now = fs_now_ms();
+                if (!grow && pl->target > 1 && now >= pl->last_use_ms + POOL_SHRINK_MS) {
+                        pl->target /= 2;
+                        pl->last_use_ms = now;
+                        while (pl->n > pl->target)
+                                if (pool_drop(z, pl->n - 1) == -EPIPE)
+                                        _exit(0);
+                }
+                if (grow && (pf[0].revents & POLLOUT)) {
+                        int r = pool_add(z);
+
+                        if (r == -EPIPE)
+                                _exit(0);
+                        if (r < 0) /* out of processes or fds: no pool for now */
+                                pl->target = pl->n;
+                }
+        }
 }
 
 int fsd_preload_name(const char *path, char *buf, size_t size)
@@ -503,7 +860,10 @@ static int zygote_setup(struct zygote *z, int sock)
 
         if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != z->front)
                 return -ESRCH;
-        (void)prctl(PR_SET_NAME, z->sandboxed ? "forkserverd-zys" : "forkserverd-zyg");
+        snprintf(z->name, sizeof(z->name), "forkserverd-%s", z->sandboxed ? "zys" : "zyg");
+        (void)prctl(PR_SET_NAME, z->name);
+        z->idle_sock = -1;
+        z->pool.target = 0; /* until fork mode is asked of us */
         /* the front left us CAP_SETUID and CAP_SETGID when workers run as their clients,
          * nothing otherwise; whatever we hold, each worker drops */
         if (fsd_caps_get(&eff, &prm) < 0 ||
@@ -587,6 +947,8 @@ static void forget(struct zygote *z, size_t len)
         explicit_bzero(z->a->gpu_env, strnlen(z->a->gpu_env, sizeof(z->a->gpu_env)));
         explicit_bzero(&z->a->plan, sizeof(z->a->plan));
         explicit_bzero(&z->a->sp, sizeof(z->a->sp));
+        explicit_bzero(z->a->groups, z->ngroups * sizeof(gid_t));
+        z->ngroups = 0;
 }
 
 /* The first message: OK, or ERROR with the reason start-up failed. */
@@ -632,6 +994,9 @@ static __attribute__((noreturn)) void zygote_main(const struct fsd_sandbox *sb,
         for (;;) {
                 size_t nfds;
                 bool lost;
+
+                if (prefork_max)
+                        pool_idle(&z); /* until a request is there */
                 int n = fs_fdpass_recv_lossy(z.sock, z.a->data, FS_MAX_MSG, fds, FS_MAX_MSG_FDS,
                                              &nfds, &lost, 0);
                 struct fs_hdr h;
@@ -666,6 +1031,9 @@ static __attribute__((noreturn)) void zygote_main(const struct fsd_sandbox *sb,
                 z.nreq_fds = nfds;
                 r = spawn_one(&z, (size_t)n, fds, nfds);
                 forget(&z, (size_t)n);
+                if (prefork_max && z.replied_error)
+                        scrub_stack();
+                z.replied_error = false;
                 if (r < 0 && errno == EPIPE)
                         _exit(0);
                 drop_request_fds(&z);

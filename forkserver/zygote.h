@@ -30,6 +30,10 @@ int fsd_zygote_start(const struct fsd_sandbox *sb, const struct fsd_profile *san
  * names (CRED, which the front adds) and whether that uid may be 0. */
 void fsd_zygote_set_creds(bool switch_uids, bool allow_root);
 
+/* Before fsd_zygote_start: idle children a zygote with --preload keeps forked ahead, at most
+ * (0: none; a fork-mode request then forks). */
+void fsd_zygote_set_prefork(unsigned n);
+
 #define FSD_MAX_PRELOAD 16
 
 /* LIBNAME of a --preload path: the file name without directory and without ".so". */

@@ -234,6 +234,7 @@ static void on_deadline(struct fsd_loop *l, struct fsd_timer *t, int64_t now)
         z->killed++;
         if (z->pidfd >= 0)
                 (void)pidfd_send_signal(z->pidfd, SIGKILL, NULL, 0);
+        fsd_pool_end(s, z); /* its idle children too */
         disconnect(s, z);
         fail_all(s, z, ETIMEDOUT, "the zygote did not answer in time");
         /* its exit (pidfd) schedules the new one */
@@ -241,14 +242,10 @@ static void on_deadline(struct fsd_loop *l, struct fsd_timer *t, int64_t now)
 
 /* ---- answers ---- */
 
-static void on_reply(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
+/* What the zygote said, as far as it is there: answers, and news of its idle children. */
+static void drain(struct fsd_server *s, struct fsd_zygote *z, unsigned max)
 {
-        struct fsd_zygote *z = fsd_container_of(io, struct fsd_zygote, io);
-        struct fsd_server *s = server_of(l);
-
-        (void)events;
-        /* a bounded batch: the ring holds FSD_ZYGOTE_INFLIGHT at most */
-        for (unsigned i = 0; i < FSD_ZYGOTE_INFLIGHT && z->fd >= 0; i++) {
+        for (unsigned i = 0; i < max && z->fd >= 0; i++) {
                 uint8_t msg[1024]; /* zygote replies are small; a larger one is an error */
                 int fds[2] = {-1, -1};
                 size_t nfds = 0;
@@ -263,6 +260,9 @@ static void on_reply(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
                         fail_all(s, z, EIO, "zygote failed to answer");
                         break;
                 }
+                /* news of its pre-forked children, between the answers */
+                if (fsd_pool_message(s, z, msg, (size_t)n, fds, nfds, lost))
+                        continue;
                 if (z->ring_len == 0) {
                         fs_close_many(fds, nfds);
                         fs_log(FS_LOG_ERROR, "unexpected reply from zygote %s", zname(z));
@@ -273,6 +273,17 @@ static void on_reply(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
                 arm_deadline(s, z);
                 s->on_zygote_answer(s, &e, msg, (size_t)n, fds, nfds, lost, 0, NULL);
         }
+}
+
+static void on_reply(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
+{
+        struct fsd_zygote *z = fsd_container_of(io, struct fsd_zygote, io);
+        struct fsd_server *s = server_of(l);
+
+        (void)events;
+        /* a bounded batch: the ring holds FSD_ZYGOTE_INFLIGHT at most (and idle children
+         * FSD_MAX_PREFORK) */
+        drain(s, z, FSD_ZYGOTE_INFLIGHT + FSD_MAX_PREFORK);
         send_waiting(s, z);
 }
 
@@ -305,6 +316,9 @@ static void on_exit_(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
         fsd_io_stop(&s->loop, &z->io_exit);
         z->pidfd = fs_close(z->pidfd);
         z->pid = 0;
+        /* the answers it sent before it died are answers: workers made */
+        drain(s, z, ~0u);
+        fsd_pool_end(s, z); /* and its idle children end */
         disconnect(s, z);
         fail_all(s, z, EIO, "zygote failed to answer");
         s->on_zygote_gone(s);
@@ -419,12 +433,17 @@ void fsd_zygotes_stop(struct fsd_server *s)
                 fsd_io_stop(&s->loop, &z->io_exit);
                 fsd_timer_disarm(&s->loop, &z->deadline);
                 fsd_timer_disarm(&s->loop, &z->restart);
-                z->fd = fs_close(z->fd);
+                /* half-closed: what it says of its idle children meanwhile is still read */
+                if (z->fd >= 0)
+                        (void)shutdown(z->fd, SHUT_WR);
         }
         for (unsigned i = 0; i < s->nzyg; i++) {
+                struct fsd_zygote *z = &s->zyg[i];
                 int64_t left = by - fs_now_ms();
 
-                s->zyg[i].pidfd = fs_pidfd_end(s->zyg[i].pidfd, left > 1 ? (int)left : 1);
+                z->pidfd = fs_pidfd_end(z->pidfd, left > 1 ? (int)left : 1);
+                fsd_pool_end(s, z);
+                z->fd = fs_close(z->fd);
         }
 }
 

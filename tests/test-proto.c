@@ -490,6 +490,55 @@ START_TEST(spawn_cred_and_signal)
 }
 END_TEST
 
+/* POOL (zygote → front): ADDED with its pidfd, GONE without; nothing else. */
+START_TEST(pool_events)
+{
+        struct fs_msg_pool m;
+        const char *why;
+        struct fs_msgw w;
+        struct fs_hdr h;
+        struct fs_buf p;
+        int n;
+
+        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_POOL, 0);
+        fs_msg_put_u32(&w, FS_F_PID, 4321);
+        fs_msg_put_u32(&w, FS_F_STATUS, FS_POOL_ADDED);
+        ck_assert_int_gt(n = fs_msg_finish(&w), 0);
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)n, &h, &p), 0);
+        ck_assert_int_eq(fs_proto_parse_pool(&p, 1, &m, &why), 0);
+        ck_assert_uint_eq(m.pid, 4321);
+        ck_assert_uint_eq(m.event, FS_POOL_ADDED);
+        fs_buf_init_reader(&p, mem + FS_HDR_LEN, h.len);
+        ck_assert_int_eq(fs_proto_parse_pool(&p, 0, &m, &why), 0); /* its pidfd lost */
+        fs_buf_init_reader(&p, mem + FS_HDR_LEN, h.len);
+        ck_assert_int_eq(fs_proto_parse_pool(&p, 2, &m, &why), -EBADMSG);
+        for (int cut = FS_HDR_LEN; cut < n; cut++) {
+                fs_buf_init_reader(&p, mem + FS_HDR_LEN, (size_t)cut - FS_HDR_LEN);
+                ck_assert_int_lt(fs_proto_parse_pool(&p, 1, &m, &why), 0);
+        }
+        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_POOL, 0);
+        fs_msg_put_u32(&w, FS_F_PID, 4321);
+        fs_msg_put_u32(&w, FS_F_STATUS, FS_POOL_GONE);
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)fs_msg_finish(&w), &h, &p), 0);
+        ck_assert_int_eq(fs_proto_parse_pool(&p, 0, &m, &why), 0);
+        ck_assert_uint_eq(m.event, FS_POOL_GONE);
+        fs_buf_init_reader(&p, mem + FS_HDR_LEN, h.len);
+        ck_assert_int_eq(fs_proto_parse_pool(&p, 1, &m, &why), -EBADMSG);
+        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_POOL, 0);
+        fs_msg_put_u32(&w, FS_F_PID, 4321);
+        fs_msg_put_u32(&w, FS_F_STATUS, 3);
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)fs_msg_finish(&w), &h, &p), 0);
+        ck_assert_int_eq(fs_proto_parse_pool(&p, 0, &m, &why), -EBADMSG);
+        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_POOL, 0);
+        fs_msg_put_u32(&w, FS_F_PID, 0);
+        fs_msg_put_u32(&w, FS_F_STATUS, FS_POOL_GONE);
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)fs_msg_finish(&w), &h, &p), 0);
+        ck_assert_int_eq(fs_proto_parse_pool(&p, 0, &m, &why), -EBADMSG);
+        ck_assert_uint_eq(fs_proto_max_fds(FS_MSG_POOL), 1);
+        ck_assert_str_eq(fs_proto_type_name(FS_MSG_POOL), "POOL");
+}
+END_TEST
+
 START_TEST(status_fields)
 {
         struct fs_hdr h;
@@ -522,6 +571,7 @@ static Suite *suite(void)
         tcase_add_test(tc, status_fields);
         tcase_add_test(tc, spawn_gpu_fields);
         tcase_add_test(tc, spawn_cred_and_signal);
+        tcase_add_test(tc, pool_events);
         suite_add_tcase(s, tc);
         return s;
 }
