@@ -39,7 +39,7 @@ struct config {
         const char *sock0, *key0;
         struct forkserver_key *fkey0;
         const char *prefork; /* the first daemon's --prefork; NULL: its default */
-        const char *only; /* comma-separated method names, or NULL for all */
+        const char *only;    /* comma-separated method names, or NULL for all */
         int zygote_mib;
         struct forkserver_key *fkey;
         int reps;
@@ -74,8 +74,8 @@ static int hold_ballast(int mib, bool huge)
         ballast_len = (size_t)mib << 20;
         if (mib == 0)
                 return 0;
-        ballast = mmap(NULL, ballast_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                       -1, 0);
+        ballast =
+            mmap(NULL, ballast_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (ballast == MAP_FAILED) {
                 ballast = NULL;
                 return -1;
@@ -262,8 +262,7 @@ static int run_fs_reconnect(const struct method *m, const struct config *c, int 
                             double *lat, int *nlat)
 {
         const char *argv[] = {m->program, NULL};
-        struct forkserver_spawn_args a = {.path = m->program, .argv = argv,
-                                          .profile = m->profile};
+        struct forkserver_spawn_args a = {.path = m->program, .argv = argv, .profile = m->profile};
         struct {
                 struct forkserver *fs;
                 struct forkserver_proc *w;
@@ -390,8 +389,7 @@ static int run_chan_rtt(const struct method *m, const struct config *c, int acti
                  * and the bytes are read again here: 1 MiB each way, as through a pipe */
                 if (pwrite(mfd, data, sizeof(data), 0) != sizeof(data) ||
                     forkserver_channel_send(ch, "rtt", 3, &mfd, 1) < 0 ||
-                    forkserver_channel_recv(ch, msg, sizeof(msg), &back, 1, &nfds) < 0 ||
-                    nfds != 1)
+                    forkserver_channel_recv(ch, msg, sizeof(msg), &back, 1, &nfds) < 0 || nfds != 1)
                         goto out;
                 if (pread(back, data, sizeof(data), 0) != sizeof(data)) {
                         close(back);
@@ -429,8 +427,8 @@ static int run_pipe_rtt(const struct method *m, const struct config *c, int acti
                         size_t got = 0;
                         ssize_t n = 0;
 
-                        while (got < sizeof(data) && (n = read(there[0], data + got,
-                                                               sizeof(data) - got)) > 0)
+                        while (got < sizeof(data) &&
+                               (n = read(there[0], data + got, sizeof(data) - got)) > 0)
                                 got += (size_t)n;
                         if (got < sizeof(data) || fs_write_all(back[1], data, got) < 0)
                                 _exit(0);
@@ -446,7 +444,8 @@ static int run_pipe_rtt(const struct method *m, const struct config *c, int acti
 
                 if (fs_write_all(there[1], data, sizeof(data)) < 0)
                         break;
-                while (got < sizeof(data) && (n = read(back[0], data + got, sizeof(data) - got)) > 0)
+                while (got < sizeof(data) &&
+                       (n = read(back[0], data + got, sizeof(data) - got)) > 0)
                         got += (size_t)n;
                 if (got < sizeof(data))
                         break;
@@ -524,16 +523,16 @@ static void write_json(const char *path, int reps, struct result *res, int nres)
                 memcpy(rs, r->rates, sizeof(rs));
                 double med = pct(rs, r->nrates, 0.5), mn = pct(rs, r->nrates, 0),
                        mx = pct(rs, r->nrates, 1);
-                fprintf(f, "  {\"method\": \"%s\", \"program\": \"%s\", \"profile\": \"%s\", "
-                           "\"zygote_mib\": %d, \"active\": %d, \"total\": %d, "
-                           "\"procs_per_sec\": {\"median\": %.1f, \"min\": %.1f, \"max\": %.1f}, "
-                           "\"latency_us\": {\"p50\": %.1f, \"p99\": %.1f, \"p10\": %.1f, "
-                           "\"p90\": %.1f, \"min\": %.1f, \"max\": %.1f}}%s\n",
+                fprintf(f,
+                        "  {\"method\": \"%s\", \"program\": \"%s\", \"profile\": \"%s\", "
+                        "\"zygote_mib\": %d, \"active\": %d, \"total\": %d, "
+                        "\"procs_per_sec\": {\"median\": %.1f, \"min\": %.1f, \"max\": %.1f}, "
+                        "\"latency_us\": {\"p50\": %.1f, \"p99\": %.1f, \"p10\": %.1f, "
+                        "\"p90\": %.1f, \"min\": %.1f, \"max\": %.1f}}%s\n",
                         r->m->name, r->m->program, r->m->profile, r->zygote_mib, r->active,
-                        r->total, med, mn, mx,
-                        pct(r->lat, r->nlat, 0.5), pct(r->lat, r->nlat, 0.99),
-                        pct(r->lat, r->nlat, 0.1), pct(r->lat, r->nlat, 0.9),
-                        pct(r->lat, r->nlat, 0), pct(r->lat, r->nlat, 1),
+                        r->total, med, mn, mx, pct(r->lat, r->nlat, 0.5),
+                        pct(r->lat, r->nlat, 0.99), pct(r->lat, r->nlat, 0.1),
+                        pct(r->lat, r->nlat, 0.9), pct(r->lat, r->nlat, 0), pct(r->lat, r->nlat, 1),
                         i + 1 < nres ? "," : "");
         }
         fprintf(f, " ]}\n");
@@ -581,9 +580,8 @@ static pid_t start_daemon(struct config *c, char *dir, int slot)
                 prctl(PR_SET_PDEATHSIG, SIGTERM); /* a killed fsbench leaves no daemon */
                 setenv("FSBENCH_ZYGOTE_MIB", mib, 1);
                 execl(daemon, "forkserverd", "--foreground", "--socket", sock, "--key-file", key,
-                      "--ready-fd", "3", "--allow-root-workers", "--allow-profile",
-                      "default,none", "--max-workers",
-                      "4096", "--log-level", "warning", "--preload", c->libbench,
+                      "--ready-fd", "3", "--allow-root-workers", "--allow-profile", "default,none",
+                      "--max-workers", "4096", "--log-level", "warning", "--preload", c->libbench,
                       prefork ? "--prefork" : NULL, prefork, NULL);
                 _exit(127);
         }
@@ -650,7 +648,8 @@ static int series(const struct config *c, const struct method *all, int nall, co
                         int base = *nres;
 
                         for (int mi = 0; mi < nm; mi++) {
-                                res[*nres] = (struct result){.m = &all[0], .active = actives[ai],
+                                res[*nres] = (struct result){.m = &all[0],
+                                                             .active = actives[ai],
                                                              .total = totals[ti],
                                                              .zygote_mib = c->zygote_mib};
                                 for (int i = 0; i < nall; i++) /* point at the caller's table */
@@ -670,12 +669,10 @@ static int series(const struct config *c, const struct method *all, int nall, co
 
                                         if (r->m->run(r->m, c, r->active, r->total, r->lat,
                                                       &r->nlat) < 0) {
-                                                fprintf(stderr, "fsbench: %s failed\n",
-                                                        r->m->name);
+                                                fprintf(stderr, "fsbench: %s failed\n", r->m->name);
                                                 return -1;
                                         }
-                                        r->rates[r->nrates++] =
-                                                r->total / (now_s() - t0 - untimed);
+                                        r->rates[r->nrates++] = r->total / (now_s() - t0 - untimed);
                                 }
                         for (int i = base; i < *nres; i++)
                                 print_result(c, &res[i]);
@@ -718,8 +715,8 @@ static int start_daemons(struct config *c, struct daemons *d, bool second)
                               tmp && *tmp ? tmp : "/tmp") < 0)
                         return -1;
                 if ((d->pid[i] = start_daemon(c, d->dir[i], i)) < 0 ||
-                    forkserver_key_load_file(i ? c->key0 : c->key, i ? &c->fkey0 : &c->fkey,
-                                             NULL) < 0) {
+                    forkserver_key_load_file(i ? c->key0 : c->key, i ? &c->fkey0 : &c->fkey, NULL) <
+                        0) {
                         d->pid[i] = d->pid[i] < 0 ? 0 : d->pid[i];
                         stop_daemons(c, d);
                         return -1;
@@ -744,12 +741,11 @@ static int int_list(char *arg, int *out, int lo, int hi)
 int main(int argc, char **argv)
 {
         static const struct option opts[] = {
-                {"quick", no_argument, NULL, 'q'}, {"json", required_argument, NULL, 'j'},
-                {"reps", required_argument, NULL, 'r'}, {"methods", required_argument, NULL, 'm'},
-                {"totals", required_argument, NULL, 't'},
-                {"actives", required_argument, NULL, 'a'}, {"sizes", required_argument, NULL, 's'},
-                {"prefork", required_argument, NULL, 'p'},
-                {"help", no_argument, NULL, 'h'}, {0}};
+            {"quick", no_argument, NULL, 'q'},        {"json", required_argument, NULL, 'j'},
+            {"reps", required_argument, NULL, 'r'},   {"methods", required_argument, NULL, 'm'},
+            {"totals", required_argument, NULL, 't'}, {"actives", required_argument, NULL, 'a'},
+            {"sizes", required_argument, NULL, 's'},  {"prefork", required_argument, NULL, 'p'},
+            {"help", no_argument, NULL, 'h'},         {0}};
         char static_prog[4096], exe[4096], libbench[4096];
         struct daemons dm = {0};
         struct config c = {.reps = 5};
@@ -805,39 +801,44 @@ int main(int argc, char **argv)
                 return 1;
 
         const struct method methods[] = {
-                {"fork", "", "", run_raw},
-                {"vfork_exec", static_prog, "", run_raw},
-                {"vfork_exec", "/bin/true", "", run_raw},
-                {"posix_spawn", static_prog, "", run_raw},
-                {"posix_spawn", "/bin/true", "", run_raw},
-                {"fs_exec", static_prog, "default", run_fs_exec},
-                {"fs_exec", static_prog, "none", run_fs_exec},
-                {"fs_exec", "/bin/true", "default", run_fs_exec},
-                {"fs_exec_reconnect", static_prog, "default", run_fs_reconnect},
-                {"fs_fork", "", "default", run_fs_exec},
-                {"fs_fork", "", "none", run_fs_exec},
-                {"fs_fork_noprefork", "", "default", run_fs_exec},
-                {"fs_handshake", "", "", run_fs_handshake},
-                {"uds_rtt", "", "", run_uds_rtt},
-                {"chan_rtt_1m", "", "", run_chan_rtt},
-                {"pipe_rtt_1m", "", "", run_pipe_rtt},
+            {"fork", "", "", run_raw},
+            {"vfork_exec", static_prog, "", run_raw},
+            {"vfork_exec", "/bin/true", "", run_raw},
+            {"posix_spawn", static_prog, "", run_raw},
+            {"posix_spawn", "/bin/true", "", run_raw},
+            {"fs_exec", static_prog, "default", run_fs_exec},
+            {"fs_exec", static_prog, "none", run_fs_exec},
+            {"fs_exec", "/bin/true", "default", run_fs_exec},
+            {"fs_exec_reconnect", static_prog, "default", run_fs_reconnect},
+            {"fs_fork", "", "default", run_fs_exec},
+            {"fs_fork", "", "none", run_fs_exec},
+            {"fs_fork_noprefork", "", "default", run_fs_exec},
+            {"fs_handshake", "", "", run_fs_handshake},
+            {"uds_rtt", "", "", run_uds_rtt},
+            {"chan_rtt_1m", "", "", run_chan_rtt},
+            {"pipe_rtt_1m", "", "", run_pipe_rtt},
         };
         /* the zygote-size series: forkserver with a large zygote beside raw fork from a bench
          * process holding the same memory, on 4 KiB pages and on huge pages */
         const struct method sized[] = {
-                {"fs_exec", static_prog, "default", run_fs_exec},
-                {"fs_fork", "", "default", run_fs_exec},
-                {"fs_fork_noprefork", "", "default", run_fs_exec},
-                {"fork_sized", "4k", "", run_raw},
-                {"fork_sized", "thp", "", run_raw},
+            {"fs_exec", static_prog, "default", run_fs_exec},
+            {"fs_fork", "", "default", run_fs_exec},
+            {"fs_fork_noprefork", "", "default", run_fs_exec},
+            {"fork_sized", "4k", "", run_raw},
+            {"fork_sized", "thp", "", run_raw},
         };
         const int totals_full[] = {256, 1024, 4096}, totals_quick[] = {128};
         static struct result res[256];
         int nres = 0;
 
         if (series(&c, methods, (int)FS_ARRAY_SIZE(methods), actives, nact,
-                   ntot_arg ? totals_arg : c.quick ? totals_quick : totals_full,
-                   ntot_arg ? ntot_arg : c.quick ? 1 : 3, res, &nres) < 0)
+                   ntot_arg  ? totals_arg
+                   : c.quick ? totals_quick
+                             : totals_full,
+                   ntot_arg  ? ntot_arg
+                   : c.quick ? 1
+                             : 3,
+                   res, &nres) < 0)
                 goto fail;
         for (int i = 0; i < nsizes; i++) {
                 const int two[] = {2}, total[] = {c.quick ? 32 : 256};

@@ -78,9 +78,9 @@ static int worker_self(uint64_t size)
         if (write(1, "ready", 5) != 5)
                 return 5;
         return cu.cuMemUnmap(ptr, size) || cu.cuMemRelease(h) || cu.cuMemAddressFree(ptr, size) ||
-                               cu.cuDevicePrimaryCtxRelease(dev)
-                       ? 6
-                       : 0;
+                       cu.cuDevicePrimaryCtxRelease(dev)
+                   ? 6
+                   : 0;
 }
 #endif
 
@@ -98,9 +98,13 @@ static int64_t timed_worker(struct forkserver *fs, const char *self, const char 
 {
         const char *argv[] = {self, mode, size, NULL};
         struct forkserver_fd_map out = {1, -1};
-        struct forkserver_spawn_args a = {.path = self, .argv = argv,
+        struct forkserver_spawn_args a = {.path = self,
+                                          .argv = argv,
                                           .envp = (const char *const *)environ,
-                                          .fds = &out, .nfds = 1, .gpu = g, .ngpu = g ? 1 : 0,
+                                          .fds = &out,
+                                          .nfds = 1,
+                                          .gpu = g,
+                                          .ngpu = g ? 1 : 0,
                                           .flags = flags};
         char buf[8];
         int p[2], st;
@@ -144,8 +148,7 @@ int main(int argc, char **argv)
         if (argc >= 2 && strcmp(argv[1], "worker-fd") == 0)
                 return worker_fd();
 #ifdef FS_HAVE_CUDA
-        if (argc >= 3 && strcmp(argv[1], "worker-self") == 0 &&
-            fs_parse_size(argv[2], &size) == 0)
+        if (argc >= 3 && strcmp(argv[1], "worker-self") == 0 && fs_parse_size(argv[2], &size) == 0)
                 return worker_self(size);
 #else
         fprintf(stderr, "gpubench: built without cuda.h\n");
@@ -153,9 +156,15 @@ int main(int argc, char **argv)
 #endif
         while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
                 switch (c) {
-                case 's': o.socket_path = optarg; break;
-                case 'k': o.key_file = optarg; break;
-                case 'z': size_s = optarg; break;
+                case 's':
+                        o.socket_path = optarg;
+                        break;
+                case 'k':
+                        o.key_file = optarg;
+                        break;
+                case 'z':
+                        size_s = optarg;
+                        break;
                 case 'r':
                         if (fs_parse_long(optarg, 1, 100000, &reps) < 0)
                                 return 2;
@@ -213,7 +222,8 @@ int main(int argc, char **argv)
 
         forkserver_proc_free(fs, w); /* b pointed into it */
         printf("scenario: a worker wrote %llu bytes of device memory (memset + copy); the "
-               "client read them back: OK\n", bytes);
+               "client read them back: OK\n",
+               bytes);
 
         /* 2. time to a usable buffer in a new worker, the two ways, alternating */
         int64_t *tb = calloc((size_t)reps, sizeof(*tb)), *ts = calloc((size_t)reps, sizeof(*ts));
@@ -228,8 +238,8 @@ int main(int argc, char **argv)
         }
         qsort(tb, (size_t)reps, sizeof(*tb), cmp_i64);
         qsort(ts, (size_t)reps, sizeof(*ts), cmp_i64);
-        printf("time to a usable %s buffer in a new worker, %ld runs each, alternating:\n",
-               size_s, reps);
+        printf("time to a usable %s buffer in a new worker, %ld runs each, alternating:\n", size_s,
+               reps);
         printf("  broker fd (import + map):          p50 %8.0f us  p90 %8.0f us\n",
                (double)tb[reps / 2], (double)tb[reps * 9 / 10]);
         printf("  worker's own cuInit + cuMemCreate: p50 %8.0f us  p90 %8.0f us\n",

@@ -84,7 +84,7 @@ int main(int argc, char **argv)
 
         if (argc < 4) {
                 fprintf(stderr, "usage: idlebench SOCKET KEYFILE DAEMON_PID [IDLE [ROUNDS "
-                        "[SECONDS]]]\n");
+                                "[SECONDS]]]\n");
                 return 2;
         }
         int pid = atoi(argv[3]), n = argc > 4 ? atoi(argv[4]) : 10000;
@@ -104,7 +104,8 @@ int main(int argc, char **argv)
         }
         o.socket_path = argv[1];
         o.key = key;
-        if (forkserver_connect(&o, &probe, &why) < 0 || !(idle = calloc((size_t)n, sizeof(*idle)))) {
+        if (forkserver_connect(&o, &probe, &why) < 0 ||
+            !(idle = calloc((size_t)n, sizeof(*idle)))) {
                 fprintf(stderr, "idlebench: connect: %s\n", why);
                 return 1;
         }

@@ -4,9 +4,9 @@
  * preloaded application. The memory asks for transparent huge pages (FSBENCH_HUGEPAGES=0
  * says no): fork copies one page-table entry per 2 MiB instead of per 4 KiB.
  */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <errno.h>
 #include <sys/mman.h>
 #include <unistd.h>
 

@@ -2,6 +2,7 @@
 #include "client/forkserver.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -14,7 +15,6 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
-#include <fcntl.h>
 
 #include "common/auth.h"
 #include "common/creds.h"
@@ -69,8 +69,8 @@ struct forkserver {
         const struct fs_key *key;
         uint32_t next_id;
         uint64_t exits; /* exit events seen */
-        int dead; /* connection-level failure, sticky */
-        int err_step; /* forkserver_error_step() */
+        int dead;       /* connection-level failure, sticky */
+        int err_step;   /* forkserver_error_step() */
         struct forkserver_proc *workers;
         struct stash *stash;
         char err[512];
@@ -79,7 +79,7 @@ struct forkserver {
 };
 
 static int set_err(struct forkserver *fs, int r, const char *fmt, ...)
-        __attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 static int set_err(struct forkserver *fs, int r, const char *fmt, ...)
 {
@@ -173,8 +173,8 @@ static int stash_push(struct forkserver *fs, uint32_t id, uint16_t type, int err
 
         if (!s)
                 return -ENOMEM;
-        *s = (struct stash){.id = id, .type = type, .err = err, .step = step, .worker = w,
-                            .len = len};
+        *s = (struct stash){
+            .id = id, .type = type, .err = err, .step = step, .worker = w, .len = len};
         if (len)
                 memcpy(s->payload, payload, len);
         s->payload[len] = '\0';
@@ -196,8 +196,7 @@ static int pump_one(struct forkserver *fs, int flags)
 
         if (fs->dead)
                 return fs->dead;
-        n = fs_fdpass_recv(fs->fd, fs->buf, sizeof(fs->buf), fds, FS_ARRAY_SIZE(fds), &nfds,
-                           flags);
+        n = fs_fdpass_recv(fs->fd, fs->buf, sizeof(fs->buf), fds, FS_ARRAY_SIZE(fds), &nfds, flags);
         if (n == -EAGAIN)
                 return n;
         if (n == 0)
@@ -227,9 +226,12 @@ static int pump_one(struct forkserver *fs, int flags)
                 }
                 bool chan = nfds == 2 + m.ngpu;
 
-                *w = (struct forkserver_proc){.id = m.worker, .pid = (pid_t)m.pid,
-                                              .pidfd = fds[0], .channel = chan ? fds[1] : -1,
-                                              .ngpu = m.ngpu, .next = fs->workers};
+                *w = (struct forkserver_proc){.id = m.worker,
+                                              .pid = (pid_t)m.pid,
+                                              .pidfd = fds[0],
+                                              .channel = chan ? fds[1] : -1,
+                                              .ngpu = m.ngpu,
+                                              .next = fs->workers};
                 for (size_t i = 0; i < m.ngpu; i++) {
                         w->gpu[i] = (struct forkserver_gpu_buf){.fd = fds[1 + chan + i],
                                                                 .device = m.gpu[i].device,
@@ -293,8 +295,7 @@ static int pump_ready(struct forkserver *fs)
         return r == -EAGAIN ? 0 : r;
 }
 
-static int send_msg(struct forkserver *fs, const void *buf, size_t len, const int *fds,
-                    size_t nfds)
+static int send_msg(struct forkserver *fs, const void *buf, size_t len, const int *fds, size_t nfds)
 {
         for (;;) {
                 int r = fs_fdpass_send(fs->fd, buf, len, fds, nfds, MSG_DONTWAIT);
@@ -501,7 +502,8 @@ int forkserver_connect(const struct forkserver_options *opts, struct forkserver 
                         }
                         r = fs_key_load_file(kp, &fs->own_key, &why);
                         if (r < 0) {
-                                (void)fs_format(why_buf, sizeof(why_buf), "key file %s %s", kp, why);
+                                (void)fs_format(why_buf, sizeof(why_buf), "key file %s %s", kp,
+                                                why);
                                 why = why_buf;
                                 what = NULL;
                         }
@@ -535,8 +537,8 @@ int forkserver_connect(const struct forkserver_options *opts, struct forkserver 
                 goto fail;
         }
         fs_creds_self(&self);
-        r = fs_auth_client_hello(&ac, fs->key, &self, fs->buf, (size_t)n, fs->buf,
-                                 sizeof(fs->buf), &why);
+        r = fs_auth_client_hello(&ac, fs->key, &self, fs->buf, (size_t)n, fs->buf, sizeof(fs->buf),
+                                 &why);
         if (r < 0)
                 goto fail;
         if ((r = fs_fdpass_send(fs->fd, fs->buf, (size_t)r, NULL, 0, 0)) < 0) {
@@ -613,22 +615,26 @@ int forkserver_spawn_submit(struct forkserver *fs, const struct forkserver_spawn
         if (fs->dead)
                 return fs->dead;
         if (a && !all_zero(a->reserved, FS_ARRAY_SIZE(a->reserved)))
-                return set_err(fs, -EINVAL, "spawn: reserved members must be zero (use "
+                return set_err(fs, -EINVAL,
+                               "spawn: reserved members must be zero (use "
                                "FORKSERVER_SPAWN_ARGS_INIT)");
         if (!a || (!a->path == !a->entry))
                 return set_err(fs, -EINVAL, "spawn: give path (exec mode) or entry (fork mode)");
         if (a->path && (!a->argv || !a->argv[0]))
                 return set_err(fs, -EINVAL, "spawn: exec mode needs argv[0]");
         if (a->entry && (a->argv || a->arglen > 60000 || (a->arglen && !a->arg)))
-                return set_err(fs, -EINVAL, "spawn: fork mode takes arg/arglen (at most 60,000 "
+                return set_err(fs, -EINVAL,
+                               "spawn: fork mode takes arg/arglen (at most 60,000 "
                                "bytes), not argv");
         if (a->nfds > FS_MAX_MSG_FDS)
                 return set_err(fs, -EINVAL, "spawn: at most %d fds", FS_MAX_MSG_FDS);
         if (a->nrlimits > FS_MAX_RLIMITS || (a->nrlimits && !a->rlimits))
                 return set_err(fs, -EINVAL, "spawn: at most %d rlimits", FS_MAX_RLIMITS);
         if (a->ngpu > FS_MAX_GPU || (a->ngpu && !a->gpu) || a->nfds + a->ngpu > FS_MAX_MSG_FDS)
-                return set_err(fs, -EINVAL, "spawn: at most %d GPU buffers, and %d fds and GPU "
-                               "buffers together", FS_MAX_GPU, FS_MAX_MSG_FDS);
+                return set_err(fs, -EINVAL,
+                               "spawn: at most %d GPU buffers, and %d fds and GPU "
+                               "buffers together",
+                               FS_MAX_GPU, FS_MAX_MSG_FDS);
         for (size_t i = 0; i < a->ngpu; i++)
                 if (a->gpu[i].size == 0)
                         return set_err(fs, -EINVAL, "spawn: a GPU buffer of size 0");
@@ -672,8 +678,7 @@ int forkserver_spawn_submit(struct forkserver *fs, const struct forkserver_spawn
         return 0;
 }
 
-int forkserver_spawn_collect(struct forkserver *fs, uint32_t ticket,
-                             struct forkserver_proc **ret)
+int forkserver_spawn_collect(struct forkserver *fs, uint32_t ticket, struct forkserver_proc **ret)
 {
         struct stash *s;
         int r;

@@ -24,9 +24,9 @@
 
 #define EXIT_FAIL 1
 #define EXIT_USAGE 2
-#define EXIT_RUN_FAIL 125   /* forkctl run: our own failure */
-#define EXIT_NOEXEC 126     /* forkctl run: found but not executable */
-#define EXIT_NOTFOUND 127   /* forkctl run: not found */
+#define EXIT_RUN_FAIL 125 /* forkctl run: our own failure */
+#define EXIT_NOEXEC 126   /* forkctl run: found but not executable */
+#define EXIT_NOTFOUND 127 /* forkctl run: not found */
 #define MAX_ENV_ADD 1024
 #define MAX_FD_MAP 64
 #define READY_TIMEOUT_MS 10000
@@ -34,116 +34,113 @@
 extern char **environ;
 
 static const char usage_text[] =
-        "Usage: forkctl keygen [-o FILE]\n"
-        "       forkctl [--socket PATH] [--key-file PATH | --key-fd N] [--server-uid UID]\n"
-        "               run [--profile NAME] [--cwd DIR] [--env K=V]... [--clear-env]\n"
-        "               [--fd CHILD=PARENT]... [--detach] [--gpu DEV:SIZE]... [--no-private]\n"
-        "               -- PROG [ARG]...\n"
-        "       forkctl [...] run [options] --entry LIBNAME:SYMBOL [-- ARG...]\n"
-        "       forkctl [...] ping | status [--prometheus] [--output FILE] | stop\n"
-        "       forkctl [COMMAND] --help | --version\n"
-        "\n"
-        "  keygen      write a fresh key (64 hex digits, mode 600) to FILE, '-' for stdout,\n"
-        "              or by default to the default key path; never overwrites\n"
-        "  run         run PROG in a worker with forkctl's stdio, cwd and environment (plus\n"
-        "              --env; only --env with --clear-env); exit with its status (128+N for\n"
-        "              signal N). With no server reachable and none named, start a private\n"
-        "              one for this run (saying so on stderr), unless --no-private.\n"
-        "              --entry runs SYMBOL of a library the server preloaded, without exec;\n"
-        "              the ARGs become its argument bytes, each ended by a NUL.\n"
-        "              --gpu gives the worker a GPU buffer of SIZE bytes (K, M, G) on the\n"
-        "              server's device DEV (in forkserverd --cuda-devices order), as an fd in\n"
-        "              $FORKSERVER_GPU_FDS (FD:UUID:SIZE,...).\n"
-        "  ping        check that the server answers\n"
-        "  status      print the server's counters as JSON, or with --prometheus in the\n"
-        "              Prometheus text format; --output FILE writes them atomically\n"
-        "  stop        ask the server to stop (as SIGTERM)\n"
-        "  --server-uid UID  also accept a server whose socket belongs to UID (besides\n"
-        "              our own uid and root's), and directories of UID on its path\n"
-        "  -h, --help  this text; after a command, that command's\n"
-        "  --version   print the version and exit\n"
-        "\n"
-        "Exit status: run: the worker's, or 125 forkctl failed (options, server, key, cwd,\n"
-        "a refused spawn), 126 PROG not executable, 127 PROG not found; others: 0 success,\n"
-        "1 failure, 2 usage error.\n";
+    "Usage: forkctl keygen [-o FILE]\n"
+    "       forkctl [--socket PATH] [--key-file PATH | --key-fd N] [--server-uid UID]\n"
+    "               run [--profile NAME] [--cwd DIR] [--env K=V]... [--clear-env]\n"
+    "               [--fd CHILD=PARENT]... [--detach] [--gpu DEV:SIZE]... [--no-private]\n"
+    "               -- PROG [ARG]...\n"
+    "       forkctl [...] run [options] --entry LIBNAME:SYMBOL [-- ARG...]\n"
+    "       forkctl [...] ping | status [--prometheus] [--output FILE] | stop\n"
+    "       forkctl [COMMAND] --help | --version\n"
+    "\n"
+    "  keygen      write a fresh key (64 hex digits, mode 600) to FILE, '-' for stdout,\n"
+    "              or by default to the default key path; never overwrites\n"
+    "  run         run PROG in a worker with forkctl's stdio, cwd and environment (plus\n"
+    "              --env; only --env with --clear-env); exit with its status (128+N for\n"
+    "              signal N). With no server reachable and none named, start a private\n"
+    "              one for this run (saying so on stderr), unless --no-private.\n"
+    "              --entry runs SYMBOL of a library the server preloaded, without exec;\n"
+    "              the ARGs become its argument bytes, each ended by a NUL.\n"
+    "              --gpu gives the worker a GPU buffer of SIZE bytes (K, M, G) on the\n"
+    "              server's device DEV (in forkserverd --cuda-devices order), as an fd in\n"
+    "              $FORKSERVER_GPU_FDS (FD:UUID:SIZE,...).\n"
+    "  ping        check that the server answers\n"
+    "  status      print the server's counters as JSON, or with --prometheus in the\n"
+    "              Prometheus text format; --output FILE writes them atomically\n"
+    "  stop        ask the server to stop (as SIGTERM)\n"
+    "  --server-uid UID  also accept a server whose socket belongs to UID (besides\n"
+    "              our own uid and root's), and directories of UID on its path\n"
+    "  -h, --help  this text; after a command, that command's\n"
+    "  --version   print the version and exit\n"
+    "\n"
+    "Exit status: run: the worker's, or 125 forkctl failed (options, server, key, cwd,\n"
+    "a refused spawn), 126 PROG not executable, 127 PROG not found; others: 0 success,\n"
+    "1 failure, 2 usage error.\n";
 
 static const char keygen_help[] =
-        "Usage: forkctl keygen [-o FILE]\n"
-        "\n"
-        "Writes a fresh key (64 hex digits and a newline, mode 600) to FILE, to stdout for\n"
-        "'-', or by default to the default key path (creating its directory, mode 700).\n"
-        "Never overwrites an existing file.\n"
-        "\n"
-        "  -o FILE     where to write the key\n"
-        "  -h, --help  this text\n"
-        "\n"
-        "Exit status: 0 written, 1 failure, 2 usage error.\n";
+    "Usage: forkctl keygen [-o FILE]\n"
+    "\n"
+    "Writes a fresh key (64 hex digits and a newline, mode 600) to FILE, to stdout for\n"
+    "'-', or by default to the default key path (creating its directory, mode 700).\n"
+    "Never overwrites an existing file.\n"
+    "\n"
+    "  -o FILE     where to write the key\n"
+    "  -h, --help  this text\n"
+    "\n"
+    "Exit status: 0 written, 1 failure, 2 usage error.\n";
 
 static const char run_help[] =
-        "Usage: forkctl [GLOBAL OPTIONS] run [OPTIONS] -- PROG [ARG]...\n"
-        "       forkctl [GLOBAL OPTIONS] run [OPTIONS] --entry LIBNAME:SYMBOL [-- ARG...]\n"
-        "\n"
-        "Runs PROG in a worker with forkctl's stdin, stdout, stderr, working directory and\n"
-        "environment, forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT to it, and exits with its\n"
-        "status. PROG without a slash is looked up in forkctl's $PATH. With no server\n"
-        "reachable at the default socket and none named (--socket, --key-file, --key-fd,\n"
-        "$FORKSERVER_SOCKET), forkctl starts a private server for this run, says so on\n"
-        "stderr, and stops it after.\n"
-        "\n"
-        "  --profile NAME      the worker's seccomp profile (the server decides which are\n"
-        "                      allowed)\n"
-        "  --cwd DIR           its working directory (default: forkctl's)\n"
-        "  --env K=V           add or replace an environment variable (repeatable)\n"
-        "  --clear-env         start from an empty environment, as env -i: only the --env\n"
-        "                      values reach the worker\n"
-        "  --fd CHILD=PARENT   give forkctl's fd PARENT to the worker as fd CHILD\n"
-        "                      (repeatable, at most 64)\n"
-        "  --detach            the worker outlives forkctl's connection: print its pid and\n"
-        "                      exit 0 at once (never starts a private server)\n"
-        "  --gpu DEV:SIZE      a GPU buffer of SIZE bytes (K, M, G) on the server's device\n"
-        "                      DEV, as an fd in $FORKSERVER_GPU_FDS (repeatable, at most 8)\n"
-        "  --entry LIBNAME:SYMBOL  fork mode: call SYMBOL of a library the server preloaded,\n"
-        "                      without exec; the ARGs become its argument bytes, each ended\n"
-        "                      by a NUL\n"
-        "  --no-private        with no server reachable, fail (125) rather than start one\n"
-        "  -h, --help          this text\n"
-        "\n"
-        "Exit status: the worker's (128+N when killed by signal N); 125 forkctl itself failed\n"
-        "(a bad option, no server, the key, a refused spawn, a --cwd that does not exist);\n"
-        "126 PROG cannot be executed; 127 PROG was not found.\n";
+    "Usage: forkctl [GLOBAL OPTIONS] run [OPTIONS] -- PROG [ARG]...\n"
+    "       forkctl [GLOBAL OPTIONS] run [OPTIONS] --entry LIBNAME:SYMBOL [-- ARG...]\n"
+    "\n"
+    "Runs PROG in a worker with forkctl's stdin, stdout, stderr, working directory and\n"
+    "environment, forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT to it, and exits with its\n"
+    "status. PROG without a slash is looked up in forkctl's $PATH. With no server\n"
+    "reachable at the default socket and none named (--socket, --key-file, --key-fd,\n"
+    "$FORKSERVER_SOCKET), forkctl starts a private server for this run, says so on\n"
+    "stderr, and stops it after.\n"
+    "\n"
+    "  --profile NAME      the worker's seccomp profile (the server decides which are\n"
+    "                      allowed)\n"
+    "  --cwd DIR           its working directory (default: forkctl's)\n"
+    "  --env K=V           add or replace an environment variable (repeatable)\n"
+    "  --clear-env         start from an empty environment, as env -i: only the --env\n"
+    "                      values reach the worker\n"
+    "  --fd CHILD=PARENT   give forkctl's fd PARENT to the worker as fd CHILD\n"
+    "                      (repeatable, at most 64)\n"
+    "  --detach            the worker outlives forkctl's connection: print its pid and\n"
+    "                      exit 0 at once (never starts a private server)\n"
+    "  --gpu DEV:SIZE      a GPU buffer of SIZE bytes (K, M, G) on the server's device\n"
+    "                      DEV, as an fd in $FORKSERVER_GPU_FDS (repeatable, at most 8)\n"
+    "  --entry LIBNAME:SYMBOL  fork mode: call SYMBOL of a library the server preloaded,\n"
+    "                      without exec; the ARGs become its argument bytes, each ended\n"
+    "                      by a NUL\n"
+    "  --no-private        with no server reachable, fail (125) rather than start one\n"
+    "  -h, --help          this text\n"
+    "\n"
+    "Exit status: the worker's (128+N when killed by signal N); 125 forkctl itself failed\n"
+    "(a bad option, no server, the key, a refused spawn, a --cwd that does not exist);\n"
+    "126 PROG cannot be executed; 127 PROG was not found.\n";
 
-static const char ping_help[] =
-        "Usage: forkctl [GLOBAL OPTIONS] ping\n"
-        "\n"
-        "Checks that the server answers and prints the round-trip time.\n"
-        "\n"
-        "  -h, --help  this text\n"
-        "\n"
-        "Exit status: 0 it answered, 1 failure, 2 usage error.\n";
+static const char ping_help[] = "Usage: forkctl [GLOBAL OPTIONS] ping\n"
+                                "\n"
+                                "Checks that the server answers and prints the round-trip time.\n"
+                                "\n"
+                                "  -h, --help  this text\n"
+                                "\n"
+                                "Exit status: 0 it answered, 1 failure, 2 usage error.\n";
 
 static const char status_help[] =
-        "Usage: forkctl [GLOBAL OPTIONS] status [--prometheus] [--output FILE]\n"
-        "\n"
-        "Prints the server's counters as JSON (dotted names as nested objects; \"version\"\n"
-        "as a string), or in the Prometheus text format.\n"
-        "\n"
-        "  --prometheus    the Prometheus text format (with forkserver_build_info)\n"
-        "  --output FILE   write to FILE atomically (a temporary file renamed over it, mode\n"
-        "                  644; on failure FILE is left as it was), e.g. for node_exporter's\n"
-        "                  textfile collector\n"
-        "  -h, --help      this text\n"
-        "\n"
-        "Exit status: 0 printed, 1 failure, 2 usage error.\n";
+    "Usage: forkctl [GLOBAL OPTIONS] status [--prometheus] [--output FILE]\n"
+    "\n"
+    "Prints the server's counters as JSON (dotted names as nested objects; \"version\"\n"
+    "as a string), or in the Prometheus text format.\n"
+    "\n"
+    "  --prometheus    the Prometheus text format (with forkserver_build_info)\n"
+    "  --output FILE   write to FILE atomically (a temporary file renamed over it, mode\n"
+    "                  644; on failure FILE is left as it was), e.g. for node_exporter's\n"
+    "                  textfile collector\n"
+    "  -h, --help      this text\n"
+    "\n"
+    "Exit status: 0 printed, 1 failure, 2 usage error.\n";
 
-static const char stop_help[] =
-        "Usage: forkctl [GLOBAL OPTIONS] stop\n"
-        "\n"
-        "Asks the server to stop, as SIGTERM would: its workers end.\n"
-        "\n"
-        "  -h, --help  this text\n"
-        "\n"
-        "Exit status: 0 it is stopping, 1 failure, 2 usage error.\n";
-
+static const char stop_help[] = "Usage: forkctl [GLOBAL OPTIONS] stop\n"
+                                "\n"
+                                "Asks the server to stop, as SIGTERM would: its workers end.\n"
+                                "\n"
+                                "  -h, --help  this text\n"
+                                "\n"
+                                "Exit status: 0 it is stopping, 1 failure, 2 usage error.\n";
 
 struct global {
         const char *socket;
@@ -327,8 +324,17 @@ static int private_start(struct private_daemon *d, const char *def)
                 goto out;
         }
         /* it serves its starter alone: root's private server gives root workers */
-        char *const args[] = {daemon, "--socket", d->socket, "--key-fd", "3", "--ready-fd", "4",
-                              "--foreground", "--log-level", "warning", "--allow-root-workers",
+        char *const args[] = {daemon,
+                              "--socket",
+                              d->socket,
+                              "--key-fd",
+                              "3",
+                              "--ready-fd",
+                              "4",
+                              "--foreground",
+                              "--log-level",
+                              "warning",
+                              "--allow-root-workers",
                               NULL};
         posix_spawn_file_actions_init(&fa);
         posix_spawn_file_actions_adddup2(&fa, keyp[0], 3);
@@ -368,8 +374,8 @@ out:
 static int open_conn(const struct global *g, bool allow_private, struct private_daemon *priv,
                      struct forkserver **ret)
 {
-        struct forkserver_options o = {.socket_path = g->socket, .key_file = g->key_file,
-                                       .server_uid = g->server_uid};
+        struct forkserver_options o = {
+            .socket_path = g->socket, .key_file = g->key_file, .server_uid = g->server_uid};
         struct forkserver_key *key = NULL;
         char def[FS_SOCKET_PATH_MAX];
         const char *why = "";
@@ -503,20 +509,29 @@ static int wait_forwarding(struct forkserver *fs, struct forkserver_proc *w, int
 
 static int cmd_run(const struct global *g, int argc, char **argv)
 {
-        enum { O_PROFILE = 256, O_CWD, O_ENV, O_FD, O_DETACH, O_ENTRY, O_GPU, O_CLEAR_ENV,
-               O_NO_PRIVATE };
+        enum {
+                O_PROFILE = 256,
+                O_CWD,
+                O_ENV,
+                O_FD,
+                O_DETACH,
+                O_ENTRY,
+                O_GPU,
+                O_CLEAR_ENV,
+                O_NO_PRIVATE
+        };
         static const struct option opts[] = {
-                {"profile", required_argument, NULL, O_PROFILE},
-                {"cwd", required_argument, NULL, O_CWD},
-                {"env", required_argument, NULL, O_ENV},
-                {"clear-env", no_argument, NULL, O_CLEAR_ENV},
-                {"fd", required_argument, NULL, O_FD},
-                {"detach", no_argument, NULL, O_DETACH},
-                {"entry", required_argument, NULL, O_ENTRY},
-                {"gpu", required_argument, NULL, O_GPU},
-                {"no-private", no_argument, NULL, O_NO_PRIVATE},
-                {"help", no_argument, NULL, 'h'},
-                {0},
+            {"profile", required_argument, NULL, O_PROFILE},
+            {"cwd", required_argument, NULL, O_CWD},
+            {"env", required_argument, NULL, O_ENV},
+            {"clear-env", no_argument, NULL, O_CLEAR_ENV},
+            {"fd", required_argument, NULL, O_FD},
+            {"detach", no_argument, NULL, O_DETACH},
+            {"entry", required_argument, NULL, O_ENTRY},
+            {"gpu", required_argument, NULL, O_GPU},
+            {"no-private", no_argument, NULL, O_NO_PRIVATE},
+            {"help", no_argument, NULL, 'h'},
+            {0},
         };
         bool clear_env = false, no_private = false;
         static char argbytes[60000];
@@ -598,8 +613,10 @@ static int cmd_run(const struct global *g, int argc, char **argv)
                         char num[16];
 
                         if (!colon || (size_t)(colon - optarg) >= sizeof(num) || ngpu == 8)
-                                return fail(EXIT_RUN_FAIL, "--gpu: need DEV:SIZE (at most 8), "
-                                            "got '%s'", optarg);
+                                return fail(EXIT_RUN_FAIL,
+                                            "--gpu: need DEV:SIZE (at most 8), "
+                                            "got '%s'",
+                                            optarg);
                         snprintf(num, sizeof(num), "%.*s", (int)(colon - optarg), optarg);
                         if (fs_parse_long(num, 0, 1023, &dev) < 0 ||
                             fs_parse_size(colon + 1, &gpu[ngpu].size) < 0 || !gpu[ngpu].size)
@@ -617,8 +634,10 @@ static int cmd_run(const struct global *g, int argc, char **argv)
                         size_t n = strlen(argv[i]) + 1;
 
                         if (n > sizeof(argbytes) - arglen)
-                                return fail(EXIT_RUN_FAIL, "--entry: arguments longer than %zu "
-                                            "bytes", sizeof(argbytes));
+                                return fail(EXIT_RUN_FAIL,
+                                            "--entry: arguments longer than %zu "
+                                            "bytes",
+                                            sizeof(argbytes));
                         memcpy(argbytes + arglen, argv[i], n);
                         arglen += n;
                 }
@@ -626,8 +645,7 @@ static int cmd_run(const struct global *g, int argc, char **argv)
                 return fail(EXIT_RUN_FAIL, "run: no program given");
         }
         if (!getcwd(here, sizeof(here)))
-                return fail(EXIT_RUN_FAIL, "cannot get the current directory: %s",
-                            strerror(errno));
+                return fail(EXIT_RUN_FAIL, "cannot get the current directory: %s", strerror(errno));
         if (!cwd_arg)
                 r = fs_format(cwd, sizeof(cwd), "%s", here);
         else if (cwd_arg[0] == '/')
@@ -785,10 +803,9 @@ static void json_stat(struct status_out *o, const char *name, uint64_t v)
 
 static bool is_counter(const char *name)
 {
-        static const char *const counters[] = {"connections_total", "auth_ok", "auth_failed",
-                                               "auth_pid_bound", "peer_refused", "bad_requests",
-                                               "spawns", "spawn_failures", "exits",
-                                               "key_reloads"};
+        static const char *const counters[] = {
+            "connections_total", "auth_ok", "auth_failed",    "auth_pid_bound", "peer_refused",
+            "bad_requests",      "spawns",  "spawn_failures", "exits",          "key_reloads"};
 
         for (size_t i = 0; i < FS_ARRAY_SIZE(counters); i++)
                 if (strcmp(name, counters[i]) == 0)
@@ -824,8 +841,8 @@ static void prom_stat(struct status_out *o, const char *name, uint64_t v)
                 fprintf(o->f, "forkserver_spawn_failures_by_cause_total{cause=\"%s\"} %llu\n", leaf,
                         u);
         } else if ((leaf = fs_startswith(name, "spawn_latency_us."))) {
-                static const char *const q[][2] = {{"p50", "0.5"}, {"p90", "0.9"},
-                                                   {"p99", "0.99"}, {"max", "1"}};
+                static const char *const q[][2] = {
+                    {"p50", "0.5"}, {"p90", "0.9"}, {"p99", "0.99"}, {"max", "1"}};
 
                 if (strcmp(leaf, "samples") == 0) {
                         prom_family(o, "forkserver_spawn_latency_samples", "gauge",
@@ -1023,13 +1040,13 @@ int main(int argc, char **argv)
 {
         enum { O_SOCKET = 256, O_KEY_FILE, O_KEY_FD, O_SERVER_UID, O_VERSION };
         static const struct option opts[] = {
-                {"socket", required_argument, NULL, O_SOCKET},
-                {"key-file", required_argument, NULL, O_KEY_FILE},
-                {"key-fd", required_argument, NULL, O_KEY_FD},
-                {"server-uid", required_argument, NULL, O_SERVER_UID},
-                {"help", no_argument, NULL, 'h'},
-                {"version", no_argument, NULL, O_VERSION},
-                {0},
+            {"socket", required_argument, NULL, O_SOCKET},
+            {"key-file", required_argument, NULL, O_KEY_FILE},
+            {"key-fd", required_argument, NULL, O_KEY_FD},
+            {"server-uid", required_argument, NULL, O_SERVER_UID},
+            {"help", no_argument, NULL, 'h'},
+            {"version", no_argument, NULL, O_VERSION},
+            {0},
         };
         const char *first = find_command(argc, argv);
         const int usage = first && strcmp(first, "run") == 0 ? EXIT_RUN_FAIL : EXIT_USAGE;
@@ -1048,8 +1065,7 @@ int main(int argc, char **argv)
                         break;
                 case O_KEY_FD:
                         if (fs_parse_long(optarg, 0, INT_MAX, &v) < 0)
-                                return fail(usage, "--key-fd: not a file descriptor: '%s'",
-                                            optarg);
+                                return fail(usage, "--key-fd: not a file descriptor: '%s'", optarg);
                         g.key_fd = (int)v;
                         break;
                 case O_SERVER_UID:

@@ -47,8 +47,8 @@ extern "C" {
 #define FORKSERVER_VERSION_PATCH 0
 #define FORKSERVER_VERSION "0.1.0" /* MAJOR.MINOR.PATCH; meson.build checks it is the project's */
 /* MAJOR, MINOR, PATCH as one comparable number: #if FORKSERVER_VERSION_NUMBER >= 0x000100 */
-#define FORKSERVER_VERSION_NUMBER                                                            \
-        ((FORKSERVER_VERSION_MAJOR << 16) | (FORKSERVER_VERSION_MINOR << 8) |                \
+#define FORKSERVER_VERSION_NUMBER                                                                  \
+        ((FORKSERVER_VERSION_MAJOR << 16) | (FORKSERVER_VERSION_MINOR << 8) |                      \
          FORKSERVER_VERSION_PATCH)
 
 /* The version of the library this program runs with ("0.1.0"; static storage). */
@@ -83,22 +83,27 @@ FORKSERVER_EXPORT void forkserver_key_free(struct forkserver_key *key);
  * forkserver_key_load_fd(0, ...) and pass it as key.)
  */
 struct forkserver_options {
-        const char *socket_path;            /* NULL: the default (see forkctl(1)) */
-        const struct forkserver_key *key;   /* NULL: load from key_fd / key_file / default;
-                                               used during forkserver_connect only */
-        const char *key_file;               /* NULL: the default */
-        int key_fd;                         /* > 0: read the key from it; 0 or -1: none */
-        int timeout_ms;                     /* handshake timeout; 0: 5000 */
-        uid_t server_uid;                   /* a uid besides ours and root's that the server
-                                               may run as (forkctl --server-uid); 0: none
-                                               named, root being always accepted */
-        uint64_t reserved[7];               /* must be zero (room for new members) */
+        const char *socket_path;          /* NULL: the default (see forkctl(1)) */
+        const struct forkserver_key *key; /* NULL: load from key_fd / key_file / default;
+                                             used during forkserver_connect only */
+        const char *key_file;             /* NULL: the default */
+        int key_fd;                       /* > 0: read the key from it; 0 or -1: none */
+        int timeout_ms;                   /* handshake timeout; 0: 5000 */
+        uid_t server_uid;                 /* a uid besides ours and root's that the server
+                                             may run as (forkctl --server-uid); 0: none
+                                             named, root being always accepted */
+        uint64_t reserved[7];             /* must be zero (room for new members) */
 };
 
 #ifdef __cplusplus
-#define FORKSERVER_OPTIONS_INIT {} /* all zero, without -Wmissing-field-initializers */
+#define FORKSERVER_OPTIONS_INIT                                                                    \
+        {                                                                                          \
+        } /* all zero, without -Wmissing-field-initializers */
 #else
-#define FORKSERVER_OPTIONS_INIT {.socket_path = NULL}
+#define FORKSERVER_OPTIONS_INIT                                                                    \
+        {                                                                                          \
+                .socket_path = NULL                                                                \
+        }
 #endif
 
 /*
@@ -126,15 +131,17 @@ FORKSERVER_EXPORT int forkserver_fd(const struct forkserver *fs);
 
 #define FORKSERVER_SPAWN_DETACH 1u  /* outlives its connection; no parent-death signal */
 #define FORKSERVER_SPAWN_NEWPGRP 2u /* the worker leads a new process group */
-#define FORKSERVER_SPAWN_CHANNEL 4u /* a private channel: the worker's fd 3, and the client's
-                                       end from forkserver_proc_channel() */
-#define FORKSERVER_SPAWN_GPU_FDS 8u /* the client gets its own copy of the worker's GPU buffers
-                                       (forkserver_proc_gpu); they stay charged to the
-                                       connection until it is closed and this process exited */
+#define FORKSERVER_SPAWN_CHANNEL                                                                   \
+        4u /* a private channel: the worker's fd 3, and the client's                               \
+              end from forkserver_proc_channel() */
+#define FORKSERVER_SPAWN_GPU_FDS                                                                   \
+        8u /* the client gets its own copy of the worker's GPU buffers                             \
+              (forkserver_proc_gpu); they stay charged to the                                      \
+              connection until it is closed and this process exited */
 
 struct forkserver_rlimit {
-        int resource;                /* RLIMIT_NOFILE, RLIMIT_AS, RLIMIT_CPU, ... */
-        uint64_t soft, hard;         /* RLIM_INFINITY for none */
+        int resource;        /* RLIMIT_NOFILE, RLIMIT_AS, RLIMIT_CPU, ... */
+        uint64_t soft, hard; /* RLIM_INFINITY for none */
 };
 
 struct forkserver_fd_map {
@@ -143,30 +150,35 @@ struct forkserver_fd_map {
 };
 
 struct forkserver_spawn_args {
-        const char *path;                /* exec mode: absolute path of the program */
-        const char *entry;               /* fork mode instead: "LIBNAME:SYMBOL" of a library the
-                                            server preloaded (--preload /x/LIBNAME.so) */
-        const void *arg;                 /* fork mode: argument bytes for the entry */
-        size_t arglen;                   /* fork mode: at most 60,000 */
-        const char *const *argv;         /* exec mode: NULL-terminated, argv[0] required */
-        const char *const *envp;         /* NULL-terminated, or NULL for an empty environment */
-        const char *cwd;                 /* absolute; NULL: "/" */
+        const char *path;                    /* exec mode: absolute path of the program */
+        const char *entry;                   /* fork mode instead: "LIBNAME:SYMBOL" of a library the
+                                                server preloaded (--preload /x/LIBNAME.so) */
+        const void *arg;                     /* fork mode: argument bytes for the entry */
+        size_t arglen;                       /* fork mode: at most 60,000 */
+        const char *const *argv;             /* exec mode: NULL-terminated, argv[0] required */
+        const char *const *envp;             /* NULL-terminated, or NULL for an empty environment */
+        const char *cwd;                     /* absolute; NULL: "/" */
         const struct forkserver_fd_map *fds; /* stdio 0-2 not given become /dev/null */
-        size_t nfds;                     /* at most 64 */
-        unsigned flags;                  /* FORKSERVER_SPAWN_* */
-        const char *profile;             /* seccomp profile; NULL: the server's default */
-        const struct forkserver_rlimit *rlimits; /* applied in the worker; RLIMIT_CORE is 0 */
-        size_t nrlimits;                 /* unless given here; at most 16 */
-        int umask;                       /* 0: the default 022; else umask | 01000 */
+        size_t nfds;                         /* at most 64 */
+        unsigned flags;                      /* FORKSERVER_SPAWN_* */
+        const char *profile;                 /* seccomp profile; NULL: the server's default */
+        const struct forkserver_rlimit *rlimits;  /* applied in the worker; RLIMIT_CORE is 0 */
+        size_t nrlimits;                          /* unless given here; at most 16 */
+        int umask;                                /* 0: the default 022; else umask | 01000 */
         const struct forkserver_gpu_request *gpu; /* GPU buffers to give the worker (the */
-        size_t ngpu;                     /* server needs --cuda); at most 8 */
-        uint64_t reserved[8];            /* must be zero (room for new members) */
+        size_t ngpu;                              /* server needs --cuda); at most 8 */
+        uint64_t reserved[8];                     /* must be zero (room for new members) */
 };
 
 #ifdef __cplusplus
-#define FORKSERVER_SPAWN_ARGS_INIT {}
+#define FORKSERVER_SPAWN_ARGS_INIT                                                                 \
+        {                                                                                          \
+        }
 #else
-#define FORKSERVER_SPAWN_ARGS_INIT {.path = NULL}
+#define FORKSERVER_SPAWN_ARGS_INIT                                                                 \
+        {                                                                                          \
+                .path = NULL                                                                       \
+        }
 #endif
 
 /* A GPU buffer to allocate for a worker: on the server's device number `device` (its
@@ -238,13 +250,12 @@ FORKSERVER_EXPORT int forkserver_poll(struct forkserver *fs, struct forkserver_p
 FORKSERVER_EXPORT int forkserver_wait_any(struct forkserver *fs, int timeout_ms,
                                           struct forkserver_proc **ret);
 /* Sends a signal through the worker's pidfd. -ESRCH if it has exited. */
-FORKSERVER_EXPORT int forkserver_kill(struct forkserver *fs, struct forkserver_proc *w,
-                                      int sig);
+FORKSERVER_EXPORT int forkserver_kill(struct forkserver *fs, struct forkserver_proc *w, int sig);
 /* The worker's GPU buffers (the same memory it got), *ret pointing into w: their fds stay
  * open until forkserver_proc_free. Returns how many: 0 unless it was spawned with
  * FORKSERVER_SPAWN_GPU_FDS. */
 FORKSERVER_EXPORT size_t forkserver_proc_gpu(const struct forkserver_proc *w,
-                                            const struct forkserver_gpu_buf **ret);
+                                             const struct forkserver_gpu_buf **ret);
 
 /* The client's end of a worker's channel (FORKSERVER_SPAWN_CHANNEL), or -1; closed by
  * forkserver_proc_free unless taken with forkserver_proc_take_channel. */
@@ -282,8 +293,8 @@ FORKSERVER_EXPORT int forkserver_stop(struct forkserver *fs);
 #define FORKSERVER_CHANNEL_MAX_BYTES (65536 - 16)
 #define FORKSERVER_CHANNEL_MAX_FDS 64
 
-FORKSERVER_EXPORT int forkserver_channel_send(int fd, const void *buf, size_t len,
-                                              const int *fds, size_t nfds);
+FORKSERVER_EXPORT int forkserver_channel_send(int fd, const void *buf, size_t len, const int *fds,
+                                              size_t nfds);
 FORKSERVER_EXPORT int forkserver_channel_recv(int fd, void *buf, size_t cap, int *fds,
                                               size_t maxfds, size_t *ret_nfds);
 /* In an exec-mode worker: its channel (from $FORKSERVER_CHANNEL_FD), or -1. */
@@ -297,8 +308,8 @@ FORKSERVER_EXPORT int forkserver_channel_fd(void);
  *
  * and exits with its return value (low 8 bits) after flushing stdio; atexit handlers and
  * library destructors belong to the zygote and do not run in workers. No exec: the child
- * starts with everything the library set up at load time. It has the fds, environment, rlimits and profile of its
- * request, like an exec-mode worker.
+ * starts with everything the library set up at load time. It has the fds, environment, rlimits and
+ * profile of its request, like an exec-mode worker.
  *
  * A preloaded library may export int forkserver_preload_init(char *err, size_t errlen): each
  * zygote calls it once, right after loading the library and before any worker; a nonzero
@@ -306,10 +317,10 @@ FORKSERVER_EXPORT int forkserver_channel_fd(void);
  * thread (the zygote checks).
  */
 struct forkserver_worker {
-        const void *arg;  /* the request's argument bytes (not NUL-terminated) */
+        const void *arg; /* the request's argument bytes (not NUL-terminated) */
         size_t arglen;
-        int channel_fd;   /* the worker's end of its channel, or -1 */
-        const int *fds;   /* the fd numbers the request placed in this process */
+        int channel_fd; /* the worker's end of its channel, or -1 */
+        const int *fds; /* the fd numbers the request placed in this process */
         size_t nfds;
         const struct forkserver_gpu_buf *gpu; /* its GPU buffers (see forkserver_gpu_map) */
         size_t ngpu;
@@ -335,7 +346,7 @@ typedef int forkserver_entry_fn(const struct forkserver_worker *w);
 struct forkserver_gpu_map {
         uint64_t dptr; /* the device address (a CUdeviceptr), valid in this process */
         uint64_t size;
-        int device_;   /* internal */
+        int device_; /* internal */
 };
 
 #define FORKSERVER_GPU_UUID_STR 41 /* "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" + NUL */

@@ -14,12 +14,14 @@
 #include "common/proto.h"
 #include "common/util.h"
 
-FORKSERVER_EXPORT void forkserver_gpu_uuid_str(const uint8_t uuid[16], char out[FORKSERVER_GPU_UUID_STR])
+FORKSERVER_EXPORT void forkserver_gpu_uuid_str(const uint8_t uuid[16],
+                                               char out[FORKSERVER_GPU_UUID_STR])
 {
         fs_gpu_uuid_str(uuid, out);
 }
 
-FORKSERVER_EXPORT int forkserver_gpu_from_env(struct forkserver_gpu_buf *out, size_t cap, size_t *ret_n)
+FORKSERVER_EXPORT int forkserver_gpu_from_env(struct forkserver_gpu_buf *out, size_t cap,
+                                              size_t *ret_n)
 {
         const char *e = getenv("FORKSERVER_GPU_FDS");
         char copy[FS_MAX_GPU * 80 + 32], *save;
@@ -133,7 +135,8 @@ FORKSERVER_EXPORT const char *forkserver_gpu_error(void)
         return last_error;
 }
 
-FORKSERVER_EXPORT int forkserver_gpu_map(const struct forkserver_gpu_buf *b, struct forkserver_gpu_map *ret)
+FORKSERVER_EXPORT int forkserver_gpu_map(const struct forkserver_gpu_buf *b,
+                                         struct forkserver_gpu_map *ret)
 {
         CUmemGenericAllocationHandle h;
         CUmemAllocationProp prop;
@@ -155,8 +158,7 @@ FORKSERVER_EXPORT int forkserver_gpu_map(const struct forkserver_gpu_buf *b, str
                 return r;
         fs_cuda_prop(&prop, dev);
         call = "cuMemGetAllocationGranularity";
-        if ((cr = cu.cuMemGetAllocationGranularity(&gran, &prop,
-                                                   CU_MEM_ALLOC_GRANULARITY_MINIMUM)))
+        if ((cr = cu.cuMemGetAllocationGranularity(&gran, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM)))
                 goto fail;
         call = "cuMemImportFromShareableHandle";
         if ((cr = cu.cuMemImportFromShareableHandle(&h, (void *)(intptr_t)b->fd,
@@ -251,13 +253,13 @@ static int gpu_op(const struct forkserver_gpu_map *m, enum op op, uint64_t offse
 }
 
 FORKSERVER_EXPORT int forkserver_gpu_write(const struct forkserver_gpu_map *m, uint64_t offset,
-                                const void *src, size_t n)
+                                           const void *src, size_t n)
 {
         return gpu_op(m, OP_WRITE, offset, (void *)(uintptr_t)src, n, 0);
 }
 
-FORKSERVER_EXPORT int forkserver_gpu_read(const struct forkserver_gpu_map *m, uint64_t offset, void *dst,
-                               size_t n)
+FORKSERVER_EXPORT int forkserver_gpu_read(const struct forkserver_gpu_map *m, uint64_t offset,
+                                          void *dst, size_t n)
 {
         return gpu_op(m, OP_READ, offset, dst, n, 0);
 }
@@ -272,7 +274,8 @@ FORKSERVER_EXPORT const char *forkserver_gpu_error(void)
         return "built without CUDA support";
 }
 
-FORKSERVER_EXPORT int forkserver_gpu_map(const struct forkserver_gpu_buf *b, struct forkserver_gpu_map *ret)
+FORKSERVER_EXPORT int forkserver_gpu_map(const struct forkserver_gpu_buf *b,
+                                         struct forkserver_gpu_map *ret)
 {
         (void)b;
         memset(ret, 0, sizeof(*ret));
@@ -285,14 +288,14 @@ FORKSERVER_EXPORT int forkserver_gpu_unmap(struct forkserver_gpu_map *m)
 }
 
 FORKSERVER_EXPORT int forkserver_gpu_write(const struct forkserver_gpu_map *m, uint64_t offset,
-                                const void *src, size_t n)
+                                           const void *src, size_t n)
 {
         (void)m, (void)offset, (void)src, (void)n;
         return -EOPNOTSUPP;
 }
 
-FORKSERVER_EXPORT int forkserver_gpu_read(const struct forkserver_gpu_map *m, uint64_t offset, void *dst,
-                               size_t n)
+FORKSERVER_EXPORT int forkserver_gpu_read(const struct forkserver_gpu_map *m, uint64_t offset,
+                                          void *dst, size_t n)
 {
         (void)m, (void)offset, (void)dst, (void)n;
         return -EOPNOTSUPP;

@@ -35,8 +35,8 @@ int fs_auth_mac(const struct fs_key *key, enum fs_auth_label label, const uint8_
         uint8_t ver[2] = {(uint8_t)(version >> 8), (uint8_t)version};
         uint8_t who[FS_PIDNS_LEN + 16]; /* pidns ‖ flags ‖ uid ‖ gid ‖ pid, big-endian */
         OSSL_PARAM params[] = {
-                OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
-                OSSL_PARAM_construct_end(),
+            OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+            OSSL_PARAM_construct_end(),
         };
         EVP_MAC_CTX *ctx;
         size_t outl = 0;
@@ -55,8 +55,8 @@ int fs_auth_mac(const struct fs_key *key, enum fs_auth_label label, const uint8_
              EVP_MAC_update(ctx, (const uint8_t *)l, strlen(l) + 1) &&
              EVP_MAC_update(ctx, snonce, FS_NONCE_LEN) &&
              EVP_MAC_update(ctx, cnonce, FS_NONCE_LEN) && EVP_MAC_update(ctx, ver, 2) &&
-             EVP_MAC_update(ctx, who, sizeof(who)) &&
-             EVP_MAC_final(ctx, out, &outl, FS_MAC_LEN) && outl == FS_MAC_LEN;
+             EVP_MAC_update(ctx, who, sizeof(who)) && EVP_MAC_final(ctx, out, &outl, FS_MAC_LEN) &&
+             outl == FS_MAC_LEN;
         EVP_MAC_CTX_free(ctx);
         if (!ok) {
                 OPENSSL_cleanse(out, FS_MAC_LEN);
@@ -122,10 +122,9 @@ static int server_parse_auth(const void *msg, size_t len, size_t nfds, struct fs
         int r;
 
         if ((r = fs_proto_parse_hdr(msg, len, &h, &p)) < 0)
-                return fail(ret_why,
-                            r == -EPROTO ? "bad magic or protocol version"
-                                         : "malformed message header",
-                            r);
+                return fail(
+                    ret_why,
+                    r == -EPROTO ? "bad magic or protocol version" : "malformed message header", r);
         if (h.type != FS_MSG_AUTH)
                 return fail(ret_why, "expected AUTH", -EPROTO);
         if (nfds > 0)
@@ -160,8 +159,8 @@ int fs_auth_server_recv(struct fs_auth_server *s, const struct fs_key *key, cons
         }
         /* The client said what it bound; the values are the kernel's, never the client's. A
          * relay forwarding AUTH unchanged is another uid or process than the one that made it. */
-        b = (struct fs_auth_bind){.flags = a.bind, .uid = s->peer.uid, .gid = s->peer.gid,
-                                  .pid = s->peer.pid};
+        b = (struct fs_auth_bind){
+            .flags = a.bind, .uid = s->peer.uid, .gid = s->peer.gid, .pid = s->peer.pid};
         memcpy(b.pidns, s->peer.pidns, FS_PIDNS_LEN);
         if (CRYPTO_memcmp(a.nonce, s->snonce, FS_NONCE_LEN) == 0 ||
             fs_auth_check(key, FS_LABEL_CLIENT, s->snonce, a.nonce, a.version, &b, a.mac,
@@ -170,8 +169,8 @@ int fs_auth_server_recv(struct fs_auth_server *s, const struct fs_key *key, cons
                 r = -EACCES;
                 why = "wrong key, or credentials that are not the connecting process's";
                 fs_msg_begin(&w, out, cap, FS_MSG_AUTH_FAILED, 0);
-        } else if ((r = fs_auth_mac(key, FS_LABEL_SERVER, s->snonce, a.nonce, a.version, &b,
-                                    mac)) < 0) {
+        } else if ((r = fs_auth_mac(key, FS_LABEL_SERVER, s->snonce, a.nonce, a.version, &b, mac)) <
+                   0) {
                 return fail(ret_why, "cannot compute MAC", r);
         } else {
                 fs_msg_begin(&w, out, cap, FS_MSG_AUTH_OK, 0);
@@ -276,8 +275,8 @@ int fs_auth_client_finish(struct fs_auth_client *c, const struct fs_key *key, co
         case FS_MSG_AUTH_OK:
                 if ((r = fs_proto_parse_auth_ok(&p, &mac, ret_why)) < 0)
                         return r;
-                if (fs_auth_check(key, FS_LABEL_SERVER, c->snonce, c->cnonce, c->version,
-                                  &c->bound, mac, FS_MAC_LEN) < 0)
+                if (fs_auth_check(key, FS_LABEL_SERVER, c->snonce, c->cnonce, c->version, &c->bound,
+                                  mac, FS_MAC_LEN) < 0)
                         return fail(ret_why,
                                     "the server could not prove it holds the key and sees "
                                     "us as we are (an impostor, or a relay?)",

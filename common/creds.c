@@ -28,8 +28,8 @@ void fs_creds_pidns(uint8_t out[FS_PIDNS_LEN])
 
 void fs_creds_self(struct fs_creds *ret)
 {
-        *ret = (struct fs_creds){.uid = (uint32_t)geteuid(), .gid = (uint32_t)getegid(),
-                                 .pid = (uint32_t)getpid()};
+        *ret = (struct fs_creds){
+            .uid = (uint32_t)geteuid(), .gid = (uint32_t)getegid(), .pid = (uint32_t)getpid()};
         fs_creds_pidns(ret->pidns);
 }
 
@@ -42,7 +42,8 @@ int fs_creds_peer(int fd, const uint8_t pidns[FS_PIDNS_LEN], struct fs_creds *re
                 return -errno;
         if (len != sizeof(cr))
                 return -EIO;
-        *ret = (struct fs_creds){.uid = (uint32_t)cr.uid, .gid = (uint32_t)cr.gid,
+        *ret = (struct fs_creds){.uid = (uint32_t)cr.uid,
+                                 .gid = (uint32_t)cr.gid,
                                  .pid = cr.pid > 0 ? (uint32_t)cr.pid : 0};
         memcpy(ret->pidns, pidns, FS_PIDNS_LEN);
         return 0;

@@ -35,9 +35,9 @@ int fs_cuda_load(struct fs_cuda *c, const char **why)
                          r == CUDA_ERROR_STUB_LIBRARY ? "the CUDA driver is a stub library"
                          : r == CUDA_ERROR_NO_DEVICE  ? "no CUDA device"
                          : r == CUDA_ERROR_NOT_INITIALIZED
-                                 ? "cuInit failed: not initialized (a forked child of a CUDA "
-                                   "process?)"
-                                 : "cuInit failed",
+                             ? "cuInit failed: not initialized (a forked child of a CUDA "
+                               "process?)"
+                             : "cuInit failed",
                          fs_cuda_strerror(c, r));
                 *why = c->why;
                 return -ENODEV;

@@ -17,14 +17,16 @@
  * get the ABI names that cuda.h maps them to (cuMemsetD8 → cuMemsetD8_v2). The legacy
  * cuIpc* calls are deliberately absent: their handles are bearer secrets. */
 #define FS_CUDA_FUNCS(X)                                                                           \
-        X(cuInit) X(cuDriverGetVersion) X(cuDeviceGetCount) X(cuDeviceGet)                         \
-        X(cuDeviceGetAttribute) X(cuDeviceGetUuid) X(cuDevicePrimaryCtxRetain)                     \
-        X(cuDevicePrimaryCtxRelease) X(cuCtxSetCurrent) X(cuCtxPushCurrent) X(cuCtxPopCurrent)     \
-        X(cuCtxSynchronize) X(cuDeviceTotalMem) X(cuMemGetInfo) X(cuMemGetAllocationGranularity)   \
-        X(cuMemCreate) X(cuMemRelease) X(cuMemExportToShareableHandle)                             \
-        X(cuMemImportFromShareableHandle) X(cuMemAddressReserve) X(cuMemAddressFree) X(cuMemMap)   \
-        X(cuMemUnmap) X(cuMemSetAccess) X(cuMemsetD8) X(cuMemcpyHtoD) X(cuMemcpyDtoH)              \
-        X(cuGetErrorName)
+        X(cuInit)                                                                                  \
+        X(cuDriverGetVersion) X(cuDeviceGetCount) X(cuDeviceGet) X(cuDeviceGetAttribute)           \
+            X(cuDeviceGetUuid) X(cuDevicePrimaryCtxRetain) X(cuDevicePrimaryCtxRelease)            \
+                X(cuCtxSetCurrent) X(cuCtxPushCurrent) X(cuCtxPopCurrent) X(cuCtxSynchronize)      \
+                    X(cuDeviceTotalMem) X(cuMemGetInfo) X(cuMemGetAllocationGranularity)           \
+                        X(cuMemCreate) X(cuMemRelease) X(cuMemExportToShareableHandle)             \
+                            X(cuMemImportFromShareableHandle) X(cuMemAddressReserve)               \
+                                X(cuMemAddressFree) X(cuMemMap) X(cuMemUnmap) X(cuMemSetAccess)    \
+                                    X(cuMemsetD8) X(cuMemcpyHtoD) X(cuMemcpyDtoH)                  \
+                                        X(cuGetErrorName)
 
 struct fs_cuda {
 #define FS_CUDA_MEMBER(f) __typeof__(f) *f;

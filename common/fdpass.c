@@ -60,8 +60,10 @@ static int recv_core(int sock, const struct iovec *iov, size_t iovcnt, int *fds,
                 struct cmsghdr align;
                 char buf[CMSG_FDS_SPACE];
         } ctl;
-        struct msghdr mh = {.msg_iov = (struct iovec *)iov, .msg_iovlen = iovcnt,
-                            .msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf)};
+        struct msghdr mh = {.msg_iov = (struct iovec *)iov,
+                            .msg_iovlen = iovcnt,
+                            .msg_control = ctl.buf,
+                            .msg_controllen = sizeof(ctl.buf)};
         size_t nfds = 0, arrived = 0;
         bool foreign = false;
         ssize_t n;
@@ -126,7 +128,9 @@ int fs_fdpass_recv_raw(int sock, void *buf, size_t cap, int *fds, size_t *ret_nf
                 char buf[CMSG_SPACE(sizeof(int) * FS_SCM_MAX_FD)];
         } ctl;
         struct iovec iov = {.iov_base = buf, .iov_len = cap};
-        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
+        struct msghdr mh = {.msg_iov = &iov,
+                            .msg_iovlen = 1,
+                            .msg_control = ctl.buf,
                             .msg_controllen = sizeof(ctl.buf)};
         size_t nfds = 0;
         ssize_t n;
@@ -162,8 +166,8 @@ int fs_fdpass_recv(int sock, void *buf, size_t cap, int *fds, size_t maxfds, siz
         return recv_core(sock, &iov, 1, fds, maxfds, ret_nfds, NULL, flags);
 }
 
-int fs_fdpass_recv_lossy(int sock, void *buf, size_t cap, int *fds, size_t maxfds,
-                         size_t *ret_nfds, bool *ret_lost, int flags)
+int fs_fdpass_recv_lossy(int sock, void *buf, size_t cap, int *fds, size_t maxfds, size_t *ret_nfds,
+                         bool *ret_lost, int flags)
 {
         struct iovec iov = {.iov_base = buf, .iov_len = cap};
 

@@ -32,8 +32,8 @@ int fs_fdpass_recv_raw(int sock, void *buf, size_t cap, int *fds, size_t *ret_nf
 
 /* The same, except that fds lost for want of fd slots give the datagram (its length) with no
  * fds and *ret_lost set: the caller can still answer the message it could not take. */
-int fs_fdpass_recv_lossy(int sock, void *buf, size_t cap, int *fds, size_t maxfds,
-                         size_t *ret_nfds, bool *ret_lost, int flags);
+int fs_fdpass_recv_lossy(int sock, void *buf, size_t cap, int *fds, size_t maxfds, size_t *ret_nfds,
+                         bool *ret_lost, int flags);
 
 /* The same over several buffers (a header and a payload, say). */
 int fs_fdpass_sendv(int sock, const struct iovec *iov, size_t iovcnt, const int *fds, size_t nfds,

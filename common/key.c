@@ -74,11 +74,9 @@ int fs_key_parse(const uint8_t *data, size_t len, struct fs_key *k, const char *
         if (len == FS_KEY_HEX_LEN + 1 && data[FS_KEY_HEX_LEN] == '\n')
                 len--;
         if (len < FS_KEY_HEX_LEN)
-                return fail(ret_why, "is too short: need 32 raw bytes or 64 hex digits",
-                            -EBADMSG);
+                return fail(ret_why, "is too short: need 32 raw bytes or 64 hex digits", -EBADMSG);
         if (len > FS_KEY_HEX_LEN)
-                return fail(ret_why, "is too long: need 32 raw bytes or 64 hex digits",
-                            -EBADMSG);
+                return fail(ret_why, "is too long: need 32 raw bytes or 64 hex digits", -EBADMSG);
         for (size_t i = 0; i < FS_KEY_LEN; i++) {
                 int hi = unhex(data[2 * i]), lo = unhex(data[2 * i + 1]);
 
@@ -144,8 +142,9 @@ static int read_key(int fd, int timeout_ms, struct fs_key **ret, const char **re
                                 goto out;
                         }
                         if (r == 0) {
-                                r = fail(ret_why, "timed out: no end of input within the deadline "
-                                                  "(the writer must close it)",
+                                r = fail(ret_why,
+                                         "timed out: no end of input within the deadline "
+                                         "(the writer must close it)",
                                          -ETIMEDOUT);
                                 goto out;
                         }

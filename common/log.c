@@ -48,15 +48,16 @@ static size_t advance(size_t n, int k, size_t cap)
 }
 
 static __attribute__((format(printf, 3, 0))) void vlog(enum fs_log_level level, int err,
-                                                     const char *fmt, va_list ap)
+                                                       const char *fmt, va_list ap)
 {
         char line[1024];
         const size_t cap = sizeof(line) - 1; /* keeps room for the newline */
         size_t n = 0;
 
-        n = advance(n, snprintf(line, cap, "%s%s[%d]: %s: ",
-                                isatty(STDERR_FILENO) ? "" : level_prefix[level], log_ident,
-                                (int)getpid(), level_names[level]),
+        n = advance(n,
+                    snprintf(line, cap,
+                             "%s%s[%d]: %s: ", isatty(STDERR_FILENO) ? "" : level_prefix[level],
+                             log_ident, (int)getpid(), level_names[level]),
                     cap);
         n = advance(n, vsnprintf(line + n, cap - n, fmt, ap), cap);
         if (err)

@@ -18,10 +18,10 @@ bool fs_log_enabled(enum fs_log_level level);
 void fs_log(enum fs_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Logs with ": strerror(-err)" appended; returns err so callers can `return fs_log_errno(...)`. */
 int fs_log_errno(enum fs_log_level level, int err, const char *fmt, ...)
-        __attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 /* Like fs_log, but at most FS_LOG_BURST lines a second; the rest are counted and summarized. */
 void fs_log_limited(enum fs_log_level level, const char *fmt, ...)
-        __attribute__((format(printf, 2, 3)));
+    __attribute__((format(printf, 2, 3)));
 
 #define FS_LOG_BURST 20
 /* Logs the count of suppressed lines once their second is over (now = INT64_MAX: at once).

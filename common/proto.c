@@ -7,30 +7,30 @@
 enum kind { K_NONE, K_U16, K_U32, K_U64, K_STR, K_B32, K_STAT, K_RLIM, K_BYTES, K_GPU, K_B16 };
 
 static const uint8_t field_kind[FS_F_MAX_ + 1] = {
-        [FS_F_VERSION_MIN] = K_U16, [FS_F_VERSION_MAX] = K_U16, [FS_F_NONCE] = K_B32,
-        [FS_F_MAC] = K_B32,         [FS_F_VERSION] = K_U16,     [FS_F_ERRNO] = K_U32,
-        [FS_F_REASON] = K_STR,      [FS_F_PATH] = K_STR,        [FS_F_ARG] = K_STR,
-        [FS_F_ENV] = K_STR,         [FS_F_CWD] = K_STR,         [FS_F_FD] = K_U32,
-        [FS_F_FLAGS] = K_U32,       [FS_F_WORKER] = K_U64,      [FS_F_PID] = K_U32,
-        [FS_F_CODE] = K_U32,        [FS_F_STATUS] = K_U32,      [FS_F_STAT] = K_STAT,
-        [FS_F_STEP] = K_U32,        [FS_F_PROFILE] = K_STR,     [FS_F_RLIMIT] = K_RLIM,
-        [FS_F_UMASK] = K_U32,       [FS_F_ENTRY] = K_STR,       [FS_F_ARGBYTES] = K_BYTES,
-        [FS_F_GPU] = K_GPU,         [FS_F_LEASE] = K_U64,       [FS_F_UUID] = K_B16,
-        [FS_F_PIDNS] = K_B16,       [FS_F_BIND] = K_U32,
-        [FS_F_CRED] = K_BYTES,      [FS_F_ROOM] = K_U64,        [FS_F_RESERVE] = K_U64,
+    [FS_F_VERSION_MIN] = K_U16, [FS_F_VERSION_MAX] = K_U16, [FS_F_NONCE] = K_B32,
+    [FS_F_MAC] = K_B32,         [FS_F_VERSION] = K_U16,     [FS_F_ERRNO] = K_U32,
+    [FS_F_REASON] = K_STR,      [FS_F_PATH] = K_STR,        [FS_F_ARG] = K_STR,
+    [FS_F_ENV] = K_STR,         [FS_F_CWD] = K_STR,         [FS_F_FD] = K_U32,
+    [FS_F_FLAGS] = K_U32,       [FS_F_WORKER] = K_U64,      [FS_F_PID] = K_U32,
+    [FS_F_CODE] = K_U32,        [FS_F_STATUS] = K_U32,      [FS_F_STAT] = K_STAT,
+    [FS_F_STEP] = K_U32,        [FS_F_PROFILE] = K_STR,     [FS_F_RLIMIT] = K_RLIM,
+    [FS_F_UMASK] = K_U32,       [FS_F_ENTRY] = K_STR,       [FS_F_ARGBYTES] = K_BYTES,
+    [FS_F_GPU] = K_GPU,         [FS_F_LEASE] = K_U64,       [FS_F_UUID] = K_B16,
+    [FS_F_PIDNS] = K_B16,       [FS_F_BIND] = K_U32,        [FS_F_CRED] = K_BYTES,
+    [FS_F_ROOM] = K_U64,        [FS_F_RESERVE] = K_U64,
 };
 
 static const char *const type_names[FS_MSG_MAX_ + 1] = {
-        [FS_MSG_HELLO] = "HELLO",     [FS_MSG_AUTH] = "AUTH",
-        [FS_MSG_AUTH_OK] = "AUTH_OK", [FS_MSG_AUTH_FAILED] = "AUTH_FAILED",
-        [FS_MSG_ERROR] = "ERROR",     [FS_MSG_OK] = "OK",
-        [FS_MSG_PING] = "PING",       [FS_MSG_SPAWN] = "SPAWN",
-        [FS_MSG_SPAWNED] = "SPAWNED", [FS_MSG_EXITED] = "EXITED",
-        [FS_MSG_STATUS] = "STATUS",   [FS_MSG_STATUS_REPLY] = "STATUS_REPLY",
-        [FS_MSG_STOP] = "STOP",       [FS_MSG_DATA] = "DATA",
-        [FS_MSG_GPU_ALLOC] = "GPU_ALLOC", [FS_MSG_GPU_LEASE] = "GPU_LEASE",
-        [FS_MSG_GPU_FREE] = "GPU_FREE", [FS_MSG_SIGNAL] = "SIGNAL",
-        [FS_MSG_POOL] = "POOL",
+    [FS_MSG_HELLO] = "HELLO",         [FS_MSG_AUTH] = "AUTH",
+    [FS_MSG_AUTH_OK] = "AUTH_OK",     [FS_MSG_AUTH_FAILED] = "AUTH_FAILED",
+    [FS_MSG_ERROR] = "ERROR",         [FS_MSG_OK] = "OK",
+    [FS_MSG_PING] = "PING",           [FS_MSG_SPAWN] = "SPAWN",
+    [FS_MSG_SPAWNED] = "SPAWNED",     [FS_MSG_EXITED] = "EXITED",
+    [FS_MSG_STATUS] = "STATUS",       [FS_MSG_STATUS_REPLY] = "STATUS_REPLY",
+    [FS_MSG_STOP] = "STOP",           [FS_MSG_DATA] = "DATA",
+    [FS_MSG_GPU_ALLOC] = "GPU_ALLOC", [FS_MSG_GPU_LEASE] = "GPU_LEASE",
+    [FS_MSG_GPU_FREE] = "GPU_FREE",   [FS_MSG_SIGNAL] = "SIGNAL",
+    [FS_MSG_POOL] = "POOL",
 };
 
 const char *fs_proto_type_name(uint16_t type)
@@ -287,7 +287,7 @@ static uint64_t be(const uint8_t *v, size_t n)
 static int check_value(uint16_t tag, const uint8_t *v, uint16_t len, uint64_t *num,
                        const char **ret_why)
 {
-        static const uint8_t fixed[] = {[K_U16] = 2, [K_U32] = 4, [K_U64] = 8, [K_B32] = 32,
+        static const uint8_t fixed[] = {[K_U16] = 2,   [K_U32] = 4,  [K_U64] = 8, [K_B32] = 32,
                                         [K_RLIM] = 20, [K_GPU] = 12, [K_B16] = 16};
         uint8_t k = field_kind[tag];
 
@@ -463,8 +463,8 @@ int fs_proto_parse_spawned(struct fs_buf *p, struct fs_msg_spawned *ret, const c
         ret->pid = (uint32_t)f.num[FS_F_PID];
         for (size_t nuuid = 0; next_field(&again, &tag, &len, &v) > 0;)
                 if (tag == FS_F_GPU)
-                        ret->gpu[ret->ngpu++] = (struct fs_gpu_buf){.device = (uint32_t)be(v, 4),
-                                                                    .size = be(v + 4, 8)};
+                        ret->gpu[ret->ngpu++] =
+                            (struct fs_gpu_buf){.device = (uint32_t)be(v, 4), .size = be(v + 4, 8)};
                 else if (tag == FS_F_UUID)
                         memcpy(ret->gpu[nuuid++].uuid, v, 16);
         return 0;
@@ -481,8 +481,8 @@ int fs_proto_parse_exited(struct fs_buf *p, struct fs_msg_exited *ret, const cha
                 return r;
         if (f.num[FS_F_CODE] < 1 || f.num[FS_F_CODE] > 3)
                 return fail(ret_why, "unknown exit code kind", -EBADMSG);
-        if (f.num[FS_F_CODE] == 1 ? f.num[FS_F_STATUS] > 255 : f.num[FS_F_STATUS] > 64 ||
-                                                                   f.num[FS_F_STATUS] == 0)
+        if (f.num[FS_F_CODE] == 1 ? f.num[FS_F_STATUS] > 255
+                                  : f.num[FS_F_STATUS] > 64 || f.num[FS_F_STATUS] == 0)
                 return fail(ret_why, "exit status out of range", -EBADMSG);
         ret->worker = f.num[FS_F_WORKER];
         ret->code = (uint32_t)f.num[FS_F_CODE];
@@ -519,8 +519,7 @@ bool fs_proto_entry_ok(const char *e)
                 return false;
         for (const char *c = e; c < colon; c++)
                 if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
-                      (*c >= '0' && *c <= '9') || *c == '_' || *c == '-' || *c == '.' ||
-                      *c == '+'))
+                      (*c >= '0' && *c <= '9') || *c == '_' || *c == '-' || *c == '.' || *c == '+'))
                         return false;
         for (const char *c = colon + 1; *c; c++)
                 if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || *c == '_' ||
@@ -541,10 +540,10 @@ int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, bool gpu_fds, const char
         int r;
 
         memset(ret, 0, sizeof(*ret));
-        r = DECODE(p, &f, ret_why, {FS_F_PATH, 0}, {FS_F_ARG, REP}, {FS_F_ENV, REP},
-                   {FS_F_CWD, 0}, {FS_F_FD, REP}, {FS_F_FLAGS, 0}, {FS_F_PROFILE, 0},
-                   {FS_F_RLIMIT, REP}, {FS_F_UMASK, 0}, {FS_F_ENTRY, 0}, {FS_F_ARGBYTES, 0},
-                   {FS_F_GPU, REP}, {FS_F_UUID, REP}, {FS_F_CRED, 0});
+        r = DECODE(p, &f, ret_why, {FS_F_PATH, 0}, {FS_F_ARG, REP}, {FS_F_ENV, REP}, {FS_F_CWD, 0},
+                   {FS_F_FD, REP}, {FS_F_FLAGS, 0}, {FS_F_PROFILE, 0}, {FS_F_RLIMIT, REP},
+                   {FS_F_UMASK, 0}, {FS_F_ENTRY, 0}, {FS_F_ARGBYTES, 0}, {FS_F_GPU, REP},
+                   {FS_F_UUID, REP}, {FS_F_CRED, 0});
         if (r < 0)
                 return r;
         if (f.count[FS_F_CRED] && !gpu_fds)
@@ -707,8 +706,7 @@ int fs_proto_parse_lease(struct fs_buf *p, struct fs_msg_lease *ret, const char 
         return 0;
 }
 
-int fs_proto_parse_gpu_alloc(struct fs_buf *p, struct fs_msg_gpu_alloc *ret,
-                             const char **ret_why)
+int fs_proto_parse_gpu_alloc(struct fs_buf *p, struct fs_msg_gpu_alloc *ret, const char **ret_why)
 {
         struct fields f;
         int r = DECODE(p, &f, ret_why, {FS_F_GPU, REQ}, {FS_F_ROOM, 0}, {FS_F_RESERVE, 0});
@@ -716,10 +714,9 @@ int fs_proto_parse_gpu_alloc(struct fs_buf *p, struct fs_msg_gpu_alloc *ret,
         if (r < 0)
                 return r;
         *ret = (struct fs_msg_gpu_alloc){
-                .gpu = {.device = (uint32_t)be(f.val[FS_F_GPU], 4),
-                        .size = be(f.val[FS_F_GPU] + 4, 8)},
-                .room = f.count[FS_F_ROOM] ? f.num[FS_F_ROOM] : UINT64_MAX,
-                .reserve = f.count[FS_F_RESERVE] ? f.num[FS_F_RESERVE] : UINT64_MAX};
+            .gpu = {.device = (uint32_t)be(f.val[FS_F_GPU], 4), .size = be(f.val[FS_F_GPU] + 4, 8)},
+            .room = f.count[FS_F_ROOM] ? f.num[FS_F_ROOM] : UINT64_MAX,
+            .reserve = f.count[FS_F_RESERVE] ? f.num[FS_F_RESERVE] : UINT64_MAX};
         return 0;
 }
 

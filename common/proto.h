@@ -13,13 +13,13 @@
 #include "common/buf.h"
 
 #define FS_PROTO_MAGIC 0x464b5356u /* "FKSV" */
-#define FS_PROTO_VERSION 2 /* 2: the handshake binds the client's credentials */
+#define FS_PROTO_VERSION 2         /* 2: the handshake binds the client's credentials */
 #define FS_HDR_LEN 16
-#define FS_MAX_MSG 65536       /* whole datagram */
-#define FS_MAX_MSG_FDS 64      /* fds in one message */
+#define FS_MAX_MSG 65536  /* whole datagram */
+#define FS_MAX_MSG_FDS 64 /* fds in one message */
 #define FS_MAX_ARGV 4096
 #define FS_MAX_ENVP 4096
-#define FS_MAX_CHILD_FD 1023   /* highest fd number a worker may ask for */
+#define FS_MAX_CHILD_FD 1023 /* highest fd number a worker may ask for */
 #define FS_MAX_STATS 1024
 #define FS_NONCE_LEN 32
 #define FS_MAC_LEN 32
@@ -92,16 +92,16 @@ enum fs_spawn_flags {
         FS_SPAWN_NEWPGRP = 1u << 1, /* the worker leads its own process group */
         FS_SPAWN_CHANNEL = 1u << 2, /* a socketpair: one end the worker's fd 3, one the client's */
         FS_SPAWN_GPU_FDS = 1u << 3, /* SPAWNED gives the client the GPU buffers' fds too */
-        FS_SPAWN_KNOWN_FLAGS = FS_SPAWN_DETACH | FS_SPAWN_NEWPGRP | FS_SPAWN_CHANNEL |
-                               FS_SPAWN_GPU_FDS,
+        FS_SPAWN_KNOWN_FLAGS =
+            FS_SPAWN_DETACH | FS_SPAWN_NEWPGRP | FS_SPAWN_CHANNEL | FS_SPAWN_GPU_FDS,
 };
 
 #define FS_MAX_RLIMITS 16
-#define FS_MAX_GPU 8             /* GPU buffers in one spawn */
-#define FS_CHANNEL_FD 3          /* the worker's end of its channel */
-#define FS_MAX_ENTRY 192         /* "LIBNAME:SYMBOL" */
+#define FS_MAX_GPU 8     /* GPU buffers in one spawn */
+#define FS_CHANNEL_FD 3  /* the worker's end of its channel */
+#define FS_MAX_ENTRY 192 /* "LIBNAME:SYMBOL" */
 #define FS_MAX_PROFILE_NAME 32
-#define FS_MAX_GROUPS 256        /* a client's supplementary groups (CRED) */
+#define FS_MAX_GROUPS 256 /* a client's supplementary groups (CRED) */
 
 /* Where a spawn failed; reported in ERROR replies so a setup failure never looks like a crash. */
 enum fs_spawn_step {
@@ -203,19 +203,19 @@ struct fs_rlimit {
 };
 
 struct fs_spawn {
-        const char *path;    /* exec mode; NULL in fork mode */
-        const char *entry;   /* fork mode: "LIBNAME:SYMBOL"; NULL in exec mode */
-        const uint8_t *arg;  /* fork mode: argument bytes */
+        const char *path;   /* exec mode; NULL in fork mode */
+        const char *entry;  /* fork mode: "LIBNAME:SYMBOL"; NULL in exec mode */
+        const uint8_t *arg; /* fork mode: argument bytes */
         size_t arglen;
         const char *cwd;     /* NULL: the worker starts in / */
         const char *profile; /* NULL: server default */
         uint32_t flags;
-        int32_t umask;       /* -1: not given */
+        int32_t umask; /* -1: not given */
         size_t nrlimits;
         struct fs_rlimit rlimits[FS_MAX_RLIMITS];
         size_t argc, envc, nfds;
-        const char **argv;   /* NULL-terminated, in caller storage */
-        const char **envp;   /* NULL-terminated, in caller storage */
+        const char **argv; /* NULL-terminated, in caller storage */
+        const char **envp; /* NULL-terminated, in caller storage */
         uint32_t child_fd[FS_MAX_MSG_FDS];
         size_t ngpu;
         struct fs_gpu_buf gpu[FS_MAX_GPU]; /* sizes as asked; the server rounds them up */
@@ -281,8 +281,7 @@ struct fs_msg_gpu_alloc {
         struct fs_gpu_buf gpu;
         uint64_t room, reserve;
 };
-int fs_proto_parse_gpu_alloc(struct fs_buf *p, struct fs_msg_gpu_alloc *ret,
-                             const char **ret_why);
+int fs_proto_parse_gpu_alloc(struct fs_buf *p, struct fs_msg_gpu_alloc *ret, const char **ret_why);
 int fs_proto_parse_gpu_free(struct fs_buf *p, uint64_t *ret_lease, const char **ret_why);
 void fs_msg_put_gpu(struct fs_msgw *w, uint32_t device, uint64_t size);
 /* Begins ERROR {ERRNO = |err|, REASON as printf formats it (at most 511 bytes)}; more fields

@@ -11,9 +11,9 @@ int main(int argc, char **argv)
                                           .key_file = argc > 2 ? argv[2] : NULL,
                                           .key_fd = -1};
         const char *const jobs[][4] = {
-                {"/bin/sh", "-c", "echo \"worker $$ says hello\"", NULL},
-                {"/bin/sh", "-c", "exit 3", NULL},
-                {"/bin/sh", "-c", "kill -TERM $$", NULL},
+            {"/bin/sh", "-c", "echo \"worker $$ says hello\"", NULL},
+            {"/bin/sh", "-c", "exit 3", NULL},
+            {"/bin/sh", "-c", "kill -TERM $$", NULL},
         };
         struct forkserver_fd_map out[] = {{1, STDOUT_FILENO}, {2, STDERR_FILENO}};
         struct forkserver *fs;
@@ -26,8 +26,8 @@ int main(int argc, char **argv)
                 return 1;
         }
         for (size_t i = 0; i < 3; i++) {
-                struct forkserver_spawn_args a = {.path = jobs[i][0], .argv = jobs[i],
-                                                  .fds = out, .nfds = 2};
+                struct forkserver_spawn_args a = {
+                    .path = jobs[i][0], .argv = jobs[i], .fds = out, .nfds = 2};
                 struct forkserver_proc *w;
 
                 if ((r = forkserver_spawn(fs, &a, &w)) < 0) {
@@ -48,8 +48,8 @@ int main(int argc, char **argv)
                         printf("worker %d exited with %d\n", (int)forkserver_proc_pid(w),
                                WEXITSTATUS(st));
                 else
-                        printf("worker %d killed by signal %d (%s)\n",
-                               (int)forkserver_proc_pid(w), WTERMSIG(st), strsignal(WTERMSIG(st)));
+                        printf("worker %d killed by signal %d (%s)\n", (int)forkserver_proc_pid(w),
+                               WTERMSIG(st), strsignal(WTERMSIG(st)));
                 forkserver_proc_free(fs, w);
         }
         forkserver_close(fs);

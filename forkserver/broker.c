@@ -2,8 +2,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,7 +44,7 @@ struct broker {
 };
 
 static int reply_error(struct broker *b, uint32_t id, int err, const char *fmt, ...)
-        __attribute__((format(printf, 4, 5)));
+    __attribute__((format(printf, 4, 5)));
 
 static int reply_error(struct broker *b, uint32_t id, int err, const char *fmt, ...)
 {
@@ -87,7 +87,8 @@ static int alloc_one(struct broker *b, uint32_t id, const struct fs_msg_gpu_allo
         /* The front's quotas, against the size the device would really give: before any
          * allocation, not after. */
         if (size > a->room)
-                return reply_error(b, id, EDQUOT, "%zu bytes (%llu asked, rounded up to the "
+                return reply_error(b, id, EDQUOT,
+                                   "%zu bytes (%llu asked, rounded up to the "
                                    "granularity of %zu) exceed the %llu bytes the quota leaves",
                                    size, (unsigned long long)g->size, gran,
                                    (unsigned long long)a->room);
@@ -99,17 +100,19 @@ static int alloc_one(struct broker *b, uint32_t id, const struct fs_msg_gpu_allo
         /* Every worker that maps a buffer makes a context of its own (hundreds of MiB on real
          * hardware): leave room for them rather than allocate until OUT_OF_MEMORY. */
         if (size > fr || fr - size < reserve)
-                return reply_error(b, id, ENOMEM, "GPU %u has %zu bytes free of %zu: %zu more "
+                return reply_error(b, id, ENOMEM,
+                                   "GPU %u has %zu bytes free of %zu: %zu more "
                                    "would leave less than the %zu that --cuda-reserve keeps "
-                                   "for workers' own contexts", g->device, fr, total, size,
-                                   reserve);
+                                   "for workers' own contexts",
+                                   g->device, fr, total, size, reserve);
         fs_cuda_prop(&prop, b->dev[g->device].dev);
         if ((cr = b->cu.cuMemCreate(&h, size, &prop, 0)) != CUDA_SUCCESS)
-                return reply_error(b, id, -fs_cuda_errno(cr), "cuMemCreate of %zu bytes on GPU "
-                                   "%u: %s", size, g->device, fs_cuda_strerror(&b->cu, cr));
-        if ((cr = b->cu.cuMemExportToShareableHandle(&fd, h,
-                                                     CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
-                                                     0)) != CUDA_SUCCESS) {
+                return reply_error(b, id, -fs_cuda_errno(cr),
+                                   "cuMemCreate of %zu bytes on GPU "
+                                   "%u: %s",
+                                   size, g->device, fs_cuda_strerror(&b->cu, cr));
+        if ((cr = b->cu.cuMemExportToShareableHandle(
+                 &fd, h, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0)) != CUDA_SUCCESS) {
                 (void)b->cu.cuMemRelease(h);
                 return reply_error(b, id, -fs_cuda_errno(cr), "cuMemExportToShareableHandle: %s",
                                    fs_cuda_strerror(&b->cu, cr));
@@ -182,25 +185,25 @@ static int setup(struct broker *b, const int *ordinals, size_t n, char *err, siz
                                  mode == CU_COMPUTEMODE_PROHIBITED ? "prohibited"
                                                                    : "exclusive-process",
                                  mode == CU_COMPUTEMODE_PROHIBITED
-                                         ? "no context can be made on it"
-                                         : "the broker's context would keep every worker off "
-                                           "it; set the Default mode (nvidia-smi -c DEFAULT) or "
-                                           "leave it out of --cuda-devices");
+                                     ? "no context can be made on it"
+                                     : "the broker's context would keep every worker off "
+                                       "it; set the Default mode (nvidia-smi -c DEFAULT) or "
+                                       "leave it out of --cuda-devices");
                         return -EBUSY;
                 }
                 fs_cuda_prop(&prop, b->dev[i].dev);
                 if ((cr = b->cu.cuDevicePrimaryCtxRetain(&b->dev[i].ctx, b->dev[i].dev)) !=
-                            CUDA_SUCCESS ||
+                        CUDA_SUCCESS ||
                     (cr = b->cu.cuMemGetAllocationGranularity(&b->dev[i].granularity, &prop,
                                                               CU_MEM_ALLOC_GRANULARITY_MINIMUM)) !=
-                            CUDA_SUCCESS ||
+                        CUDA_SUCCESS ||
                     (cr = b->cu.cuDeviceTotalMem(&total, b->dev[i].dev)) != CUDA_SUCCESS) {
                         snprintf(err, errlen, "CUDA device %d: %s", ord,
                                  fs_cuda_strerror(&b->cu, cr));
                         return fs_cuda_errno(cr);
                 }
-                b->dev[i].reserve = total / 8 < FSD_GPU_RESERVE_DEFAULT ? total / 8
-                                                                        : FSD_GPU_RESERVE_DEFAULT;
+                b->dev[i].reserve =
+                    total / 8 < FSD_GPU_RESERVE_DEFAULT ? total / 8 : FSD_GPU_RESERVE_DEFAULT;
         }
         return 0;
 }
@@ -243,8 +246,8 @@ static __attribute__((noreturn)) void broker_main(const int *ordinals, size_t n,
                 fs_msg_begin(&w, b.out, sizeof(b.out), FS_MSG_OK, 0);
                 fs_msg_put_stat(&w, "devices", b.ndev);
         }
-        if ((m = fs_msg_finish(&w)) < 0 || fs_fdpass_send(b.sock, b.out, (size_t)m, NULL, 0, 0) < 0 ||
-            r < 0)
+        if ((m = fs_msg_finish(&w)) < 0 ||
+            fs_fdpass_send(b.sock, b.out, (size_t)m, NULL, 0, 0) < 0 || r < 0)
                 _exit(1);
         for (;;) {
                 struct fs_msg_gpu_alloc g;
@@ -261,7 +264,8 @@ static __attribute__((noreturn)) void broker_main(const int *ordinals, size_t n,
                         _exit(1); /* the front speaks correctly or not at all */
                 if (h.type == FS_MSG_GPU_ALLOC && fs_proto_parse_gpu_alloc(&p, &g, NULL) == 0)
                         r = alloc_one(&b, h.id, &g);
-                else if (h.type == FS_MSG_GPU_FREE && fs_proto_parse_gpu_free(&p, &lease, NULL) == 0)
+                else if (h.type == FS_MSG_GPU_FREE &&
+                         fs_proto_parse_gpu_free(&p, &lease, NULL) == 0)
                         r = free_one(&b, lease);
                 else
                         _exit(1);
@@ -294,8 +298,8 @@ static void broker_entry(void *arg, int sock, pid_t front)
 }
 #endif
 
-int fsd_broker_start(const int *ordinals, size_t n, pid_t *ret_pid, int *ret_pidfd,
-                     int *ret_sock, unsigned *ret_ndev, char *err, size_t errlen)
+int fsd_broker_start(const int *ordinals, size_t n, pid_t *ret_pid, int *ret_pidfd, int *ret_sock,
+                     unsigned *ret_ndev, char *err, size_t errlen)
 {
 #ifndef FS_HAVE_CUDA
         (void)ordinals, (void)n, (void)ret_pid, (void)ret_pidfd, (void)ret_sock, (void)ret_ndev;

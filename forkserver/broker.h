@@ -23,5 +23,5 @@
 
 /* Forks the broker for the CUDA device ordinals given (none: all). Returns its pid, a pidfd,
  * the front's end of the socketpair and the number of devices it serves. */
-int fsd_broker_start(const int *ordinals, size_t n, pid_t *ret_pid, int *ret_pidfd,
-                     int *ret_sock, unsigned *ret_ndev, char *err, size_t errlen);
+int fsd_broker_start(const int *ordinals, size_t n, pid_t *ret_pid, int *ret_pidfd, int *ret_sock,
+                     unsigned *ret_ndev, char *err, size_t errlen);

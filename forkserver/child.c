@@ -2,15 +2,15 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <linux/capability.h>
 #include <linux/seccomp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <unistd.h>
 
 #include "common/proto.h"
@@ -124,7 +124,8 @@ static int setup_child(const struct fsd_child_plan *p, bool close_now, int *errf
                         return -1;
                 fd = end;
         }
-        if ((*errfd > maxt + 1 && close_range((unsigned)maxt + 1, (unsigned)*errfd - 1, flag) < 0) ||
+        if ((*errfd > maxt + 1 &&
+             close_range((unsigned)maxt + 1, (unsigned)*errfd - 1, flag) < 0) ||
             close_range((unsigned)*errfd + 1, ~0u, flag) < 0)
                 return -1;
 
@@ -208,9 +209,12 @@ int fsd_child_entry(void *arg)
                 fail_child(errfd, &e);
         for (size_t i = 0; i < p->nfds; i++)
                 fds[i] = (int)p->targets[i];
-        w = (struct forkserver_worker){.arg = p->arg, .arglen = p->arglen,
+        w = (struct forkserver_worker){.arg = p->arg,
+                                       .arglen = p->arglen,
                                        .channel_fd = p->channel ? FS_CHANNEL_FD : -1,
-                                       .fds = fds, .nfds = p->nreq, .gpu = p->gpu,
+                                       .fds = fds,
+                                       .nfds = p->nreq,
+                                       .gpu = p->gpu,
                                        .ngpu = p->ngpu};
         environ = (char **)p->envp;
         close(errfd); /* EOF: the zygote may go on */

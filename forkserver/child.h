@@ -1,10 +1,10 @@
 /* The code that runs between clone and exec: async-signal-safe calls and raw syscalls only. */
 #pragma once
 
+#include <linux/filter.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <linux/filter.h>
 #include <sys/types.h>
 
 #include "client/forkserver.h"
@@ -14,28 +14,28 @@ struct fsd_child_plan {
         const char *path;
         char *const *argv;
         char *const *envp;
-        const char *cwd;       /* NULL: stay in / */
-        const int *fds;        /* received fds ... */
+        const char *cwd;         /* NULL: stay in / */
+        const int *fds;          /* received fds ... */
         const uint32_t *targets; /* ... and the numbers they get in the worker */
         size_t nfds;
-        int devnull;           /* for stdio slots the request left empty ... */
-        unsigned null_stdio;   /* ... but for those of fds 0-2 (bits) that already are */
-        int errpipe;           /* write end: {step, errno} on failure; EOF means exec worked */
-        pid_t front;           /* the parent a worker must have */
+        int devnull;         /* for stdio slots the request left empty ... */
+        unsigned null_stdio; /* ... but for those of fds 0-2 (bits) that already are */
+        int errpipe;         /* write end: {step, errno} on failure; EOF means exec worked */
+        pid_t front;         /* the parent a worker must have */
         /* first of all: the client's credentials, then no capability (creds_child) */
-        bool set_creds;        /* become uid, gid and groups */
+        bool set_creds; /* become uid, gid and groups */
         uid_t uid;
         gid_t gid;
         size_t ngroups;
         const gid_t *groups;
-        bool drop_caps;        /* the zygote holds capabilities; the worker keeps none */
+        bool drop_caps; /* the zygote holds capabilities; the worker keeps none */
         bool detached;
-        bool pdeathsig_set;    /* forked ahead: the parent-death signal is set already */
-        bool newpgrp;          /* setpgid(0, 0) */
-        int umask;             /* -1: keep the parent's */
+        bool pdeathsig_set; /* forked ahead: the parent-death signal is set already */
+        bool newpgrp;       /* setpgid(0, 0) */
+        int umask;          /* -1: keep the parent's */
         const struct fs_rlimit *rlimits;
         size_t nrlimits;
-        int landlock_fd;       /* ruleset for a Landlock domain of the worker's own; -1: none */
+        int landlock_fd; /* ruleset for a Landlock domain of the worker's own; -1: none */
         const struct sock_fprog *filters[2]; /* installed in order; both apply */
         size_t nfilters;
         /* fork mode */

@@ -275,7 +275,7 @@ static void died(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
 
         (void)events;
         fs_log(FS_LOG_ERROR, "the closer died: passed fds are closed by the front itself from "
-               "now on");
+                             "now on");
         want_out(cl, false);
         fsd_io_stop(l, io);
         cl->fd = fs_close(cl->fd);

@@ -30,7 +30,7 @@ struct fsd_closer {
         struct fsd_loop *loop; /* NULL until attached, and after the loop */
         struct fsd_io io;      /* EPOLLOUT on its socket while fds wait */
         struct fsd_io io_exit; /* its pidfd */
-        bool unreleased; /* fds sent, and no 'C' yet (closer.c) */
+        bool unreleased;       /* fds sent, and no 'C' yet (closer.c) */
         size_t n;
         int pending[FSD_CLOSER_PENDING];
         uint64_t handed, closed_here; /* counters for STATUS */

@@ -1,11 +1,11 @@
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
-#include <fcntl.h>
 
 #include "common/fdpass.h"
 #include "common/util.h"
@@ -221,8 +221,10 @@ static int peer_groups(struct fsd_server *s, struct fsd_conn *c)
                 fs_log_limited(FS_LOG_WARNING, "conn %llu pid %d uid %u: more than %d groups",
                                (unsigned long long)c->id, (int)c->pid, (unsigned)c->uid,
                                FS_MAX_GROUPS);
-                fsd_conn_send_error(s, c, 0, E2BIG, "uid %u is in more than %d groups, which "
-                                    "a worker cannot take over", (unsigned)c->uid, FS_MAX_GROUPS);
+                fsd_conn_send_error(s, c, 0, E2BIG,
+                                    "uid %u is in more than %d groups, which "
+                                    "a worker cannot take over",
+                                    (unsigned)c->uid, FS_MAX_GROUPS);
         } else {
                 fs_log_limited(FS_LOG_WARNING, "SO_PEERGROUPS failed: %s", strerror(errno));
         }
@@ -289,8 +291,13 @@ static void accept_one(struct fsd_server *s, int fd)
                 fsd_closer_put1(&s->closer, fd);
                 return;
         }
-        *c = (struct fsd_conn){.io = FSD_IO_INIT, .fd = fd, .id = ++s->next_conn_id,
-                               .uid = cr.uid, .pid = (pid_t)cr.pid, .gid = cr.gid, .reading = true,
+        *c = (struct fsd_conn){.io = FSD_IO_INIT,
+                               .fd = fd,
+                               .id = ++s->next_conn_id,
+                               .uid = cr.uid,
+                               .pid = (pid_t)cr.pid,
+                               .gid = cr.gid,
+                               .reading = true,
                                .deadline = fs_now_ms() + s->opt->handshake_timeout_ms};
         s->stats.connections++;
         /* Linked first, so that every refusal below goes through fsd_conn_close. */
@@ -325,9 +332,10 @@ static void accept_one(struct fsd_server *s, int fd)
         while (s->npending > s->opt->max_pending) {
                 struct fsd_conn *old = pending_victim(s);
 
-                fs_log_limited(FS_LOG_WARNING, "conn %llu pid %d uid %u: cut, too many pending "
-                               "handshakes", (unsigned long long)old->id, (int)old->pid,
-                               (unsigned)old->uid);
+                fs_log_limited(FS_LOG_WARNING,
+                               "conn %llu pid %d uid %u: cut, too many pending "
+                               "handshakes",
+                               (unsigned long long)old->id, (int)old->pid, (unsigned)old->uid);
                 fsd_conn_send_error(s, old, 0, ETIMEDOUT, "too many pending handshakes");
                 fsd_conn_close(s, old, "pending cap");
         }
@@ -440,8 +448,8 @@ static int receive(struct fsd_server *s, struct fsd_conn *c, int *fds, size_t *r
 {
         size_t nfds;
         bool foreign;
-        int flags, n = fs_fdpass_recv_raw(c->fd, s->rx, sizeof(s->rx), fds, &nfds, &flags,
-                                          &foreign, MSG_DONTWAIT);
+        int flags, n = fs_fdpass_recv_raw(c->fd, s->rx, sizeof(s->rx), fds, &nfds, &flags, &foreign,
+                                          MSG_DONTWAIT);
 
         *ret_nfds = 0;
         *ret_lost = false;
@@ -498,15 +506,14 @@ static void on_event(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
                 if (n < 0) {
                         s->stats.bad_requests++;
                         if (n == -EMSGSIZE || n == -EBADMSG) {
-                                fs_log_limited(FS_LOG_WARNING, "conn %llu pid %d uid %u: %s",
-                                               (unsigned long long)c->id, (int)c->pid,
-                                               (unsigned)c->uid,
-                                               n == -EMSGSIZE ? "oversized message"
-                                                              : "bad fd attachment");
+                                fs_log_limited(
+                                    FS_LOG_WARNING, "conn %llu pid %d uid %u: %s",
+                                    (unsigned long long)c->id, (int)c->pid, (unsigned)c->uid,
+                                    n == -EMSGSIZE ? "oversized message" : "bad fd attachment");
                                 fsd_conn_send_error(s, c, 0, n, "%s",
                                                     n == -EMSGSIZE
-                                                            ? "message larger than 65536 bytes"
-                                                            : "bad control data or too many fds");
+                                                        ? "message larger than 65536 bytes"
+                                                        : "bad control data or too many fds");
                         }
                         fsd_conn_close(s, c, "receive error");
                         return;

@@ -10,14 +10,14 @@
 #include "forkserver/server.h"
 
 static const char *const fail_names[FSD_FAIL_N_] = {
-        [FSD_FAIL_BAD_REQUEST] = "bad_request",
-        [FSD_FAIL_POLICY] = "policy",
-        [FSD_FAIL_MAX_WORKERS] = "max_workers",
-        [FSD_FAIL_OUT_OF_FDS] = "out_of_fds",
-        [FSD_FAIL_OUT_OF_PROCESSES] = "out_of_processes",
-        [FSD_FAIL_SETUP] = "setup",
-        [FSD_FAIL_ZYGOTE] = "zygote",
-        [FSD_FAIL_GPU] = "gpu",
+    [FSD_FAIL_BAD_REQUEST] = "bad_request",
+    [FSD_FAIL_POLICY] = "policy",
+    [FSD_FAIL_MAX_WORKERS] = "max_workers",
+    [FSD_FAIL_OUT_OF_FDS] = "out_of_fds",
+    [FSD_FAIL_OUT_OF_PROCESSES] = "out_of_processes",
+    [FSD_FAIL_SETUP] = "setup",
+    [FSD_FAIL_ZYGOTE] = "zygote",
+    [FSD_FAIL_GPU] = "gpu",
 };
 
 static int cmp_u32(const void *a, const void *b)
@@ -35,8 +35,7 @@ static void put_latency(struct fs_msgw *w, const struct fsd_stats *st)
                 unsigned permille;
         } q[] = {{"p50", 500}, {"p90", 900}, {"p99", 990}, {"max", 1000}};
         static uint32_t sorted[FSD_LATENCY_SAMPLES];
-        size_t n = st->nlatency < FSD_LATENCY_SAMPLES ? (size_t)st->nlatency
-                                                       : FSD_LATENCY_SAMPLES;
+        size_t n = st->nlatency < FSD_LATENCY_SAMPLES ? (size_t)st->nlatency : FSD_LATENCY_SAMPLES;
 
         fs_msg_put_stat(w, "spawn_latency_us.samples", n);
         if (!n)
@@ -94,7 +93,7 @@ static int put_status(struct fsd_server *s, uint32_t id)
                 killed += s->zyg[i].killed;
                 ringed += s->zyg[i].ring_len;
         }
-        fs_msg_put_stat(&w, "zygote_kills", killed);  /* for missing a deadline */
+        fs_msg_put_stat(&w, "zygote_kills", killed); /* for missing a deadline */
         fs_msg_put_stat(&w, "zygote_inflight", ringed);
         fs_msg_put_stat(&w, "zygote_waiting", s->nwait);
         fs_msg_put_stat(&w, "zygote_strays_ended", s->strays.ended);
@@ -163,8 +162,9 @@ static void request(struct fsd_server *s, struct fsd_conn *c, size_t len, int *f
         if ((r = fs_proto_parse_hdr(s->rx, len, &h, &p)) < 0) {
                 s->stats.bad_requests++;
                 fsd_closer_put(&s->closer, fds, nfds);
-                fsd_conn_send_error(s, c, 0, r, "%s", r == -EPROTO ? "bad magic or version"
-                                                                   : "malformed message header");
+                fsd_conn_send_error(s, c, 0, r, "%s",
+                                    r == -EPROTO ? "bad magic or version"
+                                                 : "malformed message header");
                 fsd_conn_close(s, c, "malformed header");
                 return;
         }
@@ -223,13 +223,14 @@ static void refuse_lost_fds(struct fsd_server *s, struct fsd_conn *c, size_t len
         if (fs_proto_parse_hdr_only(s->rx, len, &h) == 0)
                 id = h.id;
         fsd_spawn_failed(s, FSD_FAIL_OUT_OF_FDS);
-        fs_log_limited(FS_LOG_WARNING, "conn %llu pid %d uid %u: out of file descriptors, "
-                       "request refused", (unsigned long long)c->id, (int)c->pid,
-                       (unsigned)c->uid);
-        fsd_conn_send_error(s, c, id, EMFILE, "server is out of file descriptors "
+        fs_log_limited(FS_LOG_WARNING,
+                       "conn %llu pid %d uid %u: out of file descriptors, "
+                       "request refused",
+                       (unsigned long long)c->id, (int)c->pid, (unsigned)c->uid);
+        fsd_conn_send_error(s, c, id, EMFILE,
+                            "server is out of file descriptors "
                             "(RLIMIT_NOFILE): the fds sent with the request were dropped");
 }
-
 
 static void conn_closed(struct fsd_server *s, struct fsd_conn *c)
 {

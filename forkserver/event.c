@@ -162,8 +162,7 @@ static void run_timers(struct fsd_loop *l)
         int64_t now = fs_now_ms();
 
         /* one that re-arms itself for now runs again next turn, not in a loop here */
-        for (size_t budget = l->nheap; budget > 0 && l->nheap && l->heap[0]->at <= now;
-             budget--) {
+        for (size_t budget = l->nheap; budget > 0 && l->nheap && l->heap[0]->at <= now; budget--) {
                 struct fsd_timer *t = l->heap[0];
 
                 fsd_timer_disarm(l, t);

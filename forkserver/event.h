@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define fsd_container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+#define fsd_container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
 struct fsd_loop;
 struct fsd_io;
@@ -39,14 +39,20 @@ struct fsd_timer {
         fsd_timer_fn fn;
 };
 
-#define FSD_IO_INIT {.fd = -1}
-#define FSD_TIMER_INIT {0}
+#define FSD_IO_INIT                                                                                \
+        {                                                                                          \
+                .fd = -1                                                                           \
+        }
+#define FSD_TIMER_INIT                                                                             \
+        {                                                                                          \
+                0                                                                                  \
+        }
 
 struct fsd_loop {
         int epfd;
         struct fsd_timer **heap; /* a binary min-heap by at */
         size_t nheap, capheap;
-        void *batch;              /* the epoll events being dispatched (event.c) */
+        void *batch; /* the epoll events being dispatched (event.c) */
         int nbatch;
 };
 

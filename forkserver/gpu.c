@@ -110,9 +110,9 @@ int fsd_gpu_start(struct fsd_server *s, char *err, size_t errlen)
          * state. */
         if ((r = fsd_template_request(&s->tpl, FSD_TPL_BROKER, 0)) < 0 ||
             (r = fsd_template_reply(&s->tpl, false, &rep, &fd, &pidfd)) < 0) {
-                snprintf(err, errlen, "%s", r == -EPIPE || r == -EAGAIN || !rep.why[0]
-                                                    ? "the template is unreachable"
-                                                    : rep.why);
+                snprintf(err, errlen, "%s",
+                         r == -EPIPE || r == -EAGAIN || !rep.why[0] ? "the template is unreachable"
+                                                                    : rep.why);
                 return r;
         }
         if ((r = take(s, &rep, fd, pidfd)) < 0) {
@@ -217,8 +217,8 @@ void fsd_gpu_made(struct fsd_server *s, const struct fsd_template_reply *rep, in
                 if (s->stopping || r == -ECANCELED)
                         return;
                 schedule_restart(s, fs_now_ms());
-                fs_log(FS_LOG_ERROR, "GPU broker restart failed: %s", rep->why[0] ? rep->why
-                                                                                : strerror(-r));
+                fs_log(FS_LOG_ERROR, "GPU broker restart failed: %s",
+                       rep->why[0] ? rep->why : strerror(-r));
                 return;
         }
         g->restarts++;
@@ -313,9 +313,11 @@ static int get_hold(struct fsd_conn *c, struct fsd_gpu_hold **ret, char *why, si
                 else if (errno == ESRCH || errno == EINVAL)
                         errno = 0; /* it has gone: the connection's end is all to wait for */
                 if (pidfd < 0 && errno != 0) {
-                        snprintf(why, whylen, "the server cannot follow this client's process "
+                        snprintf(why, whylen,
+                                 "the server cannot follow this client's process "
                                  "(pid %d), so it cannot give it the GPU buffers' fds; ask "
-                                 "without FORKSERVER_SPAWN_GPU_FDS", (int)c->pid);
+                                 "without FORKSERVER_SPAWN_GPU_FDS",
+                                 (int)c->pid);
                         return -EPERM;
                 }
         }
@@ -344,12 +346,16 @@ static void quota_why(char *why, size_t whylen, const char *which, uint64_t quot
         char copies[128] = "";
 
         if (kept)
-                snprintf(copies, sizeof(copies), ", %llu of them by copies this client holds of "
-                         "exited workers' buffers", (unsigned long long)kept);
-        snprintf(why, whylen, "GPU quota of this %s exceeded (--cuda-%squota %llu bytes; %llu "
-                 "held%s; %llu asked)%s%s", which, which[0] == 'c' ? "conn-" : "",
-                 (unsigned long long)quota, (unsigned long long)held, copies,
-                 (unsigned long long)asked, detail ? ": " : "", detail ? detail : "");
+                snprintf(copies, sizeof(copies),
+                         ", %llu of them by copies this client holds of "
+                         "exited workers' buffers",
+                         (unsigned long long)kept);
+        snprintf(why, whylen,
+                 "GPU quota of this %s exceeded (--cuda-%squota %llu bytes; %llu "
+                 "held%s; %llu asked)%s%s",
+                 which, which[0] == 'c' ? "conn-" : "", (unsigned long long)quota,
+                 (unsigned long long)held, copies, (unsigned long long)asked, detail ? ": " : "",
+                 detail ? detail : "");
 }
 
 static void serve(struct fsd_server *s);
@@ -438,8 +444,8 @@ static bool start(struct fsd_server *s)
                 bool conn = q->asked > q->room_conn;
 
                 quota_why(why, sizeof(why), conn ? "connection" : "server",
-                          conn ? o->cuda_conn_quota : o->cuda_quota,
-                          conn ? c->gpu_bytes : g->bytes, q->kept, q->asked, NULL);
+                          conn ? o->cuda_conn_quota : o->cuda_quota, conn ? c->gpu_bytes : g->bytes,
+                          q->kept, q->asked, NULL);
                 finish(s, -EDQUOT, why);
                 return false;
         }
@@ -628,8 +634,10 @@ static void drop_worker_ref(struct fsd_server *s, struct fsd_conn *c, const stru
                         if (!k) {
                                 /* cannot remember it: it stays charged for good, which
                                  * errs on the side of the device */
-                                fs_log(FS_LOG_ERROR, "out of memory: a GPU lease of %llu bytes "
-                                       "stays charged", (unsigned long long)l->size);
+                                fs_log(FS_LOG_ERROR,
+                                       "out of memory: a GPU lease of %llu bytes "
+                                       "stays charged",
+                                       (unsigned long long)l->size);
                                 return;
                         }
                         h->kept = k;
@@ -702,7 +710,8 @@ void fsd_gpu_conn_closed(struct fsd_server *s, struct fsd_conn *c)
                 return;
         }
         if ((r = fsd_io_start(&s->loop, &h->io, h->pidfd, EPOLLIN, false, on_hold_exit)) < 0)
-                fs_log_errno(FS_LOG_ERROR, r, "watching a client that holds GPU buffers (they "
+                fs_log_errno(FS_LOG_ERROR, r,
+                             "watching a client that holds GPU buffers (they "
                              "stay charged)");
 }
 

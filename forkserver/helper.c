@@ -1,14 +1,14 @@
 #include "forkserver/helper.h"
 
 #include <errno.h>
-#include <stdbool.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/pidfd.h>
 #include <sys/socket.h>
-#include <sched.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -19,8 +19,8 @@
 
 #define START_TIMEOUT_MS 60000 /* library constructors, cuInit: slow, but not forever */
 
-static int await_start(const char *what, int sock, uint8_t *buf, size_t cap, size_t *len,
-                       char *err, size_t errlen)
+static int await_start(const char *what, int sock, uint8_t *buf, size_t cap, size_t *len, char *err,
+                       size_t errlen)
 {
         struct pollfd pf = {.fd = sock, .events = POLLIN};
         struct fs_msg_error e;

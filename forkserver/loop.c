@@ -60,8 +60,10 @@ static void reload_key(struct fsd_server *s)
         int r;
 
         if (!s->opt->key_file) {
-                fs_log(FS_LOG_WARNING, "SIGHUP: the key came from --key-fd %d and cannot be "
-                       "read again; keeping it", s->opt->key_fd);
+                fs_log(FS_LOG_WARNING,
+                       "SIGHUP: the key came from --key-fd %d and cannot be "
+                       "read again; keeping it",
+                       s->opt->key_fd);
                 return;
         }
         if ((r = fs_key_load_file(s->opt->key_file, &k, &why)) < 0) {
@@ -191,8 +193,7 @@ static bool zygotes_caught_up(const struct fsd_server *s)
         for (unsigned i = 0; i < s->nzyg; i++) {
                 const struct fsd_zygote *z = &s->zyg[i];
 
-                if (z->pid == st->zpid[i] && z->ring_len &&
-                    z->ring[z->ring_head].seq <= st->seq[i])
+                if (z->pid == st->zpid[i] && z->ring_len && z->ring[z->ring_head].seq <= st->seq[i])
                         return false;
         }
         return true;
@@ -218,14 +219,18 @@ static void on_strays(struct fsd_loop *l, struct fsd_timer *t, int64_t now)
                 if (!(w = fsd_worker_new(s, NULL, pidfd, pid, 0, false))) {
                         (void)pidfd_send_signal(pidfd, SIGKILL, NULL, 0);
                         fs_close(pidfd); /* its zombie is reaped by nobody: logged */
-                        fs_log(FS_LOG_ERROR, "worker pid %d, which no zygote reported, could "
-                               "not be tracked: killed", (int)pid);
+                        fs_log(FS_LOG_ERROR,
+                               "worker pid %d, which no zygote reported, could "
+                               "not be tracked: killed",
+                               (int)pid);
                         continue;
                 }
                 w->uid = uid_of(pid);
                 st->ended++;
-                fs_log(FS_LOG_WARNING, "worker pid %d was made by a zygote that died before "
-                       "reporting it: ended", (int)pid);
+                fs_log(FS_LOG_WARNING,
+                       "worker pid %d was made by a zygote that died before "
+                       "reporting it: ended",
+                       (int)pid);
                 fsd_worker_terminate(s, w);
         }
         st->n = 0;
@@ -274,10 +279,9 @@ int fsd_front_attach(struct fsd_server *s)
 
         s->on_zygote_gone = zygote_gone;
         if ((r = fsd_conn_attach(s)) < 0 ||
-            (r = fsd_io_start(&s->loop, &s->io_signal, s->sig_fd, EPOLLIN, false, on_signal)) <
-                    0 ||
-            (r = fsd_io_start(&s->loop, &s->io_template, s->tpl.fd, EPOLLIN, false,
-                              on_template)) < 0)
+            (r = fsd_io_start(&s->loop, &s->io_signal, s->sig_fd, EPOLLIN, false, on_signal)) < 0 ||
+            (r = fsd_io_start(&s->loop, &s->io_template, s->tpl.fd, EPOLLIN, false, on_template)) <
+                0)
                 return r;
         fsd_closer_attach(&s->closer, &s->loop);
         return 0;

@@ -24,83 +24,83 @@
 #define EXIT_USAGE 2
 
 static const char usage_text[] =
-        "Usage: forkserverd [--socket PATH] (--key-file PATH | --key-fd N) [--allow-uid UID]...\n"
-        "                   [--max-workers N] [--max-pending N] [--max-connections N]\n"
-        "                   [--handshake-timeout MS]\n"
-        "                   [--min-profile NAME] [--allow-profile LIST] [--profile-dir DIR]\n"
-        "                   [--preload LIB]... [--cuda[=auto]] [--cuda-devices LIST]\n"
-        "                   [--cuda-quota SIZE] [--cuda-conn-quota SIZE] [--cuda-reserve SIZE]\n"
-        "                   [--python-preload MODULES] [--user NAME] [--allow-root-workers]\n"
-        "                   [--prefork N] [--require-landlock] [--ready-fd N]\n"
-        "                   [--log-level LEVEL] [--foreground]\n"
-        "\n"
-        "Creates worker processes for authenticated local clients.\n"
-        "\n"
-        "  --socket PATH           listening socket (default: $FORKSERVER_SOCKET, else\n"
-        "                          $XDG_RUNTIME_DIR/forkserver/forkserverd.sock, else\n"
-        "                          /tmp/forkserver-$UID/forkserverd.sock)\n"
-        "  --key-file PATH         key file: owned by you, mode 600, 32 bytes or 64 hex digits\n"
-        "                          (default: $FORKSERVER_KEY_FILE, else 'key' beside the socket)\n"
-        "  --key-fd N              read the key from fd N until EOF (at most 5 s), then close it\n"
-        "  --allow-uid UID         also accept clients of this uid (repeatable, max 64)\n"
-        "  --max-workers N         live workers at most (default 1024)\n"
-        "  --max-pending N         unauthenticated connections at most (default 64); over it\n"
-        "                          the oldest of the peer (uid, then pid) holding most is cut\n"
-        "  --max-connections N     authenticated connections at most (default 16384)\n"
-        "  --handshake-timeout MS  time a client has to authenticate (default 5000)\n"
-        "  --min-profile NAME      seccomp profile every worker gets in addition to its own\n"
-        "                          (default: none)\n"
-        "  --allow-profile LIST    profiles clients may ask for, comma-separated\n"
-        "                          (default: default,strict; requests naming none get default)\n"
-        "  --profile-dir DIR       load more profiles from DIR/NAME.profile\n"
-        "  --require-landlock      refuse to start unless the kernel offers Landlock with\n"
-        "                          signal scoping (ABI 6, Linux 6.12); without it, workers\n"
-        "                          get what the kernel has, and start-up says what is missing\n"
-        "  --preload LIB           load LIB (/dir/LIBNAME.so) into the zygotes before listening;\n"
-        "                          requests may then run LIBNAME:SYMBOL without exec (max 16)\n"
-        "  --prefork N             with --preload: each zygote keeps up to N idle children\n"
-        "                          forked ahead, each serving one fork-mode request (0..64,\n"
-        "                          default " FSD_PREFORK_DEFAULT_STR "; 0: fork on each request)\n"
-        "  --python-preload MODULES  host a Python zygote: preload libforkserver-python.so,\n"
-        "                          which starts Python in the zygotes and imports MODULES\n"
-        "                          (comma-separated; may be empty) for forkserver.Pool workers\n"
-        "  --cuda[=auto]           start a GPU broker that owns CUDA and leases GPU buffers to\n"
-        "                          workers as fds; without a usable driver, start-up fails\n"
-        "                          (--cuda=auto: the server starts without GPU support)\n"
-        "  --cuda-devices LIST     CUDA device ordinals the broker serves, comma-separated\n"
-        "                          (default: all); requests name them 0, 1, ... in this order\n"
-        "  --cuda-quota SIZE       GPU buffer bytes held by all workers at most (K, M, G, T;\n"
-        "                          default: what the devices have)\n"
-        "  --cuda-conn-quota SIZE  GPU buffer bytes held by one connection's workers at most\n"
-        "                          (a buffer counts until its worker and, if the client took\n"
-        "                          its fd, the client's connection and process are gone)\n"
-        "  --cuda-reserve SIZE     device memory the broker leaves free on each GPU for the\n"
-        "                          workers' own contexts (default: 512M, or 1/8 of a smaller\n"
-        "                          device; 0: none)\n"
-        "  --user NAME             started as root: become user NAME (or a numeric uid) first,\n"
-        "                          keeping CAP_SETUID and CAP_SETGID for the zygotes; the key\n"
-        "                          file and socket directory then belong to NAME\n"
-        "  --allow-root-workers    clients of uid 0 get workers running as root (with no\n"
-        "                          capabilities); without it their spawns are refused. Started\n"
-        "                          as root, one of --user and this is required\n"
-        "  --ready-fd N            write \"READY\\n\" to fd N once listening, then close it\n"
-        "  --log-level LEVEL       error, warning, info (default) or debug\n"
-        "  --foreground            do not detach\n"
-        "  -h, --help              this text\n"
-        "  --version               print the version and exit\n"
-        "\n"
-        "\n"
-        "Under systemd: a socket passed by socket activation (LISTEN_FDS=1, one listening\n"
-        "SOCK_SEQPACKET filesystem socket) is used instead of creating one; READY=1 and\n"
-        "STOPPING=1 go to $NOTIFY_SOCKET; with no key option, the key is read from\n"
-        "$CREDENTIALS_DIRECTORY/forkserver.key when that file exists.\n"
-        "Workers run as their client's uid, gid and groups when the daemon holds CAP_SETUID\n"
-        "and CAP_SETGID (root with --user, or a service's AmbientCapabilities=), else as the\n"
-        "daemon's uid; they keep no capability either way.\n"
-        "Signals: SIGTERM, SIGINT stop; SIGHUP re-reads the key file (new connections use\n"
-        "the new key; a key that does not load is refused and the old one kept).\n"
-        "\n"
-        "Exit status: 0 stopped cleanly, 1 start-up or runtime failure, 2 usage error.\n";
+    "Usage: forkserverd [--socket PATH] (--key-file PATH | --key-fd N) [--allow-uid UID]...\n"
+    "                   [--max-workers N] [--max-pending N] [--max-connections N]\n"
+    "                   [--handshake-timeout MS]\n"
+    "                   [--min-profile NAME] [--allow-profile LIST] [--profile-dir DIR]\n"
+    "                   [--preload LIB]... [--cuda[=auto]] [--cuda-devices LIST]\n"
+    "                   [--cuda-quota SIZE] [--cuda-conn-quota SIZE] [--cuda-reserve SIZE]\n"
+    "                   [--python-preload MODULES] [--user NAME] [--allow-root-workers]\n"
+    "                   [--prefork N] [--require-landlock] [--ready-fd N]\n"
+    "                   [--log-level LEVEL] [--foreground]\n"
+    "\n"
+    "Creates worker processes for authenticated local clients.\n"
+    "\n"
+    "  --socket PATH           listening socket (default: $FORKSERVER_SOCKET, else\n"
+    "                          $XDG_RUNTIME_DIR/forkserver/forkserverd.sock, else\n"
+    "                          /tmp/forkserver-$UID/forkserverd.sock)\n"
+    "  --key-file PATH         key file: owned by you, mode 600, 32 bytes or 64 hex digits\n"
+    "                          (default: $FORKSERVER_KEY_FILE, else 'key' beside the socket)\n"
+    "  --key-fd N              read the key from fd N until EOF (at most 5 s), then close it\n"
+    "  --allow-uid UID         also accept clients of this uid (repeatable, max 64)\n"
+    "  --max-workers N         live workers at most (default 1024)\n"
+    "  --max-pending N         unauthenticated connections at most (default 64); over it\n"
+    "                          the oldest of the peer (uid, then pid) holding most is cut\n"
+    "  --max-connections N     authenticated connections at most (default 16384)\n"
+    "  --handshake-timeout MS  time a client has to authenticate (default 5000)\n"
+    "  --min-profile NAME      seccomp profile every worker gets in addition to its own\n"
+    "                          (default: none)\n"
+    "  --allow-profile LIST    profiles clients may ask for, comma-separated\n"
+    "                          (default: default,strict; requests naming none get default)\n"
+    "  --profile-dir DIR       load more profiles from DIR/NAME.profile\n"
+    "  --require-landlock      refuse to start unless the kernel offers Landlock with\n"
+    "                          signal scoping (ABI 6, Linux 6.12); without it, workers\n"
+    "                          get what the kernel has, and start-up says what is missing\n"
+    "  --preload LIB           load LIB (/dir/LIBNAME.so) into the zygotes before listening;\n"
+    "                          requests may then run LIBNAME:SYMBOL without exec (max 16)\n"
+    "  --prefork N             with --preload: each zygote keeps up to N idle children\n"
+    "                          forked ahead, each serving one fork-mode request (0..64,\n"
+    "                          default " FSD_PREFORK_DEFAULT_STR "; 0: fork on each request)\n"
+    "  --python-preload MODULES  host a Python zygote: preload libforkserver-python.so,\n"
+    "                          which starts Python in the zygotes and imports MODULES\n"
+    "                          (comma-separated; may be empty) for forkserver.Pool workers\n"
+    "  --cuda[=auto]           start a GPU broker that owns CUDA and leases GPU buffers to\n"
+    "                          workers as fds; without a usable driver, start-up fails\n"
+    "                          (--cuda=auto: the server starts without GPU support)\n"
+    "  --cuda-devices LIST     CUDA device ordinals the broker serves, comma-separated\n"
+    "                          (default: all); requests name them 0, 1, ... in this order\n"
+    "  --cuda-quota SIZE       GPU buffer bytes held by all workers at most (K, M, G, T;\n"
+    "                          default: what the devices have)\n"
+    "  --cuda-conn-quota SIZE  GPU buffer bytes held by one connection's workers at most\n"
+    "                          (a buffer counts until its worker and, if the client took\n"
+    "                          its fd, the client's connection and process are gone)\n"
+    "  --cuda-reserve SIZE     device memory the broker leaves free on each GPU for the\n"
+    "                          workers' own contexts (default: 512M, or 1/8 of a smaller\n"
+    "                          device; 0: none)\n"
+    "  --user NAME             started as root: become user NAME (or a numeric uid) first,\n"
+    "                          keeping CAP_SETUID and CAP_SETGID for the zygotes; the key\n"
+    "                          file and socket directory then belong to NAME\n"
+    "  --allow-root-workers    clients of uid 0 get workers running as root (with no\n"
+    "                          capabilities); without it their spawns are refused. Started\n"
+    "                          as root, one of --user and this is required\n"
+    "  --ready-fd N            write \"READY\\n\" to fd N once listening, then close it\n"
+    "  --log-level LEVEL       error, warning, info (default) or debug\n"
+    "  --foreground            do not detach\n"
+    "  -h, --help              this text\n"
+    "  --version               print the version and exit\n"
+    "\n"
+    "\n"
+    "Under systemd: a socket passed by socket activation (LISTEN_FDS=1, one listening\n"
+    "SOCK_SEQPACKET filesystem socket) is used instead of creating one; READY=1 and\n"
+    "STOPPING=1 go to $NOTIFY_SOCKET; with no key option, the key is read from\n"
+    "$CREDENTIALS_DIRECTORY/forkserver.key when that file exists.\n"
+    "Workers run as their client's uid, gid and groups when the daemon holds CAP_SETUID\n"
+    "and CAP_SETGID (root with --user, or a service's AmbientCapabilities=), else as the\n"
+    "daemon's uid; they keep no capability either way.\n"
+    "Signals: SIGTERM, SIGINT stop; SIGHUP re-reads the key file (new connections use\n"
+    "the new key; a key that does not load is refused and the old one kept).\n"
+    "\n"
+    "Exit status: 0 stopped cleanly, 1 start-up or runtime failure, 2 usage error.\n";
 
 static __attribute__((format(printf, 1, 2))) int usage_error(const char *fmt, ...)
 {
@@ -141,46 +141,69 @@ static int python_lib(char *buf, size_t size)
                         return 0;
         }
         return fs_format(buf, size, "%s", FSD_PYTHON_LIB) == 0 && access(buf, R_OK) == 0 ? 0
-                                                                                      : -ENOENT;
+                                                                                         : -ENOENT;
 }
 
 static int parse_args(int argc, char **argv, struct fsd_options *o)
 {
         static char pylib[4096];
-        enum { O_SOCKET = 256, O_KEY_FILE, O_KEY_FD, O_ALLOW_UID, O_MAX_WORKERS, O_MAX_PENDING,
-               O_HS_TIMEOUT, O_READY_FD, O_LOG_LEVEL, O_FOREGROUND, O_MIN_PROFILE,
-               O_ALLOW_PROFILE, O_PROFILE_DIR, O_PRELOAD, O_CUDA, O_CUDA_DEVICES, O_CUDA_QUOTA,
-               O_CUDA_CONN_QUOTA, O_CUDA_RESERVE, O_PYTHON_PRELOAD, O_REQUIRE_LANDLOCK, O_VERSION, O_USER,
-               O_ALLOW_ROOT_WORKERS, O_MAX_CONNECTIONS, O_PREFORK };
+        enum {
+                O_SOCKET = 256,
+                O_KEY_FILE,
+                O_KEY_FD,
+                O_ALLOW_UID,
+                O_MAX_WORKERS,
+                O_MAX_PENDING,
+                O_HS_TIMEOUT,
+                O_READY_FD,
+                O_LOG_LEVEL,
+                O_FOREGROUND,
+                O_MIN_PROFILE,
+                O_ALLOW_PROFILE,
+                O_PROFILE_DIR,
+                O_PRELOAD,
+                O_CUDA,
+                O_CUDA_DEVICES,
+                O_CUDA_QUOTA,
+                O_CUDA_CONN_QUOTA,
+                O_CUDA_RESERVE,
+                O_PYTHON_PRELOAD,
+                O_REQUIRE_LANDLOCK,
+                O_VERSION,
+                O_USER,
+                O_ALLOW_ROOT_WORKERS,
+                O_MAX_CONNECTIONS,
+                O_PREFORK
+        };
         static const struct option opts[] = {
-                {"socket", required_argument, NULL, O_SOCKET},
-                {"key-file", required_argument, NULL, O_KEY_FILE},
-                {"key-fd", required_argument, NULL, O_KEY_FD},
-                {"allow-uid", required_argument, NULL, O_ALLOW_UID},
-                {"max-workers", required_argument, NULL, O_MAX_WORKERS},
-                {"max-pending", required_argument, NULL, O_MAX_PENDING},
-                {"max-connections", required_argument, NULL, O_MAX_CONNECTIONS},
-                {"handshake-timeout", required_argument, NULL, O_HS_TIMEOUT},
-                {"ready-fd", required_argument, NULL, O_READY_FD},
-                {"log-level", required_argument, NULL, O_LOG_LEVEL},
-                {"foreground", no_argument, NULL, O_FOREGROUND},
-                {"min-profile", required_argument, NULL, O_MIN_PROFILE},
-                {"allow-profile", required_argument, NULL, O_ALLOW_PROFILE},
-                {"profile-dir", required_argument, NULL, O_PROFILE_DIR},
-                {"preload", required_argument, NULL, O_PRELOAD},
-                {"cuda", optional_argument, NULL, O_CUDA},
-                {"python-preload", required_argument, NULL, O_PYTHON_PRELOAD},
-                {"cuda-devices", required_argument, NULL, O_CUDA_DEVICES},
-                {"cuda-quota", required_argument, NULL, O_CUDA_QUOTA},
-                {"cuda-conn-quota", required_argument, NULL, O_CUDA_CONN_QUOTA},
-                {"cuda-reserve", required_argument, NULL, O_CUDA_RESERVE},
-                {"require-landlock", no_argument, NULL, O_REQUIRE_LANDLOCK},
-                {"user", required_argument, NULL, O_USER},
-                {"allow-root-workers", no_argument, NULL, O_ALLOW_ROOT_WORKERS},
-                {"prefork", required_argument, NULL, O_PREFORK},
-                {"help", no_argument, NULL, 'h'},
-                {"version", no_argument, NULL, O_VERSION},
-                {0},
+            {"socket", required_argument, NULL, O_SOCKET},
+            {"key-file", required_argument, NULL, O_KEY_FILE},
+            {"key-fd", required_argument, NULL, O_KEY_FD},
+            {"allow-uid", required_argument, NULL, O_ALLOW_UID},
+            {"max-workers", required_argument, NULL, O_MAX_WORKERS},
+            {"max-pending", required_argument, NULL, O_MAX_PENDING},
+            {"max-connections", required_argument, NULL, O_MAX_CONNECTIONS},
+            {"handshake-timeout", required_argument, NULL, O_HS_TIMEOUT},
+            {"ready-fd", required_argument, NULL, O_READY_FD},
+            {"log-level", required_argument, NULL, O_LOG_LEVEL},
+            {"foreground", no_argument, NULL, O_FOREGROUND},
+            {"min-profile", required_argument, NULL, O_MIN_PROFILE},
+            {"allow-profile", required_argument, NULL, O_ALLOW_PROFILE},
+            {"profile-dir", required_argument, NULL, O_PROFILE_DIR},
+            {"preload", required_argument, NULL, O_PRELOAD},
+            {"cuda", optional_argument, NULL, O_CUDA},
+            {"python-preload", required_argument, NULL, O_PYTHON_PRELOAD},
+            {"cuda-devices", required_argument, NULL, O_CUDA_DEVICES},
+            {"cuda-quota", required_argument, NULL, O_CUDA_QUOTA},
+            {"cuda-conn-quota", required_argument, NULL, O_CUDA_CONN_QUOTA},
+            {"cuda-reserve", required_argument, NULL, O_CUDA_RESERVE},
+            {"require-landlock", no_argument, NULL, O_REQUIRE_LANDLOCK},
+            {"user", required_argument, NULL, O_USER},
+            {"allow-root-workers", no_argument, NULL, O_ALLOW_ROOT_WORKERS},
+            {"prefork", required_argument, NULL, O_PREFORK},
+            {"help", no_argument, NULL, 'h'},
+            {"version", no_argument, NULL, O_VERSION},
+            {0},
         };
         unsigned v = 0;
         int c;
@@ -217,8 +240,7 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                         break;
                 case O_MAX_PENDING:
                         if (parse_uint(optarg, 1, FSD_MAX_PENDING, &o->max_pending) < 0)
-                                return usage_error("--max-pending: need 1..4096, got '%s'",
-                                                   optarg);
+                                return usage_error("--max-pending: need 1..4096, got '%s'", optarg);
                         break;
                 case O_MAX_CONNECTIONS:
                         if (parse_uint(optarg, 1, FSD_MAX_CONNS, &o->max_connections) < 0)
@@ -228,7 +250,8 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                 case O_HS_TIMEOUT:
                         if (parse_uint(optarg, 10, 600000, &o->handshake_timeout_ms) < 0)
                                 return usage_error("--handshake-timeout: need 10..600000 ms, "
-                                                   "got '%s'", optarg);
+                                                   "got '%s'",
+                                                   optarg);
                         break;
                 case O_READY_FD:
                         if (parse_uint(optarg, 0, INT32_MAX, &v) < 0)
@@ -239,7 +262,8 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                 case O_LOG_LEVEL:
                         if (fs_log_level_parse(optarg, &o->log_level) < 0)
                                 return usage_error("--log-level: need error, warning, info or "
-                                                   "debug, got '%s'", optarg);
+                                                   "debug, got '%s'",
+                                                   optarg);
                         break;
                 case O_FOREGROUND:
                         o->foreground = true;
@@ -260,7 +284,8 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                         if (python_lib(pylib, sizeof(pylib)) < 0)
                                 return usage_error("--python-preload: libforkserver-python.so not "
                                                    "found (beside forkserverd, in %s, or "
-                                                   "$FORKSERVER_PYTHON_LIB)", FSD_PYTHON_LIB);
+                                                   "$FORKSERVER_PYTHON_LIB)",
+                                                   FSD_PYTHON_LIB);
                         if (setenv("FORKSERVER_PYTHON_PRELOAD", optarg, 1) < 0)
                                 return 1;
                         optarg = pylib;
@@ -301,16 +326,19 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
 
                         snprintf(copy, sizeof(copy), "%s", optarg);
                         o->ncuda_devices = 0;
-                        for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+                        for (char *t = strtok_r(copy, ",", &save); t;
+                             t = strtok_r(NULL, ",", &save)) {
                                 long dev;
 
                                 if (o->ncuda_devices == FS_ARRAY_SIZE(o->cuda_devices) ||
                                     fs_parse_long(t, 0, 1023, &dev) < 0)
                                         return usage_error("--cuda-devices: need up to 16 device "
-                                                           "ordinals, got '%s'", optarg);
+                                                           "ordinals, got '%s'",
+                                                           optarg);
                                 for (size_t i = 0; i < o->ncuda_devices; i++)
                                         if (o->cuda_devices[i] == dev)
-                                                return usage_error("--cuda-devices: %ld twice", dev);
+                                                return usage_error("--cuda-devices: %ld twice",
+                                                                   dev);
                                 o->cuda_devices[o->ncuda_devices++] = (int)dev;
                         }
                         if (!o->ncuda_devices)
@@ -321,9 +349,9 @@ static int parse_args(int argc, char **argv, struct fsd_options *o)
                 case O_CUDA_CONN_QUOTA:
                         if (fs_parse_size(optarg, c == O_CUDA_QUOTA ? &o->cuda_quota
                                                                     : &o->cuda_conn_quota) < 0)
-                                return usage_error("--%s: not a size: '%s'",
-                                                   c == O_CUDA_QUOTA ? "cuda-quota"
-                                                                     : "cuda-conn-quota", optarg);
+                                return usage_error(
+                                    "--%s: not a size: '%s'",
+                                    c == O_CUDA_QUOTA ? "cuda-quota" : "cuda-conn-quota", optarg);
                         break;
                 case O_CUDA_RESERVE:
                         if (fs_parse_size(optarg, &o->cuda_reserve) < 0 ||
@@ -439,16 +467,19 @@ static int start_zygotes(struct fsd_server *s, const struct fsd_options *o)
 
                 if (p && !(p->zygote_safe && min_ok && (p->allowed || p == sb->dflt)))
                         continue;
-                *z = (struct fsd_zygote){.io = FSD_IO_INIT, .io_exit = FSD_IO_INIT,
-                                         .sandboxed = p, .fd = -1, .pidfd = -1};
+                *z = (struct fsd_zygote){.io = FSD_IO_INIT,
+                                         .io_exit = FSD_IO_INIT,
+                                         .sandboxed = p,
+                                         .fd = -1,
+                                         .pidfd = -1};
                 z->wait_tail = &z->wait;
                 struct fsd_template_reply rep;
 
                 z->tpl_index = (uint32_t)i;
                 if ((r = fsd_template_request(&s->tpl, FSD_TPL_ZYGOTE, z->tpl_index)) < 0 ||
                     (r = fsd_template_reply(&s->tpl, false, &rep, &z->fd, &z->pidfd)) < 0) {
-                        fs_log(FS_LOG_ERROR, "%s", r == -EPIPE || !rep.why[0]
-                                                           ? "the template is gone" : rep.why);
+                        fs_log(FS_LOG_ERROR, "%s",
+                               r == -EPIPE || !rep.why[0] ? "the template is gone" : rep.why);
                         return r;
                 }
                 z->pid = rep.pid;
@@ -469,11 +500,13 @@ static int confine(struct fsd_server *s, const struct fsd_options *o)
 
         if (sb->landlock_abi == 0) {
                 if (o->require_landlock) {
-                        fs_log(FS_LOG_ERROR, "--require-landlock: the kernel offers no Landlock "
+                        fs_log(FS_LOG_ERROR,
+                               "--require-landlock: the kernel offers no Landlock "
                                "(Linux 5.13 or later with landlock in the lsm= list)");
                         return -EOPNOTSUPP;
                 }
-                fs_log(FS_LOG_WARNING, "no Landlock in this kernel: workers of the same uid "
+                fs_log(FS_LOG_WARNING,
+                       "no Landlock in this kernel: workers of the same uid "
                        "can read and write each other's memory (/proc/PID/mem), signal each "
                        "other, the zygotes and this daemon, and open the socket directory "
                        "and the key file");
@@ -481,15 +514,18 @@ static int confine(struct fsd_server *s, const struct fsd_options *o)
         }
         if (sb->landlock_abi < 6) {
                 if (o->require_landlock) {
-                        fs_log(FS_LOG_ERROR, "--require-landlock: Landlock ABI %d lacks "
+                        fs_log(FS_LOG_ERROR,
+                               "--require-landlock: Landlock ABI %d lacks "
                                "signal and abstract-socket scoping (ABI 6, Linux 6.12)",
                                sb->landlock_abi);
                         return -EOPNOTSUPP;
                 }
-                fs_log(FS_LOG_WARNING, "Landlock ABI %d: workers are kept from each other's "
+                fs_log(FS_LOG_WARNING,
+                       "Landlock ABI %d: workers are kept from each other's "
                        "memory and from the socket directory, but can still signal "
                        "processes of their uid and reach abstract sockets (ABI 6, Linux 6.12, "
-                       "scopes both)", sb->landlock_abi);
+                       "scopes both)",
+                       sb->landlock_abi);
         }
         if (fs_dirname(o->socket_path, dir, sizeof(dir)) == 0)
                 r = fsd_sandbox_deny(sb, dir);
@@ -512,13 +548,12 @@ static int start(struct fsd_server *s, struct fsd_options *o)
 
         s->listen_fd = s->sig_fd = s->reserve_fd = -1;
         s->gpu.pidfd = s->gpu.fd = -1;
-        s->gpu.io_exit = s->io_listen = s->io_signal = s->io_template =
-                (struct fsd_io)FSD_IO_INIT;
+        s->gpu.io_exit = s->io_listen = s->io_signal = s->io_template = (struct fsd_io)FSD_IO_INIT;
         s->opt = o;
         s->start_ms = fs_now_ms();
         s->tpl = (struct fsd_template){.fd = -1, .pidfd = -1};
-        s->closer = (struct fsd_closer){.fd = -1, .pidfd = -1, .io = FSD_IO_INIT,
-                                        .io_exit = FSD_IO_INIT};
+        s->closer =
+            (struct fsd_closer){.fd = -1, .pidfd = -1, .io = FSD_IO_INIT, .io_exit = FSD_IO_INIT};
         fsd_dispatch_init(s);
         fsd_spawn_init(s);
         /* every helper (the template too) closes the loop's fd: none may watch ours */
@@ -579,11 +614,11 @@ static int start(struct fsd_server *s, struct fsd_options *o)
         fs_creds_pidns(s->pidns);
         if (!fs_creds_pidns_known(s->pidns))
                 fs_log(FS_LOG_WARNING, "cannot read /proc/self/ns/pid: handshakes bind clients' "
-                       "uid and gid but not their pid");
+                                       "uid and gid but not their pid");
         s->key_loaded_ms = fs_now_ms();
         if (!s->key->locked)
                 fs_log(FS_LOG_WARNING, "cannot mlock the key page (RLIMIT_MEMLOCK?); "
-                       "it is still excluded from core dumps and forks");
+                                       "it is still excluded from core dumps and forks");
         if (o->listen_fd >= 0) {
                 /* systemd made it, but clients check its path as ours: so do we */
                 if ((r = fsd_sock_check_ancestors(o->socket_path, &why)) < 0)
@@ -626,9 +661,13 @@ int main(int argc, char **argv)
 {
         static struct fsd_server srv;
         static char socket_buf[FS_SOCKET_PATH_MAX], key_buf[4096];
-        struct fsd_options o = {.key_fd = -1, .ready_fd = -1, .listen_fd = -1, .max_workers = 1024,
+        struct fsd_options o = {.key_fd = -1,
+                                .ready_fd = -1,
+                                .listen_fd = -1,
+                                .max_workers = 1024,
                                 .prefork = FSD_PREFORK_DEFAULT,
-                                .max_pending = 64, .max_connections = 16384,
+                                .max_pending = 64,
+                                .max_connections = 16384,
                                 .handshake_timeout_ms = 5000,
                                 .log_level = FS_LOG_INFO};
         int notify_fd = -1, r;
@@ -652,8 +691,10 @@ int main(int argc, char **argv)
         }
         if (r > 0) {
                 if (o.socket_path && strcmp(o.socket_path, activated) != 0) {
-                        fs_log(FS_LOG_ERROR, "--socket %s, but systemd passed a socket bound to "
-                               "%s", o.socket_path, activated);
+                        fs_log(FS_LOG_ERROR,
+                               "--socket %s, but systemd passed a socket bound to "
+                               "%s",
+                               o.socket_path, activated);
                         return 1;
                 }
                 o.socket_path = activated;

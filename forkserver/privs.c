@@ -7,8 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -153,14 +153,17 @@ int fsd_privs_init(const struct fsd_options *o, bool *ret_switch, char *err, siz
                 if ((r = resolve_user(o->user, &u, err, errlen)) < 0)
                         return r;
                 if (!root && u.uid != geteuid()) {
-                        snprintf(err, errlen, "--user %s: only root can switch to another user "
-                                 "(this is uid %u)", o->user, (unsigned)geteuid());
+                        snprintf(err, errlen,
+                                 "--user %s: only root can switch to another user "
+                                 "(this is uid %u)",
+                                 o->user, (unsigned)geteuid());
                         return -EPERM;
                 }
                 to_user = root && u.uid != 0;
         }
         if (root && !to_user && !o->allow_root_workers) {
-                snprintf(err, errlen, "refusing to run as root without a plan for the workers: "
+                snprintf(err, errlen,
+                         "refusing to run as root without a plan for the workers: "
                          "give --user NAME (the daemon becomes NAME and runs each worker as its "
                          "client) or --allow-root-workers (it stays root; root clients get root "
                          "workers, without capabilities)");
@@ -177,7 +180,8 @@ int fsd_privs_init(const struct fsd_options *o, bool *ret_switch, char *err, siz
                         return r;
                 }
         } else if (prm) {
-                fs_log(FS_LOG_INFO, "no CAP_SETPCAP: the capability bounding set stays as it "
+                fs_log(FS_LOG_INFO,
+                       "no CAP_SETPCAP: the capability bounding set stays as it "
                        "is (no_new_privs still keeps workers from gaining any at exec)");
         }
         if (to_user && (r = become(&u, prm & WANT)) < 0) {
@@ -193,7 +197,7 @@ int fsd_privs_init(const struct fsd_options *o, bool *ret_switch, char *err, siz
         *ret_switch = (prm & WANT) == WANT;
         if (!*ret_switch && (prm & WANT))
                 fs_log(FS_LOG_WARNING, "only one of CAP_SETUID and CAP_SETGID: workers run as "
-                       "the daemon's uid");
+                                       "the daemon's uid");
         /* the zygotes inherit these two and nothing else; with no plan, nothing at all */
         if ((prm | inh) && (r = fsd_caps_limit(*ret_switch ? WANT : 0)) < 0) {
                 snprintf(err, errlen, "capset: %s", strerror(-r));

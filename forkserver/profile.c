@@ -14,11 +14,11 @@ static const struct {
         const char *name;
         int value;
 } errno_names[] = {
-        {"EPERM", EPERM},   {"ENOENT", ENOENT},   {"EIO", EIO},         {"EBADF", EBADF},
-        {"EAGAIN", EAGAIN}, {"ENOMEM", ENOMEM},   {"EACCES", EACCES},   {"EFAULT", EFAULT},
-        {"EBUSY", EBUSY},   {"EEXIST", EEXIST},   {"EINVAL", EINVAL},   {"ENOSPC", ENOSPC},
-        {"EROFS", EROFS},   {"ENOSYS", ENOSYS},   {"ENOTSUP", ENOTSUP}, {"EOPNOTSUPP", EOPNOTSUPP},
-        {"ENOTTY", ENOTTY}, {"ECHILD", ECHILD},
+    {"EPERM", EPERM},   {"ENOENT", ENOENT}, {"EIO", EIO},         {"EBADF", EBADF},
+    {"EAGAIN", EAGAIN}, {"ENOMEM", ENOMEM}, {"EACCES", EACCES},   {"EFAULT", EFAULT},
+    {"EBUSY", EBUSY},   {"EEXIST", EEXIST}, {"EINVAL", EINVAL},   {"ENOSPC", ENOSPC},
+    {"EROFS", EROFS},   {"ENOSYS", ENOSYS}, {"ENOTSUP", ENOTSUP}, {"EOPNOTSUPP", EOPNOTSUPP},
+    {"ENOTTY", ENOTTY}, {"ECHILD", ECHILD},
 };
 
 int fsd_errno_parse(const char *s)
@@ -58,7 +58,8 @@ static size_t tokenize(char *line, char **tok, size_t max, int *too_many)
         size_t n = 0;
 
         *too_many = 0;
-        for (char *save, *t = strtok_r(line, " \t\r", &save); t; t = strtok_r(NULL, " \t\r", &save)) {
+        for (char *save, *t = strtok_r(line, " \t\r", &save); t;
+             t = strtok_r(NULL, " \t\r", &save)) {
                 if (n == max) {
                         *too_many = 1;
                         break;

@@ -30,8 +30,8 @@ enum fsd_action_kind {
 };
 
 struct fsd_action {
-        uint8_t kind;  /* enum fsd_action_kind */
-        uint16_t err;  /* FSD_ACT_ERRNO */
+        uint8_t kind; /* enum fsd_action_kind */
+        uint16_t err; /* FSD_ACT_ERRNO */
 };
 
 struct fsd_rule {

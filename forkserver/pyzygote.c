@@ -54,10 +54,12 @@ static int import(const char *name, char *err, size_t errlen)
         }
         Py_DECREF(m);
         if (fs_count_dir("/proc/self/task") != before) {
-                snprintf(err, errlen, "--python-preload: importing %s started a thread, and "
+                snprintf(err, errlen,
+                         "--python-preload: importing %s started a thread, and "
                          "fork-mode workers need a single-threaded zygote (for numpy and other "
                          "BLAS users, set OPENBLAS_NUM_THREADS=1, OMP_NUM_THREADS=1 and "
-                         "MKL_NUM_THREADS=1 in forkserverd's environment)", name);
+                         "MKL_NUM_THREADS=1 in forkserverd's environment)",
+                         name);
                 return -1;
         }
         return 0;
@@ -90,8 +92,8 @@ int forkserver_preload_init(char *err, size_t errlen)
         }
         if (import("forkserver.worker", err, errlen) < 0)
                 return -1;
-        if (!(worker_main = PyObject_GetAttrString(PyImport_AddModule("forkserver.worker"),
-                                                   "main"))) {
+        if (!(worker_main =
+                  PyObject_GetAttrString(PyImport_AddModule("forkserver.worker"), "main"))) {
                 exception_text(err, errlen);
                 return -1;
         }

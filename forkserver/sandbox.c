@@ -10,8 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
-#include <sys/socket.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -20,39 +20,154 @@
 
 /* Denied by "default": each is named with its reason in docs/SECURITY.md. */
 static const char *const default_denied[] = {
-        "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp",
-        "bpf", "perf_event_open", "userfaultfd",
-        "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
-        "mount", "umount2", "pivot_root", "chroot", "move_mount", "fsopen", "fsconfig",
-        "fsmount", "fspick", "open_tree", "mount_setattr",
-        "unshare", "setns",
-        "keyctl", "add_key", "request_key",
-        "io_uring_setup", "io_uring_enter", "io_uring_register",
-        "reboot", "swapon", "swapoff",
-        "clock_settime", "clock_adjtime", "settimeofday", "adjtimex",
-        "open_by_handle_at", "name_to_handle_at", "iopl", "ioperm", "syslog", "acct",
-        "quotactl", "vhangup", "lookup_dcookie", "uselib", "nfsservctl",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "pidfd_getfd",
+    "kcmp",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "move_mount",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "open_tree",
+    "mount_setattr",
+    "unshare",
+    "setns",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "reboot",
+    "swapon",
+    "swapoff",
+    "clock_settime",
+    "clock_adjtime",
+    "settimeofday",
+    "adjtimex",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "iopl",
+    "ioperm",
+    "syslog",
+    "acct",
+    "quotactl",
+    "vhangup",
+    "lookup_dcookie",
+    "uselib",
+    "nfsservctl",
 };
 
 static const char *const strict_allowed[] = {
-        "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev",
-        "preadv2", "pwritev2", "close", "lseek", "fstat", "newfstatat", "statx", "fstatfs",
-        "getdents64", "readlink", "readlinkat", "getcwd", "access", "faccessat", "faccessat2",
-        "mmap", "munmap", "mprotect", "mremap", "madvise", "brk", "futex", "set_robust_list",
-        "get_robust_list", "rseq", "set_tid_address", "clock_gettime", "clock_getres",
-        "clock_nanosleep", "nanosleep", "gettimeofday", "time", "getpid", "gettid", "getppid",
-        "getuid", "geteuid", "getgid", "getegid", "getresuid", "getresgid", "exit",
-        "exit_group", "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack",
-        "rt_sigtimedwait", "rt_sigsuspend", "restart_syscall", "tgkill", "sendmsg", "recvmsg",
-        "sendto", "recvfrom", "shutdown", "getsockname", "getpeername", "getsockopt", "poll",
-        "ppoll", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "select",
-        "pselect6", "dup", "dup2", "dup3", "fcntl", "pipe2", "eventfd2", "getrandom",
-        "sched_yield", "sched_getaffinity", "prlimit64", "getrlimit", "arch_prctl", "uname",
-        "sysinfo", "membarrier", "execve",
+    "read",
+    "write",
+    "readv",
+    "writev",
+    "pread64",
+    "pwrite64",
+    "preadv",
+    "pwritev",
+    "preadv2",
+    "pwritev2",
+    "close",
+    "lseek",
+    "fstat",
+    "newfstatat",
+    "statx",
+    "fstatfs",
+    "getdents64",
+    "readlink",
+    "readlinkat",
+    "getcwd",
+    "access",
+    "faccessat",
+    "faccessat2",
+    "mmap",
+    "munmap",
+    "mprotect",
+    "mremap",
+    "madvise",
+    "brk",
+    "futex",
+    "set_robust_list",
+    "get_robust_list",
+    "rseq",
+    "set_tid_address",
+    "clock_gettime",
+    "clock_getres",
+    "clock_nanosleep",
+    "nanosleep",
+    "gettimeofday",
+    "time",
+    "getpid",
+    "gettid",
+    "getppid",
+    "getuid",
+    "geteuid",
+    "getgid",
+    "getegid",
+    "getresuid",
+    "getresgid",
+    "exit",
+    "exit_group",
+    "rt_sigaction",
+    "rt_sigprocmask",
+    "rt_sigreturn",
+    "sigaltstack",
+    "rt_sigtimedwait",
+    "rt_sigsuspend",
+    "restart_syscall",
+    "tgkill",
+    "sendmsg",
+    "recvmsg",
+    "sendto",
+    "recvfrom",
+    "shutdown",
+    "getsockname",
+    "getpeername",
+    "getsockopt",
+    "poll",
+    "ppoll",
+    "epoll_create1",
+    "epoll_ctl",
+    "epoll_wait",
+    "epoll_pwait",
+    "select",
+    "pselect6",
+    "dup",
+    "dup2",
+    "dup3",
+    "fcntl",
+    "pipe2",
+    "eventfd2",
+    "getrandom",
+    "sched_yield",
+    "sched_getaffinity",
+    "prlimit64",
+    "getrlimit",
+    "arch_prctl",
+    "uname",
+    "sysinfo",
+    "membarrier",
+    "execve",
 };
 
 static int failf(char *err, size_t errlen, int r, const char *fmt, ...)
-        __attribute__((format(printf, 4, 5)));
+    __attribute__((format(printf, 4, 5)));
 
 static int failf(char *err, size_t errlen, int r, const char *fmt, ...)
 {
@@ -159,8 +274,8 @@ static int socket_families(scmp_filter_ctx ctx, bool allow)
 
 static int build_default(scmp_filter_ctx ctx, uint32_t deny)
 {
-        static const uint64_t ns_flags[] = {CLONE_NEWNS,  CLONE_NEWUTS, CLONE_NEWIPC,
-                                            CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET,
+        static const uint64_t ns_flags[] = {CLONE_NEWNS,    CLONE_NEWUTS, CLONE_NEWIPC,
+                                            CLONE_NEWUSER,  CLONE_NEWPID, CLONE_NEWNET,
                                             CLONE_NEWCGROUP};
         int r;
 
@@ -201,7 +316,8 @@ static int build_strict(scmp_filter_ctx ctx)
         const uint64_t write_bits = O_ACCMODE | O_CREAT | O_TRUNC | O_APPEND;
         int r;
 
-        if ((r = add_names(ctx, SCMP_ACT_ALLOW, strict_allowed, FS_ARRAY_SIZE(strict_allowed))) < 0 ||
+        if ((r = add_names(ctx, SCMP_ACT_ALLOW, strict_allowed, FS_ARRAY_SIZE(strict_allowed))) <
+                0 ||
             (r = socket_families(ctx, true)) < 0)
                 return r;
         /* Threads, not processes. */
@@ -217,8 +333,7 @@ static int build_strict(scmp_filter_ctx ctx)
                 return r;
         for (size_t i = 0; i < FS_ARRAY_SIZE(ioctls); i++)
                 if ((r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(ioctl), 1,
-                                          SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffu, ioctls[i]))) <
-                    0)
+                                          SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffu, ioctls[i]))) < 0)
                         return r;
         return 0;
 }
@@ -255,7 +370,7 @@ enum kind {
         KIND_DEFAULT,      /* denials fail with EPERM */
         KIND_DEFAULT_KILL, /* the same denials kill */
         KIND_STRICT,
-        KIND_FILE,         /* from a --profile-dir file */
+        KIND_FILE, /* from a --profile-dir file */
 };
 
 static const struct {
@@ -264,10 +379,10 @@ static const struct {
         bool zygote_safe; /* everything a zygote does (recvmsg, clone without namespaces,
                              pipes, exec set-up, seccomp) is allowed */
 } builtins[] = {
-        {"none", KIND_NONE, false},
-        {"default", KIND_DEFAULT, true},
-        {"default-kill", KIND_DEFAULT_KILL, true},
-        {"strict", KIND_STRICT, false},
+    {"none", KIND_NONE, false},
+    {"default", KIND_DEFAULT, true},
+    {"default-kill", KIND_DEFAULT_KILL, true},
+    {"strict", KIND_STRICT, false},
 };
 
 static int compile(struct fsd_profile *p, enum kind kind, const struct fsd_profile_src *src)
@@ -322,14 +437,18 @@ static int load_dir(struct fsd_sandbox *sb, const char *dir, char *err, size_t e
                         continue;
                 nl -= 8;
                 if (!fsd_profile_name_ok(e->d_name, nl)) {
-                        r = failf(err, errlen, -EINVAL, "%s/%s: profile names are 1-32 of "
-                                  "a-z 0-9 _ -", dir, e->d_name);
+                        r = failf(err, errlen, -EINVAL,
+                                  "%s/%s: profile names are 1-32 of "
+                                  "a-z 0-9 _ -",
+                                  dir, e->d_name);
                         break;
                 }
                 e->d_name[nl] = '\0';
                 if (fsd_sandbox_find(sb, e->d_name)) {
-                        r = failf(err, errlen, -EEXIST, "%s/%s.profile: profile '%s' exists "
-                                  "already", dir, e->d_name, e->d_name);
+                        r = failf(err, errlen, -EEXIST,
+                                  "%s/%s.profile: profile '%s' exists "
+                                  "already",
+                                  dir, e->d_name, e->d_name);
                         break;
                 }
                 if (fs_format(path, sizeof(path), "%s/%s.profile", dir, e->d_name) < 0) {
@@ -346,8 +465,10 @@ static int load_dir(struct fsd_sandbox *sb, const char *dir, char *err, size_t e
                 if (!S_ISREG(st.st_mode) || (st.st_uid != geteuid() && st.st_uid != 0) ||
                     (st.st_mode & 022)) {
                         close(fd);
-                        r = failf(err, errlen, -EPERM, "%s: must be a regular file owned by us "
-                                  "or root, not writable by group or others", path);
+                        r = failf(err, errlen, -EPERM,
+                                  "%s: must be a regular file owned by us "
+                                  "or root, not writable by group or others",
+                                  path);
                         break;
                 }
                 n = read(fd, text, sizeof(text));
@@ -399,8 +520,7 @@ int fsd_sandbox_init(struct fsd_sandbox *sb, const char *profile_dir, const char
         memset(sb, 0, sizeof(*sb));
         sb->landlock_abi = fsd_landlock_abi();
         for (size_t i = 0; i < FS_ARRAY_SIZE(builtins); i++) {
-                struct fsd_profile *p = add_profile(sb, builtins[i].name,
-                                                    strlen(builtins[i].name));
+                struct fsd_profile *p = add_profile(sb, builtins[i].name, strlen(builtins[i].name));
 
                 if ((r = compile(p, builtins[i].kind, NULL)) < 0)
                         return failf(err, errlen, r, "cannot compile profile '%s': %s",
@@ -415,8 +535,10 @@ int fsd_sandbox_init(struct fsd_sandbox *sb, const char *profile_dir, const char
                 struct fsd_profile *p = (struct fsd_profile *)fsd_sandbox_find(sb, t);
 
                 if (!p)
-                        return failf(err, errlen, -ENOENT, "--allow-profile: unknown profile "
-                                     "'%s'", t);
+                        return failf(err, errlen, -ENOENT,
+                                     "--allow-profile: unknown profile "
+                                     "'%s'",
+                                     t);
                 p->allowed = true;
         }
         sb->dflt = fsd_sandbox_find(sb, "default");

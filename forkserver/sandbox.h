@@ -32,9 +32,9 @@ struct fsd_profile {
 struct fsd_sandbox {
         struct fsd_profile profiles[FSD_MAX_PROFILES];
         size_t n;
-        const struct fsd_profile *dflt; /* for requests that name none */
-        const struct fsd_profile *min;  /* stacked under every worker's own; NULL: none */
-        int landlock_abi;               /* 0: none; workers then get no Landlock domain */
+        const struct fsd_profile *dflt;        /* for requests that name none */
+        const struct fsd_profile *min;         /* stacked under every worker's own; NULL: none */
+        int landlock_abi;                      /* 0: none; workers then get no Landlock domain */
         struct fsd_fs_rule deny[FSD_MAX_DENY]; /* runtime directory, key, credentials */
         size_t ndeny;
 };

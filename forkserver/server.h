@@ -18,17 +18,17 @@
 #define FSD_MAX_ALLOW_UID 64
 #define FSD_MAX_WORKERS 65536
 #define FSD_MAX_PENDING 4096
-#define FSD_MAX_CONNS 65536 /* --max-connections at most */
-#define FSD_ZYGOTE_INFLIGHT 32     /* spawn requests sent to a zygote and not answered */
-#define FSD_ZYGOTE_QUEUE 1024      /* ... and waiting for room there, all zygotes together */
+#define FSD_MAX_CONNS 65536         /* --max-connections at most */
+#define FSD_ZYGOTE_INFLIGHT 32      /* spawn requests sent to a zygote and not answered */
+#define FSD_ZYGOTE_QUEUE 1024       /* ... and waiting for room there, all zygotes together */
 #define FSD_ZYGOTE_DEADLINE_MS 5000 /* a zygote slower than this to answer is killed */
-#define FSD_STOP_DEADLINE_MS 1000  /* ... and when we are stopping */
-#define FSD_MAX_PREFORK 64         /* --prefork N at most: idle children per zygote */
-#define FSD_PREFORK_DEFAULT 0      /* docs/BENCHMARKS.md, "Pre-forked workers", says why */
+#define FSD_STOP_DEADLINE_MS 1000   /* ... and when we are stopping */
+#define FSD_MAX_PREFORK 64          /* --prefork N at most: idle children per zygote */
+#define FSD_PREFORK_DEFAULT 0       /* docs/BENCHMARKS.md, "Pre-forked workers", says why */
 #define FSD_PREFORK_DEFAULT_STR "0"
-#define FSD_KILL_GRACE_MS 1000     /* SIGTERM, then SIGKILL after this */
-#define FSD_OUTQ_MAX 16384         /* queued replies per connection before it is cut */
-#define FSD_READ_BATCH 32          /* requests read from one connection per wakeup */
+#define FSD_KILL_GRACE_MS 1000 /* SIGTERM, then SIGKILL after this */
+#define FSD_OUTQ_MAX 16384     /* queued replies per connection before it is cut */
+#define FSD_READ_BATCH 32      /* requests read from one connection per wakeup */
 
 struct fsd_options {
         const char *socket_path;
@@ -41,7 +41,7 @@ struct fsd_options {
         unsigned max_connections; /* authenticated ones */
         unsigned handshake_timeout_ms;
         int ready_fd;
-        int listen_fd;                 /* from systemd (socket activation), or -1 */
+        int listen_fd; /* from systemd (socket activation), or -1 */
         bool foreground;
         bool require_landlock; /* start-up fails without Landlock (or below ABI 6) */
         enum fs_log_level log_level;
@@ -49,18 +49,18 @@ struct fsd_options {
         const char *allow_profile;
         const char *min_profile;
         enum { FSD_CUDA_OFF, FSD_CUDA_ON, FSD_CUDA_AUTO } cuda;
-        int cuda_devices[16];          /* CUDA ordinals; none given: all */
+        int cuda_devices[16]; /* CUDA ordinals; none given: all */
         size_t ncuda_devices;
-        uint64_t cuda_quota;           /* bytes of GPU buffers in all; 0: no limit */
-        uint64_t cuda_conn_quota;      /* ... per connection; 0: no limit */
-        uint64_t cuda_reserve;         /* device bytes the broker keeps free (--cuda-reserve) */
-        bool cuda_reserve_set;         /* ... given; else the broker's default per device */
-        const char *preload[16];       /* absolute paths (FSD_MAX_PRELOAD) */
-        char preload_name[16][128];    /* their LIBNAMEs */
+        uint64_t cuda_quota;        /* bytes of GPU buffers in all; 0: no limit */
+        uint64_t cuda_conn_quota;   /* ... per connection; 0: no limit */
+        uint64_t cuda_reserve;      /* device bytes the broker keeps free (--cuda-reserve) */
+        bool cuda_reserve_set;      /* ... given; else the broker's default per device */
+        const char *preload[16];    /* absolute paths (FSD_MAX_PRELOAD) */
+        char preload_name[16][128]; /* their LIBNAMEs */
         size_t npreload;
-        const char *user;              /* --user: root drops to this user first */
-        bool allow_root_workers;       /* root clients may have root workers */
-        unsigned prefork;              /* idle pre-forked children per fork-mode zygote, at most */
+        const char *user;        /* --user: root drops to this user first */
+        bool allow_root_workers; /* root clients may have root workers */
+        unsigned prefork;        /* idle pre-forked children per fork-mode zygote, at most */
 };
 
 #define FSD_OUT_FDS 4 /* fds one reply to a client may carry */
@@ -82,8 +82,8 @@ struct fsd_conn {
         uint64_t id;
         uid_t uid;
         pid_t pid;
-        gid_t gid;         /* SO_PEERCRED's, and SO_PEERGROUPS' ... */
-        uint32_t ngroups;  /* ... when workers run as their clients */
+        gid_t gid;        /* SO_PEERCRED's, and SO_PEERGROUPS' ... */
+        uint32_t ngroups; /* ... when workers run as their clients */
         gid_t groups[FS_MAX_GROUPS];
         bool authed;
         bool dead;        /* closed; freed after the current batch of events */
@@ -94,7 +94,7 @@ struct fsd_conn {
         struct fsd_outmsg *outq, **outq_tail;
         size_t outq_len;
         struct fsd_worker *workers;
-        unsigned inflight; /* spawns at a zygote or waiting for one */
+        unsigned inflight;  /* spawns at a zygote or waiting for one */
         uint64_t gpu_bytes; /* GPU buffers of its live workers, and its own copies of them */
         struct fsd_gpu_hold *gpu_hold; /* those copies (FS_SPAWN_GPU_FDS); NULL: none asked */
         struct fsd_conn *prev, *next;
@@ -108,7 +108,7 @@ struct fsd_lease {
 };
 
 struct fsd_worker {
-        struct fsd_io io; /* its pidfd */
+        struct fsd_io io;      /* its pidfd */
         struct fsd_timer kill; /* SIGKILL after SIGTERM's grace */
         int pidfd;
         pid_t pid;
@@ -116,8 +116,8 @@ struct fsd_worker {
         uint64_t id;
         uint32_t req_id;
         bool detached;
-        bool terminating; /* SIGTERM sent */
-        bool unkillable; /* its SIGKILL could not be sent (no zygote to relay it) */
+        bool terminating;      /* SIGTERM sent */
+        bool unkillable;       /* its SIGKILL could not be sent (no zygote to relay it) */
         struct fsd_conn *conn; /* NULL: orphaned (connection gone) */
         size_t ngpu;
         struct fsd_lease gpu[FS_MAX_GPU];
@@ -130,10 +130,10 @@ struct fsd_inflight {
         int gpu_fd[FS_MAX_GPU];
         struct fsd_lease gpu[FS_MAX_GPU];
         struct fs_gpu_buf gpu_buf[FS_MAX_GPU];
-        struct fsd_conn *conn; /* NULL when the connection closed meanwhile */
+        struct fsd_conn *conn;       /* NULL when the connection closed meanwhile */
         int req_fds[FS_MAX_MSG_FDS]; /* ours of the fds forwarded: to the closer on the answer */
         size_t nreq_fds;
-        uid_t uid;             /* the worker's, for signals (fsd_signal) */
+        uid_t uid; /* the worker's, for signals (fsd_signal) */
         uint32_t req_id;
         uint32_t seq;
         uint32_t flags;
@@ -158,8 +158,8 @@ struct fsd_zwait {
  * its workers inherit it at no cost per spawn.
  */
 struct fsd_zygote {
-        struct fsd_io io;      /* its replies */
-        struct fsd_io io_exit; /* its pidfd */
+        struct fsd_io io;          /* its replies */
+        struct fsd_io io_exit;     /* its pidfd */
         struct fsd_timer deadline; /* the oldest request's, while any is in flight */
         struct fsd_timer restart;  /* while it is gone */
         int fd, pidfd;
@@ -178,8 +178,8 @@ struct fsd_zygote {
         } idle[FSD_MAX_PREFORK];
         unsigned nidle;
         uint32_t seq;
-        uint32_t tpl_index;         /* what the template makes it from (template.h) */
-        bool starting;              /* asked of the template, not answered yet */
+        uint32_t tpl_index; /* what the template makes it from (template.h) */
+        bool starting;      /* asked of the template, not answered yet */
         int64_t restart_at, backoff_ms, started_at;
 };
 
@@ -217,25 +217,25 @@ struct fsd_stats {
  */
 struct fsd_gpu_req {
         struct fsd_gpu_req *next;
-        struct fsd_conn *conn;       /* NULL once its connection closed */
-        struct fsd_zygote *z;        /* where it goes next */
+        struct fsd_conn *conn; /* NULL once its connection closed */
+        struct fsd_zygote *z;  /* where it goes next */
         uint32_t flags;
         size_t nwant;
         struct fs_gpu_buf want[FS_MAX_GPU];
         uint64_t room_conn, room_all, kept, asked, total;
         struct fsd_gpu_hold *hold;
-        uint32_t alloc_id;           /* the GPU_ALLOC in flight */
-        struct fsd_inflight e;       /* spawn.c's; the leases are added to it */
+        uint32_t alloc_id;     /* the GPU_ALLOC in flight */
+        struct fsd_inflight e; /* spawn.c's; the leases are added to it */
         size_t len, cap;
-        uint8_t msg[];               /* the request for the zygote, with room for UUIDs */
+        uint8_t msg[]; /* the request for the zygote, with room for UUIDs */
 };
 
 /* The gpu-broker as the front sees it (see broker.h). */
 struct fsd_gpu {
         struct fsd_io io_exit;
-        struct fsd_io io;           /* its answers */
+        struct fsd_io io; /* its answers */
         struct fsd_timer restart;
-        struct fsd_timer deadline;  /* the GPU_ALLOC in flight */
+        struct fsd_timer deadline;             /* the GPU_ALLOC in flight */
         struct fsd_gpu_req *reqs, **reqs_tail; /* the first is being served */
         unsigned nreqs;
         bool enabled; /* --cuda given and the broker started once */
@@ -247,7 +247,7 @@ struct fsd_gpu {
         uint32_t next_id;
         uint64_t generation;
         int64_t restart_at, backoff_ms, started_at;
-        uint64_t leases, bytes; /* held by live workers or by clients' copies */
+        uint64_t leases, bytes;     /* held by live workers or by clients' copies */
         struct fsd_gpu_hold *holds; /* of closed connections, until their processes exit */
 };
 
@@ -269,7 +269,7 @@ struct fsd_server {
         struct fsd_sandbox sandbox;
         struct fs_key *key;
         uint8_t pidns[FS_PIDNS_LEN]; /* ours: the namespace SO_PEERCRED pids are counted in */
-        int64_t key_loaded_ms; /* fs_now_ms() when it was read, at start or on SIGHUP */
+        int64_t key_loaded_ms;       /* fs_now_ms() when it was read, at start or on SIGHUP */
         uint64_t key_reloads;
         struct fsd_loop loop;
         int listen_fd, sig_fd, reserve_fd;
@@ -293,17 +293,16 @@ struct fsd_server {
         /* a zygote died or was killed: it may leave children nobody knows of */
         void (*on_zygote_gone)(struct fsd_server *s);
         /* a request's GPU buffers are leased (r 0: into req->e) or cannot be (why says) */
-        void (*on_gpu_ready)(struct fsd_server *s, struct fsd_gpu_req *req, int r,
-                             const char *why);
+        void (*on_gpu_ready)(struct fsd_server *s, struct fsd_gpu_req *req, int r, const char *why);
         struct fsd_strays strays;
         /* a zygote's answer to e (msg NULL: none will come; err and why say why) */
-        void (*on_zygote_answer)(struct fsd_server *s, struct fsd_inflight *e,
-                                 const uint8_t *msg, size_t len, int *fds, size_t nfds,
-                                 bool lost, int err, const char *why);
+        void (*on_zygote_answer)(struct fsd_server *s, struct fsd_inflight *e, const uint8_t *msg,
+                                 size_t len, int *fds, size_t nfds, bool lost, int err,
+                                 const char *why);
         struct fsd_conn *pending; /* handshakes, oldest first */
         struct fsd_conn *pending_last;
-        struct fsd_conn *conns;   /* authenticated */
-        struct fsd_conn *dead;    /* to free after the event batch */
+        struct fsd_conn *conns; /* authenticated */
+        struct fsd_conn *dead;  /* to free after the event batch */
         unsigned npending, nconns;
         struct fsd_worker *orphans;
         struct fsd_worker *dead_workers; /* reaped; freed after the event batch */

@@ -33,8 +33,8 @@ static int check_dir(const char *dir, bool shared, const char **ret_why)
         if (fd < 0)
                 return fail(ret_why,
                             errno == ELOOP || errno == ENOTDIR
-                                    ? "the socket directory is a symbolic link or not a directory"
-                                    : "cannot open the socket directory",
+                                ? "the socket directory is a symbolic link or not a directory"
+                                : "cannot open the socket directory",
                             -errno);
         if (fstat(fd, &st) < 0)
                 return fail(ret_why, "cannot inspect the socket directory", -errno);
@@ -58,7 +58,8 @@ static int clear_stale(const struct sockaddr_un *sa, const char **ret_why)
         struct stat st;
 
         if (lstat(sa->sun_path, &st) < 0)
-                return errno == ENOENT ? 0 : fail(ret_why, "cannot inspect the socket path", -errno);
+                return errno == ENOENT ? 0
+                                       : fail(ret_why, "cannot inspect the socket path", -errno);
         if (!S_ISSOCK(st.st_mode))
                 return fail(ret_why, "the socket path exists and is not a socket", -EEXIST);
         if (st.st_uid != geteuid())
@@ -67,8 +68,7 @@ static int clear_stale(const struct sockaddr_un *sa, const char **ret_why)
         if (fd < 0)
                 return fail(ret_why, "socket", -errno);
         if (connect(fd, (const struct sockaddr *)sa, sizeof(*sa)) == 0)
-                return fail(ret_why, "another server is listening on the socket path",
-                            -EADDRINUSE);
+                return fail(ret_why, "another server is listening on the socket path", -EADDRINUSE);
         if (errno != ECONNREFUSED)
                 return fail(ret_why, "cannot probe the existing socket", -errno);
         if (unlink(sa->sun_path) < 0 && errno != ENOENT)

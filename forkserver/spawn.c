@@ -1,7 +1,7 @@
 #include <errno.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <signal.h>
 #include <sys/pidfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -26,7 +26,8 @@ static int add_cred(struct fsd_server *s, struct fsd_conn *c, uint32_t id, uint8
 
         if (c->uid == 0 && !s->opt->allow_root_workers) {
                 fsd_spawn_failed(s, FSD_FAIL_POLICY);
-                fsd_conn_send_error(s, c, id, EPERM, "SPAWN: workers of uid 0 (root) need a "
+                fsd_conn_send_error(s, c, id, EPERM,
+                                    "SPAWN: workers of uid 0 (root) need a "
                                     "server started with --allow-root-workers");
                 return -EPERM;
         }
@@ -53,12 +54,17 @@ static void forward(struct fsd_server *s, struct fsd_conn *c, struct fsd_zygote 
         e->nreq_fds = 0;
         fsd_spawn_failed(s, FSD_FAIL_ZYGOTE);
         if (r == -EAGAIN) {
-                fs_log_limited(FS_LOG_WARNING, "conn %llu pid %d uid %u: the zygotes' queue is "
-                               "full", (unsigned long long)c->id, (int)c->pid, (unsigned)c->uid);
-                fsd_conn_send_error(s, c, e->req_id, EAGAIN, "the zygotes are busy (%d requests "
-                                    "wait); try again", FSD_ZYGOTE_QUEUE);
+                fs_log_limited(FS_LOG_WARNING,
+                               "conn %llu pid %d uid %u: the zygotes' queue is "
+                               "full",
+                               (unsigned long long)c->id, (int)c->pid, (unsigned)c->uid);
+                fsd_conn_send_error(s, c, e->req_id, EAGAIN,
+                                    "the zygotes are busy (%d requests "
+                                    "wait); try again",
+                                    FSD_ZYGOTE_QUEUE);
         } else if (r == -EPIPE) {
-                fsd_conn_send_error(s, c, e->req_id, EAGAIN, "the zygote is restarting; try "
+                fsd_conn_send_error(s, c, e->req_id, EAGAIN,
+                                    "the zygote is restarting; try "
                                     "again");
         } else {
                 fs_log_errno(FS_LOG_ERROR, r, "sending a request to the zygote");
@@ -101,8 +107,7 @@ static void gpu_ready(struct fsd_server *s, struct fsd_gpu_req *q, int r, const 
 }
 
 static void gpu_first(struct fsd_server *s, struct fsd_conn *c, struct fsd_zygote *z,
-                      const struct fs_spawn *sp, struct fsd_inflight *e, uint8_t *msg,
-                      size_t len)
+                      const struct fs_spawn *sp, struct fsd_inflight *e, uint8_t *msg, size_t len)
 {
         size_t cap = len + FS_MAX_GPU * 32; /* room for a UUID field per buffer */
         struct fsd_gpu_req *q = calloc(1, sizeof(*q) + cap);
@@ -150,8 +155,8 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
         struct fs_spawn sp;
         int r;
 
-        if ((r = fs_proto_parse_spawn(payload, nfds, false, spawn_ptrs, FS_ARRAY_SIZE(spawn_ptrs), &sp,
-                                      &why)) < 0) {
+        if ((r = fs_proto_parse_spawn(payload, nfds, false, spawn_ptrs, FS_ARRAY_SIZE(spawn_ptrs),
+                                      &sp, &why)) < 0) {
                 s->stats.bad_requests++;
                 fsd_spawn_failed(s, FSD_FAIL_BAD_REQUEST);
                 fsd_conn_send_error(s, c, id, r, "SPAWN: %s", why);
@@ -159,8 +164,10 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
         }
         if (nfds + sp.ngpu > FS_MAX_MSG_FDS) {
                 fsd_spawn_failed(s, FSD_FAIL_BAD_REQUEST);
-                fsd_conn_send_error(s, c, id, E2BIG, "SPAWN: at most %d fds and GPU buffers "
-                                    "together", FS_MAX_MSG_FDS);
+                fsd_conn_send_error(s, c, id, E2BIG,
+                                    "SPAWN: at most %d fds and GPU buffers "
+                                    "together",
+                                    FS_MAX_MSG_FDS);
                 goto out;
         }
         if (sp.profile) {
@@ -173,8 +180,10 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
                 }
                 if (!prof->allowed) {
                         fsd_spawn_failed(s, FSD_FAIL_POLICY);
-                        fsd_conn_send_error(s, c, id, EPERM, "SPAWN: profile '%s' is not allowed "
-                                            "by this server (--allow-profile)", sp.profile);
+                        fsd_conn_send_error(s, c, id, EPERM,
+                                            "SPAWN: profile '%s' is not allowed "
+                                            "by this server (--allow-profile)",
+                                            sp.profile);
                         goto out;
                 }
         }
@@ -187,8 +196,10 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
                                 memcmp(s->opt->preload_name[i], sp.entry, n) == 0;
                 if (!found) {
                         fsd_spawn_failed(s, FSD_FAIL_POLICY);
-                        fsd_conn_send_error(s, c, id, EPERM, "SPAWN: '%.*s' is not a preloaded "
-                                            "library (--preload)", (int)n, sp.entry);
+                        fsd_conn_send_error(s, c, id, EPERM,
+                                            "SPAWN: '%.*s' is not a preloaded "
+                                            "library (--preload)",
+                                            (int)n, sp.entry);
                         goto out;
                 }
         }
@@ -276,8 +287,8 @@ static void count_failure(struct fsd_server *s, const struct fs_msg_error *er)
 {
         fsd_spawn_failed(s, er->err == EMFILE || er->err == ENFILE ? FSD_FAIL_OUT_OF_FDS
                             : er->err == EAGAIN && er->step == FS_STEP_CLONE
-                                    ? FSD_FAIL_OUT_OF_PROCESSES
-                                    : FSD_FAIL_SETUP);
+                                ? FSD_FAIL_OUT_OF_PROCESSES
+                                : FSD_FAIL_SETUP);
 }
 
 /* The zygote's ERROR, passed on with its STEP: a client tells a missing program (exec) from
@@ -327,9 +338,10 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
                         reap_by_pid(s, (pid_t)sp.pid, e->uid, true);
                         fsd_spawn_failed(s, FSD_FAIL_OUT_OF_FDS);
                         fs_log_limited(FS_LOG_WARNING, "out of file descriptors: new worker "
-                                       "ended");
+                                                       "ended");
                         if (c)
-                                fsd_conn_send_error(s, c, e->req_id, EMFILE, "server is out of "
+                                fsd_conn_send_error(s, c, e->req_id, EMFILE,
+                                                    "server is out of "
                                                     "file descriptors (RLIMIT_NOFILE)");
                         goto out;
                 }
@@ -350,7 +362,7 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
                 memcpy(w->gpu, e->gpu, e->ngpu * sizeof(e->gpu[0]));
                 s->stats.spawns++;
                 s->stats.latency_us[s->stats.nlatency++ % FSD_LATENCY_SAMPLES] =
-                        (uint32_t)(fs_now_us() - e->t0_us);
+                    (uint32_t)(fs_now_us() - e->t0_us);
                 if (!c) {
                         if (!w->detached)
                                 fsd_worker_terminate(s, w);

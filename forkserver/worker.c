@@ -52,8 +52,12 @@ struct fsd_worker *fsd_worker_new(struct fsd_server *s, struct fsd_conn *c, int 
 
         if (!w)
                 return NULL;
-        *w = (struct fsd_worker){.io = FSD_IO_INIT, .pid = pid, .id = ++s->next_worker_id,
-                                 .req_id = req_id, .detached = detached, .conn = c};
+        *w = (struct fsd_worker){.io = FSD_IO_INIT,
+                                 .pid = pid,
+                                 .id = ++s->next_worker_id,
+                                 .req_id = req_id,
+                                 .detached = detached,
+                                 .conn = c};
         w->pidfd = pidfd; /* ours from here on, unless we fail */
         if (fsd_io_start(&s->loop, &w->io, w->pidfd, EPOLLIN, false, on_exit_) < 0) {
                 free(w);

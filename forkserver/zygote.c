@@ -2,10 +2,12 @@
 
 #include <dlfcn.h>
 #include <errno.h>
-#include <stddef.h>
 #include <fcntl.h>
+#include <linux/seccomp.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -13,8 +15,6 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <linux/seccomp.h>
-#include <sched.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
@@ -69,17 +69,17 @@ struct zygote {
                 void *fn;
         } entries[32]; /* dlsym() takes the loader's lock, a write: look each up once */
         unsigned nentries;
-        uint8_t *out;         /* OUT_SIZE bytes for our messages, not inherited */
-        int *req_fds;         /* the fds of the request being served ... */
-        size_t nreq_fds;      /* ... until drop_request_fds */
+        uint8_t *out;    /* OUT_SIZE bytes for our messages, not inherited */
+        int *req_fds;    /* the fds of the request being served ... */
+        size_t nreq_fds; /* ... until drop_request_fds */
         /* [0]: the daemon's own denials alone (profiles without fs rules); [1 + i]: those and
          * profile i's rules */
         struct fsd_landlock ll[FSD_MAX_PROFILES + 1];
-        bool holds_caps;      /* any capability: each worker drops all */
-        char name[16];        /* our process name, which workers have too */
-        int idle_sock;        /* for idle_main: its end of the new child's socketpair */
-        bool replied_error;   /* this request's: our stack holds its text */
-        size_t ngroups;       /* in a->groups: the client's, to wipe */
+        bool holds_caps;    /* any capability: each worker drops all */
+        char name[16];      /* our process name, which workers have too */
+        int idle_sock;      /* for idle_main: its end of the new child's socketpair */
+        bool replied_error; /* this request's: our stack holds its text */
+        size_t ngroups;     /* in a->groups: the client's, to wipe */
         struct pool {
                 struct idle {
                         pid_t pid;
@@ -221,9 +221,9 @@ static void plan_creds(struct zygote *z, const struct fs_spawn *sp, struct fsd_c
  * child that serves it, from its own copy. */
 struct req {
         struct fs_hdr h;
-        void *entry;                   /* fork mode */
+        void *entry; /* fork mode */
         const struct fsd_profile *prof;
-        size_t nfds;                   /* a->fds: the request's, its GPU buffers, the channel */
+        size_t nfds; /* a->fds: the request's, its GPU buffers, the channel */
         struct forkserver_gpu_buf gpu[FS_MAX_GPU];
 };
 
@@ -274,9 +274,8 @@ static int read_request(struct zygote *z, size_t len, const int *fds_in, size_t 
         }
         for (size_t i = 0; i < sp->ngpu; i++) {
                 targets[sp->nfds + i] = base + (uint32_t)i;
-                q->gpu[i] = (struct forkserver_gpu_buf){.fd = (int)(base + i),
-                                                        .device = sp->gpu[i].device,
-                                                        .size = sp->gpu[i].size};
+                q->gpu[i] = (struct forkserver_gpu_buf){
+                    .fd = (int)(base + i), .device = sp->gpu[i].device, .size = sp->gpu[i].size};
                 memcpy(q->gpu[i].uuid, sp->gpu[i].uuid, 16);
         }
         if (sp->ngpu && !sp->entry) { /* exec mode learns its buffers from the environment */
@@ -328,29 +327,29 @@ static void make_plan(struct zygote *z, const struct req *q, int errpipe, int ll
         const struct fs_spawn *sp = &z->a->sp;
 
         *plan = (struct fsd_child_plan){
-                .path = sp->path,
-                .argv = (char *const *)sp->argv,
-                .envp = (char *const *)sp->envp,
-                .cwd = sp->cwd,
-                .fds = z->a->fds,
-                .targets = z->a->targets,
-                .nfds = q->nfds,
-                .devnull = z->devnull,
-                .null_stdio = z->null_stdio,
-                .errpipe = errpipe,
-                .landlock_fd = llfd,
-                .front = z->front,
-                .detached = sp->flags & FS_SPAWN_DETACH,
-                .newpgrp = sp->flags & FS_SPAWN_NEWPGRP,
-                .umask = sp->umask >= 0 && sp->umask != ZYGOTE_UMASK ? sp->umask : -1,
-                .rlimits = sp->rlimits,
-                .nrlimits = sp->nrlimits,
-                .entry = (int (*)(const struct forkserver_worker *))q->entry,
-                .arg = sp->arg,
-                .arglen = sp->arglen,
-                .channel = channel,
-                .nreq = sp->nfds,
-                .ngpu = sp->ngpu,
+            .path = sp->path,
+            .argv = (char *const *)sp->argv,
+            .envp = (char *const *)sp->envp,
+            .cwd = sp->cwd,
+            .fds = z->a->fds,
+            .targets = z->a->targets,
+            .nfds = q->nfds,
+            .devnull = z->devnull,
+            .null_stdio = z->null_stdio,
+            .errpipe = errpipe,
+            .landlock_fd = llfd,
+            .front = z->front,
+            .detached = sp->flags & FS_SPAWN_DETACH,
+            .newpgrp = sp->flags & FS_SPAWN_NEWPGRP,
+            .umask = sp->umask >= 0 && sp->umask != ZYGOTE_UMASK ? sp->umask : -1,
+            .rlimits = sp->rlimits,
+            .nrlimits = sp->nrlimits,
+            .entry = (int (*)(const struct forkserver_worker *))q->entry,
+            .arg = sp->arg,
+            .arglen = sp->arglen,
+            .channel = channel,
+            .nreq = sp->nfds,
+            .ngpu = sp->ngpu,
         };
         memcpy(plan->gpu, q->gpu, sp->ngpu * sizeof(q->gpu[0]));
         plan_creds(z, sp, plan);
@@ -423,8 +422,10 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
         if (pid < 0) {
                 errpipe[0] = fs_close(errpipe[0]);
                 chan[0] = fs_close(chan[0]);
-                return reply_error(z, q.h.id, FS_STEP_CLONE, -r, r == -EAGAIN ? PROC_LIMITS
-                                   : r == -EMFILE ? "(zygote out of file descriptors)" : NULL,
+                return reply_error(z, q.h.id, FS_STEP_CLONE, -r,
+                                   r == -EAGAIN   ? PROC_LIMITS
+                                   : r == -EMFILE ? "(zygote out of file descriptors)"
+                                                  : NULL,
                                    0, -1);
         }
         do
@@ -433,14 +434,13 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
         errpipe[0] = fs_close(errpipe[0]);
         if (got == sizeof(ce)) {
                 /* a uid switch passes RLIMIT_NPROC on to exec, which then fails */
-                what = ce.step == FS_STEP_EXEC && ce.err == EAGAIN && sp->has_cred
-                               ? NPROC_CLIENT
-                       : ce.step == FS_STEP_EXEC  ? sp->path
-                       : ce.step == FS_STEP_CHDIR ? sp->cwd
-                                                  : NULL;
+                what = ce.step == FS_STEP_EXEC && ce.err == EAGAIN && sp->has_cred ? NPROC_CLIENT
+                       : ce.step == FS_STEP_EXEC                                   ? sp->path
+                       : ce.step == FS_STEP_CHDIR                                  ? sp->cwd
+                                                                                   : NULL;
 
-                r = reply_error(z, q.h.id, (uint32_t)ce.step, ce.err > 0 ? ce.err : EIO, what,
-                                pid, pidfd);
+                r = reply_error(z, q.h.id, (uint32_t)ce.step, ce.err > 0 ? ce.err : EIO, what, pid,
+                                pidfd);
                 pidfd = fs_close(pidfd);
                 chan[0] = fs_close(chan[0]);
                 return r;
@@ -557,7 +557,9 @@ static int idle_main(void *arg)
         } ctl;
         struct handoff ho;
         struct iovec iov[2] = {{&ho, sizeof(ho)}, {a->data, FS_MAX_MSG}};
-        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 2, .msg_control = ctl.buf,
+        struct msghdr mh = {.msg_iov = iov,
+                            .msg_iovlen = 2,
+                            .msg_control = ctl.buf,
                             .msg_controllen = sizeof(ctl.buf)};
         int fds[HANDOFF_MAX_FDS], sock, null, errfd, llfd = -1, r;
         size_t nfds = 0, base;
@@ -646,8 +648,8 @@ static pid_t pool_take(struct zygote *z, const struct req *q, size_t len, int er
 {
         struct pool *pl = &z->pool;
         bool chan = z->a->sp.flags & FS_SPAWN_CHANNEL;
-        struct handoff ho = {.len = (uint32_t)len, .nfds = (uint32_t)(q->nfds - chan),
-                             .ll = llfd >= 0};
+        struct handoff ho = {
+            .len = (uint32_t)len, .nfds = (uint32_t)(q->nfds - chan), .ll = llfd >= 0};
         union {
                 struct cmsghdr align;
                 char buf[CMSG_SPACE(sizeof(int) * HANDOFF_MAX_FDS)];
@@ -796,8 +798,10 @@ static int preload_all(struct zygote *z, const char *const *paths, size_t n, cha
                 /* fork() copies only the calling thread: a library thread would be missing,
                  * or hold a lock forever, in every worker. */
                 if (fs_count_dir("/proc/self/task") != 1) {
-                        snprintf(err, errlen, "--preload %s: the library started a thread; "
-                                 "fork-mode workers need a single-threaded zygote", paths[i]);
+                        snprintf(err, errlen,
+                                 "--preload %s: the library started a thread; "
+                                 "fork-mode workers need a single-threaded zygote",
+                                 paths[i]);
                         return -EBUSY;
                 }
                 z->npreload++;
@@ -842,8 +846,8 @@ static void signal_one(struct zygote *z, size_t len, const int *fds, size_t nfds
         if (!switch_uids || fs_proto_parse_hdr(z->a->data, len, &h, &p) < 0 ||
             fs_proto_parse_signal(&p, nfds, &m, NULL) < 0 || (m.uid == 0 && !allow_root))
                 return;
-        j = (struct sig_job){.pidfd = nfds ? fds[0] : -1, .pid = (pid_t)m.pid, .uid = m.uid,
-                             .signo = (int)m.signo};
+        j = (struct sig_job){
+            .pidfd = nfds ? fds[0] : -1, .pid = (pid_t)m.pid, .uid = m.uid, .signo = (int)m.signo};
         pid = clone(signal_child, z->a->stack_end + sizeof(z->a->stack_end),
                     CLONE_VM | CLONE_VFORK | SIGCHLD, &j);
         if (pid > 0)
@@ -977,7 +981,6 @@ static __attribute__((noreturn)) void zygote_main(const struct fsd_sandbox *sb,
         int fds[FS_MAX_MSG_FDS];
         char err[512] = "zygote set-up failed";
         int r;
-
 
         z.sb = sb;
         z.sandboxed = sandboxed;

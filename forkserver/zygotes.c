@@ -9,6 +9,7 @@
  * killed, its requests answered, and a new one made from the template after a back-off.
  */
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +17,6 @@
 #include <sys/pidfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <poll.h>
 
 #include "common/fdpass.h"
 #include "common/util.h"
@@ -98,8 +98,8 @@ static int send_now(struct fsd_server *s, struct fsd_zygote *z, const struct fsd
         slot = ring_push(z);
         *slot = *e;
         slot->seq = z->seq;
-        slot->deadline = fs_now_ms() + (s->stopping ? FSD_STOP_DEADLINE_MS
-                                                    : FSD_ZYGOTE_DEADLINE_MS);
+        slot->deadline =
+            fs_now_ms() + (s->stopping ? FSD_STOP_DEADLINE_MS : FSD_ZYGOTE_DEADLINE_MS);
         if (z->ring_len == 1)
                 arm_deadline(s, z);
         return 0;
@@ -229,8 +229,10 @@ static void on_deadline(struct fsd_loop *l, struct fsd_timer *t, int64_t now)
                 arm_deadline(s, z);
                 return;
         }
-        fs_log(FS_LOG_ERROR, "zygote %s (pid %d) did not answer in time: killed, its %u "
-               "request(s) failed", zname(z), (int)z->pid, z->ring_len + z->nwait);
+        fs_log(FS_LOG_ERROR,
+               "zygote %s (pid %d) did not answer in time: killed, its %u "
+               "request(s) failed",
+               zname(z), (int)z->pid, z->ring_len + z->nwait);
         z->killed++;
         if (z->pidfd >= 0)
                 (void)pidfd_send_signal(z->pidfd, SIGKILL, NULL, 0);
@@ -325,9 +327,10 @@ static void on_exit_(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
         if (s->stopping)
                 return;
         schedule(s, z, fs_now_ms(), false);
-        fs_log(FS_LOG_ERROR, "zygote %s exited unexpectedly (code %d, status %d); a new one "
-               "in %lld ms, from the template", zname(z), si.si_code, si.si_status,
-               (long long)z->backoff_ms);
+        fs_log(FS_LOG_ERROR,
+               "zygote %s exited unexpectedly (code %d, status %d); a new one "
+               "in %lld ms, from the template",
+               zname(z), si.si_code, si.si_status, (long long)z->backoff_ms);
 }
 
 static void on_restart(struct fsd_loop *l, struct fsd_timer *t, int64_t now)

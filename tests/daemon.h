@@ -4,17 +4,17 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
-#include <stdlib.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
-#include <grp.h>
 
 #include "client/forkserver.h"
 #include "common/auth.h"
@@ -111,15 +111,14 @@ static inline int daemon_spawn(struct daemon *d, const char *const *args, int *r
         if (d->pid == 0) {
                 dup2(p[1], 3);
                 if (d->log_path) {
-                        int lf = open(d->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC,
-                                      0600);
+                        int lf = open(d->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 
                         if (lf < 0 || dup2(lf, 2) < 0)
                                 _exit(126);
                 }
-                if (d->run_as && (setgroups(0, NULL) < 0 ||
-                                  setresgid(d->run_as, d->run_as, d->run_as) < 0 ||
-                                  setresuid(d->run_as, d->run_as, d->run_as) < 0))
+                if (d->run_as &&
+                    (setgroups(0, NULL) < 0 || setresgid(d->run_as, d->run_as, d->run_as) < 0 ||
+                     setresuid(d->run_as, d->run_as, d->run_as) < 0))
                         _exit(126);
                 execvp(argv[0], (char *const *)argv);
                 _exit(127);
@@ -179,8 +178,8 @@ static inline int daemon_stop(struct daemon *d)
 
 static inline struct forkserver *daemon_connect(struct daemon *d)
 {
-        struct forkserver_options o = {.socket_path = d->sock, .key_file = d->key, .key_fd = -1,
-                                       .server_uid = d->run_as};
+        struct forkserver_options o = {
+            .socket_path = d->sock, .key_file = d->key, .key_fd = -1, .server_uid = d->run_as};
         struct forkserver *fs = NULL;
         const char *why = "";
         int r = forkserver_connect(&o, &fs, &why);
@@ -235,8 +234,7 @@ static inline int spawn_capture(struct forkserver *fs, const struct forkserver_s
 }
 
 /* Spawns argv with stdout into a pipe; returns the wait status and the output. */
-static inline int run_capture(struct forkserver *fs, const char *const *argv, char *out,
-                              size_t cap)
+static inline int run_capture(struct forkserver *fs, const char *const *argv, char *out, size_t cap)
 {
         struct forkserver_spawn_args a = {.path = argv[0], .argv = argv};
 

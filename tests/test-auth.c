@@ -10,8 +10,8 @@ static uint8_t hello[512], auth[512], reply[512];
 static size_t reply_len;
 
 /* The client as it is, and as the server's SO_PEERCRED reports it: the same process. */
-static const struct fs_creds me = {.uid = 1000, .gid = 1001, .pid = 4242,
-                                   .pidns = {[7] = 4, [12] = 0xf0, [15] = 0x36}};
+static const struct fs_creds me = {
+    .uid = 1000, .gid = 1001, .pid = 4242, .pidns = {[7] = 4, [12] = 0xf0, [15] = 0x36}};
 
 static void setup(void)
 {
@@ -103,8 +103,8 @@ START_TEST(reflection_refused)
         memcpy(nobind.pidns, me.pidns, FS_PIDNS_LEN);
         /* The server's own label cannot stand in for the client's. */
         memset(fake_cnonce, 7, sizeof(fake_cnonce));
-        ck_assert_int_eq(fs_auth_mac(key, FS_LABEL_SERVER, s.snonce, fake_cnonce,
-                                     FS_PROTO_VERSION, &nobind, mac),
+        ck_assert_int_eq(fs_auth_mac(key, FS_LABEL_SERVER, s.snonce, fake_cnonce, FS_PROTO_VERSION,
+                                     &nobind, mac),
                          0);
         fs_msg_begin(&w, auth, sizeof(auth), FS_MSG_AUTH, 0);
         fs_msg_put_u16(&w, FS_F_VERSION, FS_PROTO_VERSION);
@@ -119,9 +119,9 @@ START_TEST(reflection_refused)
         /* Nor can the server's nonce come back as the client's, even with a right MAC. */
         hl = fs_auth_server_hello(&s, &me, hello, sizeof(hello));
         memcpy(nobind.pidns, me.pidns, FS_PIDNS_LEN);
-        ck_assert_int_eq(fs_auth_mac(key, FS_LABEL_CLIENT, s.snonce, s.snonce, FS_PROTO_VERSION,
-                                     &nobind, mac),
-                         0);
+        ck_assert_int_eq(
+            fs_auth_mac(key, FS_LABEL_CLIENT, s.snonce, s.snonce, FS_PROTO_VERSION, &nobind, mac),
+            0);
         fs_msg_begin(&w, auth, sizeof(auth), FS_MSG_AUTH, 0);
         fs_msg_put_u16(&w, FS_F_VERSION, FS_PROTO_VERSION);
         fs_msg_put_u32(&w, FS_F_BIND, 0);
@@ -225,11 +225,10 @@ START_TEST(documented_vector)
                 uint32_t flags, pid;
                 const char *client, *server;
         } v[] = {
-                {FS_BIND_PID, 4242,
-                 "4471fb32d288ec335f4d8007f149d08264de46496a920affb559d731d6cc320a",
-                 "bbb9d326f908787af6ac968896586dac734ac1c6f6db87d5f8b11e9ac2e7ad3b"},
-                {0, 0, "cde09240f2af8420579fce2a50fd0d175793afa41c856171f86bf12e5ffa5387",
-                 "5de78c46e272178ba3a61ef58ca2a3f83b1451b3972c69685ca1fbee628c75c1"},
+            {FS_BIND_PID, 4242, "4471fb32d288ec335f4d8007f149d08264de46496a920affb559d731d6cc320a",
+             "bbb9d326f908787af6ac968896586dac734ac1c6f6db87d5f8b11e9ac2e7ad3b"},
+            {0, 0, "cde09240f2af8420579fce2a50fd0d175793afa41c856171f86bf12e5ffa5387",
+             "5de78c46e272178ba3a61ef58ca2a3f83b1451b3972c69685ca1fbee628c75c1"},
         };
         uint8_t sn[FS_NONCE_LEN], cn[FS_NONCE_LEN], mac[FS_MAC_LEN], want[FS_MAC_LEN];
 
@@ -238,8 +237,8 @@ START_TEST(documented_vector)
         memset(cn, 2, sizeof(cn));
         ck_assert_int_eq(FS_PROTO_VERSION, 2);
         for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
-                struct fs_auth_bind b = {.flags = v[i].flags, .uid = 1000, .gid = 1000,
-                                         .pid = v[i].pid};
+                struct fs_auth_bind b = {
+                    .flags = v[i].flags, .uid = 1000, .gid = 1000, .pid = v[i].pid};
 
                 unhex("000000000000000400000000effffffc", b.pidns, FS_PIDNS_LEN);
                 ck_assert_int_eq(fs_auth_mac(key, FS_LABEL_CLIENT, sn, cn, 2, &b, mac), 0);
@@ -257,16 +256,15 @@ END_TEST
 static void server_answer_for(const struct fs_creds *peer, const struct fs_auth_client *c,
                               uint32_t flags)
 {
-        struct fs_auth_bind b = {.flags = flags, .uid = peer->uid, .gid = peer->gid,
-                                 .pid = peer->pid};
+        struct fs_auth_bind b = {
+            .flags = flags, .uid = peer->uid, .gid = peer->gid, .pid = peer->pid};
         uint8_t mac[FS_MAC_LEN];
         struct fs_msgw w;
         int n;
 
         memcpy(b.pidns, peer->pidns, FS_PIDNS_LEN);
-        ck_assert_int_eq(fs_auth_mac(key, FS_LABEL_SERVER, c->snonce, c->cnonce, c->version, &b,
-                                     mac),
-                         0);
+        ck_assert_int_eq(
+            fs_auth_mac(key, FS_LABEL_SERVER, c->snonce, c->cnonce, c->version, &b, mac), 0);
         fs_msg_begin(&w, reply, sizeof(reply), FS_MSG_AUTH_OK, 0);
         fs_msg_put_bytes(&w, FS_F_MAC, mac, FS_MAC_LEN);
         n = fs_msg_finish(&w);
@@ -359,9 +357,9 @@ START_TEST(relay_that_edits_refused)
         fs_msg_put_u16(&w, FS_F_VERSION, a.version);
         fs_msg_put_bytes(&w, FS_F_NONCE, c.cnonce, FS_NONCE_LEN);
         fs_msg_put_u32(&w, FS_F_BIND, 0);
-        ck_assert_int_eq(fs_auth_mac(key, FS_LABEL_CLIENT, c.snonce, c.cnonce, c.version,
-                                     &c.bound, hello),
-                         0); /* the victim's MAC, recomputed: what a.mac held */
+        ck_assert_int_eq(
+            fs_auth_mac(key, FS_LABEL_CLIENT, c.snonce, c.cnonce, c.version, &c.bound, hello),
+            0); /* the victim's MAC, recomputed: what a.mac held */
         fs_msg_put_bytes(&w, FS_F_MAC, hello, FS_MAC_LEN);
         n = fs_msg_finish(&w);
         ck_assert_int_eq(fs_auth_server_recv(&s, key, auth, (size_t)n, 0, reply, sizeof(reply),
@@ -417,15 +415,15 @@ START_TEST(version_1_refused)
         fs_msg_put_bytes(&w, FS_F_NONCE, s.snonce, FS_NONCE_LEN);
         fs_msg_put_bytes(&w, FS_F_PIDNS, me.pidns, FS_PIDNS_LEN);
         hl = fs_msg_finish(&w);
-        ck_assert_int_eq(fs_auth_client_hello(&c, key, &me, hello, (size_t)hl, auth, sizeof(auth),
-                                              &why),
-                         -EPROTO);
+        ck_assert_int_eq(
+            fs_auth_client_hello(&c, key, &me, hello, (size_t)hl, auth, sizeof(auth), &why),
+            -EPROTO);
         ck_assert_ptr_nonnull(strstr(why, "no common protocol version"));
         /* a version-1 HELLO as a v1 server sends it */
         hello[5] = 1;
-        ck_assert_int_eq(fs_auth_client_hello(&c, key, &me, hello, (size_t)hl, auth, sizeof(auth),
-                                              &why),
-                         -EPROTO);
+        ck_assert_int_eq(
+            fs_auth_client_hello(&c, key, &me, hello, (size_t)hl, auth, sizeof(auth), &why),
+            -EPROTO);
         ck_assert_ptr_nonnull(strstr(why, "another protocol version"));
 }
 END_TEST

@@ -158,8 +158,8 @@ static pid_t start_relay(int lfd, int report, bool forge, const char *marker)
                 memcpy(c.snonce, mh.nonce, FS_NONCE_LEN);
                 memcpy(c.cnonce, ma.nonce, FS_NONCE_LEN);
                 fs_creds_self(&me);
-                b = (struct fs_auth_bind){.flags = ma.bind, .uid = me.uid, .gid = me.gid,
-                                          .pid = me.pid};
+                b = (struct fs_auth_bind){
+                    .flags = ma.bind, .uid = me.uid, .gid = me.gid, .pid = me.pid};
                 memcpy(b.pidns, mh.pidns, FS_PIDNS_LEN);
                 if (fs_auth_mac(k, FS_LABEL_SERVER, c.snonce, c.cnonce, c.version, &b, mac) < 0)
                         _exit(107);
@@ -295,16 +295,16 @@ START_TEST(listener_of_another_uid_refused)
         ck_assert_msg(strstr(why, "belongs to uid 65534") && strstr(why, "expected uid 0 (ours)"),
                       "%s", why);
         /* forkctl says the same and fails with its documented status */
-        const char *ctl[] = {env_or_die("FORKCTL"), "--socket", path, "--key-file", d.key, "ping",
-                             NULL};
+        const char *ctl[] = {
+            env_or_die("FORKCTL"), "--socket", path, "--key-file", d.key, "ping", NULL};
         ck_assert_int_eq(exec_capture(ctl, 2, err, sizeof(err)), 1 << 8);
         ck_assert_msg(strstr(err, "belongs to uid 65534"), "%s", err);
         /* named: the listener check passes (this one then hangs up in the handshake) */
         o.server_uid = OTHER_UID;
         ck_assert_int_lt(forkserver_connect(&o, &fs, &why), 0);
         ck_assert_msg(!strstr(why, "belongs to uid"), "%s", why);
-        const char *ctl2[] = {env_or_die("FORKCTL"), "--socket", path, "--key-file", d.key,
-                              "--server-uid", "65534", "ping", NULL};
+        const char *ctl2[] = {env_or_die("FORKCTL"), "--socket", path,   "--key-file", d.key,
+                              "--server-uid",        "65534",    "ping", NULL};
         ck_assert_int_eq(exec_capture(ctl2, 2, err, sizeof(err)), 1 << 8);
         ck_assert_msg(!strstr(err, "belongs to uid"), "%s", err);
         forkserver_key_free(key);
@@ -358,7 +358,7 @@ START_TEST(daemon_of_a_named_uid_served)
         ck_assert_int_eq(forkserver_ping(fs), 0);
         forkserver_close(fs);
         const char *ctl[] = {env_or_die("FORKCTL"), "--socket", d.sock, "--key-file", mine,
-                             "--server-uid", "65534", "ping", NULL};
+                             "--server-uid",        "65534",    "ping", NULL};
         ck_assert_int_eq(exec_capture(ctl, 2, err, sizeof(err)), 0);
         unlink(mine);
         ck_assert_int_eq(daemon_stop(&d), 0);
@@ -390,8 +390,8 @@ START_TEST(other_pid_namespace_served)
                 if (unshare(CLONE_NEWPID) < 0 || (inner = fork()) < 0)
                         _exit(100);
                 if (inner == 0) {
-                        struct forkserver_options o = {.socket_path = d.sock,
-                                                       .key_file = d.key, .key_fd = -1};
+                        struct forkserver_options o = {
+                            .socket_path = d.sock, .key_file = d.key, .key_fd = -1};
                         struct forkserver *c;
                         const char *why = "";
 
@@ -491,8 +491,8 @@ START_TEST(swappable_ancestor_refused)
         ck_assert_msg(strstr(why, p) && strstr(why, "writable by group or others"), "%s", why);
         ck_assert_int_eq(client_connect(lsock, &why), -EPERM); /* the link resolves into p */
         ck_assert_msg(strstr(why, p), "%s", why);
-        const char *ctl[] = {env_or_die("FORKCTL"), "--socket", sock, "--key-file", d.key, "ping",
-                             NULL};
+        const char *ctl[] = {
+            env_or_die("FORKCTL"), "--socket", sock, "--key-file", d.key, "ping", NULL};
         ck_assert_int_eq(exec_capture(ctl, 2, err, sizeof(err)), 1 << 8);
         ck_assert_msg(strstr(err, "can be swapped by others") && strstr(err, p), "%s", err);
         if (root()) {
@@ -501,8 +501,8 @@ START_TEST(swappable_ancestor_refused)
                 ck_assert_int_eq(client_connect(sock, &why), -EPERM);
                 ck_assert_msg(strstr(why, "owned by uid 65534"), "%s", why);
                 /* the same uid named as the server's: trusted */
-                struct forkserver_options o = {.socket_path = sock, .key_file = d.key,
-                                               .key_fd = -1, .server_uid = OTHER_UID};
+                struct forkserver_options o = {
+                    .socket_path = sock, .key_file = d.key, .key_fd = -1, .server_uid = OTHER_UID};
                 struct forkserver *fs;
 
                 ck_assert_msg(forkserver_connect(&o, &fs, &why) == 0, "%s", why);

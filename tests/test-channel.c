@@ -103,7 +103,9 @@ static void roundtrips(struct forkserver *fs, struct forkserver_proc *w, bool fo
                 fs_buf_put_bytes(&mw.b, "count", 5);
                 ck_assert_int_eq(fs_msg_finish(&mw), (int)sizeof(hdr));
                 struct iovec iov = {hdr, sizeof(hdr)};
-                struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
+                struct msghdr mh = {.msg_iov = &iov,
+                                    .msg_iovlen = 1,
+                                    .msg_control = ctl.buf,
                                     .msg_controllen = sizeof(ctl.buf)};
                 struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
                 c->cmsg_level = SOL_SOCKET;
@@ -176,9 +178,9 @@ START_TEST(channel_eof_on_kill)
         fs = daemon_connect(&d);
         w = spawn_echo(fs, true);
         ck_assert_int_eq(forkserver_kill(fs, w, SIGKILL), 0);
-        ck_assert_int_eq(forkserver_channel_recv(forkserver_proc_channel(w), out, sizeof(out),
-                                                 fds, 4, &n),
-                         -EPIPE);
+        ck_assert_int_eq(
+            forkserver_channel_recv(forkserver_proc_channel(w), out, sizeof(out), fds, 4, &n),
+            -EPIPE);
         ck_assert_int_eq(forkserver_wait(fs, w, &st), 0);
         ck_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
         forkserver_close(fs);
@@ -189,8 +191,8 @@ END_TEST
 static int run_entry(struct forkserver *fs, const char *entry, const char *arg, char *out,
                      size_t cap)
 {
-        struct forkserver_spawn_args a = {.entry = entry, .arg = arg,
-                                          .arglen = arg ? strlen(arg) : 0};
+        struct forkserver_spawn_args a = {
+            .entry = entry, .arg = arg, .arglen = arg ? strlen(arg) : 0};
 
         return spawn_capture(fs, &a, 1, out, cap);
 }
@@ -210,8 +212,8 @@ START_TEST(fork_mode_workers)
         ck_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM);
         /* exactly fds 0-2, the request's environment and argument */
         const char *envp[] = {"X=given", NULL};
-        struct forkserver_spawn_args a = {.entry = "libjobs:job_report", .arg = "abc",
-                                          .arglen = 3, .envp = envp};
+        struct forkserver_spawn_args a = {
+            .entry = "libjobs:job_report", .arg = "abc", .arglen = 3, .envp = envp};
         st = spawn_capture(fs, &a, 1, out, sizeof(out));
         ck_assert_str_eq(out, "arg=abc channel=-1 nfds=1 open=3 X=given\n");
 
@@ -236,13 +238,15 @@ START_TEST(fork_mode_workers)
         ck_assert_int_eq(forkserver_spawn(fs, &b, &w), -EINVAL);
 
         /* and from the shell */
-        const char *run[] = {env_or_die("FORKCTL"), "--socket", d.sock, "--key-file", d.key,
-                             "run", "--entry", "libjobs:job_report", "--", "one", "two", NULL};
+        const char *run[] = {
+            env_or_die("FORKCTL"), "--socket", d.sock, "--key-file", d.key, "run", "--entry",
+            "libjobs:job_report",  "--",       "one",  "two",        NULL};
         st = run_cmd(run, out, sizeof(out));
         ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
         ck_assert_ptr_nonnull(strstr(out, "arg=one"));
-        const char *ex[] = {env_or_die("FORKCTL"), "--socket", d.sock, "--key-file", d.key,
-                            "run", "--entry", "libjobs:job_exit", "--", "9", NULL};
+        const char *ex[] = {
+            env_or_die("FORKCTL"), "--socket", d.sock, "--key-file", d.key, "run", "--entry",
+            "libjobs:job_exit",    "--",       "9",    NULL};
         st = run_cmd(ex, out, sizeof(out));
         ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 9);
         forkserver_close(fs);
@@ -265,15 +269,17 @@ START_TEST(preload_failures)
         daemon_paths(&d);
         make_key_file(d.key);
         const char *missing[] = {"forkserverd", "--foreground", "--allow-root-workers",
-                                 "--socket", d.sock, "--key-file", d.key, "--preload",
-                                 "/nonexistent/libnope.so", NULL};
+                                 "--socket",    d.sock,         "--key-file",
+                                 d.key,         "--preload",    "/nonexistent/libnope.so",
+                                 NULL};
         st = failed_start(missing, err, sizeof(err));
         ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1);
         ck_assert_ptr_nonnull(strstr(err, "/nonexistent/libnope.so"));
 
         const char *thread[] = {"forkserverd", "--foreground", "--allow-root-workers",
-                                "--socket", d.sock, "--key-file", d.key, "--preload",
-                                env_or_die("LIBTHREAD"), NULL};
+                                "--socket",    d.sock,         "--key-file",
+                                d.key,         "--preload",    env_or_die("LIBTHREAD"),
+                                NULL};
         st = failed_start(thread, err, sizeof(err));
         ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1);
         ck_assert_msg(strstr(err, "libthread.so") && strstr(err, "started a thread"), "%s", err);
@@ -283,8 +289,9 @@ START_TEST(preload_failures)
         ck_assert_int_eq(write(fd, "not an ELF file", 15), 15);
         close(fd);
         const char *notelf[] = {"forkserverd", "--foreground", "--allow-root-workers",
-                                "--socket", d.sock, "--key-file", d.key, "--preload",
-                                bogus, NULL};
+                                "--socket",    d.sock,         "--key-file",
+                                d.key,         "--preload",    bogus,
+                                NULL};
         st = failed_start(notelf, err, sizeof(err));
         ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1);
         ck_assert_ptr_nonnull(strstr(err, "libbogus.so"));

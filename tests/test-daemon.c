@@ -34,8 +34,7 @@ START_TEST(stdio_and_exit_codes)
         ck_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM);
 
         /* explicit environment and cwd; the default cwd is / */
-        struct forkserver_spawn_args a = {.path = env[0], .argv = env, .envp = envp,
-                                          .cwd = "/tmp"};
+        struct forkserver_spawn_args a = {.path = env[0], .argv = env, .envp = envp, .cwd = "/tmp"};
 
         st = spawn_capture(fs, &a, 1, out, sizeof(out));
         ck_assert_str_eq(out, "1|two words|/tmp\n");
@@ -158,8 +157,8 @@ START_TEST(connection_close_ends_workers)
         const char *stubborn[] = {"/bin/sh", "-c", "trap '' TERM; exec sleep 100", NULL};
         struct forkserver_spawn_args a = {.path = sleeper[0], .argv = sleeper};
         struct forkserver_spawn_args b = {.path = stubborn[0], .argv = stubborn};
-        struct forkserver_spawn_args c = {.path = sleeper[0], .argv = sleeper,
-                                          .flags = FORKSERVER_SPAWN_DETACH};
+        struct forkserver_spawn_args c = {
+            .path = sleeper[0], .argv = sleeper, .flags = FORKSERVER_SPAWN_DETACH};
         struct forkserver *fs;
         struct forkserver_proc *w1, *w2, *w3;
         int fd1, fd2, fd3;
@@ -176,9 +175,9 @@ START_TEST(connection_close_ends_workers)
         forkserver_close(fs);
         struct pollfd p1 = {.fd = fd1, .events = POLLIN}, p2 = {.fd = fd2, .events = POLLIN},
                       p3 = {.fd = fd3, .events = POLLIN};
-        ck_assert_int_eq(poll(&p1, 1, 3000), 1);                /* TERM */
-        ck_assert_int_eq(poll(&p2, 1, 5000), 1);                /* KILL after the grace */
-        ck_assert_int_eq(poll(&p3, 1, 300), 0);                 /* detached: still running */
+        ck_assert_int_eq(poll(&p1, 1, 3000), 1); /* TERM */
+        ck_assert_int_eq(poll(&p2, 1, 5000), 1); /* KILL after the grace */
+        ck_assert_int_eq(poll(&p3, 1, 300), 0);  /* detached: still running */
         ck_assert_int_eq(pidfd_send_signal(fd3, SIGKILL, NULL, 0), 0);
         ck_assert_int_eq(poll(&p3, 1, 3000), 1);
         close(fd1);
@@ -453,7 +452,7 @@ START_TEST(startup_refusals)
         ck_assert_int_eq(bind(s, (struct sockaddr *)&sa, sizeof(sa)), 0);
         close(s); /* stale: nobody listens */
         ck_assert_int_eq(daemon_spawn(&e, a3, &st), 0);
-        d = e; /* stopped by the test below */
+        d = e;                                           /* stopped by the test below */
         ck_assert_int_eq(daemon_spawn(&e, a3, &st), -1); /* live: refused */
         ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1);
         stop_ok();
@@ -502,22 +501,24 @@ START_TEST(forkctl_cli)
         int st;
 
         daemon_start(&d, NULL);
-        const char *run[] = {ctl, "--socket", d.sock, "--key-file", d.key, "run", "--env",
-                             "X=42", "--", "sh", "-c", "echo $X; exit 3", NULL};
+        const char *run[] = {ctl,   "--socket",        d.sock, "--key-file", d.key,
+                             "run", "--env",           "X=42", "--",         "sh",
+                             "-c",  "echo $X; exit 3", NULL};
         st = run_cmd(run, out, sizeof(out));
         ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 3);
         ck_assert_str_eq(out, "42\n");
-        const char *sig[] = {ctl, "--socket", d.sock, "--key-file", d.key, "run", "--",
-                             "sh", "-c", "kill -KILL $$", NULL};
+        const char *sig[] = {ctl,  "--socket", d.sock, "--key-file",    d.key, "run",
+                             "--", "sh",       "-c",   "kill -KILL $$", NULL};
         st = run_cmd(sig, out, sizeof(out));
         ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 128 + SIGKILL);
-        const char *fdmap[] = {ctl, "--socket", d.sock, "--key-file", d.key, "run", "--fd", "7=1",
-                               "--cwd", "/usr", "--", "sh", "-c", "pwd >&7", NULL};
+        const char *fdmap[] = {ctl,   "--socket", d.sock, "--key-file", d.key,
+                               "run", "--fd",     "7=1",  "--cwd",      "/usr",
+                               "--",  "sh",       "-c",   "pwd >&7",    NULL};
         st = run_cmd(fdmap, out, sizeof(out));
         ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
         ck_assert_str_eq(out, "/usr\n");
-        const char *nf[] = {ctl, "--socket", d.sock, "--key-file", d.key, "run", "--",
-                            "no-such-command-xyz", NULL};
+        const char *nf[] = {
+            ctl, "--socket", d.sock, "--key-file", d.key, "run", "--", "no-such-command-xyz", NULL};
         st = run_cmd(nf, out, sizeof(out));
         ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 127);
         const char *ping[] = {ctl, "--socket", d.sock, "--key-file", d.key, "ping", NULL};
@@ -577,8 +578,8 @@ START_TEST(status_json_and_prometheus)
         const char *ctl = env_or_die("FORKCTL");
         const char *sleeper[] = {"/bin/sleep", "100", NULL};
         struct forkserver_spawn_args a = {.path = sleeper[0], .argv = sleeper};
-        struct forkserver_spawn_args bad = {.path = sleeper[0], .argv = sleeper,
-                                            .profile = "no-such-profile"};
+        struct forkserver_spawn_args bad = {
+            .path = sleeper[0], .argv = sleeper, .profile = "no-such-profile"};
         static char out[65536];
         struct forkserver_proc *w;
         struct forkserver *fs;
@@ -603,21 +604,22 @@ START_TEST(status_json_and_prometheus)
         st = run_cmd(status, out, sizeof(out));
         ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
         /* valid JSON, nested by group; our connection holds the one live worker */
-        st = python_check("import json, sys\n"
-                          "d = json.load(sys.stdin)\n"
-                          "assert d['workers'] == 1 and d['spawns'] == 1, d\n"
-                          "assert d['spawn_failures'] == 1, d\n"
-                          "assert d['spawn_failures_by_cause']['policy'] == 1, d\n"
-                          "assert d['spawn_latency_us']['samples'] == 1, d\n"
-                          "assert 0 < d['spawn_latency_us']['p50'] <= d['spawn_latency_us']['max']\n"
-                          "c = d['connection']\n"
-                          "assert sorted(v['workers'] for v in c.values()) == [0, 1], c\n"
-                          "assert d['gpu_broker']['enabled'] == 0\n"
-                          "assert d['uptime_ms'] >= 0 and d['pending_handshakes'] == 0\n",
-                          out);
+        st =
+            python_check("import json, sys\n"
+                         "d = json.load(sys.stdin)\n"
+                         "assert d['workers'] == 1 and d['spawns'] == 1, d\n"
+                         "assert d['spawn_failures'] == 1, d\n"
+                         "assert d['spawn_failures_by_cause']['policy'] == 1, d\n"
+                         "assert d['spawn_latency_us']['samples'] == 1, d\n"
+                         "assert 0 < d['spawn_latency_us']['p50'] <= d['spawn_latency_us']['max']\n"
+                         "c = d['connection']\n"
+                         "assert sorted(v['workers'] for v in c.values()) == [0, 1], c\n"
+                         "assert d['gpu_broker']['enabled'] == 0\n"
+                         "assert d['uptime_ms'] >= 0 and d['pending_handshakes'] == 0\n",
+                         out);
         ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status JSON:\n%s", out);
-        const char *prom[] = {ctl, "--socket", d.sock, "--key-file", d.key, "status",
-                              "--prometheus", NULL};
+        const char *prom[] = {ctl,   "--socket", d.sock,         "--key-file",
+                              d.key, "status",   "--prometheus", NULL};
         st = run_cmd(prom, out, sizeof(out));
         ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
         ck_assert_ptr_nonnull(strstr(out, "# TYPE forkserver_spawns_total counter\n"
@@ -629,16 +631,19 @@ START_TEST(status_json_and_prometheus)
                  (int)getpid());
         ck_assert_msg(strstr(out, expect), "no %s in\n%s", expect, out);
         /* every sample line is NAME{LABELS} VALUE or NAME VALUE, after its TYPE */
-        st = python_check("import re, sys\n"
-                          "typed = set()\n"
-                          "for l in sys.stdin.read().splitlines():\n"
-                          "    if l.startswith('# TYPE '): typed.add(l.split()[2]); continue\n"
-                          "    if l.startswith('#'): continue\n"
-                          "    m = re.fullmatch(r'([a-z_]+)(\\{[a-z]+=\"[^\"]*\"(,[a-z]+=\"[^\"]*\")*\\})? [0-9.]+', l)\n"
-                          "    assert m and m.group(1) in typed, l\n", out);
+        st = python_check(
+            "import re, sys\n"
+            "typed = set()\n"
+            "for l in sys.stdin.read().splitlines():\n"
+            "    if l.startswith('# TYPE '): typed.add(l.split()[2]); continue\n"
+            "    if l.startswith('#'): continue\n"
+            "    m = re.fullmatch(r'([a-z_]+)(\\{[a-z]+=\"[^\"]*\"(,[a-z]+=\"[^\"]*\")*\\})? "
+            "[0-9.]+', l)\n"
+            "    assert m and m.group(1) in typed, l\n",
+            out);
         ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "prometheus:\n%s", out);
-        const char *extra[] = {ctl, "--socket", d.sock, "--key-file", d.key, "status", "--json",
-                               NULL};
+        const char *extra[] = {ctl,   "--socket", d.sock,   "--key-file",
+                               d.key, "status",   "--json", NULL};
         st = run_cmd(extra, out, sizeof(out));
         ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2);
         forkserver_close(fs);
@@ -652,8 +657,9 @@ END_TEST
 static int spawn_activated(pid_t *pid, int listen_fd, const char *notify, const char *creds,
                            const char *const *args, int *st)
 {
-        const char *argv[16] = {env_or_die("FORKSERVERD"), "--foreground", "--ready-fd", "4",
-                                "--log-level", "warning", "--allow-root-workers"};
+        const char *argv[16] = {
+            env_or_die("FORKSERVERD"), "--foreground", "--ready-fd", "4", "--log-level", "warning",
+            "--allow-root-workers"};
         char buf[16] = {0};
         size_t n = 7;
         int p[2];
@@ -731,8 +737,8 @@ START_TEST(systemd_activation_and_notify)
         ls = listening_socket(d.sock, SOCK_SEQPACKET);
         ck_assert_int_eq(spawn_activated(&pid, ls, notify, NULL, NULL, &st), 0);
         d.pid = pid;
-        snprintf(expect, sizeof(expect), "READY=1\nMAINPID=%d\nSTATUS=listening on %s",
-                 (int)pid, d.sock);
+        snprintf(expect, sizeof(expect), "READY=1\nMAINPID=%d\nSTATUS=listening on %s", (int)pid,
+                 d.sock);
         notify_expect(n, expect);
         fs = daemon_connect(&d);
         st = run_capture(fs, echo, out, sizeof(out));

@@ -43,7 +43,8 @@ static int64_t model_min(const int64_t *want)
 static bool heap_ok(const struct fsd_loop *l)
 {
         for (size_t i = 0; i < l->nheap; i++)
-                if (l->heap[i]->slot != i + 1 || (i > 0 && l->heap[(i - 1) / 2]->at > l->heap[i]->at))
+                if (l->heap[i]->slot != i + 1 ||
+                    (i > 0 && l->heap[(i - 1) / 2]->at > l->heap[i]->at))
                         return false;
         return true;
 }
@@ -124,8 +125,12 @@ static void make_pair(struct pair *p, int tag, int *order, int *norder)
         int sv[2];
 
         ck_assert_int_eq(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv), 0);
-        *p = (struct pair){.io = FSD_IO_INIT, .fd = sv[0], .peer = sv[1], .tag = tag,
-                           .order = order, .norder = norder};
+        *p = (struct pair){.io = FSD_IO_INIT,
+                           .fd = sv[0],
+                           .peer = sv[1],
+                           .tag = tag,
+                           .order = order,
+                           .norder = norder};
 }
 
 /* Whichever of two ready sources runs first stops the other: the other gets no event from

@@ -9,8 +9,8 @@
 #include <netinet/in.h>
 #include <sys/ptrace.h>
 #include <sys/resource.h>
-#include <sys/wait.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <time.h>
 
 #define LINGER_S 8
@@ -450,12 +450,13 @@ START_TEST(stopped_zygote_killed_and_replaced)
                 usleep(10 * 1000);
         }
         r = forkserver_spawn_collect(fs, ticket, &w);
-        ck_assert_msg(r == -ETIMEDOUT, "spawn at a stopped zygote: %d %s", r,
-                      forkserver_error(fs));
+        ck_assert_msg(r == -ETIMEDOUT, "spawn at a stopped zygote: %d %s", r, forkserver_error(fs));
         ck_assert_int_lt(now_ms() - t0, 10000);
         ck_assert_uint_eq(daemon_stat(other, "zygote_kills"), 1);
-        fprintf(stderr, "a zygote stopped: 100 pings, worst %lld ms; its spawn failed after "
-                "%lld ms\n", (long long)worst, (long long)(now_ms() - t0));
+        fprintf(stderr,
+                "a zygote stopped: 100 pings, worst %lld ms; its spawn failed after "
+                "%lld ms\n",
+                (long long)worst, (long long)(now_ms() - t0));
         ck_assert_int_lt(worst, 1000);
         for (size_t i = 0; i < nz; i++) /* those that held no request go on */
                 (void)kill(zyg[i], SIGCONT);
@@ -505,8 +506,10 @@ START_TEST(sigterm_while_zygotes_are_stopped)
         }
         if (gone < 0)
                 gone = now_ms() - t0;
-        fprintf(stderr, "SIGTERM, zygotes stopped: socket gone after %lld ms, daemon after "
-                "%lld ms\n", (long long)gone, (long long)(now_ms() - t0));
+        fprintf(stderr,
+                "SIGTERM, zygotes stopped: socket gone after %lld ms, daemon after "
+                "%lld ms\n",
+                (long long)gone, (long long)(now_ms() - t0));
         ck_assert_int_lt(gone, 1000);
         ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
         d.pid = 0;
@@ -557,8 +560,10 @@ START_TEST(burst_shares_the_zygote_round_robin)
                 ck_assert_int_eq(forkserver_wait(burst, w, &st), 0);
                 forkserver_proc_free(burst, w);
         }
-        fprintf(stderr, "a burst of %d spawns: another client's spawn took %lld ms, with %llu "
-                "spawns done by then\n", BURST, (long long)took, (unsigned long long)done_before);
+        fprintf(stderr,
+                "a burst of %d spawns: another client's spawn took %lld ms, with %llu "
+                "spawns done by then\n",
+                BURST, (long long)took, (unsigned long long)done_before);
         ck_assert_int_lt(took, 1100 * slowdown());
         /* served before most of the burst: its request did not queue behind all of it */
         ck_assert_uint_lt(done_before, BURST / 2);

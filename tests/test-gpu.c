@@ -14,8 +14,8 @@
 #ifdef FS_HAVE_CUDA
 #include <cuda.h>
 #include <dlfcn.h>
-#include <pthread.h>
 #include <limits.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/pidfd.h>
 #include <time.h>
@@ -76,8 +76,10 @@ static size_t assert_cuda_only_in_broker(struct forkserver *fs)
         ck_assert_int_eq(maps_cuda(d.pid), 0);
         for (size_t i = 0; i < n; i++)
                 if (kids[i] != broker)
-                        ck_assert_msg(maps_cuda(kids[i]) == 0, "pid %d (a child of the front) "
-                                      "maps CUDA", (int)kids[i]);
+                        ck_assert_msg(maps_cuda(kids[i]) == 0,
+                                      "pid %d (a child of the front) "
+                                      "maps CUDA",
+                                      (int)kids[i]);
         ck_assert_int_gt(maps_cuda(broker), 0);
         return nz;
 }
@@ -97,8 +99,12 @@ static int run_gpu_entry(struct forkserver *fs, const char *entry, const char *a
                          const struct forkserver_gpu_request *g, size_t ng,
                          struct forkserver_proc **keep, char *out, size_t cap)
 {
-        struct forkserver_spawn_args a = {.entry = entry, .arg = arg, .arglen = strlen(arg),
-                                          .gpu = g, .ngpu = ng, .envp = leak_env,
+        struct forkserver_spawn_args a = {.entry = entry,
+                                          .arg = arg,
+                                          .arglen = strlen(arg),
+                                          .gpu = g,
+                                          .ngpu = ng,
+                                          .envp = leak_env,
                                           .flags = FORKSERVER_SPAWN_GPU_FDS};
 
         return spawn_capture_keep(fs, &a, 1, out, cap, keep);
@@ -111,8 +117,8 @@ static int run_gpu_entry(struct forkserver *fs, const char *entry, const char *a
 START_TEST(slow_broker_blocks_nobody_else)
 {
         struct forkserver_gpu_request one = {0, 1 << 20};
-        struct forkserver_spawn_args a = {.entry = "libjobs:job_noop", .gpu = &one, .ngpu = 1,
-                                          .envp = leak_env};
+        struct forkserver_spawn_args a = {
+            .entry = "libjobs:job_noop", .gpu = &one, .ngpu = 1, .envp = leak_env};
         struct forkserver_proc *w;
         int64_t worst = 0, t0;
         uint32_t ticket;
@@ -168,8 +174,8 @@ START_TEST(share_between_workers_and_client)
         forkserver_gpu_uuid_str(b[0].uuid, uuid);
         snprintf(arg, sizeof(arg), "5:%s:%llu:9", uuid, (unsigned long long)b[0].size);
         struct forkserver_fd_map maps[2] = {{1, -1}, {5, b[0].fd}};
-        struct forkserver_spawn_args a = {.entry = "libjobs:job_gpu_read", .arg = arg,
-                                          .arglen = strlen(arg), .envp = leak_env};
+        struct forkserver_spawn_args a = {
+            .entry = "libjobs:job_gpu_read", .arg = arg, .arglen = strlen(arg), .envp = leak_env};
         int p[2];
 
         ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
@@ -208,8 +214,12 @@ START_TEST(exec_mode_environment)
         char lib[300];
         /* LeakSanitizer cannot run under the default seccomp profile (sanitizer builds) */
         const char *env[] = {"FAKECUDA_LEAK_CHECK=1", "ASAN_OPTIONS=detect_leaks=0", lib, NULL};
-        struct forkserver_spawn_args a = {.path = prog[0], .argv = prog, .gpu = two, .ngpu = 2,
-                                          .envp = env, .flags = FORKSERVER_SPAWN_GPU_FDS};
+        struct forkserver_spawn_args a = {.path = prog[0],
+                                          .argv = prog,
+                                          .gpu = two,
+                                          .ngpu = 2,
+                                          .envp = env,
+                                          .flags = FORKSERVER_SPAWN_GPU_FDS};
         struct forkserver *fs;
         char out[512], line[160], uuid[FORKSERVER_GPU_UUID_STR];
         const struct forkserver_gpu_buf *b;
@@ -248,8 +258,8 @@ START_TEST(quotas_and_device_memory)
         const char *sleeper[] = {"/bin/sleep", "100", NULL};
         struct forkserver_gpu_request g2 = {0, 2 << 20}, one = {0, 1}, big = {0, 64 << 20},
                                       bad = {5, 1};
-        struct forkserver_spawn_args a = {.path = sleeper[0], .argv = sleeper, .gpu = &g2,
-                                          .ngpu = 1};
+        struct forkserver_spawn_args a = {
+            .path = sleeper[0], .argv = sleeper, .gpu = &g2, .ngpu = 1};
         struct forkserver_proc *w1, *w2, *w3;
         struct forkserver *fs, *other;
         int64_t t0;
@@ -321,8 +331,12 @@ static int spawn_exit(struct forkserver *fs, uint64_t size, unsigned flags,
                       struct forkserver_proc **keep)
 {
         struct forkserver_gpu_request g = {0, size};
-        struct forkserver_spawn_args a = {.entry = "libjobs:job_exit", .arg = "0", .arglen = 1,
-                                          .gpu = &g, .ngpu = 1, .flags = flags};
+        struct forkserver_spawn_args a = {.entry = "libjobs:job_exit",
+                                          .arg = "0",
+                                          .arglen = 1,
+                                          .gpu = &g,
+                                          .ngpu = 1,
+                                          .flags = flags};
         struct forkserver_proc *w;
         int r, st;
 
@@ -363,8 +377,8 @@ START_TEST(quota_counts_the_clients_copies)
         pid = fork();
         ck_assert_int_ge(pid, 0);
         if (pid == 0) {
-                struct forkserver_options o = {.socket_path = d.sock, .key_file = d.key,
-                                               .key_fd = -1};
+                struct forkserver_options o = {
+                    .socket_path = d.sock, .key_file = d.key, .key_fd = -1};
                 struct forkserver_proc *w1, *w2, *w3;
                 struct forkserver *cfs;
                 const char *why;
@@ -430,8 +444,12 @@ START_TEST(exported_memory_outlives_its_worker)
 {
         struct forkserver_gpu_request g = {0, 32 << 20};
         struct forkserver_fd_map io = {0, -1};
-        struct forkserver_spawn_args a = {.entry = "libjobs:job_gpu_pass_on", .arg = "",
-                                          .gpu = &g, .ngpu = 1, .fds = &io, .nfds = 1};
+        struct forkserver_spawn_args a = {.entry = "libjobs:job_gpu_pass_on",
+                                          .arg = "",
+                                          .gpu = &g,
+                                          .ngpu = 1,
+                                          .fds = &io,
+                                          .nfds = 1};
         struct forkserver_proc *w;
         struct forkserver *fs;
         int in[2], st, r = -1;
@@ -530,9 +548,14 @@ START_TEST(write_is_done_when_it_returns)
 {
         struct forkserver_gpu_request g = {0, 1 << 20};
         struct forkserver_fd_map io[2] = {{0, -1}, {1, -1}};
-        struct forkserver_spawn_args a = {.entry = "libjobs:job_gpu_write_hold", .arg = "synced",
-                                          .arglen = 6, .gpu = &g, .ngpu = 1, .fds = io,
-                                          .nfds = 2, .envp = leak_env,
+        struct forkserver_spawn_args a = {.entry = "libjobs:job_gpu_write_hold",
+                                          .arg = "synced",
+                                          .arglen = 6,
+                                          .gpu = &g,
+                                          .ngpu = 1,
+                                          .fds = io,
+                                          .nfds = 2,
+                                          .envp = leak_env,
                                           .flags = FORKSERVER_SPAWN_GPU_FDS};
         const struct forkserver_gpu_buf *b;
         struct forkserver_gpu_map m;
@@ -572,8 +595,8 @@ END_TEST
 START_TEST(cuda_only_in_the_broker)
 {
         struct forkserver_gpu_request g = {0, 1};
-        struct forkserver_spawn_args a = {.entry = "libjobs:job_exit", .arg = "0", .arglen = 1,
-                                          .gpu = &g, .ngpu = 1};
+        struct forkserver_spawn_args a = {
+            .entry = "libjobs:job_exit", .arg = "0", .arglen = 1, .gpu = &g, .ngpu = 1};
         struct forkserver_proc *w;
         struct forkserver *fs;
         pid_t broker;
@@ -620,8 +643,8 @@ START_TEST(broker_crash_and_restart)
         st = run_capture(fs, echo, out, sizeof(out));
         ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
         ck_assert_uint_eq(daemon_stat(fs, "gpu_broker.up"), 0);
-        struct forkserver_spawn_args a = {.entry = "libjobs:job_exit", .arg = "0", .arglen = 1,
-                                          .gpu = &g, .ngpu = 1};
+        struct forkserver_spawn_args a = {
+            .entry = "libjobs:job_exit", .arg = "0", .arglen = 1, .gpu = &g, .ngpu = 1};
         struct forkserver_proc *w;
 
         ck_assert_int_lt(forkserver_spawn(fs, &a, &w), 0);
@@ -709,11 +732,13 @@ END_TEST
 /* The fake's own strictness, called directly: what the real driver refuses or does
  * differently, and that forkserver must therefore get right. */
 #define FAKE_FUNCS(X)                                                                              \
-        X(cuInit) X(cuDeviceGet) X(cuDevicePrimaryCtxRetain) X(cuDevicePrimaryCtxRelease)          \
-        X(cuCtxSetCurrent) X(cuCtxPushCurrent) X(cuCtxPopCurrent) X(cuCtxSynchronize)              \
-        X(cuMemGetInfo) X(cuMemCreate) X(cuMemRelease) X(cuMemExportToShareableHandle)             \
-        X(cuMemAddressReserve) X(cuMemAddressFree) X(cuMemMap) X(cuMemUnmap) X(cuMemSetAccess)     \
-        X(cuMemsetD8) X(cuMemImportFromShareableHandle) X(cuCtxGetCurrent)
+        X(cuInit)                                                                                  \
+        X(cuDeviceGet) X(cuDevicePrimaryCtxRetain) X(cuDevicePrimaryCtxRelease) X(cuCtxSetCurrent) \
+            X(cuCtxPushCurrent) X(cuCtxPopCurrent) X(cuCtxSynchronize) X(cuMemGetInfo)             \
+                X(cuMemCreate) X(cuMemRelease) X(cuMemExportToShareableHandle)                     \
+                    X(cuMemAddressReserve) X(cuMemAddressFree) X(cuMemMap) X(cuMemUnmap)           \
+                        X(cuMemSetAccess) X(cuMemsetD8) X(cuMemImportFromShareableHandle)          \
+                            X(cuCtxGetCurrent)
 #define STR2(x) #x
 #define STR(x) STR2(x)
 static struct {
@@ -772,9 +797,9 @@ START_TEST(fake_is_strict)
         ck_assert_int_eq((int)(intptr_t)res, CUDA_ERROR_INVALID_CONTEXT);
         /* memory made without the POSIX-fd handle type cannot be exported as one */
         ck_assert_int_eq(fk.cuMemCreate(&h, 2 << 20, &prop, 0), CUDA_SUCCESS);
-        ck_assert_int_eq(fk.cuMemExportToShareableHandle(&fd, h,
-                                                         CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0),
-                         CUDA_ERROR_INVALID_VALUE);
+        ck_assert_int_eq(
+            fk.cuMemExportToShareableHandle(&fd, h, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0),
+            CUDA_ERROR_INVALID_VALUE);
         /* released once; the second time refused */
         ck_assert_int_eq(fk.cuMemRelease(h), CUDA_SUCCESS);
         ck_assert_int_eq(fk.cuMemRelease(h), CUDA_ERROR_INVALID_VALUE);
@@ -785,16 +810,15 @@ START_TEST(fake_is_strict)
         prop.allocFlags.reserved[2] = 0;
         /* the reservation's alignment is honoured */
         for (int i = 0; i < 4; i++) {
-                ck_assert_int_eq(fk.cuMemAddressReserve(&p, 2 << 20, 32 << 20, 0, 0),
-                                 CUDA_SUCCESS);
+                ck_assert_int_eq(fk.cuMemAddressReserve(&p, 2 << 20, 32 << 20, 0, 0), CUDA_SUCCESS);
                 ck_assert_uint_eq(p % (32 << 20), 0);
                 ck_assert_int_eq(fk.cuMemAddressFree(p, 2 << 20), CUDA_SUCCESS);
         }
         /* exported memory outlives its handle while the fd lives, and counts meanwhile */
         ck_assert_int_eq(fk.cuMemCreate(&h, 4 << 20, &prop, 0), CUDA_SUCCESS);
-        ck_assert_int_eq(fk.cuMemExportToShareableHandle(&fd, h,
-                                                         CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0),
-                         CUDA_SUCCESS);
+        ck_assert_int_eq(
+            fk.cuMemExportToShareableHandle(&fd, h, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0),
+            CUDA_SUCCESS);
         ck_assert_int_eq(fk.cuMemRelease(h), CUDA_SUCCESS);
         ck_assert_int_eq(fk.cuMemGetInfo(&fr, &tot), CUDA_SUCCESS);
         ck_assert_uint_eq(fr0 - fr, 4 << 20);
@@ -804,8 +828,8 @@ START_TEST(fake_is_strict)
         unsigned char *host = mmap(NULL, 4 << 20, PROT_READ, MAP_SHARED, fd, 0);
 
         ck_assert_ptr_ne(host, MAP_FAILED);
-        ck_assert_int_eq(fk.cuMemImportFromShareableHandle(&h2, (void *)(intptr_t)fd,
-                                                           CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR),
+        ck_assert_int_eq(fk.cuMemImportFromShareableHandle(
+                             &h2, (void *)(intptr_t)fd, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR),
                          CUDA_SUCCESS);
         ck_assert_int_eq(fk.cuMemAddressReserve(&p, 4 << 20, 0, 0, 0), CUDA_SUCCESS);
         ck_assert_int_eq(fk.cuMemMap(p, 4 << 20, 0, h2, 0), CUDA_SUCCESS);
@@ -948,13 +972,14 @@ int main(void)
                 is_fake = true;
         } else {
                 fprintf(stderr, "neither FORKSERVER_LIBCUDA nor FAKECUDA is set (run through "
-                        "meson test)\n");
+                                "meson test)\n");
                 return 1;
         }
         if (!is_fake) {
                 setenv("TEST_REAL_DRIVER", "1", 1);
                 printf("driver: %s (FORKSERVER_LIBCUDA); the fake's own tests and those that "
-                       "turn its knobs: skipped\n", getenv("FORKSERVER_LIBCUDA"));
+                       "turn its knobs: skipped\n",
+                       getenv("FORKSERVER_LIBCUDA"));
         }
         tcase_set_timeout(tc, 60);
         tcase_add_test(tc, share_between_workers_and_client);

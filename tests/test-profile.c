@@ -49,24 +49,24 @@ static const struct {
         const char *text;
         const char *want; /* in the message, after "t.profile:" */
 } bad[] = {
-        {"allow read\n", "1: no 'default' line"},
-        {"default allow\ndefault kill\n", "2: second default"},
-        {"default allow\n\nfrobnicate read\n", "3: unknown verb 'frobnicate'"},
-        {"default allow\nallow read not_a_syscall\n", "2: unknown syscall 'not_a_syscall'"},
-        {"default allow\nallow read\nkill read\n", "3: syscall listed twice 'read'"},
-        {"default allow extra\n", "1: extra token 'extra'"},
-        {"default maybe\n", "1: unknown action 'maybe'"},
-        {"default errno\n", "1: errno needs a name"},
-        {"default errno EWHAT\n", "1: unknown errno 'EWHAT'"},
-        {"default errno 0\n", "1: unknown errno '0'"},
-        {"default errno 4096\n", "1: unknown errno '4096'"},
-        {"default allow\nerrno EPERM\n", "2: no syscall named"},
-        {"default allow\nkill\n", "2: no syscall named"},
-        {"default allow\nfs\n", "2: fs needs ro, rw or deny"},
-        {"default allow\nfs wx /tmp\n", "2: unknown fs access 'wx'"},
-        {"default allow\nfs ro\n", "2: no path named"},
-        {"default allow\nfs ro tmp\n", "2: path not absolute 'tmp'"},
-        {"default allow\nfs ro /a\nfs deny /a\n", "3: path listed twice '/a'"},
+    {"allow read\n", "1: no 'default' line"},
+    {"default allow\ndefault kill\n", "2: second default"},
+    {"default allow\n\nfrobnicate read\n", "3: unknown verb 'frobnicate'"},
+    {"default allow\nallow read not_a_syscall\n", "2: unknown syscall 'not_a_syscall'"},
+    {"default allow\nallow read\nkill read\n", "3: syscall listed twice 'read'"},
+    {"default allow extra\n", "1: extra token 'extra'"},
+    {"default maybe\n", "1: unknown action 'maybe'"},
+    {"default errno\n", "1: errno needs a name"},
+    {"default errno EWHAT\n", "1: unknown errno 'EWHAT'"},
+    {"default errno 0\n", "1: unknown errno '0'"},
+    {"default errno 4096\n", "1: unknown errno '4096'"},
+    {"default allow\nerrno EPERM\n", "2: no syscall named"},
+    {"default allow\nkill\n", "2: no syscall named"},
+    {"default allow\nfs\n", "2: fs needs ro, rw or deny"},
+    {"default allow\nfs wx /tmp\n", "2: unknown fs access 'wx'"},
+    {"default allow\nfs ro\n", "2: no path named"},
+    {"default allow\nfs ro tmp\n", "2: path not absolute 'tmp'"},
+    {"default allow\nfs ro /a\nfs deny /a\n", "3: path listed twice '/a'"},
 };
 
 START_TEST(bad_profiles)
@@ -86,9 +86,9 @@ START_TEST(limits)
         line[sizeof(line) - 1] = '\0';
         ck_assert_int_eq(parse(line), -EINVAL);
         ck_assert_ptr_nonnull(strstr(err, "t.profile:1: line longer"));
-        ck_assert_int_eq(fsd_profile_parse("default allow\n\0x", 16, "t.profile", &src, err,
-                                           sizeof(err)),
-                         -EINVAL);
+        ck_assert_int_eq(
+            fsd_profile_parse("default allow\n\0x", 16, "t.profile", &src, err, sizeof(err)),
+            -EINVAL);
         ck_assert_ptr_nonnull(strstr(err, ":2: NUL byte"));
         memset(big, '\n', sizeof(big));
         ck_assert_int_eq(fsd_profile_parse(big, sizeof(big), "t.profile", &src, err, sizeof(err)),

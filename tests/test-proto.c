@@ -222,25 +222,25 @@ static void b_trailing(struct fs_msgw *w)
 }
 
 static const struct bad_case bad[] = {
-        {"missing path", -EBADMSG, b_no_path, 0},
-        {"duplicate path", -EBADMSG, b_dup_path, 0},
-        {"relative path", -EINVAL, b_relative, 0},
-        {"no argv[0]", -EBADMSG, b_no_argv0, 0},
-        {"string without NUL", -EBADMSG, b_no_nul, 0},
-        {"string with inner NUL", -EBADMSG, b_inner_nul, 0},
-        {"zero-length string", -EBADMSG, b_empty_str, 0},
-        {"unknown field", -EBADMSG, b_unknown_field, 0},
-        {"field of another message", -EBADMSG, b_foreign_field, 0},
-        {"u32 field of wrong length", -EBADMSG, b_fd_wrong_len, 0},
-        {"more fds than FD fields", -EBADMSG, b_fd_count, 2},
-        {"fewer fds than FD fields", -EBADMSG, b_fd_count, 0},
-        {"child fd twice", -EINVAL, b_fd_dup, 2},
-        {"child fd too large", -EINVAL, b_fd_big, 1},
-        {"env without =", -EINVAL, b_env, 0},
-        {"env with empty name", -EINVAL, b_env_empty_name, 0},
-        {"unknown flags", -EINVAL, b_flags, 0},
-        {"relative cwd", -EINVAL, b_cwd, 0},
-        {"trailing bytes", -EBADMSG, b_trailing, 0},
+    {"missing path", -EBADMSG, b_no_path, 0},
+    {"duplicate path", -EBADMSG, b_dup_path, 0},
+    {"relative path", -EINVAL, b_relative, 0},
+    {"no argv[0]", -EBADMSG, b_no_argv0, 0},
+    {"string without NUL", -EBADMSG, b_no_nul, 0},
+    {"string with inner NUL", -EBADMSG, b_inner_nul, 0},
+    {"zero-length string", -EBADMSG, b_empty_str, 0},
+    {"unknown field", -EBADMSG, b_unknown_field, 0},
+    {"field of another message", -EBADMSG, b_foreign_field, 0},
+    {"u32 field of wrong length", -EBADMSG, b_fd_wrong_len, 0},
+    {"more fds than FD fields", -EBADMSG, b_fd_count, 2},
+    {"fewer fds than FD fields", -EBADMSG, b_fd_count, 0},
+    {"child fd twice", -EINVAL, b_fd_dup, 2},
+    {"child fd too large", -EINVAL, b_fd_big, 1},
+    {"env without =", -EINVAL, b_env, 0},
+    {"env with empty name", -EINVAL, b_env_empty_name, 0},
+    {"unknown flags", -EINVAL, b_flags, 0},
+    {"relative cwd", -EINVAL, b_cwd, 0},
+    {"trailing bytes", -EBADMSG, b_trailing, 0},
 };
 
 START_TEST(spawn_refusals)
@@ -436,8 +436,7 @@ START_TEST(spawn_cred_and_signal)
         ck_assert_int_eq(parse_spawn(mem, len, 0, &sp, &why), 0);
         ck_assert(!sp.has_cred);
         /* as the front forwards it: the client's uid, gid and groups */
-        ck_assert_int_eq(fs_proto_append_cred(mem, &len, sizeof(mem), 65534, 65533, groups, 2),
-                         0);
+        ck_assert_int_eq(fs_proto_append_cred(mem, &len, sizeof(mem), 65534, 65533, groups, 2), 0);
         ck_assert_int_eq(fs_proto_parse_hdr(mem, len, &h, &p), 0);
         ck_assert_int_eq(fs_proto_parse_spawn(&p, 0, true, ptrs, FS_ARRAY_SIZE(ptrs), &sp, &why),
                          0);
@@ -449,9 +448,8 @@ START_TEST(spawn_cred_and_signal)
         /* a client may not name whom its worker runs as */
         ck_assert_int_eq(parse_spawn(mem, len, 0, &sp, &why), -EBADMSG);
         ck_assert_str_eq(why, "CRED fields only come from the server");
-        ck_assert_int_eq(fs_proto_append_cred(mem, &len, sizeof(mem), 1, 1, groups,
-                                              FS_MAX_GROUPS + 1),
-                         -E2BIG);
+        ck_assert_int_eq(
+            fs_proto_append_cred(mem, &len, sizeof(mem), 1, 1, groups, FS_MAX_GROUPS + 1), -E2BIG);
         /* a CRED of the wrong length is malformed, even from the front */
         fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_SPAWN, 3);
         fs_msg_put_str(&w, FS_F_PATH, "/bin/true");

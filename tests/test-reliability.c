@@ -2,8 +2,8 @@
  * Reliability: the real daemon under load, under faults and under hostile input. Each test
  * states what it proves; the figures it prints go to docs/SECURITY.md.
  */
-#include "daemon.h"
 #include "common/log.h"
+#include "daemon.h"
 
 #include <stdbool.h>
 #include <sys/pidfd.h>
@@ -196,8 +196,9 @@ static void load_test(bool fork_mode)
         ck_assert_uint_eq(fds1, fds0);
         ck_assert_int_eq(count_zombies(d.pid), 0);
         printf("load %s: %d clients x %d spawns in %lld ms; daemon fds %llu -> %llu, "
-               "RSS %ld -> %ld KiB\n", fork_mode ? "fork" : "exec", LOAD_CLIENTS, LOAD_SPAWNS,
-               (long long)ms, (unsigned long long)fds0, (unsigned long long)fds1, rss0, rss1);
+               "RSS %ld -> %ld KiB\n",
+               fork_mode ? "fork" : "exec", LOAD_CLIENTS, LOAD_SPAWNS, (long long)ms,
+               (unsigned long long)fds0, (unsigned long long)fds1, rss0, rss1);
 #if !defined(__SANITIZE_ADDRESS__)
         /* (ASan's quarantine holds freed memory on purpose) */
         ck_assert_msg(rss1 - rss0 <= 256, "daemon RSS grew from %ld to %ld KiB", rss0, rss1);
@@ -406,8 +407,7 @@ START_TEST(sigterm_with_100_workers)
         t0 = fs_now_ms();
         st = daemon_stop(&d); /* asserts the socket is gone */
         ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-        printf("SIGTERM with 100 workers: exit 0 after %lld ms\n",
-               (long long)(fs_now_ms() - t0));
+        printf("SIGTERM with 100 workers: exit 0 after %lld ms\n", (long long)(fs_now_ms() - t0));
         for (int i = 0; i < 100; i++) {
                 ck_assert_msg(pidfd_dead_within(pidfds[i], 0), "worker %d survived", i);
                 close(pidfds[i]);
@@ -434,7 +434,8 @@ START_TEST(sigkill_daemon)
         for (size_t i = 0; i < nz; i++)
                 ck_assert_int_ge(zfds[i] = pidfd_open(zyg[i], 0), 0);
         for (int i = 0; i < 4; i++) {
-                struct forkserver_spawn_args a = {.path = sleeper[0], .argv = sleeper,
+                struct forkserver_spawn_args a = {.path = sleeper[0],
+                                                  .argv = sleeper,
                                                   .flags = i == 3 ? FORKSERVER_SPAWN_DETACH : 0};
                 struct forkserver_proc *w;
 
@@ -554,13 +555,12 @@ START_TEST(out_of_fds)
         o.socket_path = d.sock;
         o.key_file = d.key;
         o.server_uid = d.run_as; /* its socket and directory are that uid's */
-        if (d.run_as) { /* a key file must belong to its reader: we get our own copy */
+        if (d.run_as) {          /* a key file must belong to its reader: we get our own copy */
                 int kf;
 
                 snprintf(mine, sizeof(mine), "%s/client-key", d.dir);
                 first_line(d.key, hex, sizeof(hex));
-                ck_assert_int_ge(kf = open(mine, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600),
-                                 0);
+                ck_assert_int_ge(kf = open(mine, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600), 0);
                 ck_assert_int_eq(fs_write_all(kf, hex, strlen(hex)), 0);
                 close(kf);
                 o.key_file = mine;
@@ -576,8 +576,8 @@ START_TEST(out_of_fds)
         /* a request carrying fds */
         ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
         struct forkserver_fd_map map = {1, p[1]};
-        struct forkserver_spawn_args b = {.path = sleeper[0], .argv = sleeper, .fds = &map,
-                                          .nfds = 1};
+        struct forkserver_spawn_args b = {
+            .path = sleeper[0], .argv = sleeper, .fds = &map, .nfds = 1};
         ck_assert_int_eq(try_spawn(fs, &b, &extra, why, sizeof(why)), -EMFILE);
         ck_assert_msg(strstr(why, "fds sent with the request were dropped"), "%s", why);
         /* a new client is told why */
@@ -687,8 +687,8 @@ START_TEST(out_of_processes)
         daemon_start(&d, d.run_as ? as_root : NULL);
         /* a key file must belong to its reader: we get our own copy */
         char mine[160], hex[FS_KEY_HEX_LEN + 1];
-        struct forkserver_options o = {.socket_path = d.sock, .key_file = mine, .key_fd = -1,
-                                       .server_uid = d.run_as};
+        struct forkserver_options o = {
+            .socket_path = d.sock, .key_file = mine, .key_fd = -1, .server_uid = d.run_as};
         const char *cwhy;
         int kf;
 
@@ -774,7 +774,9 @@ static void send_surplus(int s, const void *buf, size_t len, int fd, size_t n)
                 char b[CMSG_SPACE(sizeof(int) * 128)];
         } ctl;
         struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
-        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b,
+        struct msghdr mh = {.msg_iov = &iov,
+                            .msg_iovlen = 1,
+                            .msg_control = ctl.b,
                             .msg_controllen = CMSG_SPACE(sizeof(int) * n)};
         struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
 
@@ -838,11 +840,15 @@ START_TEST(hostile_datagrams)
                 const char *what;
                 bool cut;
         } cases[] = {
-                {"truncated header", true},     {"payload shorter than its length", true},
-                {"wrong version", true},        {"unknown type", true},
-                {"fds where none allowed", false}, {"more fds than FD fields", false},
-                {"second HELLO", false},        {"AUTH again", false},
-                {"surplus fds beyond the cap", true},
+            {"truncated header", true},
+            {"payload shorter than its length", true},
+            {"wrong version", true},
+            {"unknown type", true},
+            {"fds where none allowed", false},
+            {"more fds than FD fields", false},
+            {"second HELLO", false},
+            {"AUTH again", false},
+            {"surplus fds beyond the cap", true},
         };
         for (size_t i = 0; i < FS_ARRAY_SIZE(cases); i++) {
                 s = raw_connect(d.sock);
@@ -896,7 +902,8 @@ START_TEST(hostile_datagrams)
                         ck_assert_msg(fs_fdpass_send(s, buf, (size_t)n, NULL, 0, 0) == 0,
                                       "case %s: connection cut", cases[i].what);
                         n = raw_recv(s, buf, sizeof(buf), 2000);
-                        ck_assert_msg(n > 0 && msg_type(buf, n) == FS_MSG_OK, "case %s", cases[i].what);
+                        ck_assert_msg(n > 0 && msg_type(buf, n) == FS_MSG_OK, "case %s",
+                                      cases[i].what);
                 }
                 close(s);
         }
@@ -994,9 +1001,8 @@ START_TEST(replayed_auth_refused)
         s = raw_connect(d.sock);
         ck_assert_int_gt(n = raw_recv(s, buf, sizeof(buf), 2000), 0);
         fs_creds_self(&self);
-        ck_assert_int_gt(alen = fs_auth_client_hello(&c, k, &self, buf, (size_t)n, auth,
-                                                      sizeof(auth), NULL),
-                         0);
+        ck_assert_int_gt(
+            alen = fs_auth_client_hello(&c, k, &self, buf, (size_t)n, auth, sizeof(auth), NULL), 0);
         send_raw(s, auth, (size_t)alen, NULL, 0);
         ck_assert_int_gt(n = raw_recv(s, buf, sizeof(buf), 2000), 0);
         ck_assert_int_eq(fs_auth_client_finish(&c, k, buf, (size_t)n, NULL), 0);

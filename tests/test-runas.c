@@ -158,8 +158,8 @@ static void user_paths(void)
 
 static struct forkserver *connect_root(int *ret)
 {
-        struct forkserver_options o = {.socket_path = d.sock, .key_file = root_key, .key_fd = -1,
-                                       .server_uid = DAEMON_UID};
+        struct forkserver_options o = {
+            .socket_path = d.sock, .key_file = root_key, .key_fd = -1, .server_uid = DAEMON_UID};
         struct forkserver *fs = NULL;
         const char *why = "";
 
@@ -202,8 +202,8 @@ START_TEST(own_workers_have_no_caps)
         ck_assert_uint_eq(daemon_stat(fs, "workers_run_as"), geteuid() == 0 ? 2 : 1);
         assert_daemon_caps(d.pid, geteuid() == 0 ? CAPS_SWITCH : 0);
         /* forkctl status says so in a word */
-        const char *const ctl[] = {env_or_die("FORKCTL"), "--socket", d.sock, "--key-file", d.key,
-                                   "status", NULL};
+        const char *const ctl[] = {
+            env_or_die("FORKCTL"), "--socket", d.sock, "--key-file", d.key, "status", NULL};
         char out[8192];
 
         ck_assert_int_eq(run_cmd(ctl, out, sizeof(out)), 0);
@@ -236,8 +236,8 @@ static pid_t client_as(const struct client *c, int report, int done, int done_w)
 
         ck_assert_int_ge(pid, 0);
         if (pid == 0) {
-                struct forkserver_options o = {.socket_path = d.sock, .key_fd = -1,
-                                               .server_uid = DAEMON_UID};
+                struct forkserver_options o = {
+                    .socket_path = d.sock, .key_fd = -1, .server_uid = DAEMON_UID};
                 const struct forkserver_spawn_args *kinds[] = {&exec_sleep, &fork_sleep};
                 struct forkserver_key *key;
                 struct forkserver *fs;

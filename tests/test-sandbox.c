@@ -10,11 +10,34 @@ static const char *const all_profiles[] = {"--allow-profile", "default,default-k
 
 /* Each class the default profile denies, probed by sysprobe with a raw syscall. */
 static const char *const denied[] = {
-        "ptrace", "process_vm_readv", "bpf", "perf_event_open", "userfaultfd", "kexec_load",
-        "init_module", "delete_module", "mount", "umount2", "pivot_root", "chroot", "fsopen",
-        "unshare", "setns", "clone_newuser", "keyctl", "add_key", "io_uring_setup", "reboot",
-        "swapon", "clock_settime", "settimeofday", "personality", "tiocsti", "tiocsti_high",
-        "tioclinux", "open_by_handle_at",
+    "ptrace",
+    "process_vm_readv",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "kexec_load",
+    "init_module",
+    "delete_module",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "fsopen",
+    "unshare",
+    "setns",
+    "clone_newuser",
+    "keyctl",
+    "add_key",
+    "io_uring_setup",
+    "reboot",
+    "swapon",
+    "clock_settime",
+    "settimeofday",
+    "personality",
+    "tiocsti",
+    "tiocsti_high",
+    "tioclinux",
+    "open_by_handle_at",
 };
 
 /* Runs sysprobe ARGS under profile; returns the wait status. */
@@ -76,8 +99,8 @@ START_TEST(filter_is_the_cause)
 {
         /* Calls whose unfiltered result is never EPERM, whatever the uid: with no profile
          * they go through, so the EPERM above came from the filter. */
-        static const char *const calls[] = {"ptrace", "process_vm_readv", "personality",
-                                            "tiocsti", "io_uring_setup", "clone3"};
+        static const char *const calls[] = {"ptrace",  "process_vm_readv", "personality",
+                                            "tiocsti", "io_uring_setup",   "clone3"};
         struct forkserver *fs;
 
         daemon_start(&d, all_profiles);
@@ -95,8 +118,8 @@ END_TEST
 
 START_TEST(default_allows_normal_work)
 {
-        static const char *const work[] = {"files", "socketpair", "thread", "memory", "fork",
-                                           "getrandom"};
+        static const char *const work[] = {"files",  "socketpair", "thread",
+                                           "memory", "fork",       "getrandom"};
         const char *sh[] = {"/bin/sh", "-c", "echo $(echo nested) | cat >/dev/null", NULL};
         struct forkserver_spawn_args a = {.path = sh[0], .argv = sh};
         struct forkserver_proc *w;
@@ -145,12 +168,15 @@ START_TEST(strict_allowlist)
         /* forkctl exits 128+SIGSYS when a worker is killed by seccomp; a strict worker talks
          * over the fds it was given */
         const char *ctl = env_or_die("FORKCTL");
-        const char *run[] = {ctl, "--socket", d.sock, "--key-file", d.key, "run", "--profile",
-                             "strict", "--", env_or_die("SYSPROBE"), "rawfork", NULL};
+        const char *run[] = {ctl,       "--socket",  d.sock,   "--key-file", d.key,
+                             "run",     "--profile", "strict", "--",         env_or_die("SYSPROBE"),
+                             "rawfork", NULL};
         st = run_cmd(run, out, sizeof(out));
         ck_assert(EXITS(st, 128 + SIGSYS));
-        const char *wrfd[] = {ctl, "--socket", d.sock, "--key-file", d.key, "run", "--profile",
-                              "strict", "--", env_or_die("SYSPROBE"), "writefd", "1", NULL};
+        const char *wrfd[] = {
+            ctl,       "--socket",  d.sock,   "--key-file", d.key,
+            "run",     "--profile", "strict", "--",         env_or_die("SYSPROBE"),
+            "writefd", "1",         NULL};
         st = run_cmd(wrfd, out, sizeof(out));
         ck_assert(EXITS(st, 0));
         ck_assert_str_eq(out, "ok\n");
@@ -182,8 +208,8 @@ END_TEST
 
 START_TEST(min_profile_stacks)
 {
-        const char *const extra[] = {"--allow-profile", "none,default", "--min-profile",
-                                     "strict", NULL};
+        const char *const extra[] = {"--allow-profile", "none,default", "--min-profile", "strict",
+                                     NULL};
         struct forkserver *fs;
 
         daemon_start(&d, extra);
@@ -220,11 +246,14 @@ START_TEST(profile_dir)
         snprintf(pdir, sizeof(pdir), "%s/profiles", d.dir);
         ck_assert_int_eq(mkdir(pdir, 0700), 0);
         snprintf(pfile, sizeof(pfile), "%s/nosock.profile", pdir);
-        write_file(pfile, "# sockets are someone else's job\ndefault allow\nkill socket\n"
-                          "errno EACCES socketpair\n", 0600);
+        write_file(pfile,
+                   "# sockets are someone else's job\ndefault allow\nkill socket\n"
+                   "errno EACCES socketpair\n",
+                   0600);
         snprintf(arg, sizeof(arg), "%s", pdir);
-        const char *args[] = {"--socket", d.sock, "--key-file", d.key, "--profile-dir", arg,
-                              "--allow-profile", "default,nosock", NULL};
+        const char *args[] = {
+            "--socket",        d.sock,           "--key-file", d.key, "--profile-dir", arg,
+            "--allow-profile", "default,nosock", NULL};
         ck_assert_int_eq(daemon_spawn(&d, args, &st), 0);
         fs = daemon_connect(&d);
         ck_assert(SECCOMP_KILLED(probe(fs, "nosock", "socket", NULL)));
@@ -235,9 +264,16 @@ START_TEST(profile_dir)
 
         /* a bad line stops start-up with file:line and the token */
         write_file(pfile, "default allow\nkill socket not_a_syscall\n", 0600);
-        const char *bad[] = {env_or_die("FORKSERVERD"), "--foreground", "--allow-root-workers",
-                             "--socket", d.sock,
-                             "--key-file", d.key, "--profile-dir", pdir, NULL};
+        const char *bad[] = {env_or_die("FORKSERVERD"),
+                             "--foreground",
+                             "--allow-root-workers",
+                             "--socket",
+                             d.sock,
+                             "--key-file",
+                             d.key,
+                             "--profile-dir",
+                             pdir,
+                             NULL};
         st = exec_capture(bad, 2, errbuf, sizeof(errbuf));
         ck_assert(EXITS(st, 1));
         ck_assert_msg(strstr(errbuf, "nosock.profile:2: unknown syscall 'not_a_syscall'"),
@@ -274,9 +310,10 @@ START_TEST(child_hygiene)
         fs = daemon_connect(&d);
 
         struct forkserver_spawn_args a = {0};
-        st = shell(fs, &a, "grep -E '^(SigBlk|SigIgn|NoNewPrivs|Seccomp):' /proc/self/status; "
-                           "grep 'core file' /proc/self/limits | tr -s ' '; umask", out,
-                   sizeof(out));
+        st = shell(fs, &a,
+                   "grep -E '^(SigBlk|SigIgn|NoNewPrivs|Seccomp):' /proc/self/status; "
+                   "grep 'core file' /proc/self/limits | tr -s ' '; umask",
+                   out, sizeof(out));
         ck_assert(EXITS(st, 0));
         ck_assert_str_eq(out, "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
                               "NoNewPrivs:\t1\nSeccomp:\t2\nMax core file size 0 0 bytes \n0022\n");
@@ -287,8 +324,7 @@ START_TEST(child_hygiene)
         ck_assert(EXITS(st, 0));
         ck_assert_str_eq(out, "/dev/null\n/dev/null\n");
         const char *to_err[] = {"/bin/sh", "-c",
-                                "x=$(readlink /proc/$$/fd/0 /proc/$$/fd/1); echo \"$x\" >&2",
-                                NULL};
+                                "x=$(readlink /proc/$$/fd/0 /proc/$$/fd/1); echo \"$x\" >&2", NULL};
         a = (struct forkserver_spawn_args){.path = to_err[0], .argv = to_err};
         st = spawn_capture(fs, &a, 2, out, sizeof(out));
         ck_assert(EXITS(st, 0));
@@ -296,11 +332,14 @@ START_TEST(child_hygiene)
 
         /* rlimits, umask and a process group as asked */
         struct forkserver_rlimit rl[] = {{RLIMIT_NOFILE, 64, 64}, {RLIMIT_CORE, 4096, 8192}};
-        a = (struct forkserver_spawn_args){.rlimits = rl, .nrlimits = 2,
+        a = (struct forkserver_spawn_args){.rlimits = rl,
+                                           .nrlimits = 2,
                                            .umask = FORKSERVER_UMASK(077),
                                            .flags = FORKSERVER_SPAWN_NEWPGRP};
-        st = shell(fs, &a, "grep -E 'open files|core file' /proc/self/limits | tr -s ' '; umask; "
-                           "echo $(cut -d' ' -f5 /proc/$$/stat) $$", out, sizeof(out));
+        st = shell(fs, &a,
+                   "grep -E 'open files|core file' /proc/self/limits | tr -s ' '; umask; "
+                   "echo $(cut -d' ' -f5 /proc/$$/stat) $$",
+                   out, sizeof(out));
         ck_assert(EXITS(st, 0));
         char *pg = strrchr(out, '\n');
         *pg = '\0';
@@ -326,7 +365,8 @@ START_TEST(child_hygiene)
                 struct forkserver_proc *w;
                 a = (struct forkserver_spawn_args){.path = "/bin/true",
                                                    .argv = (const char *[]){"true", NULL},
-                                                   .rlimits = up, .nrlimits = 1};
+                                                   .rlimits = up,
+                                                   .nrlimits = 1};
                 ck_assert_int_eq(forkserver_spawn(fs, &a, &w), -EPERM);
                 ck_assert_ptr_nonnull(strstr(forkserver_error(fs), "rlimit"));
         }

@@ -76,7 +76,7 @@ struct range {
         struct alloc *a; /* mappings only */
         unsigned char *host;
         bool access;
-        void *raw;       /* reservations: what mmap gave (aligned inside), and its size */
+        void *raw; /* reservations: what mmap gave (aligned inside), and its size */
         size_t rawsize;
 };
 
@@ -91,8 +91,7 @@ struct op {
 };
 
 static pid_t init_pid;
-static int ndev = 1, retained[MAX_DEV], excl_fd[MAX_DEV], driver_version = 13000,
-           compute_mode;
+static int ndev = 1, retained[MAX_DEV], excl_fd[MAX_DEV], driver_version = 13000, compute_mode;
 static size_t mem_bytes = 256u << 20, granularity = 2u << 20, ctx_bytes = 16u << 20;
 static bool no_vmm, no_posix_fd;
 static struct range maps[MAX_MAP], reserved[MAX_MAP];
@@ -244,8 +243,12 @@ static struct alloc *new_alloc(int fd, size_t size, int dev, bool created)
 
                         if (!a)
                                 return NULL;
-                        *a = (struct alloc){.handle = ++next_handle, .fd = fd, .size = size,
-                                            .dev = dev, .handle_live = true, .created = created};
+                        *a = (struct alloc){.handle = ++next_handle,
+                                            .fd = fd,
+                                            .size = size,
+                                            .dev = dev,
+                                            .handle_live = true,
+                                            .created = created};
                         return allocs[i] = a;
                 }
         return NULL;
@@ -262,8 +265,10 @@ static void leak_check(void)
         for (int i = 0; i < MAX_MAP; i++)
                 n += !!maps[i].size + !!reserved[i].size;
         if (n || misuses) {
-                fprintf(stderr, "fakecuda: %d allocations, mappings or reservations leaked, %d "
-                        "handles released twice or never made\n", n, misuses);
+                fprintf(stderr,
+                        "fakecuda: %d allocations, mappings or reservations leaked, %d "
+                        "handles released twice or never made\n",
+                        n, misuses);
                 _exit(99);
         }
 }
@@ -508,8 +513,7 @@ static CUresult check_prop(const CUmemAllocationProp *prop)
                 return CUDA_ERROR_INVALID_VALUE;
         /* what must be zero is: Windows' metadata, the reserved bytes, flags we lack */
         if (prop->win32HandleMetaData || prop->allocFlags.compressionType ||
-            prop->allocFlags.usage ||
-            memcmp(prop->allocFlags.reserved, zero, sizeof(zero)) != 0 ||
+            prop->allocFlags.usage || memcmp(prop->allocFlags.reserved, zero, sizeof(zero)) != 0 ||
             (prop->requestedHandleTypes & ~CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR))
                 return CUDA_ERROR_INVALID_VALUE;
         if (no_vmm)
@@ -665,8 +669,8 @@ static struct range *find(struct range *t, CUdeviceptr p, size_t n, bool exact)
 {
         for (int i = 0; i < MAX_MAP; i++)
                 if (t[i].size && p >= t[i].base && p - t[i].base <= t[i].size &&
-                    n <= t[i].size - (p - t[i].base) && (!exact || (p == t[i].base &&
-                                                                    n == t[i].size)))
+                    n <= t[i].size - (p - t[i].base) &&
+                    (!exact || (p == t[i].base && n == t[i].size)))
                         return &t[i];
         return NULL;
 }
@@ -718,8 +722,7 @@ CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAlloc
 
         CHECK();
         if (!a || offset != 0 || flags || size != a->size || ptr % granularity ||
-            !find(reserved, ptr, size, false) || find(maps, ptr, size, false) ||
-            !(m = slot(maps)))
+            !find(reserved, ptr, size, false) || find(maps, ptr, size, false) || !(m = slot(maps)))
                 return CUDA_ERROR_INVALID_VALUE;
         host = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, a->fd, 0);
         if (host == MAP_FAILED)
@@ -806,8 +809,7 @@ CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *des
 
         CHECK();
         if (!desc || count != 1 || !(m = find(maps, ptr, size, true)) ||
-            desc->location.type != CU_MEM_LOCATION_TYPE_DEVICE ||
-            desc->location.id != m->a->dev ||
+            desc->location.type != CU_MEM_LOCATION_TYPE_DEVICE || desc->location.id != m->a->dev ||
             (desc->flags != CU_MEM_ACCESS_FLAGS_PROT_READWRITE &&
              desc->flags != CU_MEM_ACCESS_FLAGS_PROT_READ &&
              desc->flags != CU_MEM_ACCESS_FLAGS_PROT_NONE))
@@ -880,15 +882,15 @@ CUresult cuGetErrorName(CUresult r, const char **s)
                 CUresult r;
                 const char *name;
         } names[] = {
-                {CUDA_SUCCESS, "CUDA_SUCCESS"},
-                {CUDA_ERROR_INVALID_VALUE, "CUDA_ERROR_INVALID_VALUE"},
-                {CUDA_ERROR_OUT_OF_MEMORY, "CUDA_ERROR_OUT_OF_MEMORY"},
-                {CUDA_ERROR_NOT_INITIALIZED, "CUDA_ERROR_NOT_INITIALIZED"},
-                {CUDA_ERROR_NO_DEVICE, "CUDA_ERROR_NO_DEVICE"},
-                {CUDA_ERROR_INVALID_DEVICE, "CUDA_ERROR_INVALID_DEVICE"},
-                {CUDA_ERROR_INVALID_CONTEXT, "CUDA_ERROR_INVALID_CONTEXT"},
-                {CUDA_ERROR_NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED"},
-                {CUDA_ERROR_DEVICE_UNAVAILABLE, "CUDA_ERROR_DEVICE_UNAVAILABLE"},
+            {CUDA_SUCCESS, "CUDA_SUCCESS"},
+            {CUDA_ERROR_INVALID_VALUE, "CUDA_ERROR_INVALID_VALUE"},
+            {CUDA_ERROR_OUT_OF_MEMORY, "CUDA_ERROR_OUT_OF_MEMORY"},
+            {CUDA_ERROR_NOT_INITIALIZED, "CUDA_ERROR_NOT_INITIALIZED"},
+            {CUDA_ERROR_NO_DEVICE, "CUDA_ERROR_NO_DEVICE"},
+            {CUDA_ERROR_INVALID_DEVICE, "CUDA_ERROR_INVALID_DEVICE"},
+            {CUDA_ERROR_INVALID_CONTEXT, "CUDA_ERROR_INVALID_CONTEXT"},
+            {CUDA_ERROR_NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED"},
+            {CUDA_ERROR_DEVICE_UNAVAILABLE, "CUDA_ERROR_DEVICE_UNAVAILABLE"},
         };
 
         if (!s)

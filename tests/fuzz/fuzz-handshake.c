@@ -17,8 +17,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         static uint8_t out[FS_MAX_MSG];
         /* Fixed credentials on both sides, as if the client were the peer the kernel reports:
          * even then, random bytes never authenticate. */
-        static const struct fs_creds peer = {.uid = 1000, .gid = 1000, .pid = 4242,
-                                             .pidns = {[7] = 4, [12] = 0xf0, [15] = 0x36}};
+        static const struct fs_creds peer = {
+            .uid = 1000, .gid = 1000, .pid = 4242, .pidns = {[7] = 4, [12] = 0xf0, [15] = 0x36}};
         struct fs_auth_server s;
         struct fs_auth_client c;
         size_t out_len;
@@ -36,8 +36,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 const uint8_t *end = memmem(data + off, size - off, "FSZZ", 4);
                 size_t len = end ? (size_t)(end - (data + off)) : size - off;
 
-                r = fs_auth_server_recv(&s, key, data + off, len, i % 2, out, sizeof(out),
-                                        &out_len, &why);
+                r = fs_auth_server_recv(&s, key, data + off, len, i % 2, out, sizeof(out), &out_len,
+                                        &why);
                 /* Random bytes never authenticate, and every failure is final. */
                 if (r == 0 || (r < 0 && s.state != FS_AUTH_FAILED && s.state != FS_AUTH_HELLO_SENT))
                         __builtin_trap();

@@ -56,8 +56,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 bool gpu_fds = data[0] & 0x80;
                 struct fs_buf again = p;
 
-                if (gpu_fds && fs_proto_parse_spawn(&again, nfds, true, ptrs, FS_SPAWN_PTRS, &sp,
-                                                    &why) == 0 &&
+                if (gpu_fds &&
+                    fs_proto_parse_spawn(&again, nfds, true, ptrs, FS_SPAWN_PTRS, &sp, &why) == 0 &&
                     (sp.ngpu > FS_MAX_GPU || sp.nfds + sp.ngpu != nfds ||
                      sp.ngroups > FS_MAX_GROUPS || (sp.ngroups && !sp.has_cred)))
                         __builtin_trap();
@@ -72,8 +72,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                 n += __builtin_strlen(sp.envp[i]);
                         /* exec mode: an absolute path and argv[0]; fork mode: an entry, no argv */
                         bool exec_ok = sp.path && !sp.entry && sp.argc > 0 && sp.path[0] == '/';
-                        bool fork_ok = sp.entry && !sp.path && sp.argc == 0 &&
-                                       fs_proto_entry_ok(sp.entry);
+                        bool fork_ok =
+                            sp.entry && !sp.path && sp.argc == 0 && fs_proto_entry_ok(sp.entry);
 
                         /* CRED comes only from the front */
                         if (n == SIZE_MAX || sp.nfds != nfds || !(exec_ok || fork_ok) ||

@@ -22,8 +22,8 @@ int main(int argc, char **argv)
 {
         static uint8_t m[FS_MAX_MSG], a[FS_MAX_MSG];
         /* the fuzz target's credentials (fuzz-handshake.c) */
-        static const struct fs_creds peer = {.uid = 1000, .gid = 1000, .pid = 4242,
-                                             .pidns = {[7] = 4, [12] = 0xf0, [15] = 0x36}};
+        static const struct fs_creds peer = {
+            .uid = 1000, .gid = 1000, .pid = 4242, .pidns = {[7] = 4, [12] = 0xf0, [15] = 0x36}};
         struct fs_auth_server s;
         struct fs_auth_client c;
         struct fs_key *k;
@@ -110,8 +110,10 @@ int main(int argc, char **argv)
         memcpy(a + an, "FSZZ", 4);
         fs_msg_begin(&w, a + an + 4, sizeof(a) - (size_t)an - 4, FS_MSG_PING, 2);
         save(argv[2], "auth-then-ping", 0xff, a, an + 4 + fs_msg_finish(&w));
-        save(argv[3], "hex", 0xff, (const uint8_t *)"00112233445566778899aabbccddeeff0011223344"
-                                                     "5566778899aabbccddeeff\n", 65);
+        save(argv[3], "hex", 0xff,
+             (const uint8_t *)"00112233445566778899aabbccddeeff0011223344"
+                              "5566778899aabbccddeeff\n",
+             65);
         save(argv[3], "raw", 0xff, k->bytes, 32);
         fs_key_free(k);
         return 0;

@@ -3,8 +3,8 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <stdint.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,9 +86,8 @@ static int count_fds(void)
 /* Prints what the worker was given: arg, channel, fds, open fds and $X, on stdout. */
 int job_report(const struct forkserver_worker *w)
 {
-        printf("arg=%.*s channel=%d nfds=%zu open=%d X=%s\n", (int)w->arglen,
-               (const char *)w->arg, w->channel_fd, w->nfds, count_fds(),
-               getenv("X") ? getenv("X") : "-");
+        printf("arg=%.*s channel=%d nfds=%zu open=%d X=%s\n", (int)w->arglen, (const char *)w->arg,
+               w->channel_fd, w->nfds, count_fds(), getenv("X") ? getenv("X") : "-");
         return 0;
 }
 

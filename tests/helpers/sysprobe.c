@@ -5,19 +5,19 @@
  * that a seccomp filter sees exactly the call named.
  */
 #include <errno.h>
-#include <stdbool.h>
-#include <stdint.h>
 #include <fcntl.h>
 #include <linux/sched.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/random.h>
 #include <sys/ptrace.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -57,18 +57,18 @@ static int work(const char *what, const char *arg)
                 char c;
 
                 return socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0 &&
-                                       write(sv[0], "x", 1) == 1 && read(sv[1], &c, 1) == 1
-                               ? 0
-                               : 1;
+                               write(sv[0], "x", 1) == 1 && read(sv[1], &c, 1) == 1
+                           ? 0
+                           : 1;
         }
         if (strcmp(what, "thread") == 0) {
                 pthread_t t;
                 void *ret;
 
                 return pthread_create(&t, NULL, thread_main, (void *)7) == 0 &&
-                                       pthread_join(t, &ret) == 0 && ret == (void *)7
-                               ? 0
-                               : 1;
+                               pthread_join(t, &ret) == 0 && ret == (void *)7
+                           ? 0
+                           : 1;
         }
         if (strcmp(what, "memory") == 0) {
                 size_t n = 64 << 20;
