@@ -16,17 +16,17 @@
 /* Every function used, by its name in cuda.h; the struct members (and the symbols looked up)
  * get the ABI names that cuda.h maps them to (cuMemsetD8 → cuMemsetD8_v2). The legacy
  * cuIpc* calls are deliberately absent: their handles are bearer secrets. */
+// clang-format off
 #define FS_CUDA_FUNCS(X)                                                                           \
-        X(cuInit)                                                                                  \
-        X(cuDriverGetVersion) X(cuDeviceGetCount) X(cuDeviceGet) X(cuDeviceGetAttribute)           \
-            X(cuDeviceGetUuid) X(cuDevicePrimaryCtxRetain) X(cuDevicePrimaryCtxRelease)            \
-                X(cuCtxSetCurrent) X(cuCtxPushCurrent) X(cuCtxPopCurrent) X(cuCtxSynchronize)      \
-                    X(cuDeviceTotalMem) X(cuMemGetInfo) X(cuMemGetAllocationGranularity)           \
-                        X(cuMemCreate) X(cuMemRelease) X(cuMemExportToShareableHandle)             \
-                            X(cuMemImportFromShareableHandle) X(cuMemAddressReserve)               \
-                                X(cuMemAddressFree) X(cuMemMap) X(cuMemUnmap) X(cuMemSetAccess)    \
-                                    X(cuMemsetD8) X(cuMemcpyHtoD) X(cuMemcpyDtoH)                  \
-                                        X(cuGetErrorName)
+        X(cuInit) X(cuDriverGetVersion) X(cuDeviceGetCount) X(cuDeviceGet)                         \
+        X(cuDeviceGetAttribute) X(cuDeviceGetUuid) X(cuDevicePrimaryCtxRetain)                     \
+        X(cuDevicePrimaryCtxRelease) X(cuCtxSetCurrent) X(cuCtxPushCurrent) X(cuCtxPopCurrent)     \
+        X(cuCtxSynchronize) X(cuDeviceTotalMem) X(cuMemGetInfo) X(cuMemGetAllocationGranularity)   \
+        X(cuMemCreate) X(cuMemRelease) X(cuMemExportToShareableHandle)                             \
+        X(cuMemImportFromShareableHandle) X(cuMemAddressReserve) X(cuMemAddressFree) X(cuMemMap)   \
+        X(cuMemUnmap) X(cuMemSetAccess) X(cuMemsetD8) X(cuMemcpyHtoD) X(cuMemcpyDtoH)              \
+        X(cuGetErrorName)
+// clang-format on
 
 struct fs_cuda {
 #define FS_CUDA_MEMBER(f) __typeof__(f) *f;

@@ -2,7 +2,7 @@
 # Installs the Debian packages the build and the tests need, if any is missing.
 set -euo pipefail
 pkgs=(meson ninja-build pkg-config gcc libssl-dev libseccomp-dev check clang libclang-rt-14-dev
-      valgrind python3 python3-dev procps scdoc
+      valgrind python3 python3-dev procps scdoc clang-format
       # the Python integrations' tests (about a minute to install; each skips without its own)
       python3-cloudpickle python3-joblib python3-distributed python3-sklearn python3-yaml
       python3-venv

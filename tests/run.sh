@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: builds with -Werror and runs every suite; checks what `meson install`
+# The whole test suite: builds with -Werror and runs every suite (the formatting of every C
+# file against .clang-format among them: tests/check-format.sh); checks what `meson install`
 # and `meson dist` give; again under
 # AddressSanitizer + UndefinedBehaviorSanitizer; the suites' client side under valgrind;
 # each libFuzzer target for FUZZ_SECONDS (default 60). Ends with "N passed, N failed, N skipped".

@@ -731,14 +731,13 @@ END_TEST
 
 /* The fake's own strictness, called directly: what the real driver refuses or does
  * differently, and that forkserver must therefore get right. */
+// clang-format off
 #define FAKE_FUNCS(X)                                                                              \
-        X(cuInit)                                                                                  \
-        X(cuDeviceGet) X(cuDevicePrimaryCtxRetain) X(cuDevicePrimaryCtxRelease) X(cuCtxSetCurrent) \
-            X(cuCtxPushCurrent) X(cuCtxPopCurrent) X(cuCtxSynchronize) X(cuMemGetInfo)             \
-                X(cuMemCreate) X(cuMemRelease) X(cuMemExportToShareableHandle)                     \
-                    X(cuMemAddressReserve) X(cuMemAddressFree) X(cuMemMap) X(cuMemUnmap)           \
-                        X(cuMemSetAccess) X(cuMemsetD8) X(cuMemImportFromShareableHandle)          \
-                            X(cuCtxGetCurrent)
+        X(cuInit) X(cuDeviceGet) X(cuDevicePrimaryCtxRetain) X(cuDevicePrimaryCtxRelease)          \
+        X(cuCtxSetCurrent) X(cuCtxPushCurrent) X(cuCtxPopCurrent) X(cuCtxSynchronize)              \
+        X(cuMemGetInfo) X(cuMemCreate) X(cuMemRelease) X(cuMemExportToShareableHandle)             \
+        X(cuMemAddressReserve) X(cuMemAddressFree) X(cuMemMap) X(cuMemUnmap) X(cuMemSetAccess)     \
+        X(cuMemsetD8) X(cuMemImportFromShareableHandle) X(cuCtxGetCurrent)
 #define STR2(x) #x
 #define STR(x) STR2(x)
 static struct {
@@ -746,6 +745,7 @@ static struct {
         FAKE_FUNCS(MEMBER)
 #undef MEMBER
 } fk;
+// clang-format on
 
 static void fake_open(void)
 {
