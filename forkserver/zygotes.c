@@ -5,8 +5,10 @@
  * FSD_ZYGOTE_INFLIGHT unanswered (so that its answers always fit in the socket buffer and
  * neither side can block the other); beyond that it waits in arrival order, its connection
  * unread meanwhile, up to FSD_ZYGOTE_QUEUE for all zygotes; beyond that it is refused. The
- * oldest request in flight carries a deadline: a zygote that misses it (stopped, looping) is
- * killed, its requests answered, and a new one made from the template after a back-off.
+ * oldest request in flight carries a deadline, counted from when it was sent or from the
+ * zygote's last answer, whichever is later: a zygote that answers nothing for that long
+ * (stopped, looping) is killed, its requests answered, and a new one made from the template
+ * after a back-off.
  */
 #include <errno.h>
 #include <poll.h>
@@ -272,6 +274,16 @@ static void drain(struct fsd_server *s, struct fsd_zygote *z, unsigned max)
                 }
                 struct fsd_inflight e = ring_pop(s, z);
 
+                /* it makes progress: the next one's deadline counts from now (a zygote that
+                 * takes its time per fork, a large one, is not killed for its queue) */
+                if (z->ring_len) {
+                        struct fsd_inflight *next = &z->ring[z->ring_head];
+                        int64_t by = fs_now_ms() +
+                                     (s->stopping ? FSD_STOP_DEADLINE_MS : FSD_ZYGOTE_DEADLINE_MS);
+
+                        if (next->deadline < by)
+                                next->deadline = by;
+                }
                 arm_deadline(s, z);
                 s->on_zygote_answer(s, &e, msg, (size_t)n, fds, nfds, lost, 0, NULL);
         }

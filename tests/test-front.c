@@ -519,6 +519,55 @@ START_TEST(sigterm_while_zygotes_are_stopped)
 END_TEST
 
 /*
+ * A zygote that is slow but answers is not killed for the length of its queue: with every
+ * zygote let run 1 ms in each 350, two dozen pipelined spawns take longer than the 5 s
+ * deadline all together, and each still gets its worker.
+ */
+START_TEST(slow_zygote_that_answers_is_kept)
+{
+        enum { N = 24 };
+        const char *t[] = {"/bin/true", NULL};
+        struct forkserver_spawn_args a = {.path = t[0], .argv = t};
+        uint32_t ticket[N];
+        pid_t zyg[4];
+        int64_t t0;
+        int st;
+
+        daemon_start(&d, NULL);
+        struct forkserver *fs = daemon_connect(&d);
+        size_t nz = stop_zygotes(zyg, 4);
+
+        for (int i = 0; i < N; i++)
+                ck_assert_int_eq(forkserver_spawn_submit(fs, &a, &ticket[i]), 0);
+        t0 = now_ms();
+        while (daemon_stat(fs, "spawns") + daemon_stat(fs, "spawn_failures") < N &&
+               now_ms() - t0 < 30000) {
+                for (size_t i = 0; i < nz; i++)
+                        (void)kill(zyg[i], SIGCONT);
+                usleep(1000);
+                for (size_t i = 0; i < nz; i++)
+                        (void)kill(zyg[i], SIGSTOP);
+                usleep(350 * 1000);
+        }
+        for (size_t i = 0; i < nz; i++)
+                (void)kill(zyg[i], SIGCONT);
+        fprintf(stderr, "a zygote run 1 ms in 350: %d spawns answered after %lld ms\n", N,
+                (long long)(now_ms() - t0));
+        for (int i = 0; i < N; i++) {
+                struct forkserver_proc *w;
+                int r = forkserver_spawn_collect(fs, ticket[i], &w);
+
+                ck_assert_msg(r == 0, "spawn %d: %d %s", i, r, forkserver_error(fs));
+                ck_assert_int_eq(forkserver_wait(fs, w, &st), 0);
+                forkserver_proc_free(fs, w);
+        }
+        ck_assert_uint_eq(daemon_stat(fs, "zygote_kills"), 0);
+        forkserver_close(fs);
+        ck_assert_int_eq(daemon_stop(&d), 0);
+}
+END_TEST
+
+/*
  * One client's burst of pipelined spawns does not starve another's: the zygote's ring takes 32
  * at most, a connection has one request waiting beyond that at most (it is not read
  * meanwhile), so the other client's spawn waits behind a few of the burst, not all of it.
@@ -648,6 +697,7 @@ static Suite *suite(void)
         tcase_add_test(tc, sigterm_while_zygotes_are_stopped);
         tcase_add_test(tc, burst_shares_the_zygote_round_robin);
         tcase_add_test(tc, stray_of_a_killed_zygote_is_ended);
+        tcase_add_test(tc, slow_zygote_that_answers_is_kept);
         suite_add_tcase(s, tp);
         tcase_add_test(tc, refused_spawn_fds_closed_off_the_zygote);
         suite_add_tcase(s, tc);
