@@ -24,11 +24,6 @@ static void unlink_conn(struct fsd_conn **head, struct fsd_conn **last, struct f
         c->prev = c->next = NULL;
 }
 
-static struct fsd_server *server_of(struct fsd_loop *l)
-{
-        return fsd_container_of(l, struct fsd_server, loop);
-}
-
 /* Backpressure: no new requests while replies wait to be sent, or one waits for a zygote. */
 static void set_events(struct fsd_server *s, struct fsd_conn *c)
 {
@@ -356,7 +351,7 @@ static void accept_one(struct fsd_server *s, int fd)
  * push back clients that are already talking. */
 static void on_listen(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
 {
-        struct fsd_server *s = server_of(l);
+        struct fsd_server *s = fsd_server_of(l);
 
         (void)io;
         (void)events;
@@ -381,7 +376,7 @@ int fsd_conn_attach(struct fsd_server *s)
 
 static void on_handshake_timer(struct fsd_loop *l, struct fsd_timer *t, int64_t now)
 {
-        struct fsd_server *s = server_of(l);
+        struct fsd_server *s = fsd_server_of(l);
 
         while (s->pending && s->pending->deadline <= now) {
                 struct fsd_conn *c = s->pending;
@@ -472,7 +467,7 @@ static int receive(struct fsd_server *s, struct fsd_conn *c, int *fds, size_t *r
 static void on_event(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
 {
         struct fsd_conn *c = fsd_container_of(io, struct fsd_conn, io);
-        struct fsd_server *s = server_of(l);
+        struct fsd_server *s = fsd_server_of(l);
         int fds[FS_SCM_MAX_FD];
 
         if (c->dead)

@@ -62,20 +62,9 @@ static void hold_maybe_free(struct fsd_server *s, struct fsd_gpu_hold *h)
                 hold_free(s, h);
 }
 
-static struct fsd_server *server_of(struct fsd_loop *l)
-{
-        return fsd_container_of(l, struct fsd_server, loop);
-}
-
 static void on_exit_(struct fsd_loop *l, struct fsd_io *io, uint32_t events);
 static void on_answer(struct fsd_loop *l, struct fsd_io *io, uint32_t events);
 static void fail_reqs(struct fsd_server *s, int err, const char *why);
-
-/* A broker we do not keep: a child of ours, so it is ours to reap. */
-static void kill_reap(int pidfd)
-{
-        (void)fs_pidfd_end(pidfd, 0);
-}
 
 /* The broker the template made is ours now. */
 static int take(struct fsd_server *s, const struct fsd_template_reply *rep, int fd, int pidfd)
@@ -118,7 +107,7 @@ int fsd_gpu_start(struct fsd_server *s, char *err, size_t errlen)
         if ((r = take(s, &rep, fd, pidfd)) < 0) {
                 snprintf(err, errlen, "epoll_ctl: %s", strerror(-r));
                 fs_close(fd);
-                kill_reap(pidfd);
+                (void)fs_pidfd_end(pidfd, 0); /* ours to reap */
         }
         return r;
 }
@@ -160,7 +149,7 @@ static void schedule_restart(struct fsd_server *s, int64_t now)
 
 static void on_exit_(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
 {
-        struct fsd_server *s = server_of(l);
+        struct fsd_server *s = fsd_server_of(l);
         struct fsd_gpu *g = &s->gpu;
         siginfo_t si = {0};
 
@@ -186,7 +175,7 @@ static void on_exit_(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
  * and its answer comes to the loop (fsd_gpu_made). */
 static void on_restart(struct fsd_loop *l, struct fsd_timer *t, int64_t now)
 {
-        struct fsd_server *s = server_of(l);
+        struct fsd_server *s = fsd_server_of(l);
         struct fsd_gpu *g = &s->gpu;
 
         if (!g->enabled || g->up || g->starting || s->stopping)
@@ -213,7 +202,7 @@ void fsd_gpu_made(struct fsd_server *s, const struct fsd_template_reply *rep, in
                 r = -ECANCELED;
         if (r < 0) {
                 fs_close(fd);
-                kill_reap(pidfd);
+                (void)fs_pidfd_end(pidfd, 0); /* ours to reap */
                 if (s->stopping || r == -ECANCELED)
                         return;
                 schedule_restart(s, fs_now_ms());
@@ -340,9 +329,13 @@ static uint64_t room_of(uint64_t quota, uint64_t held)
         return !quota ? UINT64_MAX : held >= quota ? 0 : quota - held;
 }
 
-static void quota_why(char *why, size_t whylen, const char *which, uint64_t quota, uint64_t held,
-                      uint64_t kept, uint64_t asked, const char *detail)
+/* Why q is refused: the connection's quota (conn) or the server's, asked bytes over it. */
+static void quota_why(const struct fsd_server *s, const struct fsd_gpu_req *q, bool conn,
+                      uint64_t asked, const char *detail, char *why, size_t whylen)
 {
+        const char *which = conn ? "connection" : "server";
+        uint64_t quota = conn ? s->opt->cuda_conn_quota : s->opt->cuda_quota;
+        uint64_t held = conn && q->conn ? q->conn->gpu_bytes : s->gpu.bytes, kept = q->kept;
         char copies[128] = "";
 
         if (kept)
@@ -377,11 +370,7 @@ static void finish(struct fsd_server *s, int r, const char *why)
         /* the broker checked the rounded sizes against ROOM: this only catches a broker out
          * of step with us */
         if (r == 0 && q->conn && (q->total > q->room_conn || q->total > q->room_all)) {
-                bool conn = q->total > q->room_conn;
-
-                quota_why(qwhy, sizeof(qwhy), conn ? "connection" : "server",
-                          conn ? s->opt->cuda_conn_quota : s->opt->cuda_quota,
-                          conn ? q->conn->gpu_bytes : g->bytes, q->kept, q->total, NULL);
+                quota_why(s, q, q->total > q->room_conn, q->total, NULL, qwhy, sizeof(qwhy));
                 r = -EDQUOT;
                 why = qwhy;
         }
@@ -441,11 +430,7 @@ static bool start(struct fsd_server *s)
         q->room_conn = room_of(o->cuda_conn_quota, c->gpu_bytes);
         q->room_all = room_of(o->cuda_quota, g->bytes);
         if (q->asked > q->room_conn || q->asked > q->room_all) {
-                bool conn = q->asked > q->room_conn;
-
-                quota_why(why, sizeof(why), conn ? "connection" : "server",
-                          conn ? o->cuda_conn_quota : o->cuda_quota, conn ? c->gpu_bytes : g->bytes,
-                          q->kept, q->asked, NULL);
+                quota_why(s, q, q->asked > q->room_conn, q->asked, NULL, why, sizeof(why));
                 finish(s, -EDQUOT, why);
                 return false;
         }
@@ -512,7 +497,7 @@ int fsd_gpu_request(struct fsd_server *s, struct fsd_gpu_req *q, char *why, size
 /* The broker's answer to the GPU_ALLOC in flight. */
 static void on_answer(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
 {
-        struct fsd_server *s = server_of(l);
+        struct fsd_server *s = fsd_server_of(l);
         struct fsd_gpu *g = &s->gpu;
         struct fsd_gpu_req *q = g->reqs;
         struct fs_msg_lease ls;
@@ -548,12 +533,8 @@ static void on_answer(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
                         broker_lost(s, -EPROTO);
                         finish(s, -EIO, "the GPU broker failed; it is being restarted");
                 } else if (e.err == EDQUOT) {
-                        bool conn = q->room_conn <= q->room_all;
-
-                        quota_why(why, sizeof(why), conn ? "connection" : "server",
-                                  conn ? s->opt->cuda_conn_quota : s->opt->cuda_quota,
-                                  conn && q->conn ? q->conn->gpu_bytes : g->bytes, q->kept,
-                                  q->asked, e.reason);
+                        quota_why(s, q, q->room_conn <= q->room_all, q->asked, e.reason, why,
+                                  sizeof(why));
                         finish(s, -EDQUOT, why);
                 } else {
                         snprintf(why, sizeof(why), "%s", e.reason);
@@ -586,7 +567,7 @@ static void on_answer(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
 /* The broker did not answer in time: it is killed and restarted. */
 static void on_deadline(struct fsd_loop *l, struct fsd_timer *t, int64_t now)
 {
-        struct fsd_server *s = server_of(l);
+        struct fsd_server *s = fsd_server_of(l);
 
         (void)t;
         (void)now;
@@ -684,7 +665,7 @@ static void hold_gone(struct fsd_server *s, struct fsd_gpu_hold *h)
 static void on_hold_exit(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
 {
         (void)events;
-        hold_gone(server_of(l), fsd_container_of(io, struct fsd_gpu_hold, io));
+        hold_gone(fsd_server_of(l), fsd_container_of(io, struct fsd_gpu_hold, io));
 }
 
 void fsd_gpu_conn_closed(struct fsd_server *s, struct fsd_conn *c)

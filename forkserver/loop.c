@@ -13,11 +13,6 @@
 #include "forkserver/server.h"
 #include "forkserver/systemd.h"
 
-static struct fsd_server *server_of(struct fsd_loop *l)
-{
-        return fsd_container_of(l, struct fsd_server, loop);
-}
-
 /* Removes the socket file if it is still the one we bound (a successor may own the path). */
 static void remove_socket(struct fsd_server *s)
 {
@@ -81,7 +76,7 @@ static void reload_key(struct fsd_server *s)
 
 static void on_signal(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
 {
-        struct fsd_server *s = server_of(l);
+        struct fsd_server *s = fsd_server_of(l);
         struct signalfd_siginfo si;
 
         (void)io;
@@ -104,7 +99,7 @@ static void on_signal(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
 /* The template answered: a helper made, or not. */
 static void on_template(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
 {
-        struct fsd_server *s = server_of(l);
+        struct fsd_server *s = fsd_server_of(l);
         struct fsd_template_reply rep;
         int fd = -1, pidfd = -1, r;
 
@@ -201,7 +196,7 @@ static bool zygotes_caught_up(const struct fsd_server *s)
 
 static void on_strays(struct fsd_loop *l, struct fsd_timer *t, int64_t now)
 {
-        struct fsd_server *s = server_of(l);
+        struct fsd_server *s = fsd_server_of(l);
         struct fsd_strays *st = &s->strays;
 
         if (!zygotes_caught_up(s)) {

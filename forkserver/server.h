@@ -318,6 +318,12 @@ struct fsd_server {
         uint8_t tx[FS_MAX_MSG];
 };
 
+/* The server whose loop a handler was called from (every source is on s->loop). */
+static inline struct fsd_server *fsd_server_of(struct fsd_loop *l)
+{
+        return fsd_container_of(l, struct fsd_server, loop);
+}
+
 /* loop.c: the front's top */
 int fsd_loop_run(struct fsd_server *s);
 void fsd_server_stop(struct fsd_server *s, const char *why);

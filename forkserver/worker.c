@@ -38,11 +38,6 @@ static void push_worker(struct fsd_worker **head, struct fsd_worker *w)
         *head = w;
 }
 
-static struct fsd_server *server_of(struct fsd_loop *l)
-{
-        return fsd_container_of(l, struct fsd_server, loop);
-}
-
 static void on_exit_(struct fsd_loop *l, struct fsd_io *io, uint32_t events);
 
 struct fsd_worker *fsd_worker_new(struct fsd_server *s, struct fsd_conn *c, int pidfd, pid_t pid,
@@ -71,7 +66,7 @@ struct fsd_worker *fsd_worker_new(struct fsd_server *s, struct fsd_conn *c, int 
 static void on_exit_(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
 {
         struct fsd_worker *w = fsd_container_of(io, struct fsd_worker, io);
-        struct fsd_server *s = server_of(l);
+        struct fsd_server *s = fsd_server_of(l);
         siginfo_t si = {0};
 
         (void)events;
@@ -115,7 +110,7 @@ static void on_exit_(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
 static void on_kill(struct fsd_loop *l, struct fsd_timer *t, int64_t now)
 {
         struct fsd_worker *w = fsd_container_of(t, struct fsd_worker, kill);
-        struct fsd_server *s = server_of(l);
+        struct fsd_server *s = fsd_server_of(l);
         int r = fsd_signal(s, w->pidfd, w->pid, w->uid, SIGKILL);
 
         if (r == -EAGAIN) {

@@ -28,11 +28,6 @@
 #define BACKOFF_MAX_MS 10000
 #define TEMPLATE_BUSY_RETRY_MS 100
 
-static struct fsd_server *server_of(struct fsd_loop *l)
-{
-        return fsd_container_of(l, struct fsd_server, loop);
-}
-
 static const char *zname(const struct fsd_zygote *z)
 {
         return z->sandboxed ? z->sandboxed->name : "(plain)";
@@ -223,7 +218,7 @@ static void disconnect(struct fsd_server *s, struct fsd_zygote *z)
 static void on_deadline(struct fsd_loop *l, struct fsd_timer *t, int64_t now)
 {
         struct fsd_zygote *z = fsd_container_of(t, struct fsd_zygote, deadline);
-        struct fsd_server *s = server_of(l);
+        struct fsd_server *s = fsd_server_of(l);
 
         if (!z->ring_len)
                 return;
@@ -292,7 +287,7 @@ static void drain(struct fsd_server *s, struct fsd_zygote *z, unsigned max)
 static void on_reply(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
 {
         struct fsd_zygote *z = fsd_container_of(io, struct fsd_zygote, io);
-        struct fsd_server *s = server_of(l);
+        struct fsd_server *s = fsd_server_of(l);
 
         (void)events;
         /* a bounded batch: the ring holds FSD_ZYGOTE_INFLIGHT at most (and idle children
@@ -321,7 +316,7 @@ static void schedule(struct fsd_server *s, struct fsd_zygote *z, int64_t now, bo
 static void on_exit_(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
 {
         struct fsd_zygote *z = fsd_container_of(io, struct fsd_zygote, io_exit);
-        struct fsd_server *s = server_of(l);
+        struct fsd_server *s = fsd_server_of(l);
         siginfo_t si = {0};
 
         (void)events;
@@ -348,7 +343,7 @@ static void on_exit_(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
 static void on_restart(struct fsd_loop *l, struct fsd_timer *t, int64_t now)
 {
         struct fsd_zygote *z = fsd_container_of(t, struct fsd_zygote, restart);
-        struct fsd_server *s = server_of(l);
+        struct fsd_server *s = fsd_server_of(l);
 
         if (z->pidfd >= 0 || z->starting || s->stopping)
                 return;
@@ -375,11 +370,6 @@ int fsd_zygote_attach(struct fsd_server *s, struct fsd_zygote *z)
         return 0;
 }
 
-static void kill_reap(int pidfd)
-{
-        (void)fs_pidfd_end(pidfd, 0);
-}
-
 void fsd_zygote_made(struct fsd_server *s, const struct fsd_template_reply *rep, int r, int fd,
                      int pidfd)
 {
@@ -390,8 +380,7 @@ void fsd_zygote_made(struct fsd_server *s, const struct fsd_template_reply *rep,
                         z = &s->zyg[i];
         if (!z) { /* not asked for (or no longer wanted) */
                 fs_close(fd);
-                if (pidfd >= 0)
-                        kill_reap(pidfd);
+                (void)fs_pidfd_end(pidfd, 0);
                 return;
         }
         z->starting = false;
@@ -399,8 +388,7 @@ void fsd_zygote_made(struct fsd_server *s, const struct fsd_template_reply *rep,
                 if (r < 0)
                         fs_log(FS_LOG_ERROR, "zygote %s restart failed: %s", zname(z), rep->why);
                 fs_close(fd);
-                if (pidfd >= 0)
-                        kill_reap(pidfd); /* a child of ours: it dies fast */
+                (void)fs_pidfd_end(pidfd, 0); /* a child of ours: it dies fast */
                 if (!s->stopping)
                         schedule(s, z, fs_now_ms(), true);
                 return;
