@@ -21,21 +21,40 @@ static const uint8_t field_kind[FS_F_MAX_ + 1] = {
 };
 
 static const char *const type_names[FS_MSG_MAX_ + 1] = {
-    [FS_MSG_HELLO] = "HELLO",         [FS_MSG_AUTH] = "AUTH",
-    [FS_MSG_AUTH_OK] = "AUTH_OK",     [FS_MSG_AUTH_FAILED] = "AUTH_FAILED",
-    [FS_MSG_ERROR] = "ERROR",         [FS_MSG_OK] = "OK",
-    [FS_MSG_PING] = "PING",           [FS_MSG_SPAWN] = "SPAWN",
-    [FS_MSG_SPAWNED] = "SPAWNED",     [FS_MSG_EXITED] = "EXITED",
-    [FS_MSG_STATUS] = "STATUS",       [FS_MSG_STATUS_REPLY] = "STATUS_REPLY",
-    [FS_MSG_STOP] = "STOP",           [FS_MSG_DATA] = "DATA",
-    [FS_MSG_GPU_ALLOC] = "GPU_ALLOC", [FS_MSG_GPU_LEASE] = "GPU_LEASE",
-    [FS_MSG_GPU_FREE] = "GPU_FREE",   [FS_MSG_SIGNAL] = "SIGNAL",
-    [FS_MSG_POOL] = "POOL",
+    [FS_MSG_HELLO] = "HELLO",     [FS_MSG_AUTH] = "AUTH",
+    [FS_MSG_AUTH_OK] = "AUTH_OK", [FS_MSG_AUTH_FAILED] = "AUTH_FAILED",
+    [FS_MSG_ERROR] = "ERROR",     [FS_MSG_OK] = "OK",
+    [FS_MSG_PING] = "PING",       [FS_MSG_SPAWN] = "SPAWN",
+    [FS_MSG_SPAWNED] = "SPAWNED", [FS_MSG_EXITED] = "EXITED",
+    [FS_MSG_STATUS] = "STATUS",   [FS_MSG_STATUS_REPLY] = "STATUS_REPLY",
+    [FS_MSG_STOP] = "STOP",       [FS_MSG_DATA] = "DATA",
 };
 
 const char *fs_proto_type_name(uint16_t type)
 {
-        return type >= 1 && type <= FS_MSG_MAX_ ? type_names[type] : "unknown";
+        if (type < 1 || type > FS_MSG_MAX_)
+                return "unknown";
+        return type_names[type] ? type_names[type] : "reserved";
+}
+
+/* ---- the daemon's own channels: the table (proto.h) ---- */
+
+#define FRONT FS_ISIDE_FRONT
+#define HELPER FS_ISIDE_HELPER
+static const struct itype {
+        const char *name;
+        uint8_t chans, from, max_fds;
+} itypes[FS_I_MAX_ + 1] = {
+#define FS_IMSG_ROW_(name, value, chans, from, fds) [value] = {#name, chans, from, fds},
+    FS_IMSG_TYPES(FS_IMSG_ROW_)
+#undef FS_IMSG_ROW_
+};
+#undef FRONT
+#undef HELPER
+
+const char *fs_iproto_type_name(uint16_t type)
+{
+        return type >= 1 && type <= FS_I_MAX_ && itypes[type].name ? itypes[type].name : "unknown";
 }
 
 size_t fs_proto_max_fds(uint16_t type)
@@ -45,12 +64,6 @@ size_t fs_proto_max_fds(uint16_t type)
                 return FS_MAX_MSG_FDS;
         case FS_MSG_SPAWNED:
                 return 2 + FS_MAX_GPU; /* pidfd, the channel when asked for, GPU buffers */
-        case FS_MSG_GPU_LEASE:
-        case FS_MSG_SIGNAL:
-        case FS_MSG_POOL:
-                return 1;
-        case FS_MSG_ERROR:
-                return 1; /* zygote → front only: the pidfd of a child that failed to exec */
         case FS_MSG_DATA:
                 return FS_MAX_MSG_FDS;
         default:
@@ -60,14 +73,43 @@ size_t fs_proto_max_fds(uint16_t type)
 
 /* ---- writer ---- */
 
-void fs_msg_begin(struct fs_msgw *w, void *mem, size_t cap, uint16_t type, uint32_t id)
+static void begin(struct fs_msgw *w, void *mem, size_t cap, uint32_t magic, uint16_t version,
+                  uint16_t type, uint32_t id)
 {
         fs_buf_init_writer(&w->b, mem, cap < FS_MAX_MSG ? cap : FS_MAX_MSG);
         w->err = 0;
-        if (fs_buf_put_u32(&w->b, FS_PROTO_MAGIC) < 0 ||
-            fs_buf_put_u16(&w->b, FS_PROTO_VERSION) < 0 || fs_buf_put_u16(&w->b, type) < 0 ||
-            fs_buf_put_u32(&w->b, id) < 0 || fs_buf_put_u32(&w->b, 0) < 0)
+        if (fs_buf_put_u32(&w->b, magic) < 0 || fs_buf_put_u16(&w->b, version) < 0 ||
+            fs_buf_put_u16(&w->b, type) < 0 || fs_buf_put_u32(&w->b, id) < 0 ||
+            fs_buf_put_u32(&w->b, 0) < 0)
                 w->err = -EMSGSIZE;
+}
+
+void fs_msg_begin(struct fs_msgw *w, void *mem, size_t cap, uint16_t type, uint32_t id)
+{
+        begin(w, mem, cap, FS_PROTO_MAGIC, FS_PROTO_VERSION, type, id);
+}
+
+void fs_imsg_begin(struct fs_msgw *w, void *mem, size_t cap, uint16_t type, uint32_t id)
+{
+        begin(w, mem, cap, FS_IPROTO_MAGIC, FS_IPROTO_VERSION, type, id);
+}
+
+void fs_msg_resume(struct fs_msgw *w, void *mem, size_t len, size_t cap)
+{
+        fs_buf_init_writer(&w->b, mem, cap < FS_MAX_MSG ? cap : FS_MAX_MSG);
+        w->err = len >= FS_HDR_LEN && len <= w->b.cap ? 0 : -EINVAL;
+        if (!w->err)
+                w->b.len = len;
+}
+
+void fs_msg_set_id(uint8_t *msg, size_t len, uint32_t id)
+{
+        struct fs_buf b;
+
+        if (len < FS_HDR_LEN)
+                return;
+        fs_buf_init_writer(&b, msg + 8, 4);
+        (void)fs_buf_put_u32(&b, id);
 }
 
 static void put_field(struct fs_msgw *w, uint16_t tag, size_t len)
@@ -144,15 +186,37 @@ void fs_msg_begin_error(struct fs_msgw *w, void *mem, size_t cap, uint32_t id, i
         va_end(ap);
 }
 
-void fs_msg_begin_verror(struct fs_msgw *w, void *mem, size_t cap, uint32_t id, int err,
-                         const char *fmt, va_list ap)
+static void put_error(struct fs_msgw *w, int err, const char *fmt, va_list ap)
 {
         char reason[512];
 
         vsnprintf(reason, sizeof(reason), fmt, ap);
-        fs_msg_begin(w, mem, cap, FS_MSG_ERROR, id);
         fs_msg_put_u32(w, FS_F_ERRNO, (uint32_t)(err < 0 ? -err : err));
         fs_msg_put_str(w, FS_F_REASON, reason);
+}
+
+void fs_msg_begin_verror(struct fs_msgw *w, void *mem, size_t cap, uint32_t id, int err,
+                         const char *fmt, va_list ap)
+{
+        fs_msg_begin(w, mem, cap, FS_MSG_ERROR, id);
+        put_error(w, err, fmt, ap);
+}
+
+void fs_imsg_begin_vfailed(struct fs_msgw *w, void *mem, size_t cap, uint32_t id, int err,
+                           const char *fmt, va_list ap)
+{
+        fs_imsg_begin(w, mem, cap, FS_I_FAILED, id);
+        put_error(w, err, fmt, ap);
+}
+
+void fs_imsg_begin_failed(struct fs_msgw *w, void *mem, size_t cap, uint32_t id, int err,
+                          const char *fmt, ...)
+{
+        va_list ap;
+
+        va_start(ap, fmt);
+        fs_imsg_begin_vfailed(w, mem, cap, id, err, fmt, ap);
+        va_end(ap);
 }
 
 void fs_msg_put_gpu(struct fs_msgw *w, uint32_t device, uint64_t size)
@@ -186,7 +250,8 @@ int fs_msg_finish(struct fs_msgw *w)
 
 /* ---- reader ---- */
 
-int fs_proto_parse_hdr(const void *msg, size_t len, struct fs_hdr *ret, struct fs_buf *ret_payload)
+static int parse_hdr(const void *msg, size_t len, uint32_t want_magic, uint16_t want_version,
+                     uint16_t max_type, struct fs_hdr *ret, struct fs_buf *ret_payload)
 {
         struct fs_buf b;
         uint32_t magic;
@@ -201,14 +266,37 @@ int fs_proto_parse_hdr(const void *msg, size_t len, struct fs_hdr *ret, struct f
             fs_buf_get_u16(&b, &h.type) < 0 || fs_buf_get_u32(&b, &h.id) < 0 ||
             fs_buf_get_u32(&b, &h.len) < 0)
                 return -EBADMSG;
-        if (magic != FS_PROTO_MAGIC || h.version != FS_PROTO_VERSION)
+        if (magic != want_magic || h.version != want_version)
                 return -EPROTO;
         if (h.len != fs_buf_remaining(&b))
                 return -EBADMSG;
-        if (h.type < 1 || h.type > FS_MSG_MAX_)
+        if (h.type < 1 || h.type > max_type)
                 return -EBADMSG;
         *ret = h;
         fs_buf_init_reader(ret_payload, (const uint8_t *)msg + FS_HDR_LEN, h.len);
+        return 0;
+}
+
+int fs_proto_parse_hdr(const void *msg, size_t len, struct fs_hdr *ret, struct fs_buf *ret_payload)
+{
+        return parse_hdr(msg, len, FS_PROTO_MAGIC, FS_PROTO_VERSION, FS_MSG_MAX_, ret, ret_payload);
+}
+
+int fs_iproto_parse_hdr(const void *msg, size_t len, unsigned chan, enum fs_iside from, size_t nfds,
+                        struct fs_hdr *ret, struct fs_buf *ret_payload)
+{
+        const struct itype *t;
+        int r =
+            parse_hdr(msg, len, FS_IPROTO_MAGIC, FS_IPROTO_VERSION, FS_I_MAX_, ret, ret_payload);
+
+        if (r < 0)
+                return r;
+        t = &itypes[ret->type];
+        if (!(t->chans & chan) || t->from != from || nfds > t->max_fds) {
+                memset(ret, 0, sizeof(*ret));
+                fs_buf_init_reader(ret_payload, NULL, 0);
+                return -EBADMSG;
+        }
         return 0;
 }
 
@@ -528,7 +616,7 @@ bool fs_proto_entry_ok(const char *e)
         return true;
 }
 
-int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, bool gpu_fds, const char **ptrs,
+int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, bool internal, const char **ptrs,
                          size_t nptrs, struct fs_spawn *ret, const char **ret_why)
 {
         struct fs_buf again = *p;
@@ -546,17 +634,17 @@ int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, bool gpu_fds, const char
                    {FS_F_UUID, REP}, {FS_F_CRED, 0});
         if (r < 0)
                 return r;
-        if (f.count[FS_F_CRED] && !gpu_fds)
+        if (f.count[FS_F_CRED] && !internal)
                 return fail(ret_why, "CRED fields only come from the server", -EBADMSG);
         if (f.count[FS_F_CRED] && (f.len[FS_F_CRED] < 8 || f.len[FS_F_CRED] % 4 ||
                                    f.len[FS_F_CRED] > 8 + 4 * FS_MAX_GROUPS))
                 return fail(ret_why, "malformed CRED field", -EBADMSG);
-        if (f.count[FS_F_UUID] != (gpu_fds ? f.count[FS_F_GPU] : 0))
+        if (f.count[FS_F_UUID] != (internal ? f.count[FS_F_GPU] : 0))
                 return fail(ret_why, "UUID fields only come from the server, one per GPU buffer",
                             -EBADMSG);
         if (f.count[FS_F_GPU] > FS_MAX_GPU)
                 return fail(ret_why, "too many GPU buffers", -E2BIG);
-        if (f.count[FS_F_FD] + (gpu_fds ? f.count[FS_F_GPU] : 0) != nfds)
+        if (f.count[FS_F_FD] + (internal ? f.count[FS_F_GPU] : 0) != nfds)
                 return fail(ret_why, "number of fds differs from FD fields", -EBADMSG);
         if (f.count[FS_F_ARG] > FS_MAX_ARGV)
                 return fail(ret_why, "too many arguments", -E2BIG);
@@ -669,27 +757,45 @@ int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, bool gpu_fds, const char
         return 0;
 }
 
-int fs_proto_patch_gpu_sizes(uint8_t *msg, size_t len, const uint64_t *sizes, size_t n)
+void fs_msg_put_spawn(struct fs_msgw *w, const struct fs_spawn *sp)
 {
-        struct fs_buf p;
-        struct fs_hdr h;
-        uint16_t tag, flen;
-        const uint8_t *v;
-        size_t i = 0;
-        int r;
+        if (sp->path)
+                fs_msg_put_str(w, FS_F_PATH, sp->path);
+        if (sp->entry)
+                fs_msg_put_str(w, FS_F_ENTRY, sp->entry);
+        if (sp->arg)
+                fs_msg_put_bytes(w, FS_F_ARGBYTES, sp->arg, sp->arglen);
+        for (size_t i = 0; i < sp->argc; i++)
+                fs_msg_put_str(w, FS_F_ARG, sp->argv[i]);
+        for (size_t i = 0; i < sp->envc; i++)
+                fs_msg_put_str(w, FS_F_ENV, sp->envp[i]);
+        if (sp->cwd)
+                fs_msg_put_str(w, FS_F_CWD, sp->cwd);
+        if (sp->profile)
+                fs_msg_put_str(w, FS_F_PROFILE, sp->profile);
+        if (sp->flags)
+                fs_msg_put_u32(w, FS_F_FLAGS, sp->flags);
+        if (sp->umask >= 0)
+                fs_msg_put_u32(w, FS_F_UMASK, (uint32_t)sp->umask);
+        for (size_t i = 0; i < sp->nrlimits; i++)
+                fs_msg_put_rlimit(w, sp->rlimits[i].resource, sp->rlimits[i].soft,
+                                  sp->rlimits[i].hard);
+        for (size_t i = 0; i < sp->nfds; i++)
+                fs_msg_put_u32(w, FS_F_FD, sp->child_fd[i]);
+}
 
-        if ((r = fs_proto_parse_hdr(msg, len, &h, &p)) < 0)
+int fs_iproto_parse_spawned(struct fs_buf *p, uint32_t *ret_pid, const char **ret_why)
+{
+        struct fields f;
+        int r = DECODE(p, &f, ret_why, {FS_F_PID, REQ});
+
+        *ret_pid = 0;
+        if (r < 0)
                 return r;
-        while ((r = next_field(&p, &tag, &flen, &v)) > 0 && i < n) {
-                if (tag != FS_F_GPU || flen != 12)
-                        continue;
-                uint8_t *at = msg + (v - msg) + 4;
-
-                for (int k = 0; k < 8; k++)
-                        at[k] = (uint8_t)(sizes[i] >> (56 - 8 * k));
-                i++;
-        }
-        return r < 0 ? r : i == n ? 0 : -EBADMSG;
+        if (f.num[FS_F_PID] == 0 || f.num[FS_F_PID] > INT32_MAX)
+                return fail(ret_why, "pid out of range", -EBADMSG);
+        *ret_pid = (uint32_t)f.num[FS_F_PID];
+        return 0;
 }
 
 int fs_proto_parse_lease(struct fs_buf *p, struct fs_msg_lease *ret, const char **ret_why)
@@ -728,52 +834,6 @@ int fs_proto_parse_gpu_free(struct fs_buf *p, uint64_t *ret_lease, const char **
         if (r < 0)
                 return r;
         *ret_lease = f.num[FS_F_LEASE];
-        return 0;
-}
-
-int fs_proto_append_uuid(uint8_t *msg, size_t *len, size_t cap, const uint8_t uuid[16])
-{
-        struct fs_buf w;
-        size_t n = *len;
-
-        if (n < FS_HDR_LEN || n + 4 + 16 > cap || n + 4 + 16 > FS_MAX_MSG)
-                return -E2BIG;
-        fs_buf_init_writer(&w, msg + n, 4 + 16);
-        (void)fs_buf_put_u16(&w, FS_F_UUID);
-        (void)fs_buf_put_u16(&w, 16);
-        (void)fs_buf_put_bytes(&w, uuid, 16);
-        *len = n + 4 + 16;
-        fs_buf_init_writer(&w, msg + 12, 4);
-        (void)fs_buf_put_u32(&w, (uint32_t)(*len - FS_HDR_LEN));
-        return 0;
-}
-
-static void put_cred(struct fs_buf *w, uint32_t uid, uint32_t gid, const uint32_t *groups,
-                     size_t ngroups)
-{
-        (void)fs_buf_put_u32(w, uid);
-        (void)fs_buf_put_u32(w, gid);
-        for (size_t i = 0; i < ngroups; i++)
-                (void)fs_buf_put_u32(w, groups[i]);
-}
-
-int fs_proto_append_cred(uint8_t *msg, size_t *len, size_t cap, uint32_t uid, uint32_t gid,
-                         const uint32_t *groups, size_t ngroups)
-{
-        size_t n = *len, flen = 8 + 4 * ngroups;
-        struct fs_buf w;
-
-        if (ngroups > FS_MAX_GROUPS)
-                return -E2BIG;
-        if (n < FS_HDR_LEN || n + 4 + flen > cap || n + 4 + flen > FS_MAX_MSG)
-                return -E2BIG;
-        fs_buf_init_writer(&w, msg + n, 4 + flen);
-        (void)fs_buf_put_u16(&w, FS_F_CRED);
-        (void)fs_buf_put_u16(&w, (uint16_t)flen);
-        put_cred(&w, uid, gid, groups, ngroups);
-        *len = n + 4 + flen;
-        fs_buf_init_writer(&w, msg + 12, 4);
-        (void)fs_buf_put_u32(&w, (uint32_t)(*len - FS_HDR_LEN));
         return 0;
 }
 

@@ -40,15 +40,9 @@ enum fs_msg_type {
         FS_MSG_STATUS_REPLY = 12,
         FS_MSG_STOP = 13,
         FS_MSG_DATA = 14, /* on a worker's channel: raw payload bytes */
-        /* between forkserverd and its gpu-broker only */
-        FS_MSG_GPU_ALLOC = 15, /* GPU: one buffer to allocate */
-        FS_MSG_GPU_LEASE = 16, /* LEASE, GPU (size rounded), UUID + the buffer's fd */
-        FS_MSG_GPU_FREE = 17,  /* LEASE: the broker releases its handle */
-        /* between forkserverd and its plain zygote only */
-        FS_MSG_SIGNAL = 18, /* STATUS (signal), CRED (as whom) + a pidfd, or PID: no reply */
-        /* zygote → forkserverd, unsolicited: PID, STATUS (enum fs_pool_event) [+ a pidfd] */
-        FS_MSG_POOL = 19,
-        FS_MSG_MAX_ = FS_MSG_POOL,
+        /* 15..19 are reserved: once the daemon's own messages, which now have a protocol of
+         * their own (below); a client that sends one gets ERROR like for any server type */
+        FS_MSG_MAX_ = 19,
 };
 
 enum fs_field_tag {
@@ -81,9 +75,10 @@ enum fs_field_tag {
         FS_F_UUID = 27,       /* 16 bytes: a GPU's UUID */
         FS_F_PIDNS = 28,      /* 16 bytes: the server's pid namespace (HELLO) */
         FS_F_BIND = 29,       /* u32: what the client's MAC binds (AUTH; FS_BIND_*) */
-        FS_F_CRED = 30,       /* u32 uid, u32 gid, u32 groups...: front → zygote only */
-        FS_F_ROOM = 31,       /* u64: GPU_ALLOC: the most bytes it may take, rounded up */
-        FS_F_RESERVE = 32,    /* u64: GPU_ALLOC: device bytes to leave free (--cuda-reserve) */
+        /* the daemon's own messages only (FS_I_*) */
+        FS_F_CRED = 30,    /* u32 uid, u32 gid, u32 groups...: front → zygote */
+        FS_F_ROOM = 31,    /* u64: GPU_ALLOC: the most bytes it may take, rounded up */
+        FS_F_RESERVE = 32, /* u64: GPU_ALLOC: device bytes to leave free (--cuda-reserve) */
         FS_F_MAX_ = FS_F_RESERVE,
 };
 
@@ -238,19 +233,85 @@ int fs_proto_parse_error(struct fs_buf *p, struct fs_msg_error *ret, const char 
 int fs_proto_parse_spawned(struct fs_buf *p, struct fs_msg_spawned *ret, const char **ret_why);
 int fs_proto_parse_exited(struct fs_buf *p, struct fs_msg_exited *ret, const char **ret_why);
 int fs_proto_parse_empty(struct fs_buf *p, const char **ret_why);
-/* nfds: the fds that came with it: one per FD field, plus one per GPU field when gpu_fds
- * (a request the front forwards to its zygote with the buffers attached). */
-int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, bool gpu_fds, const char **ptrs,
+/* nfds: the fds that came with it: one per FD field, plus one per GPU field when internal
+ * (the front's SPAWN to its zygote, FS_I_SPAWN, whose GPU buffers are attached and whose
+ * GPU fields each have a UUID field; only there may a CRED field be). */
+int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, bool internal, const char **ptrs,
                          size_t nptrs, struct fs_spawn *ret, const char **ret_why);
-/* Overwrites the size of the i-th GPU field of a SPAWN datagram (same length), for each i. */
-int fs_proto_patch_gpu_sizes(uint8_t *msg, size_t len, const uint64_t *sizes, size_t n);
-/* Appends a UUID field to a datagram and fixes its header's length. */
-int fs_proto_append_uuid(uint8_t *msg, size_t *len, size_t cap, const uint8_t uuid[16]);
-/* Appends a CRED field (uid, gid, ngroups groups) likewise. */
-int fs_proto_append_cred(uint8_t *msg, size_t *len, size_t cap, uint32_t uid, uint32_t gid,
-                         const uint32_t *groups, size_t ngroups);
+/* Writes a request's fields as parsed, except its GPU buffers and CRED: the front's SPAWN to
+ * its zygote is built afresh from what it checked, never the client's bytes passed on. */
+void fs_msg_put_spawn(struct fs_msgw *w, const struct fs_spawn *sp);
 void fs_msg_put_cred(struct fs_msgw *w, uint32_t uid, uint32_t gid, const uint32_t *groups,
                      size_t ngroups);
+
+/*
+ * The daemon's own channels (docs/PROCESSES.md, "Internal messages"): the front and its
+ * zygotes, its GPU broker and its helpers' start-up. The same framing and fields, another
+ * magic (no datagram of one protocol is ever taken for the other) and a type space of its
+ * own, with a table of which side may send which type on which channel, and with how many
+ * fds; fs_iproto_parse_hdr() refuses anything else.
+ */
+#define FS_IPROTO_MAGIC 0x464b5349u /* "FKSI" */
+#define FS_IPROTO_VERSION 1
+
+// clang-format off
+#define FS_IMSG_TYPES(X)                                                         \
+        /*  name        value channels             from    max fds */           \
+        X(READY,        1,   FS_ICHAN_ANY,         HELPER, 0)                    \
+        X(FAILED,       2,   FS_ICHAN_ANY,         HELPER, 1)                    \
+        X(SPAWN,        3,   FS_ICHAN_ZYGOTE,      FRONT,  FS_MAX_MSG_FDS)       \
+        X(SPAWNED,      4,   FS_ICHAN_ZYGOTE,      HELPER, 2)                    \
+        X(SIGNAL,       5,   FS_ICHAN_ZYGOTE,      FRONT,  1)                    \
+        X(POOL,         6,   FS_ICHAN_ZYGOTE,      HELPER, 1)                    \
+        X(GPU_ALLOC,    7,   FS_ICHAN_BROKER,      FRONT,  0)                    \
+        X(GPU_LEASE,    8,   FS_ICHAN_BROKER,      HELPER, 1)                    \
+        X(GPU_FREE,     9,   FS_ICHAN_BROKER,      FRONT,  0)
+// clang-format on
+
+// clang-format off
+enum fs_imsg_type {
+#define FS_IMSG_ENUM_(name, value, chans, from, fds) FS_I_##name = value,
+        FS_IMSG_TYPES(FS_IMSG_ENUM_)
+#undef FS_IMSG_ENUM_
+        FS_I_MAX_ = FS_I_GPU_FREE,
+};
+// clang-format on
+
+/* The channels, as bits. */
+enum fs_ichan {
+        FS_ICHAN_ZYGOTE = 1u << 0,
+        FS_ICHAN_BROKER = 1u << 1,
+        FS_ICHAN_HELPER = 1u << 2, /* the template's and the closer's first message */
+        FS_ICHAN_ANY = FS_ICHAN_ZYGOTE | FS_ICHAN_BROKER | FS_ICHAN_HELPER,
+};
+
+/* Who sends: the front, or the helper at the channel's other end. */
+enum fs_iside {
+        FS_ISIDE_FRONT = 1,
+        FS_ISIDE_HELPER = 2,
+};
+
+void fs_imsg_begin(struct fs_msgw *w, void *mem, size_t cap, uint16_t type, uint32_t id);
+/* FAILED {ERRNO = |err|, REASON}; STEP and PID may follow. */
+void fs_imsg_begin_failed(struct fs_msgw *w, void *mem, size_t cap, uint32_t id, int err,
+                          const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+void fs_imsg_begin_vfailed(struct fs_msgw *w, void *mem, size_t cap, uint32_t id, int err,
+                           const char *fmt, va_list ap) __attribute__((format(printf, 6, 0)));
+/* Continues a message whose first len bytes are in mem (a request that waited for its GPU
+ * buffers gets their fields last). */
+void fs_msg_resume(struct fs_msgw *w, void *mem, size_t len, size_t cap);
+/* A finished message's id: a request to a zygote takes the channel's sequence number, known
+ * once it is sent. */
+void fs_msg_set_id(uint8_t *msg, size_t len, uint32_t id);
+/* Checks an internal datagram: its magic, version and length, and that its type may travel
+ * on chan (one FS_ICHAN_* bit) from that side with nfds fds. -EPROTO for another protocol's
+ * datagram, -EBADMSG for anything else wrong. */
+int fs_iproto_parse_hdr(const void *msg, size_t len, unsigned chan, enum fs_iside from, size_t nfds,
+                        struct fs_hdr *ret, struct fs_buf *ret_payload);
+const char *fs_iproto_type_name(uint16_t type);
+/* SPAWNED from a zygote: the new worker's PID (the front gives it its WORKER id). */
+int fs_iproto_parse_spawned(struct fs_buf *p, uint32_t *ret_pid, const char **ret_why);
+
 /* SIGNAL (front → zygote): a signal for a worker, sent as uid; by pidfd (nfds 1) or, for a
  * child whose pidfd never reached the front, by PID (nfds 0). */
 struct fs_msg_signal {

@@ -53,7 +53,7 @@ static int reply_error(struct broker *b, uint32_t id, int err, const char *fmt, 
         int n;
 
         va_start(ap, fmt);
-        fs_msg_begin_verror(&w, b->out, sizeof(b->out), id, err, fmt, ap);
+        fs_imsg_begin_vfailed(&w, b->out, sizeof(b->out), id, err, fmt, ap);
         va_end(ap);
         if ((n = fs_msg_finish(&w)) < 0)
                 return n;
@@ -121,7 +121,7 @@ static int alloc_one(struct broker *b, uint32_t id, const struct fs_msg_gpu_allo
         (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
         b->lease[slot].id = ++b->next_lease;
         b->lease[slot].h = h;
-        fs_msg_begin(&w, b->out, sizeof(b->out), FS_MSG_GPU_LEASE, id);
+        fs_imsg_begin(&w, b->out, sizeof(b->out), FS_I_GPU_LEASE, id);
         fs_msg_put_u64(&w, FS_F_LEASE, b->lease[slot].id);
         fs_msg_put_gpu(&w, g->device, size);
         fs_msg_put_bytes(&w, FS_F_UUID, b->dev[g->device].uuid, 16);
@@ -241,9 +241,9 @@ static __attribute__((noreturn)) void broker_main(const int *ordinals, size_t n,
         b.sock = BROKER_SOCK_FD;
         r = setup(&b, ordinals, n, err, sizeof(err));
         if (r < 0) {
-                fs_msg_begin_error(&w, b.out, sizeof(b.out), 0, r, "%s", err);
+                fs_imsg_begin_failed(&w, b.out, sizeof(b.out), 0, r, "%s", err);
         } else {
-                fs_msg_begin(&w, b.out, sizeof(b.out), FS_MSG_OK, 0);
+                fs_imsg_begin(&w, b.out, sizeof(b.out), FS_I_READY, 0);
                 fs_msg_put_stat(&w, "devices", b.ndev);
         }
         if ((m = fs_msg_finish(&w)) < 0 ||
@@ -260,12 +260,12 @@ static __attribute__((noreturn)) void broker_main(const int *ordinals, size_t n,
                 m = fs_fdpass_recv(b.sock, b.buf, sizeof(b.buf), fds, 0, &nfds, 0);
                 if (m == 0)
                         break; /* the front closed its end */
-                if (m < 0 || fs_proto_parse_hdr(b.buf, (size_t)m, &h, &p) < 0)
+                if (m < 0 || fs_iproto_parse_hdr(b.buf, (size_t)m, FS_ICHAN_BROKER, FS_ISIDE_FRONT,
+                                                 nfds, &h, &p) < 0)
                         _exit(1); /* the front speaks correctly or not at all */
-                if (h.type == FS_MSG_GPU_ALLOC && fs_proto_parse_gpu_alloc(&p, &g, NULL) == 0)
+                if (h.type == FS_I_GPU_ALLOC && fs_proto_parse_gpu_alloc(&p, &g, NULL) == 0)
                         r = alloc_one(&b, h.id, &g);
-                else if (h.type == FS_MSG_GPU_FREE &&
-                         fs_proto_parse_gpu_free(&p, &lease, NULL) == 0)
+                else if (h.type == FS_I_GPU_FREE && fs_proto_parse_gpu_free(&p, &lease, NULL) == 0)
                         r = free_one(&b, lease);
                 else
                         _exit(1);
@@ -319,9 +319,9 @@ int fsd_broker_start(const int *ordinals, size_t n, pid_t *ret_pid, int *ret_pid
         if ((r = fsd_helper_start("GPU broker", broker_entry, &a, ok, sizeof(ok), &len, ret_pid,
                                   ret_pidfd, ret_sock, err, errlen)) < 0)
                 return r;
-        if (fs_proto_parse_hdr(ok, len, &h, &p) < 0 ||
-            fs_proto_parse_status(&p, take_devices, &ndev, NULL) < 0 || ndev == 0 ||
-            ndev > FSD_MAX_GPUS) {
+        if (fs_iproto_parse_hdr(ok, len, FS_ICHAN_BROKER, FS_ISIDE_HELPER, 0, &h, &p) < 0 ||
+            h.type != FS_I_READY || fs_proto_parse_status(&p, take_devices, &ndev, NULL) < 0 ||
+            ndev == 0 || ndev > FSD_MAX_GPUS) {
                 snprintf(err, errlen, "the GPU broker sent an unexpected first message");
                 fsd_helper_discard(*ret_pid);
                 *ret_pidfd = fs_close(*ret_pidfd);

@@ -119,7 +119,7 @@ static __attribute__((noreturn)) void closer_main(void *arg, int sock, pid_t fro
                 _exit(1);
         sigfillset(&all);
         pthread_sigmask(SIG_SETMASK, &all, NULL); /* threads too: nothing to handle here */
-        fs_msg_begin(&w, ok, sizeof(ok), FS_MSG_OK, 0);
+        fs_imsg_begin(&w, ok, sizeof(ok), FS_I_READY, 0);
         if ((n = fs_msg_finish(&w)) < 0 ||
             fs_fdpass_send(CLOSER_SOCK_FD, ok, (size_t)n, NULL, 0, 0) < 0)
                 _exit(1);

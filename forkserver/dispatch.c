@@ -182,7 +182,8 @@ static void request(struct fsd_server *s, struct fsd_conn *c, size_t len, int *f
                         fsd_conn_send_error(s, c, h.id, ESHUTDOWN, "server is stopping");
                         return;
                 }
-                fsd_spawn_request(s, c, h.id, s->rx, len, &p, fds, nfds);
+                fsd_spawn_request(s, c, h.id, &p, fds, nfds);
+                explicit_bzero(s->rx, len); /* what it asked went on in a request of ours */
                 return;
         case FS_MSG_PING:
         case FS_MSG_STOP:

@@ -224,7 +224,7 @@ static void send_free(struct fsd_server *s, const struct fsd_lease *l)
         /* a lease of an earlier broker died with it */
         if (!g->up || l->generation != g->generation)
                 return;
-        fs_msg_begin(&w, msg, sizeof(msg), FS_MSG_GPU_FREE, ++g->next_id);
+        fs_imsg_begin(&w, msg, sizeof(msg), FS_I_GPU_FREE, ++g->next_id);
         fs_msg_put_u64(&w, FS_F_LEASE, l->id);
         /* never waits: a broker whose socket is full is stuck, and its deadline ends it */
         if ((n = fs_msg_finish(&w)) > 0 &&
@@ -257,7 +257,7 @@ static int send_alloc(struct fsd_server *s, const struct fs_gpu_buf *want, uint6
         int n;
 
         *ret_id = ++g->next_id;
-        fs_msg_begin(&w, msg, sizeof(msg), FS_MSG_GPU_ALLOC, *ret_id);
+        fs_imsg_begin(&w, msg, sizeof(msg), FS_I_GPU_ALLOC, *ret_id);
         fs_msg_put_gpu(&w, want->device, want->size);
         if (room != UINT64_MAX)
                 fs_msg_put_u64(&w, FS_F_ROOM, room);
@@ -514,7 +514,9 @@ static void on_answer(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
                 return;
         bool waiting = q && fsd_timer_armed(&g->deadline);
 
-        if (n <= 0 || !waiting || fs_proto_parse_hdr(msg, (size_t)n, &h, &p) < 0 ||
+        if (n <= 0 || !waiting ||
+            fs_iproto_parse_hdr(msg, (size_t)n, FS_ICHAN_BROKER, FS_ISIDE_HELPER, nfds, &h, &p) <
+                0 ||
             h.id != q->alloc_id) {
                 fs_close_many(&fd, nfds);
                 broker_lost(s, n < 0 ? n : -EPROTO);
@@ -524,7 +526,7 @@ static void on_answer(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
                 return;
         }
         fsd_timer_disarm(&s->loop, &g->deadline);
-        if (h.type == FS_MSG_ERROR) {
+        if (h.type == FS_I_FAILED) {
                 struct fs_msg_error e;
                 char why[512];
 
@@ -545,7 +547,7 @@ static void on_answer(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
         }
         size_t i = q->e.ngpu;
 
-        if (h.type != FS_MSG_GPU_LEASE || nfds != 1 || fs_proto_parse_lease(&p, &ls, NULL) < 0 ||
+        if (h.type != FS_I_GPU_LEASE || nfds != 1 || fs_proto_parse_lease(&p, &ls, NULL) < 0 ||
             ls.gpu.device != q->want[i].device || ls.gpu.size < q->want[i].size) {
                 fs_close_many(&fd, nfds);
                 broker_lost(s, -EPROTO);

@@ -37,15 +37,16 @@ static int await_start(const char *what, int sock, uint8_t *buf, size_t cap, siz
         n = fs_fdpass_recv(sock, buf, cap, fds, 2, &nfds, 0);
         if (n > 0)
                 fs_close_many(fds, nfds);
-        if (n <= 0 || fs_proto_parse_hdr(buf, (size_t)n, &h, &p) < 0) {
+        if (n <= 0 || fs_iproto_parse_hdr(buf, (size_t)n, FS_ICHAN_HELPER, FS_ISIDE_HELPER, nfds,
+                                          &h, &p) < 0) {
                 snprintf(err, errlen, "the %s failed to start", what);
                 return n < 0 ? n : -EIO;
         }
-        if (h.type == FS_MSG_OK) {
+        if (h.type == FS_I_READY) {
                 *len = (size_t)n;
                 return 0;
         }
-        if (h.type == FS_MSG_ERROR && fs_proto_parse_error(&p, &e, NULL) == 0) {
+        if (h.type == FS_I_FAILED && fs_proto_parse_error(&p, &e, NULL) == 0) {
                 snprintf(err, errlen, "%s", e.reason);
                 return -(int)e.err;
         }

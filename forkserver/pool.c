@@ -70,10 +70,10 @@ bool fsd_pool_message(struct fsd_server *s, struct fsd_zygote *z, const uint8_t 
         struct fs_buf p;
 
         (void)s;
-        if (fs_proto_parse_hdr_only(msg, len, &h) < 0 || h.type != FS_MSG_POOL)
+        if (fs_iproto_parse_hdr(msg, len, FS_ICHAN_ZYGOTE, FS_ISIDE_HELPER, nfds, &h, &p) < 0 ||
+            h.type != FS_I_POOL)
                 return false;
-        if (fs_proto_parse_hdr(msg, len, &h, &p) < 0 ||
-            fs_proto_parse_pool(&p, nfds, &m, &why) < 0) {
+        if (fs_proto_parse_pool(&p, nfds, &m, &why) < 0) {
                 fs_log_limited(FS_LOG_ERROR, "zygote pid %d: bad POOL message: %s", (int)z->pid,
                                why);
                 fs_close_many(fds, nfds);

@@ -316,6 +316,7 @@ struct fsd_server {
         struct fsd_stats stats;
         uint8_t rx[FS_MAX_MSG];
         uint8_t tx[FS_MAX_MSG];
+        uint8_t zreq[FS_MAX_MSG]; /* a request for a zygote, as spawn.c writes it */
 };
 
 /* The server whose loop a handler was called from (every source is on s->loop). */
@@ -385,9 +386,9 @@ void fsd_gpu_conn_closed(struct fsd_server *s, struct fsd_conn *c);
 /* spawn.c */
 void fsd_spawn_init(struct fsd_server *s);
 void fsd_spawn_failed(struct fsd_server *s, enum fsd_fail why);
-/* msg is the whole datagram (forwarded to a zygote), payload its already-checked fields. */
-void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, uint8_t *msg,
-                       size_t len, struct fs_buf *payload, int *fds, size_t nfds);
+/* A client's SPAWN: payload its fields (in s->rx, header checked), fds what came with it. */
+void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id,
+                       struct fs_buf *payload, int *fds, size_t nfds);
 
 /* pool.c: the zygotes' pre-forked children, as our books keep them */
 /* A POOL message from z (true: it was one, and its fds are taken care of). */

@@ -19,24 +19,27 @@ void fsd_spawn_failed(struct fsd_server *s, enum fsd_fail why)
 
 /* Workers run as their clients: the request names the client's uid, gid and groups, as the
  * kernel gave them to us at accept. A root client gets a root worker only by option. */
-static int add_cred(struct fsd_server *s, struct fsd_conn *c, uint32_t id, uint8_t *msg,
-                    size_t *len)
+static int root_refused(struct fsd_server *s, struct fsd_conn *c, uint32_t id)
 {
-        int r;
+        if (c->uid != 0 || s->opt->allow_root_workers)
+                return 0;
+        fsd_spawn_failed(s, FSD_FAIL_POLICY);
+        fsd_conn_send_error(s, c, id, EPERM,
+                            "SPAWN: workers of uid 0 (root) need a "
+                            "server started with --allow-root-workers");
+        return -EPERM;
+}
 
-        if (c->uid == 0 && !s->opt->allow_root_workers) {
-                fsd_spawn_failed(s, FSD_FAIL_POLICY);
-                fsd_conn_send_error(s, c, id, EPERM,
-                                    "SPAWN: workers of uid 0 (root) need a "
-                                    "server started with --allow-root-workers");
-                return -EPERM;
-        }
-        if ((r = fs_proto_append_cred(msg, len, sizeof(s->rx), c->uid, c->gid, c->groups,
-                                      c->ngroups)) < 0) {
-                fsd_spawn_failed(s, FSD_FAIL_BAD_REQUEST);
-                fsd_conn_send_error(s, c, id, r, "SPAWN: no room for the client's groups");
-        }
-        return r;
+/* The zygote's request, written afresh from what we checked (and the client's credentials),
+ * never the client's datagram passed on: only fields we know of reach the zygote. Its GPU
+ * buffers' fields come once they are leased. */
+static void begin_request(struct fsd_server *s, struct fsd_conn *c, struct fs_msgw *w,
+                          const struct fs_spawn *sp)
+{
+        fs_imsg_begin(w, s->zreq, sizeof(s->zreq), FS_I_SPAWN, 0);
+        fs_msg_put_spawn(w, sp);
+        if (s->switch_uids)
+                fs_msg_put_cred(w, c->uid, c->gid, c->groups, c->ngroups);
 }
 
 /* The request goes to its zygote (or is answered, and what it holds given up). */
@@ -73,20 +76,24 @@ static void forward(struct fsd_server *s, struct fsd_conn *c, struct fsd_zygote 
 }
 
 /* GPU buffers: leased first, one broker round trip each, without waiting (gpu.c); then their
- * fds go along after the request's own, their sizes (rounded up) and devices' UUIDs written
- * into the request for the zygote. */
+ * fds go along after the request's own, and a GPU and a UUID field for each end the request. */
 static void gpu_ready(struct fsd_server *s, struct fsd_gpu_req *q, int r, const char *why)
 {
         struct fsd_conn *c = q->conn;
-        uint64_t sizes[FS_MAX_GPU];
+        struct fs_msgw w;
 
         s->inflight--;
         if (r == 0) {
-                for (size_t i = 0; i < q->e.ngpu; i++)
-                        sizes[i] = q->e.gpu_buf[i].size;
-                r = fs_proto_patch_gpu_sizes(q->msg, q->len, sizes, q->e.ngpu);
-                for (size_t i = 0; i < q->e.ngpu && r == 0; i++)
-                        r = fs_proto_append_uuid(q->msg, &q->len, q->cap, q->e.gpu_buf[i].uuid);
+                /* each buffer as leased: its device, its size rounded up, its GPU's UUID */
+                fs_msg_resume(&w, q->msg, q->len, q->cap);
+                for (size_t i = 0; i < q->e.ngpu; i++) {
+                        fs_msg_put_gpu(&w, q->e.gpu_buf[i].device, q->e.gpu_buf[i].size);
+                        fs_msg_put_bytes(&w, FS_F_UUID, q->e.gpu_buf[i].uuid, 16);
+                }
+                if ((r = fs_msg_finish(&w)) > 0) {
+                        q->len = (size_t)r;
+                        r = 0;
+                }
                 if (r < 0) {
                         fsd_gpu_abandon(s, &q->e);
                         why = "no room for the GPU buffers";
@@ -109,7 +116,7 @@ static void gpu_ready(struct fsd_server *s, struct fsd_gpu_req *q, int r, const 
 static void gpu_first(struct fsd_server *s, struct fsd_conn *c, struct fsd_zygote *z,
                       const struct fs_spawn *sp, struct fsd_inflight *e, uint8_t *msg, size_t len)
 {
-        size_t cap = len + FS_MAX_GPU * 32; /* room for a UUID field per buffer */
+        size_t cap = len + FS_MAX_GPU * (4 + 12 + 4 + 16); /* a GPU and a UUID field each */
         struct fsd_gpu_req *q = calloc(1, sizeof(*q) + cap);
         char why[512];
         int r;
@@ -144,8 +151,8 @@ static void gpu_first(struct fsd_server *s, struct fsd_conn *c, struct fsd_zygot
 /* Pointer storage for validating argv/envp; the front is single-threaded. */
 static const char *spawn_ptrs[FS_SPAWN_PTRS];
 
-void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, uint8_t *msg,
-                       size_t len, struct fs_buf *payload, int *fds, size_t nfds)
+void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id,
+                       struct fs_buf *payload, int *fds, size_t nfds)
 {
         const struct fsd_profile *prof = s->sandbox.dflt;
         const char *why = "bad request";
@@ -153,7 +160,8 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
         struct fsd_inflight pre = {0};
         struct fsd_zygote *z = &s->zyg[0];
         struct fs_spawn sp;
-        int r;
+        struct fs_msgw w;
+        int r, zlen;
 
         if ((r = fs_proto_parse_spawn(payload, nfds, false, spawn_ptrs, FS_ARRAY_SIZE(spawn_ptrs),
                                       &sp, &why)) < 0) {
@@ -220,12 +228,26 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
                 fsd_conn_send_error(s, c, id, EAGAIN, "the zygote is restarting; try again");
                 goto out;
         }
-        if (s->switch_uids && (r = add_cred(s, c, id, msg, &len)) < 0)
+        if (s->switch_uids && root_refused(s, c, id) < 0)
                 goto out;
+        begin_request(s, c, &w, &sp);
+        if (sp.ngpu) {
+                zlen = w.err ? w.err : (int)w.b.len; /* finished once its buffers are there */
+        } else {
+                zlen = fs_msg_finish(&w);
+        }
+        if (zlen < 0) {
+                fsd_spawn_failed(s, FSD_FAIL_BAD_REQUEST);
+                fsd_conn_send_error(s, c, id, E2BIG,
+                                    "SPAWN: too large once the client's %u groups are "
+                                    "added",
+                                    c->ngroups);
+                goto out;
+        }
 
-        /* The validated datagram goes on as it came; the channel sets its id. Ours of the
-         * fds are kept until the zygote answers (it closes its copies first), so that the
-         * last close of each is the closer's, never the zygote's. */
+        /* Ours of the fds are kept until the zygote answers (it closes its copies first), so
+         * that the last close of each is the closer's, never the zygote's. The channel sets
+         * the request's id. */
         pre.conn = c;
         pre.uid = s->switch_uids ? c->uid : geteuid();
         pre.req_id = id;
@@ -233,11 +255,11 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id, ui
         pre.t0_us = t0;
         memcpy(pre.req_fds, fds, nfds * sizeof(int));
         pre.nreq_fds = nfds;
-        if (sp.ngpu) {
-                gpu_first(s, c, z, &sp, &pre, msg, len);
-                return;
-        }
-        forward(s, c, z, &pre, msg, len);
+        if (sp.ngpu)
+                gpu_first(s, c, z, &sp, &pre, s->zreq, (size_t)zlen);
+        else
+                forward(s, c, z, &pre, s->zreq, (size_t)zlen);
+        explicit_bzero(s->zreq, (size_t)zlen);
         return;
 out:
         fsd_closer_put(&s->closer, fds, nfds);
@@ -320,22 +342,24 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
 
         if (c)
                 c->inflight--;
-        if ((r = fs_proto_parse_hdr(msg, len, &h, &p)) < 0 || h.id != e->seq) {
+        if ((r = fs_iproto_parse_hdr(msg, len, FS_ICHAN_ZYGOTE, FS_ISIDE_HELPER,
+                                     (size_t)(pidfd >= 0) + (chan >= 0), &h, &p)) < 0 ||
+            h.id != e->seq) {
                 fs_log(FS_LOG_ERROR, "zygote reply out of order or malformed");
                 goto fail;
         }
-        if (h.type == FS_MSG_SPAWNED) {
-                struct fs_msg_spawned sp;
+        if (h.type == FS_I_SPAWNED) {
+                uint32_t pid;
                 struct fsd_worker *w;
                 struct fs_msgw mw;
                 int n;
 
-                if (fs_proto_parse_spawned(&p, &sp, &why) < 0)
+                if (fs_iproto_parse_spawned(&p, &pid, &why) < 0)
                         goto fail;
-                fsd_pool_taken(s, (pid_t)sp.pid); /* a pre-forked child serves it */
+                fsd_pool_taken(s, (pid_t)pid); /* a pre-forked child serves it */
                 if (lost) {
                         fsd_gpu_abandon(s, e);
-                        reap_by_pid(s, (pid_t)sp.pid, e->uid, true);
+                        reap_by_pid(s, (pid_t)pid, e->uid, true);
                         fsd_spawn_failed(s, FSD_FAIL_OUT_OF_FDS);
                         fs_log_limited(FS_LOG_WARNING, "out of file descriptors: new worker "
                                                        "ended");
@@ -347,8 +371,7 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
                 }
                 if (pidfd < 0 || (chan >= 0) != !!(e->flags & FS_SPAWN_CHANNEL))
                         goto fail;
-                w = fsd_worker_new(s, c, pidfd, (pid_t)sp.pid, e->req_id,
-                                   e->flags & FS_SPAWN_DETACH);
+                w = fsd_worker_new(s, c, pidfd, (pid_t)pid, e->req_id, e->flags & FS_SPAWN_DETACH);
                 if (!w) {
                         /* Cannot track it: end it now rather than lose it. */
                         kill_reap(s, pidfd, e->uid);
@@ -387,7 +410,7 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
                        (unsigned long long)c->id, (unsigned long long)w->id, (int)w->pid);
                 goto out;
         }
-        if (h.type == FS_MSG_ERROR) {
+        if (h.type == FS_I_FAILED) {
                 struct fs_msg_error er;
 
                 if (fs_proto_parse_error(&p, &er, &why) < 0)

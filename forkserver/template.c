@@ -73,7 +73,7 @@ static __attribute__((noreturn)) void template_main(void *arg, int sock, pid_t f
         if (close_range(TEMPLATE_SOCK_FD + 1, ~0u, 0) < 0)
                 _exit(1);
         fsd_helper_as_sibling();
-        fs_msg_begin(&w, ok, sizeof(ok), FS_MSG_OK, 0);
+        fs_imsg_begin(&w, ok, sizeof(ok), FS_I_READY, 0);
         if ((n = fs_msg_finish(&w)) < 0 ||
             fs_fdpass_send(TEMPLATE_SOCK_FD, ok, (size_t)n, NULL, 0, 0) < 0)
                 _exit(1);

@@ -151,8 +151,8 @@ static int reply_error(struct zygote *z, uint32_t id, uint32_t step, int err, co
 
         drop_request_fds(z);
         z->replied_error = true;
-        fs_msg_begin_error(&w, z->out, OUT_SIZE, id, err, "%s%s%s: %s", step_name(step),
-                           what ? " " : "", what ? what : "", strerror(err));
+        fs_imsg_begin_failed(&w, z->out, OUT_SIZE, id, err, "%s%s%s: %s", step_name(step),
+                             what ? " " : "", what ? what : "", strerror(err));
         fs_msg_put_u32(&w, FS_F_STEP, step);
         if (pid > 0)
                 fs_msg_put_u32(&w, FS_F_PID, (uint32_t)pid);
@@ -242,7 +242,9 @@ static int read_request(struct zygote *z, size_t len, const int *fds_in, size_t 
 
         *q = (struct req){.nfds = nfds_in};
         *ret_what = NULL;
-        if (fs_proto_parse_hdr(a->data, len, &q->h, &p) < 0 || q->h.type != FS_MSG_SPAWN ||
+        if (fs_iproto_parse_hdr(a->data, len, FS_ICHAN_ZYGOTE, FS_ISIDE_FRONT, nfds_in, &q->h, &p) <
+                0 ||
+            q->h.type != FS_I_SPAWN ||
             fs_proto_parse_spawn(&p, nfds_in, true, ptrs, FS_SPAWN_PTRS, sp, NULL) < 0) {
                 *ret_step = FS_STEP_CLONE;
                 *ret_what = "request";
@@ -445,8 +447,7 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
                 chan[0] = fs_close(chan[0]);
                 return r;
         }
-        fs_msg_begin(&w, z->out, OUT_SIZE, FS_MSG_SPAWNED, q.h.id);
-        fs_msg_put_u64(&w, FS_F_WORKER, 0);
+        fs_imsg_begin(&w, z->out, OUT_SIZE, FS_I_SPAWNED, q.h.id);
         fs_msg_put_u32(&w, FS_F_PID, (uint32_t)pid);
         out_fds[0] = pidfd;
         out_fds[1] = chan[0];
@@ -505,7 +506,7 @@ static int pool_report(struct zygote *z, pid_t pid, uint32_t event, int pidfd)
         struct fs_msgw w;
         int n;
 
-        fs_msg_begin(&w, z->out, OUT_SIZE, FS_MSG_POOL, 0);
+        fs_imsg_begin(&w, z->out, OUT_SIZE, FS_I_POOL, 0);
         fs_msg_put_u32(&w, FS_F_PID, (uint32_t)pid);
         fs_msg_put_u32(&w, FS_F_STATUS, event);
         if ((n = fs_msg_finish(&w)) < 0)
@@ -843,8 +844,11 @@ static void signal_one(struct zygote *z, size_t len, const int *fds, size_t nfds
         struct fs_buf p;
         pid_t pid;
 
-        if (!switch_uids || fs_proto_parse_hdr(z->a->data, len, &h, &p) < 0 ||
-            fs_proto_parse_signal(&p, nfds, &m, NULL) < 0 || (m.uid == 0 && !allow_root))
+        if (!switch_uids ||
+            fs_iproto_parse_hdr(z->a->data, len, FS_ICHAN_ZYGOTE, FS_ISIDE_FRONT, nfds, &h, &p) <
+                0 ||
+            h.type != FS_I_SIGNAL || fs_proto_parse_signal(&p, nfds, &m, NULL) < 0 ||
+            (m.uid == 0 && !allow_root))
                 return;
         j = (struct sig_job){
             .pidfd = nfds ? fds[0] : -1, .pid = (pid_t)m.pid, .uid = m.uid, .signo = (int)m.signo};
@@ -955,7 +959,7 @@ static void forget(struct zygote *z, size_t len)
         z->ngroups = 0;
 }
 
-/* The first message: OK, or ERROR with the reason start-up failed. */
+/* The first message: READY, or FAILED with the reason start-up failed. */
 static void report_start(struct zygote *z, int r, const char *err)
 {
         uint8_t out[1024]; /* set-up may have failed before z->out was there */
@@ -963,9 +967,9 @@ static void report_start(struct zygote *z, int r, const char *err)
         int n;
 
         if (r < 0)
-                fs_msg_begin_error(&w, out, sizeof(out), 0, r, "%s", err);
+                fs_imsg_begin_failed(&w, out, sizeof(out), 0, r, "%s", err);
         else
-                fs_msg_begin(&w, out, sizeof(out), FS_MSG_OK, 0);
+                fs_imsg_begin(&w, out, sizeof(out), FS_I_READY, 0);
         if ((n = fs_msg_finish(&w)) > 0)
                 (void)fs_fdpass_send(z->sock, out, (size_t)n, NULL, 0, 0);
         if (r < 0)
@@ -1003,19 +1007,22 @@ static __attribute__((noreturn)) void zygote_main(const struct fsd_sandbox *sb,
                 int n = fs_fdpass_recv_lossy(z.sock, z.a->data, FS_MAX_MSG, fds, FS_MAX_MSG_FDS,
                                              &nfds, &lost, 0);
                 struct fs_hdr h;
+                struct fs_buf p;
 
                 if (n == 0)
                         _exit(0); /* the front closed its end: we are done */
-                if (n > 0 && fs_proto_parse_hdr_only(z.a->data, (size_t)n, &h) == 0 &&
-                    h.type == FS_MSG_SIGNAL) {
+                if (n > 0 &&
+                    fs_iproto_parse_hdr(z.a->data, (size_t)n, FS_ICHAN_ZYGOTE, FS_ISIDE_FRONT,
+                                        lost ? 0 : nfds, &h, &p) == 0 &&
+                    h.type == FS_I_SIGNAL) {
                         signal_one(&z, (size_t)n, fds, lost ? 0 : nfds);
                         fs_close_many(fds, lost ? 0 : nfds);
                         continue;
                 }
                 if (n > 0 && lost) {
                         /* the front waits for an answer to this sequence number */
-                        h.id = 0;
-                        (void)fs_proto_parse_hdr_only(z.a->data, (size_t)n, &h);
+                        (void)fs_iproto_parse_hdr(z.a->data, (size_t)n, FS_ICHAN_ZYGOTE,
+                                                  FS_ISIDE_FRONT, 0, &h, &p);
                         forget(&z, (size_t)n);
                         if (reply_error(&z, h.id, FS_STEP_FDS, EMFILE,
                                         "(zygote out of file descriptors)", 0, -1) == -EPIPE)

@@ -79,14 +79,10 @@ static int send_now(struct fsd_server *s, struct fsd_zygote *z, const struct fsd
 {
         int fds[FS_MAX_MSG_FDS + FS_MAX_GPU];
         size_t nfds = request_fds(e, fds);
-        struct fs_buf patch;
         struct fsd_inflight *slot;
         int r;
 
-        /* our sequence number as its id: answers come in order */
-        fs_buf_init_reader(&patch, msg, len);
-        patch.cap = len;
-        (void)fs_buf_patch_u32(&patch, 8, z->seq + 1);
+        fs_msg_set_id(msg, len, z->seq + 1); /* our sequence number: answers come in order */
         if ((r = fs_fdpass_send(z->fd, msg, len, fds, nfds, MSG_DONTWAIT)) < 0)
                 return r;
         /* the zygote keeps nothing of a request once it answered, so neither do we */
@@ -467,7 +463,7 @@ int fsd_signal(struct fsd_server *s, int pidfd, pid_t pid, uid_t uid, int sig)
                         z = &s->zyg[i];
         if (!z)
                 return -ENOTCONN;
-        fs_msg_begin(&m, buf, sizeof(buf), FS_MSG_SIGNAL, 0);
+        fs_imsg_begin(&m, buf, sizeof(buf), FS_I_SIGNAL, 0);
         fs_msg_put_u32(&m, FS_F_STATUS, (uint32_t)sig);
         fs_msg_put_cred(&m, uid, 0, NULL, 0);
         if (pidfd < 0)

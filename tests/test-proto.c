@@ -4,7 +4,7 @@
 #include "common/proto.h"
 #include "testutil.h"
 
-static uint8_t mem[FS_MAX_MSG + 64];
+static uint8_t mem[FS_MAX_MSG + 64], mem2[FS_MAX_MSG];
 static const char *ptrs[FS_SPAWN_PTRS];
 
 static int build_spawn(uint8_t *out, size_t cap)
@@ -22,6 +22,14 @@ static int build_spawn(uint8_t *out, size_t cap)
         fs_msg_put_u32(&w, FS_F_FD, 1);
         fs_msg_put_u32(&w, FS_F_FD, 7);
         return fs_msg_finish(&w);
+}
+
+/* An internal datagram of the zygote channel, from whichever side may send its type. */
+static int ihdr(const uint8_t *m, size_t len, struct fs_hdr *h, struct fs_buf *p)
+{
+        if (fs_iproto_parse_hdr(m, len, FS_ICHAN_ZYGOTE, FS_ISIDE_FRONT, 0, h, p) == 0)
+                return 0;
+        return fs_iproto_parse_hdr(m, len, FS_ICHAN_ZYGOTE, FS_ISIDE_HELPER, 0, h, p);
 }
 
 static int parse_spawn(const uint8_t *m, size_t len, size_t nfds, struct fs_spawn *sp,
@@ -371,19 +379,30 @@ START_TEST(spawn_gpu_fields)
         ck_assert_uint_eq(sp.gpu[0].size, 1);
         ck_assert_uint_eq(sp.gpu[1].device, 1);
         ck_assert_int_eq(parse_spawn(mem, len, 3, &sp, &why), -EBADMSG);
-        /* as forwarded: sizes rounded in place, a UUID each, the buffers' fds attached */
-        ck_assert_int_eq(fs_proto_patch_gpu_sizes(mem, len, sizes, 2), 0);
-        ck_assert_int_eq(fs_proto_append_uuid(mem, &len, sizeof(mem), uuid_a), 0);
-        ck_assert_int_eq(fs_proto_append_uuid(mem, &len, sizeof(mem), uuid_b), 0);
-        ck_assert_int_eq(fs_proto_parse_hdr(mem, len, &h, &p), 0);
+        /* as the front sends it to its zygote: written afresh from what it parsed, the
+         * buffers as leased (sizes rounded up, a UUID each), their fds attached */
+        ck_assert_int_eq(parse_spawn(mem, len, 1, &sp, &why), 0);
+        fs_imsg_begin(&w, mem2, sizeof(mem2), FS_I_SPAWN, 0);
+        fs_msg_put_spawn(&w, &sp);
+        fs_msg_put_gpu(&w, 0, sizes[0]);
+        fs_msg_put_bytes(&w, FS_F_UUID, uuid_a, 16);
+        fs_msg_put_gpu(&w, 1, sizes[1]);
+        fs_msg_put_bytes(&w, FS_F_UUID, uuid_b, 16);
+        ck_assert_int_gt(n = fs_msg_finish(&w), 0);
+        ck_assert_int_eq(
+            fs_iproto_parse_hdr(mem2, (size_t)n, FS_ICHAN_ZYGOTE, FS_ISIDE_FRONT, 3, &h, &p), 0);
         ck_assert_int_eq(fs_proto_parse_spawn(&p, 3, true, ptrs, FS_ARRAY_SIZE(ptrs), &sp, &why),
                          0);
         ck_assert_uint_eq(sp.gpu[0].size, 2 << 20);
         ck_assert_uint_eq(sp.gpu[1].size, 4 << 20);
         ck_assert_mem_eq(sp.gpu[1].uuid, uuid_b, 16);
         ck_assert_uint_eq(sp.nfds, 1);
+        ck_assert_uint_eq(sp.child_fd[0], 1);
+        ck_assert_str_eq(sp.path, "/bin/true");
         /* a client may not send UUIDs; a size of 0 or more than 8 buffers are refused */
-        ck_assert_int_eq(parse_spawn(mem, len, 1, &sp, &why), -EBADMSG);
+        fs_buf_init_reader(&p, mem2 + FS_HDR_LEN, h.len);
+        ck_assert_int_eq(fs_proto_parse_spawn(&p, 1, false, ptrs, FS_ARRAY_SIZE(ptrs), &sp, &why),
+                         -EBADMSG);
         fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_SPAWN, 3);
         fs_msg_put_str(&w, FS_F_PATH, "/bin/true");
         fs_msg_put_str(&w, FS_F_ARG, "true");
@@ -435,9 +454,15 @@ START_TEST(spawn_cred_and_signal)
         len = (size_t)n;
         ck_assert_int_eq(parse_spawn(mem, len, 0, &sp, &why), 0);
         ck_assert(!sp.has_cred);
-        /* as the front forwards it: the client's uid, gid and groups */
-        ck_assert_int_eq(fs_proto_append_cred(mem, &len, sizeof(mem), 65534, 65533, groups, 2), 0);
-        ck_assert_int_eq(fs_proto_parse_hdr(mem, len, &h, &p), 0);
+        /* as the front sends it: the client's uid, gid and groups */
+        fs_imsg_begin(&w, mem, sizeof(mem), FS_I_SPAWN, 0);
+        fs_msg_put_str(&w, FS_F_PATH, "/bin/true");
+        fs_msg_put_str(&w, FS_F_ARG, "true");
+        fs_msg_put_cred(&w, 65534, 65533, groups, 2);
+        ck_assert_int_gt(n = fs_msg_finish(&w), 0);
+        len = (size_t)n;
+        ck_assert_int_eq(fs_iproto_parse_hdr(mem, len, FS_ICHAN_ZYGOTE, FS_ISIDE_FRONT, 0, &h, &p),
+                         0);
         ck_assert_int_eq(fs_proto_parse_spawn(&p, 0, true, ptrs, FS_ARRAY_SIZE(ptrs), &sp, &why),
                          0);
         ck_assert(sp.has_cred);
@@ -446,10 +471,13 @@ START_TEST(spawn_cred_and_signal)
         ck_assert_uint_eq(sp.ngroups, 2);
         ck_assert_mem_eq(sp.groups + 4, "\x01\x02\x03\x04", 4);
         /* a client may not name whom its worker runs as */
-        ck_assert_int_eq(parse_spawn(mem, len, 0, &sp, &why), -EBADMSG);
+        fs_buf_init_reader(&p, mem + FS_HDR_LEN, h.len);
+        ck_assert_int_eq(fs_proto_parse_spawn(&p, 0, false, ptrs, FS_ARRAY_SIZE(ptrs), &sp, &why),
+                         -EBADMSG);
         ck_assert_str_eq(why, "CRED fields only come from the server");
-        ck_assert_int_eq(
-            fs_proto_append_cred(mem, &len, sizeof(mem), 1, 1, groups, FS_MAX_GROUPS + 1), -E2BIG);
+        fs_imsg_begin(&w, mem, sizeof(mem), FS_I_SPAWN, 0);
+        fs_msg_put_cred(&w, 1, 1, groups, FS_MAX_GROUPS + 1);
+        ck_assert_int_eq(fs_msg_finish(&w), -E2BIG);
         /* a CRED of the wrong length is malformed, even from the front */
         fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_SPAWN, 3);
         fs_msg_put_str(&w, FS_F_PATH, "/bin/true");
@@ -460,31 +488,30 @@ START_TEST(spawn_cred_and_signal)
                          -EBADMSG);
 
         /* SIGNAL: by pidfd, or by PID without one */
-        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_SIGNAL, 0);
+        fs_imsg_begin(&w, mem, sizeof(mem), FS_I_SIGNAL, 0);
         fs_msg_put_u32(&w, FS_F_STATUS, 15);
         fs_msg_put_cred(&w, 65534, 0, NULL, 0);
-        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)fs_msg_finish(&w), &h, &p), 0);
+        ck_assert_int_eq(ihdr(mem, (size_t)fs_msg_finish(&w), &h, &p), 0);
         ck_assert_int_eq(fs_proto_parse_signal(&p, 1, &sig, &why), 0);
         ck_assert_uint_eq(sig.signo, 15);
         ck_assert_uint_eq(sig.uid, 65534);
         ck_assert_uint_eq(sig.pid, 0);
         fs_buf_init_reader(&p, mem + FS_HDR_LEN, h.len);
         ck_assert_int_eq(fs_proto_parse_signal(&p, 0, &sig, &why), -EBADMSG);
-        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_SIGNAL, 0);
+        fs_imsg_begin(&w, mem, sizeof(mem), FS_I_SIGNAL, 0);
         fs_msg_put_u32(&w, FS_F_STATUS, 9);
         fs_msg_put_cred(&w, 7, 0, NULL, 0);
         fs_msg_put_u32(&w, FS_F_PID, 4321);
-        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)fs_msg_finish(&w), &h, &p), 0);
+        ck_assert_int_eq(ihdr(mem, (size_t)fs_msg_finish(&w), &h, &p), 0);
         ck_assert_int_eq(fs_proto_parse_signal(&p, 0, &sig, &why), 0);
         ck_assert_uint_eq(sig.pid, 4321);
         fs_buf_init_reader(&p, mem + FS_HDR_LEN, h.len);
         ck_assert_int_eq(fs_proto_parse_signal(&p, 1, &sig, &why), -EBADMSG);
-        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_SIGNAL, 0);
+        fs_imsg_begin(&w, mem, sizeof(mem), FS_I_SIGNAL, 0);
         fs_msg_put_u32(&w, FS_F_STATUS, 0);
         fs_msg_put_cred(&w, 7, 0, NULL, 0);
-        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)fs_msg_finish(&w), &h, &p), 0);
+        ck_assert_int_eq(ihdr(mem, (size_t)fs_msg_finish(&w), &h, &p), 0);
         ck_assert_int_eq(fs_proto_parse_signal(&p, 1, &sig, &why), -EINVAL);
-        ck_assert_uint_eq(fs_proto_max_fds(FS_MSG_SIGNAL), 1);
 }
 END_TEST
 
@@ -498,11 +525,11 @@ START_TEST(pool_events)
         struct fs_buf p;
         int n;
 
-        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_POOL, 0);
+        fs_imsg_begin(&w, mem, sizeof(mem), FS_I_POOL, 0);
         fs_msg_put_u32(&w, FS_F_PID, 4321);
         fs_msg_put_u32(&w, FS_F_STATUS, FS_POOL_ADDED);
         ck_assert_int_gt(n = fs_msg_finish(&w), 0);
-        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)n, &h, &p), 0);
+        ck_assert_int_eq(ihdr(mem, (size_t)n, &h, &p), 0);
         ck_assert_int_eq(fs_proto_parse_pool(&p, 1, &m, &why), 0);
         ck_assert_uint_eq(m.pid, 4321);
         ck_assert_uint_eq(m.event, FS_POOL_ADDED);
@@ -514,26 +541,193 @@ START_TEST(pool_events)
                 fs_buf_init_reader(&p, mem + FS_HDR_LEN, (size_t)cut - FS_HDR_LEN);
                 ck_assert_int_lt(fs_proto_parse_pool(&p, 1, &m, &why), 0);
         }
-        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_POOL, 0);
+        fs_imsg_begin(&w, mem, sizeof(mem), FS_I_POOL, 0);
         fs_msg_put_u32(&w, FS_F_PID, 4321);
         fs_msg_put_u32(&w, FS_F_STATUS, FS_POOL_GONE);
-        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)fs_msg_finish(&w), &h, &p), 0);
+        ck_assert_int_eq(ihdr(mem, (size_t)fs_msg_finish(&w), &h, &p), 0);
         ck_assert_int_eq(fs_proto_parse_pool(&p, 0, &m, &why), 0);
         ck_assert_uint_eq(m.event, FS_POOL_GONE);
         fs_buf_init_reader(&p, mem + FS_HDR_LEN, h.len);
         ck_assert_int_eq(fs_proto_parse_pool(&p, 1, &m, &why), -EBADMSG);
-        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_POOL, 0);
+        fs_imsg_begin(&w, mem, sizeof(mem), FS_I_POOL, 0);
         fs_msg_put_u32(&w, FS_F_PID, 4321);
         fs_msg_put_u32(&w, FS_F_STATUS, 3);
-        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)fs_msg_finish(&w), &h, &p), 0);
+        ck_assert_int_eq(ihdr(mem, (size_t)fs_msg_finish(&w), &h, &p), 0);
         ck_assert_int_eq(fs_proto_parse_pool(&p, 0, &m, &why), -EBADMSG);
-        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_POOL, 0);
+        fs_imsg_begin(&w, mem, sizeof(mem), FS_I_POOL, 0);
         fs_msg_put_u32(&w, FS_F_PID, 0);
         fs_msg_put_u32(&w, FS_F_STATUS, FS_POOL_GONE);
-        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)fs_msg_finish(&w), &h, &p), 0);
+        ck_assert_int_eq(ihdr(mem, (size_t)fs_msg_finish(&w), &h, &p), 0);
         ck_assert_int_eq(fs_proto_parse_pool(&p, 0, &m, &why), -EBADMSG);
-        ck_assert_uint_eq(fs_proto_max_fds(FS_MSG_POOL), 1);
-        ck_assert_str_eq(fs_proto_type_name(FS_MSG_POOL), "POOL");
+        ck_assert_str_eq(fs_iproto_type_name(FS_I_POOL), "POOL");
+}
+END_TEST
+
+/* The daemon's own channels: another magic, and each type only on its channel, from its side,
+ * with no more fds than the table allows. */
+START_TEST(internal_channels)
+{
+        static const struct {
+                uint16_t type;
+                unsigned chan;
+                enum fs_iside from;
+                size_t nfds;
+                int want;
+        } cases[] = {
+            {FS_I_SPAWN, FS_ICHAN_ZYGOTE, FS_ISIDE_FRONT, FS_MAX_MSG_FDS, 0},
+            {FS_I_SPAWN, FS_ICHAN_ZYGOTE, FS_ISIDE_FRONT, FS_MAX_MSG_FDS + 1, -EBADMSG},
+            {FS_I_SPAWN, FS_ICHAN_ZYGOTE, FS_ISIDE_HELPER, 0, -EBADMSG},
+            {FS_I_SPAWN, FS_ICHAN_BROKER, FS_ISIDE_FRONT, 0, -EBADMSG},
+            {FS_I_SPAWNED, FS_ICHAN_ZYGOTE, FS_ISIDE_HELPER, 2, 0},
+            {FS_I_SPAWNED, FS_ICHAN_ZYGOTE, FS_ISIDE_HELPER, 3, -EBADMSG},
+            {FS_I_SPAWNED, FS_ICHAN_ZYGOTE, FS_ISIDE_FRONT, 1, -EBADMSG},
+            {FS_I_SIGNAL, FS_ICHAN_ZYGOTE, FS_ISIDE_FRONT, 1, 0},
+            {FS_I_SIGNAL, FS_ICHAN_ZYGOTE, FS_ISIDE_HELPER, 1, -EBADMSG},
+            {FS_I_POOL, FS_ICHAN_ZYGOTE, FS_ISIDE_HELPER, 1, 0},
+            {FS_I_POOL, FS_ICHAN_BROKER, FS_ISIDE_HELPER, 1, -EBADMSG},
+            {FS_I_GPU_ALLOC, FS_ICHAN_BROKER, FS_ISIDE_FRONT, 0, 0},
+            {FS_I_GPU_ALLOC, FS_ICHAN_ZYGOTE, FS_ISIDE_FRONT, 0, -EBADMSG},
+            {FS_I_GPU_ALLOC, FS_ICHAN_BROKER, FS_ISIDE_FRONT, 1, -EBADMSG},
+            {FS_I_GPU_LEASE, FS_ICHAN_BROKER, FS_ISIDE_HELPER, 1, 0},
+            {FS_I_GPU_LEASE, FS_ICHAN_BROKER, FS_ISIDE_FRONT, 1, -EBADMSG},
+            {FS_I_GPU_FREE, FS_ICHAN_BROKER, FS_ISIDE_FRONT, 0, 0},
+            {FS_I_READY, FS_ICHAN_HELPER, FS_ISIDE_HELPER, 0, 0},
+            {FS_I_READY, FS_ICHAN_BROKER, FS_ISIDE_HELPER, 1, -EBADMSG},
+            {FS_I_READY, FS_ICHAN_ZYGOTE, FS_ISIDE_FRONT, 0, -EBADMSG},
+            {FS_I_FAILED, FS_ICHAN_ZYGOTE, FS_ISIDE_HELPER, 1, 0},
+            {0, FS_ICHAN_ZYGOTE, FS_ISIDE_FRONT, 0, -EBADMSG},
+            {FS_I_MAX_ + 1, FS_ICHAN_ZYGOTE, FS_ISIDE_FRONT, 0, -EBADMSG},
+        };
+        struct fs_msgw w;
+        struct fs_hdr h;
+        struct fs_buf p;
+        uint32_t pid;
+        int n;
+
+        for (size_t i = 0; i < FS_ARRAY_SIZE(cases); i++) {
+                fs_imsg_begin(&w, mem, sizeof(mem), cases[i].type, 7);
+                ck_assert_int_gt(n = fs_msg_finish(&w), 0);
+                ck_assert_msg(fs_iproto_parse_hdr(mem, (size_t)n, cases[i].chan, cases[i].from,
+                                                  cases[i].nfds, &h, &p) == cases[i].want,
+                              "case %zu: type %u", i, cases[i].type);
+                /* never a client message, whatever its type */
+                ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)n, &h, &p), -EPROTO);
+        }
+        /* nor is a client message ever an internal one */
+        fs_msg_begin(&w, mem, sizeof(mem), FS_I_SPAWN, 7);
+        ck_assert_int_gt(n = fs_msg_finish(&w), 0);
+        ck_assert_int_eq(
+            fs_iproto_parse_hdr(mem, (size_t)n, FS_ICHAN_ZYGOTE, FS_ISIDE_FRONT, 0, &h, &p),
+            -EPROTO);
+        /* the client types the daemon once used itself are reserved: a well-framed header
+         * (answered with ERROR, not a closed connection), no name of their own */
+        fs_msg_begin(&w, mem, sizeof(mem), 15, 7);
+        ck_assert_int_eq(fs_proto_parse_hdr(mem, (size_t)fs_msg_finish(&w), &h, &p), 0);
+        ck_assert_str_eq(fs_proto_type_name(15), "reserved");
+        ck_assert_str_eq(fs_proto_type_name(FS_MSG_DATA), "DATA");
+        ck_assert_str_eq(fs_iproto_type_name(FS_I_GPU_LEASE), "GPU_LEASE");
+        ck_assert_str_eq(fs_iproto_type_name(0), "unknown");
+        /* a sequence number set once sent */
+        fs_imsg_begin(&w, mem, sizeof(mem), FS_I_SPAWN, 0);
+        ck_assert_int_gt(n = fs_msg_finish(&w), 0);
+        fs_msg_set_id(mem, (size_t)n, 0xdeadbeef);
+        ck_assert_int_eq(ihdr(mem, (size_t)n, &h, &p), 0);
+        ck_assert_uint_eq(h.id, 0xdeadbeef);
+        /* a zygote's SPAWNED carries the PID and nothing to fill in */
+        fs_imsg_begin(&w, mem, sizeof(mem), FS_I_SPAWNED, 1);
+        fs_msg_put_u32(&w, FS_F_PID, 1234);
+        ck_assert_int_eq(ihdr(mem, (size_t)fs_msg_finish(&w), &h, &p), 0);
+        ck_assert_int_eq(fs_iproto_parse_spawned(&p, &pid, NULL), 0);
+        ck_assert_uint_eq(pid, 1234);
+        fs_imsg_begin(&w, mem, sizeof(mem), FS_I_SPAWNED, 1);
+        fs_msg_put_u64(&w, FS_F_WORKER, 0);
+        fs_msg_put_u32(&w, FS_F_PID, 1234);
+        ck_assert_int_eq(ihdr(mem, (size_t)fs_msg_finish(&w), &h, &p), 0);
+        ck_assert_int_eq(fs_iproto_parse_spawned(&p, &pid, NULL), -EBADMSG);
+        /* a message resumed after its first fields, then finished */
+        fs_imsg_begin(&w, mem, sizeof(mem), FS_I_GPU_FREE, 2);
+        size_t part = w.b.len;
+
+        fs_msg_resume(&w, mem, part, sizeof(mem));
+        fs_msg_put_u64(&w, FS_F_LEASE, 77);
+        ck_assert_int_gt(n = fs_msg_finish(&w), 0);
+        ck_assert_int_eq(
+            fs_iproto_parse_hdr(mem, (size_t)n, FS_ICHAN_BROKER, FS_ISIDE_FRONT, 0, &h, &p), 0);
+        uint64_t lease = 0;
+
+        ck_assert_int_eq(fs_proto_parse_gpu_free(&p, &lease, NULL), 0);
+        ck_assert_uint_eq(lease, 77);
+        fs_msg_resume(&w, mem, 3, sizeof(mem));
+        ck_assert_int_lt(fs_msg_finish(&w), 0);
+}
+END_TEST
+
+/* The zygote's request, written afresh from a parsed one, says what the client asked and
+ * nothing else: field for field, whatever order or extras the client's had. */
+START_TEST(spawn_rebuilt)
+{
+        struct fs_spawn a, b;
+        const char *bptrs[FS_SPAWN_PTRS];
+        struct fs_msgw w;
+        struct fs_hdr h;
+        struct fs_buf p;
+        const char *why;
+        int n;
+
+        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_SPAWN, 3);
+        fs_msg_put_u32(&w, FS_F_FD, 7);
+        fs_msg_put_str(&w, FS_F_ENV, "A=1");
+        fs_msg_put_str(&w, FS_F_PATH, "/bin/echo");
+        fs_msg_put_str(&w, FS_F_ARG, "echo");
+        fs_msg_put_str(&w, FS_F_ARG, "");
+        fs_msg_put_str(&w, FS_F_ENV, "B=");
+        fs_msg_put_str(&w, FS_F_CWD, "/tmp");
+        fs_msg_put_str(&w, FS_F_PROFILE, "strict");
+        fs_msg_put_u32(&w, FS_F_FLAGS, FS_SPAWN_CHANNEL | FS_SPAWN_NEWPGRP);
+        fs_msg_put_u32(&w, FS_F_UMASK, 022);
+        fs_msg_put_rlimit(&w, 7, 10, 20);
+        fs_msg_put_u32(&w, FS_F_FD, 0);
+        ck_assert_int_gt(n = fs_msg_finish(&w), 0);
+        ck_assert_int_eq(parse_spawn(mem, (size_t)n, 2, &a, &why), 0);
+        fs_imsg_begin(&w, mem2, sizeof(mem2), FS_I_SPAWN, 0);
+        fs_msg_put_spawn(&w, &a);
+        ck_assert_int_gt(n = fs_msg_finish(&w), 0);
+        ck_assert_int_eq(ihdr(mem2, (size_t)n, &h, &p), 0);
+        ck_assert_int_eq(fs_proto_parse_spawn(&p, 2, true, bptrs, FS_ARRAY_SIZE(bptrs), &b, &why),
+                         0);
+        ck_assert_str_eq(b.path, "/bin/echo");
+        ck_assert_uint_eq(b.argc, 2);
+        ck_assert_str_eq(b.argv[1], "");
+        ck_assert_uint_eq(b.envc, 2);
+        ck_assert_str_eq(b.envp[0], "A=1");
+        ck_assert_str_eq(b.envp[1], "B=");
+        ck_assert_str_eq(b.cwd, "/tmp");
+        ck_assert_str_eq(b.profile, "strict");
+        ck_assert_uint_eq(b.flags, a.flags);
+        ck_assert_int_eq(b.umask, 022);
+        ck_assert_uint_eq(b.nrlimits, 1);
+        ck_assert_uint_eq(b.rlimits[0].hard, 20);
+        ck_assert_uint_eq(b.nfds, 2);
+        ck_assert_uint_eq(b.child_fd[0], 7);
+        ck_assert_uint_eq(b.child_fd[1], 0);
+        ck_assert(!b.has_cred);
+        ck_assert_ptr_null(b.entry);
+        /* fork mode, with an empty argument */
+        fs_msg_begin(&w, mem, sizeof(mem), FS_MSG_SPAWN, 3);
+        fs_msg_put_str(&w, FS_F_ENTRY, "libx.so:run");
+        fs_msg_put_bytes(&w, FS_F_ARGBYTES, "", 0);
+        ck_assert_int_gt(n = fs_msg_finish(&w), 0);
+        ck_assert_int_eq(parse_spawn(mem, (size_t)n, 0, &a, &why), 0);
+        fs_imsg_begin(&w, mem2, sizeof(mem2), FS_I_SPAWN, 0);
+        fs_msg_put_spawn(&w, &a);
+        ck_assert_int_gt(n = fs_msg_finish(&w), 0);
+        ck_assert_int_eq(ihdr(mem2, (size_t)n, &h, &p), 0);
+        ck_assert_int_eq(fs_proto_parse_spawn(&p, 0, true, bptrs, FS_ARRAY_SIZE(bptrs), &b, &why),
+                         0);
+        ck_assert_str_eq(b.entry, "libx.so:run");
+        ck_assert_uint_eq(b.arglen, 0);
+        ck_assert_int_eq(b.umask, -1);
+        ck_assert_uint_eq(b.flags, 0);
 }
 END_TEST
 
@@ -570,6 +764,8 @@ static Suite *suite(void)
         tcase_add_test(tc, spawn_gpu_fields);
         tcase_add_test(tc, spawn_cred_and_signal);
         tcase_add_test(tc, pool_events);
+        tcase_add_test(tc, internal_channels);
+        tcase_add_test(tc, spawn_rebuilt);
         suite_add_tcase(s, tc);
         return s;
 }

@@ -849,6 +849,8 @@ START_TEST(hostile_datagrams)
             {"second HELLO", false},
             {"AUTH again", false},
             {"surplus fds beyond the cap", true},
+            {"a reserved type (once the daemon's own GPU_ALLOC)", false},
+            {"the daemon's own protocol: a zygote's SPAWN", true},
         };
         for (size_t i = 0; i < FS_ARRAY_SIZE(cases); i++) {
                 s = raw_connect(d.sock);
@@ -893,6 +895,18 @@ START_TEST(hostile_datagrams)
                         break;
                 case 8:
                         send_surplus(s, buf, (size_t)n, fd, 100);
+                        break;
+                case 9:
+                        fs_msg_begin(&w, buf, sizeof(buf), 15, 5);
+                        fs_msg_put_gpu(&w, 0, 1 << 20);
+                        send_raw(s, buf, (size_t)fs_msg_finish(&w), NULL, 0);
+                        break;
+                case 10:
+                        fs_imsg_begin(&w, buf, sizeof(buf), FS_I_SPAWN, 5);
+                        fs_msg_put_str(&w, FS_F_PATH, "/bin/true");
+                        fs_msg_put_str(&w, FS_F_ARG, "/bin/true");
+                        fs_msg_put_cred(&w, 0, 0, NULL, 0);
+                        send_raw(s, buf, (size_t)fs_msg_finish(&w), NULL, 0);
                         break;
                 }
                 expect_refusal(s, cases[i].cut, cases[i].what);

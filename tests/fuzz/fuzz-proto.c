@@ -1,4 +1,5 @@
-/* libFuzzer target: every client-reachable message parser. First byte: number of fds. */
+/* libFuzzer target: every message parser, of the client protocol and of the daemon's own
+ * channels. First byte: the top bit picks the daemon's protocol, the rest the number of fds. */
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -12,6 +13,85 @@ static int ignore_stat(void *ud, const char *name, uint64_t v)
         (void)ud;
         (void)name;
         (void)v;
+        return 0;
+}
+
+/* A datagram of the daemon's own channels, as whichever end may receive its type parses it. */
+static int internal(const uint8_t *data, size_t size, size_t nfds)
+{
+        static const unsigned chans[] = {FS_ICHAN_ZYGOTE, FS_ICHAN_BROKER, FS_ICHAN_HELPER};
+        const char *why;
+        struct fs_hdr h;
+        struct fs_buf p;
+        int r = -1;
+
+        for (size_t i = 0; i < 6 && r < 0; i++)
+                r = fs_iproto_parse_hdr(data, size, chans[i / 2],
+                                        i % 2 ? FS_ISIDE_HELPER : FS_ISIDE_FRONT, nfds, &h, &p);
+        if (r < 0)
+                return 0;
+        switch (h.type) {
+        case FS_I_SPAWN: {
+                struct fs_spawn sp;
+
+                /* as the zygote parses it: its GPU buffers' fds attached */
+                if (fs_proto_parse_spawn(&p, nfds, true, ptrs, FS_SPAWN_PTRS, &sp, &why) == 0 &&
+                    (sp.ngpu > FS_MAX_GPU || sp.nfds + sp.ngpu != nfds ||
+                     sp.ngroups > FS_MAX_GROUPS || (sp.ngroups && !sp.has_cred)))
+                        __builtin_trap();
+                break;
+        }
+        case FS_I_SPAWNED: {
+                uint32_t pid;
+
+                if (fs_iproto_parse_spawned(&p, &pid, &why) == 0 && (pid == 0 || pid > INT32_MAX))
+                        __builtin_trap();
+                break;
+        }
+        case FS_I_FAILED: {
+                struct fs_msg_error e;
+
+                fs_proto_parse_error(&p, &e, &why);
+                break;
+        }
+        case FS_I_READY:
+                fs_proto_parse_status(&p, ignore_stat, NULL, &why);
+                break;
+        case FS_I_SIGNAL: {
+                struct fs_msg_signal sg;
+
+                if (fs_proto_parse_signal(&p, nfds, &sg, &why) == 0 &&
+                    (sg.signo == 0 || sg.signo > 64 || (sg.pid == 0) != (nfds == 1)))
+                        __builtin_trap();
+                break;
+        }
+        case FS_I_POOL: {
+                struct fs_msg_pool pm;
+
+                fs_proto_parse_pool(&p, nfds, &pm, &why);
+                break;
+        }
+        case FS_I_GPU_ALLOC: {
+                struct fs_msg_gpu_alloc g;
+
+                fs_proto_parse_gpu_alloc(&p, &g, &why);
+                break;
+        }
+        case FS_I_GPU_LEASE: {
+                struct fs_msg_lease l;
+
+                fs_proto_parse_lease(&p, &l, &why);
+                break;
+        }
+        case FS_I_GPU_FREE: {
+                uint64_t lease;
+
+                fs_proto_parse_gpu_free(&p, &lease, &why);
+                break;
+        }
+        default:
+                __builtin_trap(); /* the table let through a type nobody parses */
+        }
         return 0;
 }
 
@@ -35,7 +115,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
         if (size < 1)
                 return 0;
-        nfds = data[0] % (FS_MAX_MSG_FDS + 2);
+        nfds = (data[0] & 0x7f) % (FS_MAX_MSG_FDS + 2);
+        if (data[0] & 0x80)
+                return internal(data + 1, size - 1, nfds);
         if (fs_proto_parse_hdr(data + 1, size - 1, &h, &p) < 0)
                 return 0;
         switch (h.type) {
@@ -52,15 +134,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 fs_proto_parse_error(&p, &m.error, &why);
                 break;
         case FS_MSG_SPAWN: {
-                /* the low bit of the first byte: as the zygote parses it, GPU fds attached */
-                bool gpu_fds = data[0] & 0x80;
-                struct fs_buf again = p;
-
-                if (gpu_fds &&
-                    fs_proto_parse_spawn(&again, nfds, true, ptrs, FS_SPAWN_PTRS, &sp, &why) == 0 &&
-                    (sp.ngpu > FS_MAX_GPU || sp.nfds + sp.ngpu != nfds ||
-                     sp.ngroups > FS_MAX_GROUPS || (sp.ngroups && !sp.has_cred)))
-                        __builtin_trap();
                 if (nfds <= FS_MAX_MSG_FDS &&
                     fs_proto_parse_spawn(&p, nfds, false, ptrs, FS_SPAWN_PTRS, &sp, &why) == 0) {
                         /* a parse that succeeded must hand out valid, terminated arrays */
@@ -84,32 +157,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                 if (sp.gpu[i].size == 0)
                                         __builtin_trap();
                 }
-                break;
-        }
-        case FS_MSG_GPU_ALLOC: {
-                struct fs_msg_gpu_alloc g;
-
-                fs_proto_parse_gpu_alloc(&p, &g, &why);
-                break;
-        }
-        case FS_MSG_GPU_LEASE: {
-                struct fs_msg_lease l;
-
-                fs_proto_parse_lease(&p, &l, &why);
-                break;
-        }
-        case FS_MSG_GPU_FREE: {
-                uint64_t lease;
-
-                fs_proto_parse_gpu_free(&p, &lease, &why);
-                break;
-        }
-        case FS_MSG_SIGNAL: {
-                struct fs_msg_signal sg;
-
-                if (fs_proto_parse_signal(&p, nfds, &sg, &why) == 0 &&
-                    (sg.signo == 0 || sg.signo > 64 || (sg.pid == 0) != (nfds == 1)))
-                        __builtin_trap();
                 break;
         }
         case FS_MSG_SPAWNED:

@@ -1,4 +1,5 @@
 /* Writes the seed corpus: one valid message of each kind (run by hand; output committed). */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -58,33 +59,49 @@ int main(int argc, char **argv)
         fs_msg_put_gpu(&w, 0, 1 << 20);
         fs_msg_put_u32(&w, FS_F_FD, 1);
         save(argv[1], "spawn-gpu", 1, m, fs_msg_finish(&w));
+        /* the daemon's own channels (first byte's top bit) */
+        fs_imsg_begin(&w, m, sizeof(m), FS_I_SPAWN, 3);
+        fs_msg_put_str(&w, FS_F_PATH, "/bin/true");
+        fs_msg_put_str(&w, FS_F_ARG, "true");
+        fs_msg_put_u32(&w, FS_F_FD, 1);
+        fs_msg_put_gpu(&w, 0, 2 << 20);
         fs_msg_put_bytes(&w, FS_F_UUID, "fakecuda-gpu00\0\0", 16);
         save(argv[1], "spawn-gpu-forwarded", 0x80 | 2, m, fs_msg_finish(&w));
-        /* workers as their clients: the front's forwarded form with CRED, and SIGNAL by pidfd
-         * and by pid */
+        /* workers as their clients: the front's request with CRED, and SIGNAL by pidfd and
+         * by pid */
         {
                 static const uint32_t groups[] = {100, 4242};
 
-                fs_msg_begin(&w, m, sizeof(m), FS_MSG_SPAWN, 4);
+                fs_imsg_begin(&w, m, sizeof(m), FS_I_SPAWN, 4);
                 fs_msg_put_str(&w, FS_F_PATH, "/bin/true");
                 fs_msg_put_str(&w, FS_F_ARG, "true");
                 fs_msg_put_cred(&w, 65534, 65534, groups, 2);
                 save(argv[1], "spawn-cred-forwarded", 0x80, m, fs_msg_finish(&w));
         }
-        fs_msg_begin(&w, m, sizeof(m), FS_MSG_SIGNAL, 0);
+        fs_imsg_begin(&w, m, sizeof(m), FS_I_SIGNAL, 0);
         fs_msg_put_u32(&w, FS_F_STATUS, 15);
         fs_msg_put_cred(&w, 65534, 0, NULL, 0);
-        save(argv[1], "signal", 1, m, fs_msg_finish(&w));
+        save(argv[1], "signal", 0x80 | 1, m, fs_msg_finish(&w));
         fs_msg_put_u32(&w, FS_F_PID, 4321);
-        save(argv[1], "signal-pid", 0, m, fs_msg_finish(&w));
-        fs_msg_begin(&w, m, sizeof(m), FS_MSG_GPU_LEASE, 4);
+        save(argv[1], "signal-pid", 0x80, m, fs_msg_finish(&w));
+        fs_imsg_begin(&w, m, sizeof(m), FS_I_GPU_LEASE, 4);
         fs_msg_put_u64(&w, FS_F_LEASE, 7);
         fs_msg_put_gpu(&w, 0, 2 << 20);
         fs_msg_put_bytes(&w, FS_F_UUID, "fakecuda-gpu00\0\0", 16);
-        save(argv[1], "gpu-lease", 1, m, fs_msg_finish(&w));
-        fs_msg_begin(&w, m, sizeof(m), FS_MSG_GPU_ALLOC, 5);
+        save(argv[1], "gpu-lease", 0x80 | 1, m, fs_msg_finish(&w));
+        fs_imsg_begin(&w, m, sizeof(m), FS_I_GPU_ALLOC, 5);
         fs_msg_put_gpu(&w, 0, 2 << 20);
-        save(argv[1], "gpu-alloc", 0, m, fs_msg_finish(&w));
+        save(argv[1], "gpu-alloc", 0x80, m, fs_msg_finish(&w));
+        fs_imsg_begin(&w, m, sizeof(m), FS_I_SPAWNED, 6);
+        fs_msg_put_u32(&w, FS_F_PID, 4321);
+        save(argv[1], "zygote-spawned", 0x80 | 2, m, fs_msg_finish(&w));
+        fs_imsg_begin(&w, m, sizeof(m), FS_I_POOL, 0);
+        fs_msg_put_u32(&w, FS_F_PID, 4321);
+        fs_msg_put_u32(&w, FS_F_STATUS, FS_POOL_ADDED);
+        save(argv[1], "pool-added", 0x80 | 1, m, fs_msg_finish(&w));
+        fs_imsg_begin_failed(&w, m, sizeof(m), 7, ENOENT, "exec /x");
+        fs_msg_put_u32(&w, FS_F_STEP, FS_STEP_EXEC);
+        save(argv[1], "zygote-failed", 0x80, m, fs_msg_finish(&w));
         fs_msg_begin(&w, m, sizeof(m), FS_MSG_DATA, 0);
         fs_buf_put_bytes(&w.b, "payload", 7);
         save(argv[1], "data", 0, m, fs_msg_finish(&w));
