@@ -44,7 +44,7 @@ res() { SUM+=("$(printf '%-4s %s' "$1" "$2")"); printf '[%s] %s\n' "$1" "$2" | t
 el() { echo $(( $(date +%s) - T0 )); }
 left() { echo $(( 465 - $(el) )); }
 step() { printf '\n===== %s (t=%ss)\n' "$1" "$(el)" | tee -a "$LOG"; }
-[ -f meson.build ] && [ -f forkserver/broker.c ] || { echo "run from the forkserver repo root"; exit 2; }
+[ -f meson.build ] && [ -f forkserver/broker/broker.c ] || { echo "run from the forkserver repo root"; exit 2; }
 export PATH=$PATH:/usr/local/cuda/bin:/opt/torch/.venv/bin
 
 step "0. environment"

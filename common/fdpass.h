@@ -20,7 +20,7 @@ int fs_fdpass_recv(int sock, void *buf, size_t cap, int *fds, size_t maxfds, siz
                    int flags);
 
 /*
- * For a receiver that must not close what it gets (a close can block: forkserver/closer.h):
+ * For a receiver that must not close what it gets (a close can block: forkserver/front/closer.h):
  * one datagram and every fd that came with it, up to FS_SCM_MAX_FD (fds must have room for
  * that many, so that the kernel drops none in our name), checking nothing. *ret_flags gets
  * the message's flags (MSG_TRUNC, MSG_CTRUNC); *ret_foreign says whether a control message

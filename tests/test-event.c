@@ -1,4 +1,4 @@
-/* The front's event loop (forkserver/event.c): timers in order, re-armed and disarmed; fds
+/* The front's event loop (forkserver/front/event.c): timers in order, re-armed and disarmed; fds
  * with their handlers; a source stopped during a batch gets none of the batch's events; late
  * sources after the others. */
 #include <errno.h>
@@ -7,7 +7,7 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "forkserver/event.h"
+#include "forkserver/front/event.h"
 #include "testutil.h"
 
 #define NT 200

@@ -2,7 +2,7 @@
 #include <seccomp.h>
 #include <string.h>
 
-#include "forkserver/profile.h"
+#include "forkserver/sandbox/profile.h"
 #include "testutil.h"
 
 static struct fsd_profile_src src;

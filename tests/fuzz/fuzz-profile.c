@@ -1,7 +1,7 @@
 /* libFuzzer target: the profile-file parser. */
 #include <stdint.h>
 
-#include "forkserver/profile.h"
+#include "forkserver/sandbox/profile.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
