@@ -362,9 +362,15 @@ static inline size_t zygotes_of(pid_t front, pid_t *out, size_t cap)
         return k;
 }
 
+/* Zombies of parent that outlast a second: the daemon reaps on its loop, never waiting for a
+ * child to die, so one just killed may be a zombie for a moment, but not for long. */
 static inline int count_zombies(pid_t parent)
 {
-        return (int)children_of(parent, true, NULL, 0);
+        int n;
+
+        for (int i = 0; (n = (int)children_of(parent, true, NULL, 0)) > 0 && i < 100; i++)
+                usleep(10 * 1000);
+        return n;
 }
 
 /* A raw connection, for speaking the protocol by hand. */

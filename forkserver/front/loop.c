@@ -126,7 +126,7 @@ static void on_template(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
 
 static bool tracked(const struct fsd_server *s, pid_t pid)
 {
-        if (pid == s->tpl.pid || pid == s->gpu.pid || pid == s->closer.pid)
+        if (pid == s->tpl.pid || pid == s->gpu.pid || pid == s->closer.pid || fsd_reap_has(s, pid))
                 return true;
         for (unsigned i = 0; i < s->nzyg; i++) {
                 if (pid == s->zyg[i].pid)
@@ -212,8 +212,7 @@ static void on_strays(struct fsd_loop *l, struct fsd_timer *t, int64_t now)
                         continue;
                 /* an orphan: SIGTERM now, SIGKILL after the grace, reaped on its exit */
                 if (!(w = fsd_worker_new(s, NULL, pidfd, pid, 0, false))) {
-                        (void)pidfd_send_signal(pidfd, SIGKILL, NULL, 0);
-                        fs_close(pidfd); /* its zombie is reaped by nobody: logged */
+                        (void)fsd_reap(s, pidfd, pid, uid_of(pid), true);
                         fs_log(FS_LOG_ERROR,
                                "worker pid %d, which no zygote reported, could "
                                "not be tracked: killed",
@@ -305,6 +304,7 @@ int fsd_loop_run(struct fsd_server *s)
         fsd_template_stop(&s->tpl);
         fsd_zygotes_stop(s);
         fsd_gpu_stop(s);
+        fsd_reap_stop(s, 1000);
         fsd_closer_stop(&s->closer, 1000);
         (void)fs_log_limited_flush(INT64_MAX);
         if (s->listen_fd >= 0) {

@@ -10,6 +10,7 @@
 #include <sys/pidfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "common/fdpass.h"
 #include "common/util.h"
@@ -21,44 +22,13 @@ static void drop(struct fsd_zygote *z, unsigned i)
         z->idle[i] = z->idle[--z->nidle];
 }
 
-/* Signals and reaps an idle child; with wait false, one that has not exited yet is left
- * dying, for the next call. True when it was reaped (its pidfd is closed then). */
-static bool end_child(struct fsd_idle *d, bool wait)
+/* An idle child let go or gone: it is the reaper's (killed first), out of our books. */
+static void end_one(struct fsd_server *s, struct fsd_zygote *z, unsigned i)
 {
-        siginfo_t si = {0};
-        int r;
+        struct fsd_idle d = z->idle[i];
 
-        if (!d->dying) {
-                if (d->pidfd >= 0)
-                        (void)pidfd_send_signal(d->pidfd, SIGKILL, NULL, 0);
-                else
-                        (void)kill(d->pid, SIGKILL); /* ours and unreaped: the pid is its own */
-                d->dying = true;
-        }
-        do
-                r = d->pidfd >= 0
-                        ? waitid(P_PIDFD, (id_t)d->pidfd, &si, WEXITED | (wait ? 0 : WNOHANG))
-                        : waitid(P_PID, (id_t)d->pid, &si, WEXITED | (wait ? 0 : WNOHANG));
-        while (r < 0 && errno == EINTR);
-        if (r == 0 && si.si_pid == 0)
-                return false; /* not yet */
-        d->pidfd = fs_close(d->pidfd);
-        return true;
-}
-
-static bool end_one(struct fsd_zygote *z, unsigned i, bool wait)
-{
-        if (!end_child(&z->idle[i], wait))
-                return false;
-        drop(z, i);
-        return true;
-}
-
-static void reap_dying(struct fsd_zygote *z)
-{
-        for (unsigned i = z->nidle; i-- > 0;)
-                if (z->idle[i].dying)
-                        (void)end_one(z, i, false);
+        z->idle[i] = z->idle[--z->nidle];
+        (void)fsd_reap(s, d.pidfd, d.pid, geteuid(), true);
 }
 
 bool fsd_pool_message(struct fsd_server *s, struct fsd_zygote *z, const uint8_t *msg, size_t len,
@@ -69,7 +39,6 @@ bool fsd_pool_message(struct fsd_server *s, struct fsd_zygote *z, const uint8_t 
         struct fs_hdr h;
         struct fs_buf p;
 
-        (void)s;
         if (fs_iproto_parse_hdr(msg, len, FS_ICHAN_ZYGOTE, FS_ISIDE_HELPER, nfds, &h, &p) < 0 ||
             h.type != FS_I_POOL)
                 return false;
@@ -79,16 +48,13 @@ bool fsd_pool_message(struct fsd_server *s, struct fsd_zygote *z, const uint8_t 
                 fs_close_many(fds, nfds);
                 return true;
         }
-        reap_dying(z);
         if (m.event == FS_POOL_ADDED) {
                 if (z->nidle == FSD_MAX_PREFORK) { /* no zygote of ours does this */
-                        struct fsd_idle extra = {.pid = (pid_t)m.pid, .pidfd = nfds ? fds[0] : -1};
-
                         fs_log_limited(FS_LOG_ERROR,
                                        "zygote pid %d: more idle children than "
                                        "--prefork allows; ending pid %d",
                                        (int)z->pid, (int)m.pid);
-                        (void)end_child(&extra, true);
+                        (void)fsd_reap(s, nfds ? fds[0] : -1, (pid_t)m.pid, geteuid(), true);
                         return true;
                 }
                 z->idle[z->nidle++] =
@@ -102,7 +68,7 @@ bool fsd_pool_message(struct fsd_server *s, struct fsd_zygote *z, const uint8_t 
         }
         for (unsigned i = 0; i < z->nidle; i++)
                 if (z->idle[i].pid == (pid_t)m.pid) {
-                        (void)end_one(z, i, false);
+                        end_one(s, z, i);
                         break;
                 }
         return true;
@@ -135,7 +101,7 @@ void fsd_pool_end(struct fsd_server *s, struct fsd_zygote *z)
                 if (!fsd_pool_message(s, z, msg, (size_t)n, fds, nfds, lost))
                         fs_close_many(fds, nfds);
         while (z->nidle)
-                (void)end_one(z, z->nidle - 1, true);
+                end_one(s, z, z->nidle - 1);
 }
 
 unsigned fsd_pool_idle(const struct fsd_server *s)
@@ -144,6 +110,6 @@ unsigned fsd_pool_idle(const struct fsd_server *s)
 
         for (unsigned k = 0; k < s->nzyg; k++)
                 for (unsigned i = 0; i < s->zyg[k].nidle; i++)
-                        n += !s->zyg[k].idle[i].dying;
+                        n++;
         return n;
 }

@@ -173,8 +173,7 @@ struct fsd_zygote {
         /* its pre-forked idle children (pool.c): our children, not workers, until one serves */
         struct fsd_idle {
                 pid_t pid;
-                int pidfd;  /* -1: lost (we were out of fds); by pid then */
-                bool dying; /* let go and signalled, not reaped yet */
+                int pidfd; /* -1: lost (we were out of fds); by pid then */
         } idle[FSD_MAX_PREFORK];
         unsigned nidle;
         uint32_t seq;
@@ -316,7 +315,9 @@ struct fsd_server {
         struct fsd_stats stats;
         uint8_t rx[FS_MAX_MSG];
         uint8_t tx[FS_MAX_MSG];
-        uint8_t zreq[FS_MAX_MSG]; /* a request for a zygote, as spawn.c writes it */
+        uint8_t zreq[FS_MAX_MSG];    /* a request for a zygote, as spawn.c writes it */
+        struct fsd_reaping *reaping; /* reap.c */
+        unsigned nreaping;
 };
 
 /* The server whose loop a handler was called from (every source is on s->loop). */
@@ -382,6 +383,15 @@ void fsd_gpu_abandon(struct fsd_server *s, struct fsd_inflight *e);
 void fsd_gpu_release_worker(struct fsd_server *s, struct fsd_worker *w);
 /* The connection closed: its client's copies are uncharged once its process has exited. */
 void fsd_gpu_conn_closed(struct fsd_server *s, struct fsd_conn *c);
+
+/* reap.c: children the front ends and reaps without waiting (a failed or untrackable worker,
+ * a stray, an idle child let go). With kill_it, SIGKILL first (as uid: fsd_signal). pidfd
+ * (taken, -1: none, then by pid) is closed once it is reaped. */
+struct fsd_reaping;
+int fsd_reap(struct fsd_server *s, int pidfd, pid_t pid, uid_t uid, bool kill_it);
+bool fsd_reap_has(const struct fsd_server *s, pid_t pid);
+/* After the loop: each left gets up to grace_ms more, then is left to init. */
+void fsd_reap_stop(struct fsd_server *s, int grace_ms);
 
 /* spawn.c */
 void fsd_spawn_init(struct fsd_server *s);

@@ -265,46 +265,6 @@ out:
         fsd_closer_put(&s->closer, fds, nfds);
 }
 
-/* Reaps a child that failed before exec: it has exited or is about to. */
-static void reap_failed(int pidfd)
-{
-        siginfo_t si;
-
-        while (waitid(P_PIDFD, (id_t)pidfd, &si, WEXITED) < 0 && errno == EINTR)
-                ; /* the caller closes it */
-}
-
-/* Ends a new worker and reaps it; one that could not be signalled is left to its exit
- * (it dies with its connection's end or ours) rather than waited for here. */
-static void kill_reap(struct fsd_server *s, int pidfd, uid_t uid)
-{
-        int r = fsd_signal(s, pidfd, 0, uid, SIGKILL);
-
-        if (r < 0) {
-                fs_log_errno(FS_LOG_ERROR, r, "cannot end a worker that cannot be tracked");
-                return;
-        }
-        reap_failed(pidfd);
-}
-
-/* Ends and reaps a child whose pidfd never reached us (we were out of fds). It is our own
- * child (CLONE_PARENT) and nothing here waits for "any child", so its pid cannot have been
- * reused: it stays ours until we reap it. */
-static void reap_by_pid(struct fsd_server *s, pid_t pid, uid_t uid, bool kill_it)
-{
-        siginfo_t si;
-        int r;
-
-        if (pid <= 0)
-                return;
-        if (kill_it && (r = fsd_signal(s, -1, pid, uid, SIGKILL)) < 0) {
-                fs_log_errno(FS_LOG_ERROR, r, "cannot end worker pid %d", (int)pid);
-                return;
-        }
-        while (waitid(P_PID, (id_t)pid, &si, WEXITED) < 0 && errno == EINTR)
-                ;
-}
-
 static void count_failure(struct fsd_server *s, const struct fs_msg_error *er)
 {
         fsd_spawn_failed(s, er->err == EMFILE || er->err == ENFILE ? FSD_FAIL_OUT_OF_FDS
@@ -359,7 +319,7 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
                 fsd_pool_taken(s, (pid_t)pid); /* a pre-forked child serves it */
                 if (lost) {
                         fsd_gpu_abandon(s, e);
-                        reap_by_pid(s, (pid_t)pid, e->uid, true);
+                        (void)fsd_reap(s, -1, (pid_t)pid, e->uid, true);
                         fsd_spawn_failed(s, FSD_FAIL_OUT_OF_FDS);
                         fs_log_limited(FS_LOG_WARNING, "out of file descriptors: new worker "
                                                        "ended");
@@ -374,7 +334,8 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
                 w = fsd_worker_new(s, c, pidfd, (pid_t)pid, e->req_id, e->flags & FS_SPAWN_DETACH);
                 if (!w) {
                         /* Cannot track it: end it now rather than lose it. */
-                        kill_reap(s, pidfd, e->uid);
+                        (void)fsd_reap(s, pidfd, (pid_t)pid, e->uid, true);
+                        pidfd = -1;
                         why = "out of memory";
                         r = -ENOMEM;
                         goto fail_reply;
@@ -418,10 +379,11 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
                 if (er.pid)
                         fsd_pool_taken(s, (pid_t)er.pid);
                 fsd_gpu_abandon(s, e);
-                if (pidfd >= 0)
-                        reap_failed(pidfd);
-                else if (lost)
-                        reap_by_pid(s, (pid_t)er.pid, e->uid, false);
+                /* it failed before exec, and is exiting: reaped when it has (a client may
+                 * stop it first, and that must not make us wait) */
+                if (pidfd >= 0 || (lost && er.pid))
+                        (void)fsd_reap(s, pidfd, (pid_t)er.pid, e->uid, false);
+                pidfd = -1;
                 count_failure(s, &er);
                 if (c)
                         send_setup_error(s, c, e->req_id, &er);
@@ -431,7 +393,8 @@ fail:
         r = -EIO;
         fsd_gpu_abandon(s, e);
         if (pidfd >= 0)
-                kill_reap(s, pidfd, e->uid);
+                (void)fsd_reap(s, pidfd, 0, e->uid, true);
+        pidfd = -1;
 fail_reply:
         fsd_gpu_abandon(s, e);
         fsd_spawn_failed(s, FSD_FAIL_ZYGOTE);
