@@ -391,7 +391,7 @@ static int recv_handshake(int fd, uint8_t *buf, size_t cap, int64_t deadline)
 }
 
 /* Nobody but root, us or the server's uid may be able to swap the socket's path. */
-static int check_path(const char *path, uid_t server_uid, char *why, size_t cap)
+static int check_path(const char *path, uid_t server_uid, char *err, size_t errlen)
 {
         const uid_t trusted[] = {0, geteuid(), server_uid}; /* server_uid 0: root again */
         char bad[512], named[48] = "";
@@ -400,14 +400,14 @@ static int check_path(const char *path, uid_t server_uid, char *why, size_t cap)
         if ((r = fs_dirtrust_check(path, trusted, FS_ARRAY_SIZE(trusted), bad, sizeof(bad))) >= 0)
                 return 0;
         if (r == -ENOENT) {
-                (void)fs_format(why, cap, "cannot connect to %s: %s", path, bad);
+                (void)fs_format(err, errlen, "cannot connect to %s: %s", path, bad);
                 return r;
         }
         if (server_uid != 0)
                 snprintf(named, sizeof(named), ", uid %u (the server uid named)",
                          (unsigned)server_uid);
         /* fs_format: a reason cut short is still a reason */
-        (void)fs_format(why, cap,
+        (void)fs_format(err, errlen,
                         "refusing to connect to %s: its path can be swapped by others: %s "
                         "(each directory on the way must belong to root, uid %u (ours)%s, and "
                         "not be writable by group or others unless sticky)",
@@ -417,7 +417,7 @@ static int check_path(const char *path, uid_t server_uid, char *why, size_t cap)
 
 /* The listening socket's owner (SO_PEERCRED of a connected client: the credentials of whoever
  * called listen()) must be us, root (socket activation) or the uid the caller named. */
-static int check_listener(int fd, const char *path, uid_t server_uid, char *why, size_t cap)
+static int check_listener(int fd, const char *path, uid_t server_uid, char *err, size_t errlen)
 {
         const uint8_t none[FS_PIDNS_LEN] = {0};
         struct fs_creds l;
@@ -425,7 +425,7 @@ static int check_listener(int fd, const char *path, uid_t server_uid, char *why,
         int r;
 
         if ((r = fs_creds_peer(fd, none, &l)) < 0) {
-                snprintf(why, cap, "cannot get the credentials of %s: %s", path, strerror(-r));
+                snprintf(err, errlen, "cannot get the credentials of %s: %s", path, strerror(-r));
                 return r;
         }
         if (l.uid == geteuid() || l.uid == 0 || (server_uid != 0 && l.uid == server_uid))
@@ -433,7 +433,7 @@ static int check_listener(int fd, const char *path, uid_t server_uid, char *why,
         if (server_uid != 0)
                 snprintf(named, sizeof(named), " or %u (the server uid named)",
                          (unsigned)server_uid);
-        snprintf(why, cap,
+        snprintf(err, errlen,
                  "refusing the server on %s: its listening socket belongs to uid %u; expected "
                  "uid %u (ours), 0 (root)%s",
                  path, (unsigned)l.uid, (unsigned)geteuid(), named);

@@ -10,7 +10,7 @@
 #define FS_STR2(x) #x
 #define FS_STR(x) FS_STR2(x)
 
-int fs_cuda_load(struct fs_cuda *c, const char **why)
+int fs_cuda_load(struct fs_cuda *c, const char **ret_why)
 {
         const char *path = getenv("FORKSERVER_LIBCUDA");
         void *h;
@@ -19,12 +19,12 @@ int fs_cuda_load(struct fs_cuda *c, const char **why)
         memset(c, 0, sizeof(*c));
         /* libcuda.so.1, the driver; never libcuda.so, which may be the toolkit's stub */
         if (!(h = dlopen(path && *path ? path : "libcuda.so.1", RTLD_NOW | RTLD_LOCAL))) {
-                *why = "cannot load the CUDA driver (libcuda.so.1; FORKSERVER_LIBCUDA)";
+                *ret_why = "cannot load the CUDA driver (libcuda.so.1; FORKSERVER_LIBCUDA)";
                 return -ENOENT;
         }
 #define FS_CUDA_LOAD(f)                                                                            \
         if (!(c->f = (__typeof__(c->f))dlsym(h, FS_STR(f)))) {                                     \
-                *why = "the CUDA driver lacks " FS_STR(f);                                         \
+                *ret_why = "the CUDA driver lacks " FS_STR(f);                                     \
                 return -ENOSYS;                                                                    \
         }
         FS_CUDA_FUNCS(FS_CUDA_LOAD)
@@ -39,11 +39,11 @@ int fs_cuda_load(struct fs_cuda *c, const char **why)
                                "process?)"
                              : "cuInit failed",
                          fs_cuda_strerror(c, r));
-                *why = c->why;
+                *ret_why = c->why;
                 return -ENODEV;
         }
         if (c->cuDriverGetVersion(&c->version) != CUDA_SUCCESS || c->version < 12000) {
-                *why = "the CUDA driver is older than 12.0";
+                *ret_why = "the CUDA driver is older than 12.0";
                 return -ENODEV;
         }
         return 0;
@@ -83,13 +83,13 @@ int fs_cuda_errno(CUresult r)
 }
 
 int fs_cuda_device(const struct fs_cuda *c, int ordinal, CUdevice *ret, uint8_t uuid[16],
-                   const char **why)
+                   const char **ret_why)
 {
         int vmm = 0, posix = 0, n = 0;
         CUuuid u;
 
         if (c->cuDeviceGetCount(&n) != CUDA_SUCCESS || ordinal < 0 || ordinal >= n) {
-                *why = "no such CUDA device";
+                *ret_why = "no such CUDA device";
                 return -ENODEV;
         }
         if (c->cuDeviceGet(ret, ordinal) != CUDA_SUCCESS ||
@@ -98,16 +98,16 @@ int fs_cuda_device(const struct fs_cuda *c, int ordinal, CUdevice *ret, uint8_t 
             c->cuDeviceGetAttribute(&posix,
                                     CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED,
                                     *ret) != CUDA_SUCCESS) {
-                *why = "cannot query the CUDA device";
+                *ret_why = "cannot query the CUDA device";
                 return -ENODEV;
         }
         if (!vmm || !posix) {
-                *why = !vmm ? "the CUDA device lacks virtual memory management"
-                            : "the CUDA device cannot export memory as POSIX fds";
+                *ret_why = !vmm ? "the CUDA device lacks virtual memory management"
+                                : "the CUDA device cannot export memory as POSIX fds";
                 return -ENODEV;
         }
         if (c->cuDeviceGetUuid(&u, *ret) != CUDA_SUCCESS) {
-                *why = "cannot read the CUDA device's UUID";
+                *ret_why = "cannot read the CUDA device's UUID";
                 return -ENODEV;
         }
         memcpy(uuid, u.bytes, 16);

@@ -43,14 +43,14 @@ struct fs_cuda {
  * library, a driver older than 12.0) with *why saying which (c->why, naming the CUresult,
  * which c->result keeps, when a driver call failed). Never dlclose'd.
  */
-int fs_cuda_load(struct fs_cuda *c, const char **why);
+int fs_cuda_load(struct fs_cuda *c, const char **ret_why);
 /* The driver's name for r ("CUDA_ERROR_OUT_OF_MEMORY"), or "CUDA error N". */
 const char *fs_cuda_strerror(const struct fs_cuda *c, CUresult r);
 /* A CUresult as a negative errno. */
 int fs_cuda_errno(CUresult r);
 /* Checks ordinal supports VMM and POSIX-fd export; fills uuid. 0 or -ENODEV with *why. */
 int fs_cuda_device(const struct fs_cuda *c, int ordinal, CUdevice *ret, uint8_t uuid[16],
-                   const char **why);
+                   const char **ret_why);
 /* The device whose UUID is uuid. */
 int fs_cuda_device_by_uuid(const struct fs_cuda *c, const uint8_t uuid[16], CUdevice *ret);
 /* The allocation properties for shareable (POSIX fd) device memory on dev. */

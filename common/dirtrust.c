@@ -13,14 +13,14 @@
 #include "common/paths.h"
 #include "common/util.h"
 
-static __attribute__((format(printf, 4, 5))) int say(char *why, size_t cap, int r, const char *fmt,
-                                                     ...)
+static __attribute__((format(printf, 4, 5))) int say(char *err, size_t errlen, int r,
+                                                     const char *fmt, ...)
 {
         va_list ap;
 
-        if (why && cap) {
+        if (err && errlen) {
                 va_start(ap, fmt);
-                vsnprintf(why, cap, fmt, ap);
+                vsnprintf(err, errlen, fmt, ap);
                 va_end(ap);
         }
         return r;
@@ -35,35 +35,35 @@ static bool trusted_uid(uid_t uid, const uid_t *trusted, size_t n)
 }
 
 /* One directory (or a symbolic link to one) on the way. */
-static int check_one(const char *p, const uid_t *trusted, size_t n, char *why, size_t cap)
+static int check_one(const char *p, const uid_t *trusted, size_t n, char *err, size_t errlen)
 {
         struct stat st;
 
         if (lstat(p, &st) < 0)
-                return say(why, cap, -errno, "cannot inspect %s: %s", p, strerror(errno));
+                return say(err, errlen, -errno, "cannot inspect %s: %s", p, strerror(errno));
         if (!trusted_uid(st.st_uid, trusted, n))
-                return say(why, cap, -EPERM, "%s is owned by uid %u", p, (unsigned)st.st_uid);
+                return say(err, errlen, -EPERM, "%s is owned by uid %u", p, (unsigned)st.st_uid);
         if (S_ISLNK(st.st_mode))
                 return 0; /* what it points to is checked on the resolved path */
         if (!S_ISDIR(st.st_mode))
-                return say(why, cap, -ENOTDIR, "%s is not a directory", p);
+                return say(err, errlen, -ENOTDIR, "%s is not a directory", p);
         if ((st.st_mode & 022) && !(st.st_mode & S_ISVTX))
-                return say(why, cap, -EPERM,
+                return say(err, errlen, -EPERM,
                            "%s is writable by group or others (mode %04o) and not sticky", p,
                            (unsigned)(st.st_mode & 07777));
         return 0;
 }
 
 /* Every prefix of the absolute path dir ("/", "/a", "/a/b"), dir included. */
-static int walk(const char *dir, const uid_t *trusted, size_t n, char *why, size_t cap)
+static int walk(const char *dir, const uid_t *trusted, size_t n, char *err, size_t errlen)
 {
         char p[PATH_MAX];
         size_t len = strlen(dir);
         int r;
 
         if (len >= sizeof(p))
-                return say(why, cap, -ENAMETOOLONG, "path too long");
-        if ((r = check_one("/", trusted, n, why, cap)) < 0)
+                return say(err, errlen, -ENAMETOOLONG, "path too long");
+        if ((r = check_one("/", trusted, n, err, errlen)) < 0)
                 return r;
         for (size_t i = 1; i <= len; i++) {
                 if (i < len && dir[i] != '/')
@@ -72,7 +72,7 @@ static int walk(const char *dir, const uid_t *trusted, size_t n, char *why, size
                         continue; /* "//" or a final "/" */
                 memcpy(p, dir, i);
                 p[i] = '\0';
-                if ((r = check_one(p, trusted, n, why, cap)) < 0)
+                if ((r = check_one(p, trusted, n, err, errlen)) < 0)
                         return r;
         }
         return 0;

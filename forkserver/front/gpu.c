@@ -285,7 +285,7 @@ static void give_back(struct fsd_server *s, struct fsd_inflight *e)
 /* The record of what c's client process holds copies of: made on its first request with
  * FS_SPAWN_GPU_FDS, with a pidfd for the process that connected (SO_PEERPIDFD names it
  * without a race on its pid being reused). */
-static int get_hold(struct fsd_conn *c, struct fsd_gpu_hold **ret, char *why, size_t whylen)
+static int get_hold(struct fsd_conn *c, struct fsd_gpu_hold **ret, char *err, size_t errlen)
 {
         struct fsd_gpu_hold *h;
         socklen_t len = sizeof(int);
@@ -302,7 +302,7 @@ static int get_hold(struct fsd_conn *c, struct fsd_gpu_hold **ret, char *why, si
                 else if (errno == ESRCH || errno == EINVAL)
                         errno = 0; /* it has gone: the connection's end is all to wait for */
                 if (pidfd < 0 && errno != 0) {
-                        snprintf(why, whylen,
+                        snprintf(err, errlen,
                                  "the server cannot follow this client's process "
                                  "(pid %d), so it cannot give it the GPU buffers' fds; ask "
                                  "without FORKSERVER_SPAWN_GPU_FDS",
@@ -312,7 +312,7 @@ static int get_hold(struct fsd_conn *c, struct fsd_gpu_hold **ret, char *why, si
         }
         if (!(h = calloc(1, sizeof(*h)))) {
                 fs_close(pidfd);
-                snprintf(why, whylen, "out of memory");
+                snprintf(err, errlen, "out of memory");
                 return -ENOMEM;
         }
         h->io = (struct fsd_io)FSD_IO_INIT;
@@ -331,7 +331,7 @@ static uint64_t room_of(uint64_t quota, uint64_t held)
 
 /* Why q is refused: the connection's quota (conn) or the server's, asked bytes over it. */
 static void quota_why(const struct fsd_server *s, const struct fsd_gpu_req *q, bool conn,
-                      uint64_t asked, const char *detail, char *why, size_t whylen)
+                      uint64_t asked, const char *detail, char *err, size_t errlen)
 {
         const char *which = conn ? "connection" : "server";
         uint64_t quota = conn ? s->opt->cuda_conn_quota : s->opt->cuda_quota;
@@ -343,7 +343,7 @@ static void quota_why(const struct fsd_server *s, const struct fsd_gpu_req *q, b
                          ", %llu of them by copies this client holds of "
                          "exited workers' buffers",
                          (unsigned long long)kept);
-        snprintf(why, whylen,
+        snprintf(err, errlen,
                  "GPU quota of this %s exceeded (--cuda-%squota %llu bytes; %llu "
                  "held%s; %llu asked)%s%s",
                  which, which[0] == 'c' ? "conn-" : "", (unsigned long long)quota,
@@ -453,22 +453,22 @@ static void serve(struct fsd_server *s)
         }
 }
 
-int fsd_gpu_request(struct fsd_server *s, struct fsd_gpu_req *q, char *why, size_t whylen)
+int fsd_gpu_request(struct fsd_server *s, struct fsd_gpu_req *q, char *err, size_t errlen)
 {
         struct fsd_gpu *g = &s->gpu;
 
         if (!g->enabled) {
-                snprintf(why, whylen, "this server has no GPU broker (start it with --cuda)");
+                snprintf(err, errlen, "this server has no GPU broker (start it with --cuda)");
                 return -ENODEV;
         }
         if (!g->up) {
-                snprintf(why, whylen, "the GPU broker is down; it is being restarted");
+                snprintf(err, errlen, "the GPU broker is down; it is being restarted");
                 return -EAGAIN;
         }
         q->asked = 0;
         for (size_t i = 0; i < q->nwant; i++) {
                 if (q->want[i].device >= g->ndev) {
-                        snprintf(why, whylen, "no GPU %u (this server has %u)", q->want[i].device,
+                        snprintf(err, errlen, "no GPU %u (this server has %u)", q->want[i].device,
                                  g->ndev);
                         return -EINVAL;
                 }
@@ -476,7 +476,7 @@ int fsd_gpu_request(struct fsd_server *s, struct fsd_gpu_req *q, char *why, size
                                                                    : q->asked + q->want[i].size;
         }
         if (g->nreqs >= FSD_GPU_QUEUE) {
-                snprintf(why, whylen, "the GPU broker is busy (%d requests wait); try again",
+                snprintf(err, errlen, "the GPU broker is busy (%d requests wait); try again",
                          FSD_GPU_QUEUE);
                 return -EAGAIN;
         }

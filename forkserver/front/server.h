@@ -374,7 +374,7 @@ void fsd_gpu_made(struct fsd_server *s, const struct fsd_template_reply *rep, in
                   int pidfd);
 /* Queues req for its GPU buffers (req->want); answers come through on_gpu_ready, perhaps
  * before this returns. A negative errno with why: refused at once, req still the caller's. */
-int fsd_gpu_request(struct fsd_server *s, struct fsd_gpu_req *req, char *why, size_t whylen);
+int fsd_gpu_request(struct fsd_server *s, struct fsd_gpu_req *req, char *err, size_t errlen);
 /* We are stopping: what waits for its buffers is answered ESHUTDOWN now. */
 void fsd_gpu_cancel(struct fsd_server *s);
 /* Gives back what e holds and uncharges it (the spawn failed after fsd_gpu_acquire). */

@@ -20,7 +20,7 @@ static void unset_listen_env(void)
         unsetenv("LISTEN_FDNAMES");
 }
 
-int fsd_systemd_listen_fd(int *ret_fd, char *path, size_t pathlen, const char **why)
+int fsd_systemd_listen_fd(int *ret_fd, char *path, size_t pathlen, const char **ret_why)
 {
         const char *pid_s = getenv("LISTEN_PID"), *fds_s = getenv("LISTEN_FDS");
         const int fd = SD_LISTEN_FDS_START;
@@ -38,39 +38,39 @@ int fsd_systemd_listen_fd(int *ret_fd, char *path, size_t pathlen, const char **
         }
         unset_listen_env();
         if (fs_parse_long(fds_s, 0, 1024, &n) < 0 || n != 1) {
-                *why = "systemd passed more than one socket (LISTEN_FDS); give it one";
+                *ret_why = "systemd passed more than one socket (LISTEN_FDS); give it one";
                 return -EINVAL;
         }
         /* set close-on-exec first of all: the fd was inherited without it */
         if ((fl = fcntl(fd, F_GETFD)) < 0 || fcntl(fd, F_SETFD, fl | FD_CLOEXEC) < 0 ||
             (fl = fcntl(fd, F_GETFL)) < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
-                *why = "the passed socket (fd 3) is not open";
+                *ret_why = "the passed socket (fd 3) is not open";
                 return -EBADF;
         }
         ol = sizeof(int);
         if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &ol) < 0 || domain != AF_UNIX) {
-                *why = "the passed fd 3 is not an AF_UNIX socket";
+                *ret_why = "the passed fd 3 is not an AF_UNIX socket";
                 return -ENOTSOCK;
         }
         ol = sizeof(int);
         if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &ol) < 0 || type != SOCK_SEQPACKET) {
-                *why = "the passed socket is not SOCK_SEQPACKET (ListenSequentialPacket=)";
+                *ret_why = "the passed socket is not SOCK_SEQPACKET (ListenSequentialPacket=)";
                 return -EPROTOTYPE;
         }
         ol = sizeof(int);
         if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ol) < 0 || !listening) {
-                *why = "the passed socket is not listening";
+                *ret_why = "the passed socket is not listening";
                 return -EINVAL;
         }
         memset(&sa, 0, sizeof(sa));
         if (getsockname(fd, (struct sockaddr *)&sa, &sl) < 0 ||
             sl <= offsetof(struct sockaddr_un, sun_path) || sa.sun_path[0] == '\0') {
-                *why = "the passed socket is not bound to a filesystem path";
+                *ret_why = "the passed socket is not bound to a filesystem path";
                 return -EINVAL;
         }
         if (fs_format(path, pathlen, "%.*s", (int)(sl - offsetof(struct sockaddr_un, sun_path)),
                       sa.sun_path) < 0) {
-                *why = "the passed socket's path is too long";
+                *ret_why = "the passed socket's path is too long";
                 return -ENAMETOOLONG;
         }
         *ret_fd = fd;

@@ -9,7 +9,7 @@
  * Returns 1 with *ret_fd (now close-on-exec and non-blocking), 0 when nothing was passed, or
  * a negative errno with *why. The LISTEN_* variables are removed from the environment.
  */
-int fsd_systemd_listen_fd(int *ret_fd, char *path, size_t pathlen, const char **why);
+int fsd_systemd_listen_fd(int *ret_fd, char *path, size_t pathlen, const char **ret_why);
 
 /* Sends state ("READY=1", "STOPPING=1", ...) to $NOTIFY_SOCKET, if set; the socket address is
  * read once, on the first call, and the variable then removed from the environment. */
