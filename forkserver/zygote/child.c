@@ -61,7 +61,7 @@ static int setup_child(const struct fsd_child_plan *p, bool close_now, int *errf
 
         if (creds_child(p, e) < 0)
                 return -1;
-        if (!p->detached) {
+        if (!(p->req->flags & FS_SPAWN_DETACH)) {
                 /* The worker dies with the front; the getppid() check closes the race where
                  * the front died before the prctl. */
                 e->step = FS_STEP_PARENT;
@@ -129,7 +129,7 @@ static int setup_child(const struct fsd_child_plan *p, bool close_now, int *errf
             close_range((unsigned)*errfd + 1, ~0u, flag) < 0)
                 return -1;
 
-        if (p->newpgrp) {
+        if (p->req->flags & FS_SPAWN_NEWPGRP) {
                 e->step = FS_STEP_PGRP;
                 if (setpgid(0, 0) < 0)
                         return -1;
@@ -142,20 +142,20 @@ static int setup_child(const struct fsd_child_plan *p, bool close_now, int *errf
                 struct rlimit no_core = {0, 0};
                 bool core_given = false;
 
-                for (size_t i = 0; i < p->nrlimits; i++) {
-                        struct rlimit rl = {p->rlimits[i].soft, p->rlimits[i].hard};
+                for (size_t i = 0; i < p->req->nrlimits; i++) {
+                        struct rlimit rl = {p->req->rlimits[i].soft, p->req->rlimits[i].hard};
 
-                        core_given |= p->rlimits[i].resource == RLIMIT_CORE;
-                        if (setrlimit((__rlimit_resource_t)p->rlimits[i].resource, &rl) < 0)
+                        core_given |= p->req->rlimits[i].resource == RLIMIT_CORE;
+                        if (setrlimit((__rlimit_resource_t)p->req->rlimits[i].resource, &rl) < 0)
                                 return -1;
                 }
                 if (!core_given && setrlimit(RLIMIT_CORE, &no_core) < 0)
                         return -1;
         }
 
-        if (p->cwd) {
+        if (p->req->cwd) {
                 e->step = FS_STEP_CHDIR;
-                if (chdir(p->cwd) < 0)
+                if (chdir(p->req->cwd) < 0)
                         return -1;
         }
 
@@ -209,8 +209,8 @@ int fsd_child_entry(void *arg)
                 fail_child(errfd, &e);
         for (size_t i = 0; i < p->nfds; i++)
                 fds[i] = (int)p->targets[i];
-        w = (struct forkserver_worker){.arg = p->arg,
-                                       .arglen = p->arglen,
+        w = (struct forkserver_worker){.arg = p->req->arg,
+                                       .arglen = p->req->arglen,
                                        .channel_fd = p->channel ? FS_CHANNEL_FD : -1,
                                        .fds = fds,
                                        .nfds = p->nreq,

@@ -10,11 +10,14 @@
 #include "client/forkserver.h"
 #include "common/proto.h"
 
+/* What the child does: the request as parsed (req: its options, read straight from it, so that
+ * a new spawn option is parsed in common/proto.c and applied in child.c, nothing between),
+ * and what the zygote made of it. */
 struct fsd_child_plan {
+        const struct fs_spawn *req;
         const char *path;
         char *const *argv;
         char *const *envp;
-        const char *cwd;         /* NULL: stay in / */
         const int *fds;          /* received fds ... */
         const uint32_t *targets; /* ... and the numbers they get in the worker */
         size_t nfds;
@@ -28,20 +31,14 @@ struct fsd_child_plan {
         gid_t gid;
         size_t ngroups;
         const gid_t *groups;
-        bool drop_caps; /* the zygote holds capabilities; the worker keeps none */
-        bool detached;
+        bool drop_caps;     /* the zygote holds capabilities; the worker keeps none */
         bool pdeathsig_set; /* forked ahead: the parent-death signal is set already */
-        bool newpgrp;       /* setpgid(0, 0) */
         int umask;          /* -1: keep the parent's */
-        const struct fs_rlimit *rlimits;
-        size_t nrlimits;
-        int landlock_fd; /* ruleset for a Landlock domain of the worker's own; -1: none */
+        int landlock_fd;    /* ruleset for a Landlock domain of the worker's own; -1: none */
         const struct sock_fprog *filters[2]; /* installed in order; both apply */
         size_t nfilters;
         /* fork mode */
         int (*entry)(const struct forkserver_worker *w);
-        const void *arg;
-        size_t arglen;
         bool channel; /* fd 3 is the channel */
         size_t nreq;  /* fds[0..nreq) are the request's own; GPU buffers and channel follow */
         size_t ngpu;

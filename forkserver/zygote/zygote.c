@@ -328,10 +328,10 @@ static void make_plan(struct zygote *z, const struct req *q, int errpipe, int ll
         const struct fs_spawn *sp = &z->a->sp;
 
         *plan = (struct fsd_child_plan){
+            .req = sp,
             .path = sp->path,
             .argv = (char *const *)sp->argv,
             .envp = (char *const *)sp->envp,
-            .cwd = sp->cwd,
             .fds = z->a->fds,
             .targets = z->a->targets,
             .nfds = q->nfds,
@@ -340,14 +340,8 @@ static void make_plan(struct zygote *z, const struct req *q, int errpipe, int ll
             .errpipe = errpipe,
             .landlock_fd = llfd,
             .front = z->front,
-            .detached = sp->flags & FS_SPAWN_DETACH,
-            .newpgrp = sp->flags & FS_SPAWN_NEWPGRP,
             .umask = sp->umask >= 0 && sp->umask != ZYGOTE_UMASK ? sp->umask : -1,
-            .rlimits = sp->rlimits,
-            .nrlimits = sp->nrlimits,
             .entry = (int (*)(const struct forkserver_worker *))q->entry,
-            .arg = sp->arg,
-            .arglen = sp->arglen,
             .channel = channel,
             .nreq = sp->nfds,
             .ngpu = sp->ngpu,
