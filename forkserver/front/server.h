@@ -22,6 +22,7 @@
 #define FSD_MAX_CONNS 65536         /* --max-connections at most */
 #define FSD_ZYGOTE_INFLIGHT 32      /* spawn requests sent to a zygote and not answered */
 #define FSD_ZYGOTE_QUEUE 1024       /* ... and waiting for room there, all zygotes together */
+#define FSD_ZYGOTE_QUEUE_UID 256    /* ... of them one client uid's at most */
 #define FSD_ZYGOTE_DEADLINE_MS 5000 /* a zygote slower than this to answer is killed */
 #define FSD_STOP_DEADLINE_MS 1000   /* ... and when we are stopping */
 #define FSD_PREFORK_DEFAULT 0       /* docs/BENCHMARKS.md, "Pre-forked workers", says why */
@@ -145,6 +146,7 @@ struct fsd_inflight {
  * not read meanwhile). */
 struct fsd_zwait {
         struct fsd_zwait *next;
+        uid_t client; /* whose share of the queue it takes */
         struct fsd_inflight e;
         size_t len;
         uint8_t msg[];
@@ -349,7 +351,8 @@ void fsd_dispatch_init(struct fsd_server *s);
 /* zygotes.c: the front's end of each zygote's channel */
 int fsd_zygote_attach(struct fsd_server *s, struct fsd_zygote *z);
 /* Sends e's request (msg, len: its id is set here) or queues it; the channel owns e's fds
- * from then on, and answers through on_zygote_answer. -EAGAIN: no room, -EPIPE: the zygote
+ * from then on, and answers through on_zygote_answer. -EAGAIN: no room, -EUSERS: no room
+ * left in the share of its client's uid (FSD_ZYGOTE_QUEUE_UID), -EPIPE: the zygote
  * is gone; the caller keeps e then. */
 int fsd_zygote_submit(struct fsd_server *s, struct fsd_zygote *z, const struct fsd_inflight *e,
                       uint8_t *msg, size_t len);

@@ -132,6 +132,17 @@ static void send_waiting(struct fsd_server *s, struct fsd_zygote *z)
         }
 }
 
+/* Requests of a client uid waiting in the front, all zygotes together. */
+static unsigned waiting_of(const struct fsd_server *s, uid_t uid)
+{
+        unsigned n = 0;
+
+        for (unsigned k = 0; k < s->nzyg; k++)
+                for (const struct fsd_zwait *w = s->zyg[k].wait; w; w = w->next)
+                        n += w->client == uid;
+        return n;
+}
+
 int fsd_zygote_submit(struct fsd_server *s, struct fsd_zygote *z, const struct fsd_inflight *e,
                       uint8_t *msg, size_t len)
 {
@@ -147,9 +158,15 @@ int fsd_zygote_submit(struct fsd_server *s, struct fsd_zygote *z, const struct f
                 if (r != -EAGAIN)
                         return r;
         }
-        if (s->nwait >= FSD_ZYGOTE_QUEUE || !(w = malloc(sizeof(*w) + len)))
+        if (s->nwait >= FSD_ZYGOTE_QUEUE)
+                return -EAGAIN;
+        /* one tenant's many connections take no more than its share */
+        if (s->nwait >= FSD_ZYGOTE_QUEUE_UID && waiting_of(s, e->conn->uid) >= FSD_ZYGOTE_QUEUE_UID)
+                return -EUSERS;
+        if (!(w = malloc(sizeof(*w) + len)))
                 return -EAGAIN;
         w->next = NULL;
+        w->client = e->conn->uid;
         w->e = *e;
         w->len = len;
         memcpy(w->msg, msg, len);
