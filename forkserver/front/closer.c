@@ -304,11 +304,12 @@ void fsd_closer_stop(struct fsd_closer *cl, int timeout_ms)
         }
         cl->loop = NULL;
         cl->fd = fs_close(cl->fd); /* EOF: the closer exits once its threads are done */
-        if (cl->pidfd < 0)
-                return;
-        if (poll(&pf, 1, timeout_ms) <= 0)
-                (void)pidfd_send_signal(cl->pidfd, SIGKILL, NULL, 0);
-        reap(cl);
+        if (cl->pidfd >= 0) {
+                if (poll(&pf, 1, timeout_ms) <= 0)
+                        (void)pidfd_send_signal(cl->pidfd, SIGKILL, NULL, 0);
+                reap(cl);
+        }
+        /* what never reached it (or with no closer at all) is closed here */
         close_here(cl, cl->pending, cl->n);
         cl->n = 0;
 }
