@@ -523,6 +523,8 @@ int fs_proto_parse_error(struct fs_buf *p, struct fs_msg_error *ret, const char 
                 return fail(ret_why, "errno out of range", -EBADMSG);
         if (f.num[FS_F_STEP] > FS_STEP_MAX_)
                 return fail(ret_why, "unknown spawn step", -EBADMSG);
+        if (f.num[FS_F_PID] > INT32_MAX)
+                return fail(ret_why, "pid out of range", -EBADMSG);
         ret->err = (uint32_t)f.num[FS_F_ERRNO];
         ret->step = (uint32_t)f.num[FS_F_STEP];
         ret->pid = (uint32_t)f.num[FS_F_PID];
@@ -714,7 +716,10 @@ int fs_proto_parse_spawn(struct fs_buf *p, size_t nfds, bool internal, const cha
                         ret->gpu[ret->ngpu++] = g;
                         break;
                 }
-                case FS_F_UUID:
+                case FS_F_UUID: /* of the GPU field before it */
+                        if (nuuid + 1 != ret->ngpu)
+                                return fail(ret_why, "a UUID field follows its GPU field",
+                                            -EBADMSG);
                         memcpy(ret->gpu[nuuid++].uuid, v, 16);
                         break;
                 case FS_F_FD: {
@@ -867,6 +872,8 @@ int fs_proto_parse_signal(struct fs_buf *p, size_t nfds, struct fs_msg_signal *r
                 return fail(ret_why, "SIGNAL: no such signal", -EINVAL);
         if ((f.count[FS_F_PID] ? 0u : 1u) != nfds || (f.count[FS_F_PID] && !f.num[FS_F_PID]))
                 return fail(ret_why, "SIGNAL: a pidfd or a PID", -EBADMSG);
+        if (f.num[FS_F_PID] > INT32_MAX || be(f.val[FS_F_CRED] + 4, 4) != 0)
+                return fail(ret_why, "SIGNAL: PID out of range, or a gid", -EBADMSG);
         *ret = (struct fs_msg_signal){.signo = (uint32_t)f.num[FS_F_STATUS],
                                       .uid = (uint32_t)be(f.val[FS_F_CRED], 4),
                                       .pid = (uint32_t)f.num[FS_F_PID]};

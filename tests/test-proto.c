@@ -659,6 +659,31 @@ START_TEST(internal_channels)
         ck_assert_uint_eq(lease, 77);
         fs_msg_resume(&w, mem, 3, sizeof(mem));
         ck_assert_int_lt(fs_msg_finish(&w), 0);
+
+        /* each UUID follows its GPU field; a SIGNAL's PID is a pid, its CRED has no gid */
+        struct fs_spawn sp;
+        struct fs_msg_signal sig;
+
+        fs_imsg_begin(&w, mem, sizeof(mem), FS_I_SPAWN, 0);
+        fs_msg_put_str(&w, FS_F_PATH, "/bin/true");
+        fs_msg_put_str(&w, FS_F_ARG, "true");
+        fs_msg_put_bytes(&w, FS_F_UUID, "fakecuda-gpu00\0\0", 16);
+        fs_msg_put_gpu(&w, 0, 1 << 20);
+        ck_assert_int_eq(ihdr(mem, (size_t)fs_msg_finish(&w), &h, &p), 0);
+        ck_assert_int_eq(fs_proto_parse_spawn(&p, 1, true, ptrs, FS_ARRAY_SIZE(ptrs), &sp, NULL),
+                         -EBADMSG);
+        fs_imsg_begin(&w, mem, sizeof(mem), FS_I_SIGNAL, 0);
+        fs_msg_put_u32(&w, FS_F_STATUS, 9);
+        fs_msg_put_cred(&w, 7, 0, NULL, 0);
+        fs_msg_put_u32(&w, FS_F_PID, 0x80000000u);
+        ck_assert_int_eq(ihdr(mem, (size_t)fs_msg_finish(&w), &h, &p), 0);
+        ck_assert_int_eq(fs_proto_parse_signal(&p, 0, &sig, NULL), -EBADMSG);
+        fs_imsg_begin(&w, mem, sizeof(mem), FS_I_SIGNAL, 0);
+        fs_msg_put_u32(&w, FS_F_STATUS, 9);
+        fs_msg_put_cred(&w, 7, 7, NULL, 0);
+        fs_msg_put_u32(&w, FS_F_PID, 4321);
+        ck_assert_int_eq(ihdr(mem, (size_t)fs_msg_finish(&w), &h, &p), 0);
+        ck_assert_int_eq(fs_proto_parse_signal(&p, 0, &sig, NULL), -EBADMSG);
 }
 END_TEST
 

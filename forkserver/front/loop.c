@@ -210,6 +210,14 @@ static void on_strays(struct fsd_loop *l, struct fsd_timer *t, int64_t now)
 
                 if (tracked(s, pid) || (pidfd = (int)pidfd_open(pid, 0)) < 0)
                         continue;
+                /* still our child? Listed a while ago, it may have been reaped since, and
+                 * its pid be somebody else's now */
+                siginfo_t si;
+
+                if (waitid(P_PIDFD, (id_t)pidfd, &si, WEXITED | WNOHANG | WNOWAIT) < 0) {
+                        fs_close(pidfd);
+                        continue;
+                }
                 /* an orphan: SIGTERM now, SIGKILL after the grace, reaped on its exit */
                 if (!(w = fsd_worker_new(s, NULL, pidfd, pid, 0, false))) {
                         (void)fsd_reap(s, pidfd, pid, uid_of(pid), true);

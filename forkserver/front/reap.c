@@ -18,13 +18,16 @@
 #include "forkserver/front/server.h"
 
 #define BY_PID_POLL_MS 10 /* a child without a pidfd (we were out of fds): polled */
+#define KILL_RETRY_MS 50  /* a SIGKILL relayed through a busy or restarting zygote: again */
 
 struct fsd_reaping {
         struct fsd_io io;
         struct fsd_timer poll;
         struct fsd_reaping *next, **prev;
         pid_t pid;
+        uid_t uid;
         int pidfd;
+        bool kill_pending; /* SIGKILL not delivered yet: retried with the poll */
 };
 
 /* Reaped (true), or not yet. */
@@ -63,14 +66,31 @@ static void on_exit_io(struct fsd_loop *l, struct fsd_io *io, uint32_t events)
                 done(fsd_server_of(l), c);
 }
 
+/* SIGKILL, as uid; pending while the relay through a zygote could not take it. */
+static void kill_now(struct fsd_server *s, struct fsd_reaping *c)
+{
+        int r = fsd_signal(s, c->pidfd, c->pid, c->uid, SIGKILL);
+
+        c->kill_pending = r == -EAGAIN || r == -ENOTCONN;
+        if (r < 0 && r != -ESRCH && !c->kill_pending)
+                fs_log_errno(FS_LOG_ERROR, r, "cannot end pid %d", (int)c->pid);
+}
+
 static void on_poll(struct fsd_loop *l, struct fsd_timer *t, int64_t now)
 {
         struct fsd_reaping *c = fsd_container_of(t, struct fsd_reaping, poll);
+        struct fsd_server *s = fsd_server_of(l);
 
-        if (try_reap(c, false))
-                done(fsd_server_of(l), c);
-        else
-                (void)fsd_timer_arm(l, t, now + BY_PID_POLL_MS, on_poll);
+        if (try_reap(c, false)) {
+                done(s, c);
+                return;
+        }
+        if (c->kill_pending)
+                kill_now(s, c);
+        /* by pid, we poll for its end; with a pidfd, only a pending kill brings us back */
+        if (c->pidfd < 0 || c->kill_pending)
+                (void)fsd_timer_arm(l, t, now + (c->kill_pending ? KILL_RETRY_MS : BY_PID_POLL_MS),
+                                    on_poll);
 }
 
 /* The pid a pidfd names (its fdinfo says), for the books: 0 when unknown. */
@@ -113,16 +133,19 @@ int fsd_reap(struct fsd_server *s, int pidfd, pid_t pid, uid_t uid, bool kill_it
         /* our child (CLONE_PARENT) and unreaped: its pid is its own until we reap it */
         if (pidfd < 0)
                 pidfd = pidfd_open(pid, 0);
-        if (kill_it && (r = fsd_signal(s, pidfd, pid, uid, SIGKILL)) < 0)
-                fs_log_errno(FS_LOG_ERROR, r, "cannot end pid %d", (int)pid);
         if (!(c = calloc(1, sizeof(*c)))) {
-                /* no memory for the books: it is reaped with the rest at exit, or by init */
+                /* no memory for the books: ended, and reaped with the rest at exit or by init */
+                if (kill_it)
+                        (void)fsd_signal(s, pidfd, pid, uid, SIGKILL);
                 fs_close(pidfd);
                 return -ENOMEM;
         }
         c->io = (struct fsd_io)FSD_IO_INIT;
         c->pidfd = pidfd;
         c->pid = pid;
+        c->uid = uid;
+        if (kill_it)
+                kill_now(s, c);
         if (try_reap(c, false)) {
                 fs_close(pidfd);
                 free(c);
@@ -134,22 +157,32 @@ int fsd_reap(struct fsd_server *s, int pidfd, pid_t pid, uid_t uid, bool kill_it
                 c->next->prev = &c->next;
         s->reaping = c;
         s->nreaping++;
-        if (pidfd >= 0 && fsd_io_start(&s->loop, &c->io, pidfd, EPOLLIN, false, on_exit_io) == 0)
-                return r;
-        (void)fsd_timer_arm(&s->loop, &c->poll, fs_now_ms() + BY_PID_POLL_MS, on_poll);
+        if (pidfd >= 0 && fsd_io_start(&s->loop, &c->io, pidfd, EPOLLIN, false, on_exit_io) < 0)
+                pidfd = c->pidfd = fs_close(pidfd); /* by pid, then */
+        if (pidfd < 0 || c->kill_pending)
+                (void)fsd_timer_arm(
+                    &s->loop, &c->poll,
+                    fs_now_ms() + (c->kill_pending ? KILL_RETRY_MS : BY_PID_POLL_MS), on_poll);
         return r;
 }
 
 void fsd_reap_stop(struct fsd_server *s, int grace_ms)
 {
+        int64_t by = fs_now_ms() + grace_ms;
+
+        /* whatever is left is killed (as we may still: the zygotes are gone), then gets what
+         * is left of one grace for all, and then is left to init */
+        for (struct fsd_reaping *c = s->reaping; c; c = c->next)
+                if (c->pidfd >= 0)
+                        (void)pidfd_send_signal(c->pidfd, SIGKILL, NULL, 0);
         while (s->reaping) {
                 struct fsd_reaping *c = s->reaping;
+                int64_t left = by - fs_now_ms();
 
-                /* signalled long ago: those still there get the grace, then are left to init */
                 if (c->pidfd >= 0) {
                         struct pollfd pf = {.fd = c->pidfd, .events = POLLIN};
 
-                        if (poll(&pf, 1, grace_ms) == 1)
+                        if (poll(&pf, 1, left > 0 ? (int)left : 0) == 1)
                                 (void)try_reap(c, false);
                 } else {
                         (void)try_reap(c, false);

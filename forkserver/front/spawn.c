@@ -122,10 +122,13 @@ static void gpu_ready(struct fsd_server *s, struct fsd_gpu_req *q, int r, const 
         free(q);
 }
 
+/* A GPU field (u32 device, u64 size) and a UUID field for each leased buffer. */
+#define GPU_FIELDS_LEN (4 + 12 + 4 + 16)
+
 static void gpu_first(struct fsd_server *s, struct fsd_conn *c, struct fsd_zygote *z,
                       const struct fs_spawn *sp, struct fsd_inflight *e, uint8_t *msg, size_t len)
 {
-        size_t cap = len + FS_MAX_GPU * (4 + 12 + 4 + 16); /* a GPU and a UUID field each */
+        size_t cap = len + sp->ngpu * GPU_FIELDS_LEN;
         struct fsd_gpu_req *q = calloc(1, sizeof(*q) + cap);
         char why[512];
         int r;
@@ -240,17 +243,19 @@ void fsd_spawn_request(struct fsd_server *s, struct fsd_conn *c, uint32_t id,
         if (s->switch_uids && root_refused(s, c, id) < 0)
                 goto out;
         begin_request(s, c, &w, &sp);
-        if (sp.ngpu) {
-                zlen = w.err ? w.err : (int)w.b.len; /* finished once its buffers are there */
-        } else {
+        if (!sp.ngpu)
                 zlen = fs_msg_finish(&w);
-        }
+        else if (w.err || w.b.len + sp.ngpu * GPU_FIELDS_LEN > FS_MAX_MSG)
+                zlen = -EMSGSIZE; /* refused before anything is leased */
+        else
+                zlen = (int)w.b.len; /* finished once its buffers are there */
         if (zlen < 0) {
+                explicit_bzero(s->zreq, w.b.len);
                 fsd_spawn_failed(s, FSD_FAIL_BAD_REQUEST);
                 fsd_conn_send_error(s, c, id, E2BIG,
-                                    "SPAWN: too large once the client's %u groups are "
+                                    "SPAWN: too large once the client's %u groups%s are "
                                     "added",
-                                    c->ngroups);
+                                    c->ngroups, sp.ngpu ? " and its GPU buffers" : "");
                 goto out;
         }
 
@@ -391,7 +396,7 @@ static void complete(struct fsd_server *s, struct fsd_inflight *e, const uint8_t
                 /* it failed before exec, and is exiting: reaped when it has (a client may
                  * stop it first, and that must not make us wait) */
                 if (pidfd >= 0 || (lost && er.pid))
-                        (void)fsd_reap(s, pidfd, (pid_t)er.pid, e->uid, false);
+                        (void)fsd_reap(s, pidfd, (pid_t)er.pid, e->uid, true);
                 pidfd = -1;
                 count_failure(s, &er);
                 if (c)
