@@ -186,7 +186,8 @@ void fs_msg_begin_error(struct fs_msgw *w, void *mem, size_t cap, uint32_t id, i
         va_end(ap);
 }
 
-static void put_error(struct fs_msgw *w, int err, const char *fmt, va_list ap)
+static __attribute__((format(printf, 3, 0))) void put_error(struct fs_msgw *w, int err,
+                                                            const char *fmt, va_list ap)
 {
         char reason[512];
 
