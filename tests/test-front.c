@@ -623,54 +623,6 @@ START_TEST(burst_shares_the_zygote_round_robin)
 END_TEST
 
 /*
- * One tenant's many connections take no more than its share of the requests that wait in the
- * front for a zygote (FSD_ZYGOTE_QUEUE_UID, 256, of 1,024): past it, its requests are answered
- * EAGAIN at once, saying so, and the queue keeps room for other uids.
- */
-START_TEST(one_uid_takes_its_share_of_the_queue)
-{
-        enum { RING = 32, SHARE = 256, OVER = 10, N = RING + SHARE + OVER };
-        const char *t[] = {"/bin/true", NULL};
-        struct forkserver_spawn_args a = {.path = t[0], .argv = t};
-        static struct forkserver *c[N];
-        static uint32_t ticket[N];
-        struct forkserver_proc *w;
-        struct forkserver *probe;
-        pid_t zyg[4];
-        size_t nz;
-        int st, refused = 0;
-
-        daemon_start(&d, NULL);
-        probe = daemon_connect(&d);
-        for (int i = 0; i < N; i++)
-                c[i] = daemon_connect(&d);
-        nz = stop_zygotes(zyg, 4);
-        /* all to the zygote under the default profile: 32 sent, the rest wait or are refused */
-        for (int i = 0; i < N; i++)
-                ck_assert_int_eq(forkserver_spawn_submit(c[i], &a, &ticket[i]), 0);
-        for (int i = RING + SHARE; i < N; i++) {
-                ck_assert_int_eq(forkserver_spawn_collect(c[i], ticket[i], &w), -EAGAIN);
-                ck_assert_msg(strstr(forkserver_error(c[i]), "one uid's share"), "%s",
-                              forkserver_error(c[i]));
-                refused++;
-        }
-        ck_assert_int_eq(refused, OVER);
-        ck_assert_uint_eq(daemon_stat(probe, "zygote_waiting"), SHARE);
-        for (size_t i = 0; i < nz; i++)
-                ck_assert_int_eq(kill(zyg[i], SIGCONT), 0);
-        for (int i = 0; i < RING + SHARE; i++) {
-                ck_assert_int_eq(forkserver_spawn_collect(c[i], ticket[i], &w), 0);
-                ck_assert_int_eq(forkserver_wait(c[i], w, &st), 0);
-                forkserver_proc_free(c[i], w);
-        }
-        for (int i = 0; i < N; i++)
-                forkserver_close(c[i]);
-        forkserver_close(probe);
-        ck_assert_int_eq(daemon_stop(&d), 0);
-}
-END_TEST
-
-/*
  * A zygote killed while it makes a worker (stuck in the exec-mode vfork: here a tracer holds
  * the new child before its exec, as a slow filesystem could) leaves a child nobody reported:
  * the front finds it among its own children, ends it and reaps it, and counts it. As root
@@ -744,7 +696,6 @@ static Suite *suite(void)
         tcase_add_test(tc, stopped_zygote_killed_and_replaced);
         tcase_add_test(tc, sigterm_while_zygotes_are_stopped);
         tcase_add_test(tc, burst_shares_the_zygote_round_robin);
-        tcase_add_test(tc, one_uid_takes_its_share_of_the_queue);
         tcase_add_test(tc, stray_of_a_killed_zygote_is_ended);
         tcase_add_test(tc, slow_zygote_that_answers_is_kept);
         suite_add_tcase(s, tp);

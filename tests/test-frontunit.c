@@ -913,6 +913,55 @@ START_TEST(closed_connection_waiting_request_never_goes)
 }
 END_TEST
 
+/* The server's record of the connection made last (conns are added at the head). */
+static struct fsd_conn *newest_conn(void)
+{
+        ck_assert_ptr_nonnull(s->conns);
+        return s->conns;
+}
+
+/*
+ * A full queue for the zygotes: the uid holding most of it gives up its newest request to a
+ * uid that holds fewer, and a uid that already holds as many gets EAGAIN itself. (Alone, a
+ * uid may use every place: that is the rest of the suite, with one uid.)
+ */
+START_TEST(full_queue_makes_room_for_another_uid)
+{
+        int a, b, c, d;
+
+        s->zygote_queue = 2;
+        a = client_connect();
+        for (unsigned i = 0; i <= FSD_ZYGOTE_INFLIGHT; i++) /* 32 in flight, one waits */
+                client_spawn(a, 1 + i, "a", NULL, 0, 0);
+        PUMP_UNTIL(s->nwait == 1, 2000);
+        b = client_connect();
+        client_spawn(b, 100, "b", NULL, 0, 0);
+        PUMP_UNTIL(s->nwait == 2, 2000);
+        c = client_connect();
+        newest_conn()->uid = 12345; /* another tenant */
+        client_spawn(c, 200, "c", NULL, 0, 0);
+        /* b's, the newest of the uid holding both places, gives way to c's */
+        expect_error(b, 100, EAGAIN, "holds most of their queue");
+        PUMP_UNTIL(s->nwait == 2 && s->evicted == 1, 2000);
+        /* one place each now: a third request of a's uid finds no room */
+        d = client_connect();
+        client_spawn(d, 300, "d", NULL, 0, 0);
+        expect_error(d, 300, EAGAIN, "busy");
+        ck_assert_uint_eq(s->nwait, 2);
+        ck_assert_uint_eq(s->evicted, 1);
+        /* the zygote answers: the waiting requests go, a's and then c's */
+        for (unsigned i = 0; i < FSD_ZYGOTE_INFLIGHT + 2; i++) {
+                ck_assert(zyg_recv(true));
+                zyg_close_fds();
+                zyg_failed(Z.h.id, EPERM, ztag());
+        }
+        for (unsigned i = 0; i <= FSD_ZYGOTE_INFLIGHT; i++)
+                expect_error(a, 1 + i, EPERM, "a");
+        expect_error(c, 200, EPERM, "c");
+        ck_assert_uint_eq(s->nwait, 0);
+}
+END_TEST
+
 static Suite *suite(void)
 {
         Suite *su = suite_create("frontunit");
@@ -927,6 +976,7 @@ static Suite *suite(void)
         tcase_add_test(tc, gpu_quota_refusal_is_an_error);
         tcase_add_test(tc, closed_connection_orphans_its_answers);
         tcase_add_test(tc, closed_connection_waiting_request_never_goes);
+        tcase_add_test(tc, full_queue_makes_room_for_another_uid);
         suite_add_tcase(su, tc);
         return su;
 }

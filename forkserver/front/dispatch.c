@@ -96,6 +96,7 @@ static int put_status(struct fsd_server *s, uint32_t id)
         fs_msg_put_stat(&w, "zygote_kills", killed); /* for missing a deadline */
         fs_msg_put_stat(&w, "zygote_inflight", ringed);
         fs_msg_put_stat(&w, "zygote_waiting", s->nwait);
+        fs_msg_put_stat(&w, "zygote_evicted", s->evicted);
         fs_msg_put_stat(&w, "zygote_strays_ended", s->strays.ended);
         fs_msg_put_stat(&w, "prefork.max", s->opt->prefork);
         fs_msg_put_stat(&w, "prefork.idle", fsd_pool_idle(s)); /* not counted in workers */

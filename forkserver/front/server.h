@@ -22,7 +22,6 @@
 #define FSD_MAX_CONNS 65536         /* --max-connections at most */
 #define FSD_ZYGOTE_INFLIGHT 32      /* spawn requests sent to a zygote and not answered */
 #define FSD_ZYGOTE_QUEUE 1024       /* ... and waiting for room there, all zygotes together */
-#define FSD_ZYGOTE_QUEUE_UID 256    /* ... of them one client uid's at most */
 #define FSD_ZYGOTE_DEADLINE_MS 5000 /* a zygote slower than this to answer is killed */
 #define FSD_STOP_DEADLINE_MS 1000   /* ... and when we are stopping */
 #define FSD_PREFORK_DEFAULT 0       /* docs/BENCHMARKS.md, "Pre-forked workers", says why */
@@ -317,10 +316,18 @@ struct fsd_server {
         struct fsd_stats stats;
         uint8_t rx[FS_MAX_MSG];
         uint8_t tx[FS_MAX_MSG];
+        unsigned zygote_queue;       /* places waiting for the zygotes (0: FSD_ZYGOTE_QUEUE) */
+        uint64_t evicted;            /* waiting requests given up to another uid's */
         uint8_t zreq[FS_MAX_MSG];    /* a request for a zygote, as spawn.c writes it */
         struct fsd_reaping *reaping; /* reap.c */
         unsigned nreaping;
 };
+
+static inline unsigned fsd_zygote_queue(const struct fsd_server *s)
+{
+        return s->zygote_queue && s->zygote_queue < FSD_ZYGOTE_QUEUE ? s->zygote_queue
+                                                                     : FSD_ZYGOTE_QUEUE;
+}
 
 /* The server whose loop a handler was called from (every source is on s->loop). */
 static inline struct fsd_server *fsd_server_of(struct fsd_loop *l)
@@ -351,9 +358,9 @@ void fsd_dispatch_init(struct fsd_server *s);
 /* zygotes.c: the front's end of each zygote's channel */
 int fsd_zygote_attach(struct fsd_server *s, struct fsd_zygote *z);
 /* Sends e's request (msg, len: its id is set here) or queues it; the channel owns e's fds
- * from then on, and answers through on_zygote_answer. -EAGAIN: no room, -EUSERS: no room
- * left in the share of its client's uid (FSD_ZYGOTE_QUEUE_UID), -EPIPE: the zygote
- * is gone; the caller keeps e then. */
+ * from then on, and answers through on_zygote_answer. -EAGAIN: no room (when the queue is
+ * full, the uid holding most of it gives up its newest to a uid holding fewer), -EPIPE: the
+ * zygote is gone; the caller keeps e then. */
 int fsd_zygote_submit(struct fsd_server *s, struct fsd_zygote *z, const struct fsd_inflight *e,
                       uint8_t *msg, size_t len);
 void fsd_zygote_forget_conn(struct fsd_server *s, struct fsd_conn *c);

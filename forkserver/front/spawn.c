@@ -64,16 +64,7 @@ static void forward(struct fsd_server *s, struct fsd_conn *c, struct fsd_zygote 
                 fsd_conn_send_error(s, c, e->req_id, EAGAIN,
                                     "the zygotes are busy (%d requests "
                                     "wait); try again",
-                                    FSD_ZYGOTE_QUEUE);
-        } else if (r == -EUSERS) {
-                fs_log_limited(FS_LOG_WARNING,
-                               "conn %llu pid %d uid %u: the uid's share of the zygotes' "
-                               "queue is full",
-                               (unsigned long long)c->id, (int)c->pid, (unsigned)c->uid);
-                fsd_conn_send_error(s, c, e->req_id, EAGAIN,
-                                    "uid %u has %d requests waiting for the zygotes "
-                                    "already (one uid's share); try again",
-                                    (unsigned)c->uid, FSD_ZYGOTE_QUEUE_UID);
+                                    fsd_zygote_queue(s));
         } else if (r == -EPIPE) {
                 fsd_conn_send_error(s, c, e->req_id, EAGAIN,
                                     "the zygote is restarting; try "

@@ -143,6 +143,71 @@ static unsigned waiting_of(const struct fsd_server *s, uid_t uid)
         return n;
 }
 
+/* The client uid with the most waiting requests, and how many. */
+static unsigned most_waiting(const struct fsd_server *s, uid_t *ret_uid)
+{
+        static struct {
+                uint32_t key, n; /* key: uid + 1 (0: empty); open addressing */
+        } t[2 * FSD_ZYGOTE_QUEUE + 1];
+        const size_t cap = FS_ARRAY_SIZE(t);
+        unsigned best = 0;
+
+        memset(t, 0, sizeof(t));
+        for (unsigned k = 0; k < s->nzyg; k++)
+                for (const struct fsd_zwait *w = s->zyg[k].wait; w; w = w->next) {
+                        size_t h = ((uint32_t)w->client * 2654435761u) % cap;
+
+                        while (t[h].key && t[h].key != (uint32_t)w->client + 1)
+                                h = (h + 1) % cap;
+                        t[h].key = (uint32_t)w->client + 1;
+                        if (++t[h].n > best) {
+                                best = t[h].n;
+                                *ret_uid = w->client;
+                        }
+                }
+        return best;
+}
+
+/*
+ * The queue is full. A tenant alone may fill it, but may not keep others out: the uid with
+ * the most waiting requests gives up its newest to one of a uid that holds fewer (as with
+ * pending handshakes), answered EAGAIN. True when a place was made for newcomer.
+ */
+static bool make_room(struct fsd_server *s, uid_t newcomer)
+{
+        struct fsd_zwait **victim = NULL, *w;
+        struct fsd_zygote *vz = NULL;
+        uid_t top = 0;
+
+        if (most_waiting(s, &top) <= waiting_of(s, newcomer) + 1 || top == newcomer)
+                return false;
+        for (unsigned k = 0; k < s->nzyg; k++) /* its newest: the last in the lists */
+                for (struct fsd_zwait **p = &s->zyg[k].wait; *p; p = &(*p)->next)
+                        if ((*p)->client == top &&
+                            (!victim || (*p)->e.t0_us >= (*victim)->e.t0_us)) {
+                                victim = p;
+                                vz = &s->zyg[k];
+                        }
+        if (!victim)
+                return false;
+        w = *victim;
+        *victim = w->next;
+        if (vz->wait_tail == &w->next)
+                vz->wait_tail = victim;
+        vz->nwait--;
+        s->nwait--;
+        s->evicted++;
+        if (w->e.conn)
+                fsd_conn_hold(s, w->e.conn, -1);
+        s->inflight--;
+        answer(s, &w->e, EAGAIN,
+               "the zygotes are busy, and this uid holds most of their queue; "
+               "try again");
+        explicit_bzero(w->msg, w->len);
+        free(w);
+        return true;
+}
+
 int fsd_zygote_submit(struct fsd_server *s, struct fsd_zygote *z, const struct fsd_inflight *e,
                       uint8_t *msg, size_t len)
 {
@@ -158,11 +223,8 @@ int fsd_zygote_submit(struct fsd_server *s, struct fsd_zygote *z, const struct f
                 if (r != -EAGAIN)
                         return r;
         }
-        if (s->nwait >= FSD_ZYGOTE_QUEUE)
+        if (s->nwait >= fsd_zygote_queue(s) && !make_room(s, e->conn->uid))
                 return -EAGAIN;
-        /* one tenant's many connections take no more than its share */
-        if (s->nwait >= FSD_ZYGOTE_QUEUE_UID && waiting_of(s, e->conn->uid) >= FSD_ZYGOTE_QUEUE_UID)
-                return -EUSERS;
         if (!(w = malloc(sizeof(*w) + len)))
                 return -EAGAIN;
         w->next = NULL;
