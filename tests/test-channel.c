@@ -216,6 +216,19 @@ START_TEST(fork_mode_workers)
             .entry = "libjobs:job_report", .arg = "abc", .arglen = 3, .envp = envp};
         st = spawn_capture(fs, &a, 1, out, sizeof(out));
         ck_assert_str_eq(out, "arg=abc channel=-1 nfds=1 open=3 X=given\n");
+        /* a stream the entry left open is flushed when it returns */
+        char dir[] = "/tmp/fs-flush-XXXXXX", file[64];
+        ck_assert_ptr_nonnull(mkdtemp(dir));
+        snprintf(file, sizeof(file), "%s/left-open", dir);
+        st = run_entry(fs, "libjobs:job_fopen", file, out, sizeof(out));
+        ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        read_all_close(open(file, O_RDONLY | O_CLOEXEC), out, sizeof(out));
+        ck_assert_str_eq(out, "left in the buffer\n");
+        unlink(file);
+        rmdir(dir);
+        /* sched_getcpu() without the rseq area the zygote dropped */
+        st = run_entry(fs, "libjobs:job_cpu", NULL, out, sizeof(out));
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "job_cpu: status %#x", st);
 
         /* a set-up failure is an error for the request, not an exit of a worker */
         struct forkserver_spawn_args bad = {.entry = "libjobs:job_exit", .cwd = "/nonexistent"};

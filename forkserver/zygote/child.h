@@ -50,6 +50,14 @@ struct fsd_child_error {
         int32_t err;  /* positive errno */
 };
 
+/* clone(2) as glibc's clone() makes it, fn(arg) run on the stack ending at stack_top (16-byte
+ * aligned), with CLONE_PIDFD's fd in *pidfd; the pid, or -errno. Where the assembly is ours
+ * (x86-64) it writes nothing on the child's stack and runs no libc code in the child. */
+pid_t fsd_clone(int (*fn)(void *), void *stack_top, unsigned long flags, void *arg, int *pidfd);
+
+/* Once, in the zygote, before any child: what the children look up ahead. */
+void fsd_child_init(void);
+
 /* clone() entry under CLONE_VM|CLONE_VFORK: writes only its own stack; never returns. */
 int fsd_child_exec(void *plan);
 

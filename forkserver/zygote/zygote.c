@@ -13,10 +13,14 @@
 #include <sys/mman.h>
 #include <sys/pidfd.h>
 #include <sys/prctl.h>
+#if __has_include(<sys/rseq.h>)
+#include <sys/rseq.h>
+#endif
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <ucontext.h>
 
 #include "common/fdpass.h"
 #include "common/proto.h"
@@ -27,6 +31,8 @@
 
 #define ZYGOTE_SOCK_FD 3
 #define CHILD_STACK_SIZE (128 * 1024)
+#define LOOP_STACK_SIZE (256 * 1024)
+#define OUT_SIZE 4096
 #define ZYGOTE_UMASK 022 /* the workers' default: a worker asking for it needs no umask() */
 
 struct preload {
@@ -34,15 +40,13 @@ struct preload {
         void *handle;
 };
 
-/* Everything one spawn writes, right above the child stack. A clone() write-protects every
- * private page of ours, and each page we write afterwards costs a copy-on-write fault (and, on
- * a machine with more than one CPU, a TLB shootdown): keeping a spawn's writes in these few
- * pages, and our replies in a page the workers never get (MADV_WIPEONFORK), keeps that cost
- * small. A fork-mode worker starts with its own copy of the area, so what it reads stays
- * put while we take the next request. */
+/* Everything one spawn writes that its child reads, right above the child stack (which ends
+ * where this begins). A clone() write-protects every private page of ours, and each page we
+ * write afterwards costs a copy-on-write fault (and, on a machine with more than one CPU, a TLB
+ * shootdown): keeping a spawn's writes in these few pages, and the rest in pages no child
+ * gets (struct own), keeps that cost small. A fork-mode worker starts with its own copy of the
+ * area, so what it reads stays put while we take the next request. */
 struct spawn_area {
-        uint8_t stack_end[64]; /* the child stack's top: glibc's clone() stores fn and arg here,
-                                * in a page we write anyway */
         struct fsd_child_plan plan;
         struct fs_spawn sp;
         int fds[FS_MAX_MSG_FDS + 1];
@@ -62,21 +66,35 @@ struct zygote {
         int devnull;
         unsigned null_stdio; /* which of our fds 0-2 are /dev/null (struct fsd_child_plan) */
         pid_t front;
-        struct spawn_area *a; /* page-aligned; the child stack ends in a->stack_end */
+        struct spawn_area *a; /* page-aligned; the child stack ends where it begins */
         struct {
                 char name[128];
                 void *fn;
         } entries[32]; /* dlsym() takes the loader's lock, a write: look each up once */
         unsigned nentries;
-        uint8_t *out;    /* OUT_SIZE bytes for our messages, not inherited */
-        int *req_fds;    /* the fds of the request being served ... */
-        size_t nreq_fds; /* ... until drop_request_fds */
+        struct own *own; /* what no child inherits */
+        uint8_t *out;    /* own->out */
         /* [0]: the daemon's own denials alone (profiles without fs rules); [1 + i]: those and
          * profile i's rules */
         struct fsd_landlock ll[FSD_MAX_PROFILES + 1];
-        bool holds_caps;    /* any capability: each worker drops all */
-        char name[16];      /* our process name, which workers have too */
-        int idle_sock;      /* for idle_main: its end of the new child's socketpair */
+        bool holds_caps; /* any capability: each worker drops all */
+        char name[16];   /* our process name, which workers have too */
+        int idle_sock;   /* for idle_main: its end of the new child's socketpair */
+        uint8_t *stack;  /* LOOP_STACK_SIZE bytes for our loop, in own's mapping */
+};
+
+/*
+ * What only we use, in a mapping no child gets (MADV_WIPEONFORK: a child's copy is empty): our
+ * messages, the state of the request being served, the pool's table, and the stack our loop
+ * runs on (right below this). A clone write-protects every page a child shares with us, and the
+ * first write to each afterwards is a page fault, a copy-on-write one while the child lives;
+ * pages no child shares stay writable. So what we write for each request lands here, or in the
+ * spawn area that the child needs anyway, and little elsewhere.
+ */
+struct own {
+        uint8_t out[OUT_SIZE];
+        int *req_fds;       /* the fds of the request being served ... */
+        size_t nreq_fds;    /* ... until drop_request_fds */
         bool replied_error; /* this request's: our stack holds its text */
         size_t ngroups;     /* in a->groups: the client's, to wipe */
         struct pool {
@@ -98,8 +116,6 @@ void fsd_zygote_set_creds(bool switch_uids_, bool allow_root_)
         switch_uids = switch_uids_;
         allow_root = allow_root_;
 }
-
-#define OUT_SIZE 4096
 
 static const char *step_name(uint32_t step)
 {
@@ -138,8 +154,8 @@ static const char *step_name(uint32_t step)
  */
 static void drop_request_fds(struct zygote *z)
 {
-        fs_close_many(z->req_fds, z->nreq_fds);
-        z->nreq_fds = 0;
+        fs_close_many(z->own->req_fds, z->own->nreq_fds);
+        z->own->nreq_fds = 0;
 }
 
 static int reply_error(struct zygote *z, uint32_t id, uint32_t step, int err, const char *what,
@@ -149,7 +165,7 @@ static int reply_error(struct zygote *z, uint32_t id, uint32_t step, int err, co
         int n;
 
         drop_request_fds(z);
-        z->replied_error = true;
+        z->own->replied_error = true;
         fs_imsg_begin_failed(&w, z->out, OUT_SIZE, id, err, "%s%s%s: %s", step_name(step),
                              what ? " " : "", what ? what : "", strerror(err));
         fs_msg_put_u32(&w, FS_F_STEP, step);
@@ -208,7 +224,7 @@ static void plan_creds(struct zygote *z, const struct fs_spawn *sp, struct fsd_c
                 groups[i] = (gid_t)((uint32_t)sp->groups[4 * i] << 24 |
                                     (uint32_t)sp->groups[4 * i + 1] << 16 |
                                     (uint32_t)sp->groups[4 * i + 2] << 8 | sp->groups[4 * i + 3]);
-        z->ngroups = sp->ngroups; /* for forget() */
+        z->own->ngroups = sp->ngroups; /* for forget() */
         plan->set_creds = true;
         plan->uid = sp->uid;
         plan->gid = sp->gid;
@@ -407,11 +423,10 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
          * In fork mode a copy of us runs the entry; we wait only for its set-up. */
         pid = q.entry ? pool_take(z, &q, len, errpipe[1], llfd, &pidfd) : 0;
         if (pid == 0)
-                pid = clone(q.entry ? fsd_child_entry : fsd_child_exec,
-                            a->stack_end + sizeof(a->stack_end),
-                            CLONE_PARENT | CLONE_PIDFD | (q.entry ? 0 : CLONE_VM | CLONE_VFORK),
-                            &a->plan, &pidfd);
-        r = -errno;
+                pid = fsd_clone(q.entry ? fsd_child_entry : fsd_child_exec, a,
+                                CLONE_PARENT | CLONE_PIDFD | (q.entry ? 0 : CLONE_VM | CLONE_VFORK),
+                                &a->plan, &pidfd);
+        r = pid;
         errpipe[1] = fs_close(errpipe[1]);
         chan[1] = fs_close(chan[1]);
         if (pid < 0) {
@@ -510,7 +525,7 @@ static int pool_report(struct zygote *z, pid_t pid, uint32_t event, int pidfd)
 /* Lets idle child i go: EOF ends it, and the front reaps it. */
 static int pool_drop(struct zygote *z, unsigned i)
 {
-        struct pool *pl = &z->pool;
+        struct pool *pl = &z->own->pool;
         pid_t pid = pl->kid[i].pid;
 
         fs_close(pl->kid[i].sock);
@@ -569,8 +584,8 @@ static int idle_main(void *arg)
             dup3(sock, IDLE_SOCK_FD, O_CLOEXEC) < 0 || dup3(null, IDLE_NULL_FD, O_CLOEXEC) < 0 ||
             close_range(IDLE_NULL_FD + 1, ~0u, 0) < 0)
                 _exit(127);
-        /* (our copies of z->ll and z->pool name fds closed here; nothing below uses them, and
-         * each page written now is one more copy-on-write fault) */
+        /* (our copies of z->ll name fds closed here, and z->own is empty in a child; nothing
+         * below uses them, and each page written now is one more copy-on-write fault) */
         z->sock = -1;
         z->devnull = IDLE_NULL_FD;
         /* dies with the front; signals stay blocked until fsd_child_entry resets them */
@@ -615,16 +630,15 @@ static int idle_main(void *arg)
 /* Forks one idle child and tells the front. */
 static int pool_add(struct zygote *z)
 {
-        struct pool *pl = &z->pool;
+        struct pool *pl = &z->own->pool;
         int sv[2], pidfd = -1, r;
         pid_t pid;
 
         if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
                 return -errno;
         z->idle_sock = sv[1];
-        pid = clone(idle_main, z->a->stack_end + sizeof(z->a->stack_end),
-                    CLONE_PARENT | CLONE_PIDFD, z, &pidfd);
-        r = -errno;
+        pid = fsd_clone(idle_main, z->a, CLONE_PARENT | CLONE_PIDFD, z, &pidfd);
+        r = pid;
         z->idle_sock = -1;
         fs_close(sv[1]);
         if (pid < 0) {
@@ -640,7 +654,7 @@ static int pool_add(struct zygote *z)
 static pid_t pool_take(struct zygote *z, const struct req *q, size_t len, int errpipe, int llfd,
                        int *ret_pidfd)
 {
-        struct pool *pl = &z->pool;
+        struct pool *pl = &z->own->pool;
         bool chan = z->a->sp.flags & FS_SPAWN_CHANNEL;
         struct handoff ho = {
             .len = (uint32_t)len, .nfds = (uint32_t)(q->nfds - chan), .ll = llfd >= 0};
@@ -697,7 +711,7 @@ static pid_t pool_take(struct zygote *z, const struct req *q, size_t len, int er
  */
 static void pool_idle(struct zygote *z)
 {
-        struct pool *pl = &z->pool;
+        struct pool *pl = &z->own->pool;
 
         for (;;) {
                 struct pollfd pf[1 + FSD_MAX_PREFORK];
@@ -845,11 +859,34 @@ static void signal_one(struct zygote *z, size_t len, const int *fds, size_t nfds
                 return;
         j = (struct sig_job){
             .pidfd = nfds ? fds[0] : -1, .pid = (pid_t)m.pid, .uid = m.uid, .signo = (int)m.signo};
-        pid = clone(signal_child, z->a->stack_end + sizeof(z->a->stack_end),
-                    CLONE_VM | CLONE_VFORK | SIGCHLD, &j);
+        pid = fsd_clone(signal_child, z->a, CLONE_VM | CLONE_VFORK | SIGCHLD, &j, NULL);
         if (pid > 0)
                 while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
                         ;
+}
+
+/*
+ * glibc registers each thread's restartable-sequences area (rseq) with the kernel, which then
+ * writes that area, in the thread's TLS page, whenever the thread was scheduled. After a clone
+ * that page is shared with the child, so the writes were two copy-on-write faults a spawn, ours
+ * and the child's. Nothing here uses rseq: we unregister it, and our children inherit none
+ * (sched_getcpu() falls back to the vDSO; a thread a worker starts registers its own, and exec
+ * starts afresh).
+ */
+static void drop_rseq(void)
+{
+#if defined(RSEQ_SIG) && defined(__has_builtin)
+#if __has_builtin(__builtin_thread_pointer)
+        if (__rseq_size > 0) {
+                void *area = (char *)__builtin_thread_pointer() + __rseq_offset;
+
+                /* the length must be the one registered: 32 up to glibc 2.39, __rseq_size
+                 * after */
+                if (syscall(SYS_rseq, area, 32, RSEQ_FLAG_UNREGISTER, RSEQ_SIG) < 0)
+                        (void)syscall(SYS_rseq, area, __rseq_size, RSEQ_FLAG_UNREGISTER, RSEQ_SIG);
+        }
+#endif
+#endif
 }
 
 static int zygote_setup(struct zygote *z, int sock)
@@ -864,7 +901,6 @@ static int zygote_setup(struct zygote *z, int sock)
         snprintf(z->name, sizeof(z->name), "forkserverd-%s", z->sandboxed ? "zys" : "zyg");
         (void)prctl(PR_SET_NAME, z->name);
         z->idle_sock = -1;
-        z->pool.target = 0; /* until fork mode is asked of us */
         /* the front left us CAP_SETUID and CAP_SETGID when workers run as their clients,
          * nothing otherwise; whatever we hold, each worker drops */
         if (fsd_caps_get(&eff, &prm, NULL) < 0 ||
@@ -903,10 +939,19 @@ static int zygote_setup(struct zygote *z, int sock)
                 return -errno;
         (void)mprotect(stack, 4096, PROT_NONE);
         z->a = (struct spawn_area *)(stack + CHILD_STACK_SIZE);
-        z->out = mmap(NULL, OUT_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (z->out == MAP_FAILED)
+        /* [guard page][our loop's stack][struct own], none of it inherited */
+        stack = mmap(NULL, 4096 + LOOP_STACK_SIZE + sizeof(struct own), PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+        if (stack == MAP_FAILED)
                 return -errno;
-        (void)madvise(z->out, OUT_SIZE, MADV_WIPEONFORK); /* only a saving: before 4.14, none */
+        (void)mprotect(stack, 4096, PROT_NONE);
+        /* only a saving: before 4.14, children get copies, which they do not use */
+        (void)madvise(stack, 4096 + LOOP_STACK_SIZE + sizeof(struct own), MADV_WIPEONFORK);
+        z->stack = stack + 4096;
+        z->own = (struct own *)(z->stack + LOOP_STACK_SIZE);
+        z->out = z->own->out;
+        drop_rseq();
+        fsd_child_init();
         return 0;
 }
 
@@ -948,8 +993,8 @@ static void forget(struct zygote *z, size_t len)
         explicit_bzero(z->a->gpu_env, strnlen(z->a->gpu_env, sizeof(z->a->gpu_env)));
         explicit_bzero(&z->a->plan, sizeof(z->a->plan));
         explicit_bzero(&z->a->sp, sizeof(z->a->sp));
-        explicit_bzero(z->a->groups, z->ngroups * sizeof(gid_t));
-        z->ngroups = 0;
+        explicit_bzero(z->a->groups, z->own->ngroups * sizeof(gid_t));
+        z->own->ngroups = 0;
 }
 
 /* The first message: READY, or FAILED with the reason start-up failed. */
@@ -969,13 +1014,88 @@ static void report_start(struct zygote *z, int r, const char *err)
                 _exit(1);
 }
 
+/* Serves requests until the front closes its end. */
+static __attribute__((noreturn)) void zygote_loop(struct zygote *z)
+{
+        int fds[FS_MAX_MSG_FDS];
+        int r;
+
+        for (;;) {
+                size_t nfds;
+                bool lost;
+
+                if (prefork_max)
+                        pool_idle(z); /* until a request is there */
+                int n = fs_fdpass_recv_lossy(z->sock, z->a->data, FS_MAX_MSG, fds, FS_MAX_MSG_FDS,
+                                             &nfds, &lost, 0);
+                struct fs_hdr h;
+                struct fs_buf p;
+
+                if (n == 0)
+                        _exit(0); /* the front closed its end: we are done */
+                if (n > 0 &&
+                    fs_iproto_parse_hdr(z->a->data, (size_t)n, FS_ICHAN_ZYGOTE, FS_ISIDE_FRONT,
+                                        lost ? 0 : nfds, &h, &p) == 0 &&
+                    h.type == FS_I_SIGNAL) {
+                        signal_one(z, (size_t)n, fds, lost ? 0 : nfds);
+                        fs_close_many(fds, lost ? 0 : nfds);
+                        continue;
+                }
+                if (n > 0 && lost) {
+                        /* the front waits for an answer to this sequence number */
+                        (void)fs_iproto_parse_hdr(z->a->data, (size_t)n, FS_ICHAN_ZYGOTE,
+                                                  FS_ISIDE_FRONT, 0, &h, &p);
+                        forget(z, (size_t)n);
+                        if (reply_error(z, h.id, FS_STEP_FDS, EMFILE,
+                                        "(zygote out of file descriptors)", 0, -1) == -EPIPE)
+                                _exit(0);
+                        continue;
+                }
+                if (n < 0) {
+                        if (n == -EBADMSG || n == -EMSGSIZE) {
+                                forget(z, FS_MAX_MSG); /* however much of it arrived */
+                                (void)reply_error(z, 0, FS_STEP_CLONE, -n, "request", 0, -1);
+                                continue;
+                        }
+                        _exit(1);
+                }
+                z->own->req_fds = fds;
+                z->own->nreq_fds = nfds;
+                r = spawn_one(z, (size_t)n, fds, nfds);
+                forget(z, (size_t)n);
+                if (prefork_max && z->own->replied_error)
+                        scrub_stack();
+                z->own->replied_error = false;
+                if (r < 0 && errno == EPIPE)
+                        _exit(0);
+                drop_request_fds(z);
+        }
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+#define LOOP_ON_OWN_STACK 0 /* ASan would lose track of the stack */
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define LOOP_ON_OWN_STACK 0
+#endif
+#endif
+#ifndef LOOP_ON_OWN_STACK
+#define LOOP_ON_OWN_STACK 1
+#endif
+
+static struct zygote *loop_zygote; /* makecontext passes ints only */
+
+static void loop_start(void)
+{
+        zygote_loop(loop_zygote);
+}
+
 static __attribute__((noreturn)) void zygote_main(const struct fsd_sandbox *sb,
                                                   const struct fsd_profile *sandboxed,
                                                   const char *const *preload, size_t npreload,
                                                   int sock, pid_t front)
 {
         static struct zygote z;
-        int fds[FS_MAX_MSG_FDS];
         char err[512] = "zygote set-up failed";
         int r;
 
@@ -991,56 +1111,20 @@ static __attribute__((noreturn)) void zygote_main(const struct fsd_sandbox *sb,
         if (r >= 0)
                 r = zygote_sandbox(&z);
         report_start(&z, r, err);
-        for (;;) {
-                size_t nfds;
-                bool lost;
+        /* The loop runs on z.stack, which no child shares (struct own): the stack it left
+         * holds only set-up, which children may share, and nothing writes it again. */
+        if (LOOP_ON_OWN_STACK) {
+                ucontext_t uc;
 
-                if (prefork_max)
-                        pool_idle(&z); /* until a request is there */
-                int n = fs_fdpass_recv_lossy(z.sock, z.a->data, FS_MAX_MSG, fds, FS_MAX_MSG_FDS,
-                                             &nfds, &lost, 0);
-                struct fs_hdr h;
-                struct fs_buf p;
-
-                if (n == 0)
-                        _exit(0); /* the front closed its end: we are done */
-                if (n > 0 &&
-                    fs_iproto_parse_hdr(z.a->data, (size_t)n, FS_ICHAN_ZYGOTE, FS_ISIDE_FRONT,
-                                        lost ? 0 : nfds, &h, &p) == 0 &&
-                    h.type == FS_I_SIGNAL) {
-                        signal_one(&z, (size_t)n, fds, lost ? 0 : nfds);
-                        fs_close_many(fds, lost ? 0 : nfds);
-                        continue;
+                if (getcontext(&uc) == 0) {
+                        uc.uc_stack = (stack_t){.ss_sp = z.stack, .ss_size = LOOP_STACK_SIZE};
+                        uc.uc_link = NULL;
+                        loop_zygote = &z;
+                        makecontext(&uc, loop_start, 0);
+                        setcontext(&uc);
                 }
-                if (n > 0 && lost) {
-                        /* the front waits for an answer to this sequence number */
-                        (void)fs_iproto_parse_hdr(z.a->data, (size_t)n, FS_ICHAN_ZYGOTE,
-                                                  FS_ISIDE_FRONT, 0, &h, &p);
-                        forget(&z, (size_t)n);
-                        if (reply_error(&z, h.id, FS_STEP_FDS, EMFILE,
-                                        "(zygote out of file descriptors)", 0, -1) == -EPIPE)
-                                _exit(0);
-                        continue;
-                }
-                if (n < 0) {
-                        if (n == -EBADMSG || n == -EMSGSIZE) {
-                                forget(&z, FS_MAX_MSG); /* however much of it arrived */
-                                (void)reply_error(&z, 0, FS_STEP_CLONE, -n, "request", 0, -1);
-                                continue;
-                        }
-                        _exit(1);
-                }
-                z.req_fds = fds;
-                z.nreq_fds = nfds;
-                r = spawn_one(&z, (size_t)n, fds, nfds);
-                forget(&z, (size_t)n);
-                if (prefork_max && z.replied_error)
-                        scrub_stack();
-                z.replied_error = false;
-                if (r < 0 && errno == EPIPE)
-                        _exit(0);
-                drop_request_fds(&z);
         }
+        zygote_loop(&z);
 }
 
 void fsd_zygote_main(void *arg, int sock, pid_t front)

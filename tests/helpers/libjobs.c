@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -24,6 +25,8 @@ EXPORT int job_report(const struct forkserver_worker *w);
 EXPORT int job_noop(const struct forkserver_worker *w);
 EXPORT int job_index(const struct forkserver_worker *w);
 EXPORT int job_scan(const struct forkserver_worker *w);
+EXPORT int job_fopen(const struct forkserver_worker *w);
+EXPORT int job_cpu(const struct forkserver_worker *w);
 
 static long arg_number(const struct forkserver_worker *w)
 {
@@ -50,6 +53,31 @@ int job_index(const struct forkserver_worker *w)
         if (write(1, line, n) != (ssize_t)n)
                 return 254;
         return (int)(arg_number(w) * 7 % 256);
+}
+
+/* Writes a line into the file its argument names, through a stream it leaves open: returning
+ * must flush it. */
+int job_fopen(const struct forkserver_worker *w)
+{
+        char path[256] = {0};
+        FILE *f;
+
+        memcpy(path, w->arg, w->arglen < sizeof(path) - 1 ? w->arglen : sizeof(path) - 1);
+        if (!(f = fopen(path, "w")))
+                return 1;
+        fputs("left in the buffer\n", f);
+        return 0;
+}
+
+/* The CPU it runs on, as libc and as the kernel say (a worker has no rseq area). */
+int job_cpu(const struct forkserver_worker *w)
+{
+        unsigned cpu = ~0u;
+
+        (void)w;
+        if (syscall(SYS_getcpu, &cpu, NULL, NULL) < 0)
+                return 2;
+        return sched_getcpu() == (int)cpu ? 0 : 1;
 }
 
 int job_exit(const struct forkserver_worker *w)
