@@ -226,6 +226,9 @@ START_TEST(fork_mode_workers)
         ck_assert_str_eq(out, "left in the buffer\n");
         unlink(file);
         rmdir(dir);
+        /* the stack a main thread would have */
+        st = run_entry(fs, "libjobs:job_stack", NULL, out, sizeof(out));
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "job_stack: status %#x", st);
         /* sched_getcpu() without the rseq area the zygote dropped */
         st = run_entry(fs, "libjobs:job_cpu", NULL, out, sizeof(out));
         ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "job_cpu: status %#x", st);

@@ -27,6 +27,7 @@ EXPORT int job_index(const struct forkserver_worker *w);
 EXPORT int job_scan(const struct forkserver_worker *w);
 EXPORT int job_fopen(const struct forkserver_worker *w);
 EXPORT int job_cpu(const struct forkserver_worker *w);
+EXPORT int job_stack(const struct forkserver_worker *w);
 
 static long arg_number(const struct forkserver_worker *w)
 {
@@ -78,6 +79,17 @@ int job_cpu(const struct forkserver_worker *w)
         if (syscall(SYS_getcpu, &cpu, NULL, NULL) < 0)
                 return 2;
         return sched_getcpu() == (int)cpu ? 0 : 1;
+}
+
+/* Uses 2 MiB of stack, as a main thread may (its usual limit is 8 MiB). */
+int job_stack(const struct forkserver_worker *w)
+{
+        volatile char big[2 << 20];
+
+        (void)w;
+        for (size_t i = 0; i < sizeof(big); i += 4096)
+                big[i] = (char)i;
+        return big[sizeof(big) - 4096] == (char)(sizeof(big) - 4096) ? 0 : 1;
 }
 
 int job_exit(const struct forkserver_worker *w)
