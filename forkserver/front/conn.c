@@ -228,39 +228,23 @@ static int peer_groups(struct fsd_server *s, struct fsd_conn *c)
 }
 
 /* How many pending handshakes share each key; the largest count, and its key. */
-static uint32_t most_common(const struct fsd_server *s, bool by_uid, uint32_t uid,
-                            uint32_t *ret_key)
+/* The uid holding most pending handshakes (by_uid), or the pid of that uid holding most. */
+static uint32_t most_common(const struct fsd_server *s, bool by_uid, uint32_t uid)
 {
-        static struct {
-                uint32_t key, n;
-        } t[2 * FSD_MAX_PENDING + 2]; /* open addressing; a key is stored + 1 (0: empty) */
-        const size_t cap = FS_ARRAY_SIZE(t);
-        uint32_t best = 0;
+        static struct fsd_tally_slot t[2 * FSD_MAX_PENDING + 2];
+        struct fsd_tally y;
 
-        memset(t, 0, sizeof(t));
-        for (const struct fsd_conn *c = s->pending; c; c = c->next) {
-                uint32_t key = by_uid ? c->uid : (uint32_t)c->pid;
-                size_t h = (key * 2654435761u) % cap;
-
-                if (!by_uid && c->uid != uid)
-                        continue;
-                while (t[h].key && t[h].key != key + 1)
-                        h = (h + 1) % cap;
-                t[h].key = key + 1;
-                if (++t[h].n > best) {
-                        best = t[h].n;
-                        *ret_key = key;
-                }
-        }
-        return best;
+        fsd_tally_start(&y, t, FS_ARRAY_SIZE(t));
+        for (const struct fsd_conn *c = s->pending; c; c = c->next)
+                if (by_uid || c->uid == uid)
+                        fsd_tally_add(&y, by_uid ? c->uid : (uint32_t)c->pid);
+        return y.top;
 }
 
 static struct fsd_conn *pending_victim(struct fsd_server *s)
 {
-        uint32_t uid = 0, pid = 0;
+        uint32_t uid = most_common(s, true, 0), pid = most_common(s, false, uid);
 
-        (void)most_common(s, true, 0, &uid);
-        (void)most_common(s, false, uid, &pid);
         for (struct fsd_conn *c = s->pending; c; c = c->next)
                 if (c->uid == uid && (uint32_t)c->pid == pid)
                         return c;

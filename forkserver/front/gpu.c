@@ -23,8 +23,6 @@
 #include "forkserver/front/server.h"
 
 #define GPU_REPLY_TIMEOUT_MS 10000
-#define GPU_BACKOFF_MIN_MS 100
-#define GPU_BACKOFF_MAX_MS 10000
 
 #ifndef SO_PEERPIDFD
 #define SO_PEERPIDFD 77 /* Linux 6.5 */
@@ -129,21 +127,15 @@ void fsd_gpu_stop(struct fsd_server *s)
                 hold_free(s, g->holds);
 }
 
-/* Next attempt: 100 ms after the first failure, doubling to 10 s while they go on; a broker
- * that had run for 10 s or more counts as a first failure again. */
+/* Next attempt: after fsd_backoff's wait. */
 static void on_restart(struct fsd_loop *l, struct fsd_timer *t, int64_t now);
 
 static void schedule_restart(struct fsd_server *s, int64_t now)
 {
         struct fsd_gpu *g = &s->gpu;
 
-        if (g->started_at && now - g->started_at >= GPU_BACKOFF_MAX_MS)
-                g->backoff_ms = 0;
+        g->restart_at = fsd_backoff(&g->backoff_ms, g->started_at, true, now);
         g->started_at = 0;
-        g->backoff_ms = g->backoff_ms ? g->backoff_ms * 2 : GPU_BACKOFF_MIN_MS;
-        if (g->backoff_ms > GPU_BACKOFF_MAX_MS)
-                g->backoff_ms = GPU_BACKOFF_MAX_MS;
-        g->restart_at = now + g->backoff_ms;
         (void)fsd_timer_arm(&s->loop, &g->restart, g->restart_at, on_restart);
 }
 

@@ -4,6 +4,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/types.h>
 
 #include "common/auth.h"
@@ -327,6 +328,51 @@ static inline unsigned fsd_zygote_queue(const struct fsd_server *s)
 {
         return s->zygote_queue && s->zygote_queue < FSD_ZYGOTE_QUEUE ? s->zygote_queue
                                                                      : FSD_ZYGOTE_QUEUE;
+}
+
+/* When a helper that died starts again: 100 ms after a first death, doubling to 10 s while
+ * they go on; one that had run for 10 s counts as a first again (unless fresh is false). */
+#define FSD_BACKOFF_MIN_MS 100
+#define FSD_BACKOFF_MAX_MS 10000
+static inline int64_t fsd_backoff(int64_t *backoff_ms, int64_t started_at, bool fresh, int64_t now)
+{
+        if (fresh && started_at && now - started_at >= FSD_BACKOFF_MAX_MS)
+                *backoff_ms = 0;
+        *backoff_ms = *backoff_ms ? *backoff_ms * 2 : FSD_BACKOFF_MIN_MS;
+        if (*backoff_ms > FSD_BACKOFF_MAX_MS)
+                *backoff_ms = FSD_BACKOFF_MAX_MS;
+        return now + *backoff_ms;
+}
+
+/* The key added most often, counted in caller storage of more slots than keys added (open
+ * addressing; a slot with n 0 is free): the peer holding most handshakes, the uid holding
+ * most waiting requests. */
+struct fsd_tally_slot {
+        uint32_t key, n;
+};
+struct fsd_tally {
+        struct fsd_tally_slot *t;
+        size_t cap;
+        uint32_t best, top; /* how often the top key was added, and which */
+};
+
+static inline void fsd_tally_start(struct fsd_tally *y, struct fsd_tally_slot *t, size_t cap)
+{
+        memset(t, 0, cap * sizeof(*t));
+        *y = (struct fsd_tally){.t = t, .cap = cap};
+}
+
+static inline void fsd_tally_add(struct fsd_tally *y, uint32_t key)
+{
+        size_t h = (key * 2654435761u) % y->cap;
+
+        while (y->t[h].n && y->t[h].key != key)
+                h = (h + 1) % y->cap;
+        y->t[h].key = key;
+        if (++y->t[h].n > y->best) {
+                y->best = y->t[h].n;
+                y->top = key;
+        }
 }
 
 /* The server whose loop a handler was called from (every source is on s->loop). */

@@ -24,8 +24,6 @@
 #include "common/util.h"
 #include "forkserver/front/server.h"
 
-#define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 10000
 #define TEMPLATE_BUSY_RETRY_MS 100
 
 static const char *zname(const struct fsd_zygote *z)
@@ -146,26 +144,15 @@ static unsigned waiting_of(const struct fsd_server *s, uid_t uid)
 /* The client uid with the most waiting requests, and how many. */
 static unsigned most_waiting(const struct fsd_server *s, uid_t *ret_uid)
 {
-        static struct {
-                uint32_t key, n; /* key: uid + 1 (0: empty); open addressing */
-        } t[2 * FSD_ZYGOTE_QUEUE + 1];
-        const size_t cap = FS_ARRAY_SIZE(t);
-        unsigned best = 0;
+        static struct fsd_tally_slot t[2 * FSD_ZYGOTE_QUEUE + 1];
+        struct fsd_tally y;
 
-        memset(t, 0, sizeof(t));
+        fsd_tally_start(&y, t, FS_ARRAY_SIZE(t));
         for (unsigned k = 0; k < s->nzyg; k++)
-                for (const struct fsd_zwait *w = s->zyg[k].wait; w; w = w->next) {
-                        size_t h = ((uint32_t)w->client * 2654435761u) % cap;
-
-                        while (t[h].key && t[h].key != (uint32_t)w->client + 1)
-                                h = (h + 1) % cap;
-                        t[h].key = (uint32_t)w->client + 1;
-                        if (++t[h].n > best) {
-                                best = t[h].n;
-                                *ret_uid = w->client;
-                        }
-                }
-        return best;
+                for (const struct fsd_zwait *w = s->zyg[k].wait; w; w = w->next)
+                        fsd_tally_add(&y, (uint32_t)w->client);
+        *ret_uid = (uid_t)y.top;
+        return y.best;
 }
 
 /*
@@ -377,14 +364,7 @@ static void on_restart(struct fsd_loop *l, struct fsd_timer *t, int64_t now);
 
 static void schedule(struct fsd_server *s, struct fsd_zygote *z, int64_t now, bool failed)
 {
-        /* 100 ms after a first death, doubling to 10 s while they go on; one that had run
-         * for 10 s counts as a first again */
-        if (!failed && z->started_at && now - z->started_at >= BACKOFF_MAX_MS)
-                z->backoff_ms = 0;
-        z->backoff_ms = z->backoff_ms ? z->backoff_ms * 2 : BACKOFF_MIN_MS;
-        if (z->backoff_ms > BACKOFF_MAX_MS)
-                z->backoff_ms = BACKOFF_MAX_MS;
-        z->restart_at = now + z->backoff_ms;
+        z->restart_at = fsd_backoff(&z->backoff_ms, z->started_at, !failed, now);
         (void)fsd_timer_arm(&s->loop, &z->restart, z->restart_at, on_restart);
 }
 
