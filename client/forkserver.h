@@ -310,8 +310,8 @@ FORKSERVER_EXPORT int forkserver_channel_fd(void);
  * library destructors belong to the zygote and do not run in workers. No exec: the child
  * starts with everything the library set up at load time. It has the fds, environment, rlimits and
  * profile of its request, like an exec-mode worker. The entry runs on a stack of 8 MiB, as a
- * main thread usually has (RLIMIT_STACK does not change it). The worker has no rseq area
- * registered (sched_getcpu() still works); threads it starts register their own.
+ * main thread usually has (RLIMIT_STACK does not change it). The worker, and any thread it
+ * starts, has no rseq area registered (sched_getcpu() still works).
  *
  * A preloaded library may export int forkserver_preload_init(char *err, size_t errlen): each
  * zygote calls it once, right after loading the library and before any worker; a nonzero

@@ -61,14 +61,17 @@ static inline long sys6(long n, long a, long b, long c, long d, long e, long f)
 /* long fsd_clone_raw(unsigned long flags, void *stack, int *pidfd, int (*fn)(void *), void *arg):
  * the clone system call (flags, stack, parent_tid: the pidfd), with fn and arg kept in
  * registers it preserves; the child, on its stack, calls fn(arg) and exits with its value. */
-__asm__(".text\n"
+__asm__(".pushsection .text\n"
         ".globl fsd_clone_raw\n"
         ".hidden fsd_clone_raw\n"
         ".type fsd_clone_raw, @function\n"
         ".p2align 4\n"
         "fsd_clone_raw:\n"
+        "        .cfi_startproc\n"
         "        push %r12\n"
+        "        .cfi_adjust_cfa_offset 8\n"
         "        push %r13\n"
+        "        .cfi_adjust_cfa_offset 8\n"
         "        mov %rcx, %r12\n"
         "        mov %r8, %r13\n"
         "        xor %r10d, %r10d\n" /* child_tid */
@@ -78,16 +81,21 @@ __asm__(".text\n"
         "        test %rax, %rax\n"
         "        jz 1f\n"
         "        pop %r13\n"
+        "        .cfi_adjust_cfa_offset -8\n"
         "        pop %r12\n"
+        "        .cfi_adjust_cfa_offset -8\n"
         "        ret\n"
-        "1:      xor %ebp, %ebp\n"
+        "1:      .cfi_undefined rip\n" /* the child: no frame above this one */
+        "        xor %ebp, %ebp\n"
         "        mov %r13, %rdi\n"
         "        call *%r12\n"
         "        mov %eax, %edi\n"
         "        mov $231, %eax\n" /* SYS_exit_group */
         "        syscall\n"
         "        hlt\n"
-        ".size fsd_clone_raw, . - fsd_clone_raw\n");
+        "        .cfi_endproc\n"
+        ".size fsd_clone_raw, . - fsd_clone_raw\n"
+        ".popsection\n");
 
 long fsd_clone_raw(unsigned long flags, void *stack, int *pidfd, int (*fn)(void *), void *arg);
 

@@ -872,9 +872,10 @@ static void signal_one(struct zygote *z, size_t len, const int *fds, size_t nfds
  * glibc registers each thread's restartable-sequences area (rseq) with the kernel, which then
  * writes that area, in the thread's TLS page, whenever the thread was scheduled. After a clone
  * that page is shared with the child, so the writes were two copy-on-write faults a spawn, ours
- * and the child's. Nothing here uses rseq: we unregister it, and our children inherit none
- * (sched_getcpu() falls back to the vDSO; a thread a worker starts registers its own, and exec
- * starts afresh).
+ * and the child's. Nothing here uses rseq: we unregister it, and fork-mode workers have none,
+ * nor do threads they start (glibc registers a new thread's only where its creator has one);
+ * sched_getcpu() falls back to the vDSO, and rseq users (tcmalloc's per-CPU caches) to their
+ * slower paths. Exec starts afresh.
  */
 static void drop_rseq(void)
 {
@@ -883,10 +884,12 @@ static void drop_rseq(void)
         if (__rseq_size > 0) {
                 void *area = (char *)__builtin_thread_pointer() + __rseq_offset;
 
-                /* the length must be the one registered: 32 up to glibc 2.39, __rseq_size
-                 * after */
-                if (syscall(SYS_rseq, area, 32, RSEQ_FLAG_UNREGISTER, RSEQ_SIG) < 0)
-                        (void)syscall(SYS_rseq, area, __rseq_size, RSEQ_FLAG_UNREGISTER, RSEQ_SIG);
+                /* the length must be the one registered: 32 bytes, or __rseq_size rounded up to
+                 * 32 where the kernel's features outgrow that (a failure only loses the saving) */
+                if (syscall(SYS_rseq, area, 32, RSEQ_FLAG_UNREGISTER, RSEQ_SIG) < 0 &&
+                    __rseq_size > 32)
+                        (void)syscall(SYS_rseq, area, (__rseq_size + 31) & ~31u,
+                                      RSEQ_FLAG_UNREGISTER, RSEQ_SIG);
         }
 #endif
 #endif
@@ -943,6 +946,9 @@ static int zygote_setup(struct zygote *z, int sock)
                 return -errno;
         if (mprotect(stack, CHILD_STACK_GUARD, PROT_NONE) < 0)
                 return -errno;
+        /* small pages: a huge one would be zeroed whole, and copied whole at a child's write */
+        (void)madvise(stack, CHILD_STACK_GUARD + CHILD_STACK_SIZE + sizeof(struct spawn_area),
+                      MADV_NOHUGEPAGE);
         z->a = (struct spawn_area *)(stack + CHILD_STACK_GUARD + CHILD_STACK_SIZE);
         /* [guard page][our loop's stack][struct own], none of it inherited */
         stack = mmap(NULL, 4096 + LOOP_STACK_SIZE + sizeof(struct own), PROT_READ | PROT_WRITE,
@@ -1077,10 +1083,12 @@ static __attribute__((noreturn)) void zygote_loop(struct zygote *z)
         }
 }
 
-#if defined(__SANITIZE_ADDRESS__)
-#define LOOP_ON_OWN_STACK 0 /* ASan would lose track of the stack */
+/* Sanitizers that track a thread's stack would lose it. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__) || defined(__SANITIZE_HWADDRESS__)
+#define LOOP_ON_OWN_STACK 0
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) ||                         \
+    __has_feature(memory_sanitizer) || __has_feature(hwaddress_sanitizer)
 #define LOOP_ON_OWN_STACK 0
 #endif
 #endif

@@ -73,12 +73,16 @@ int job_fopen(const struct forkserver_worker *w)
 /* The CPU it runs on, as libc and as the kernel say (a worker has no rseq area). */
 int job_cpu(const struct forkserver_worker *w)
 {
-        unsigned cpu = ~0u;
-
         (void)w;
-        if (syscall(SYS_getcpu, &cpu, NULL, NULL) < 0)
-                return 2;
-        return sched_getcpu() == (int)cpu ? 0 : 1;
+        for (int i = 0; i < 1000; i++) { /* it may move between the two */
+                unsigned cpu = ~0u;
+
+                if (syscall(SYS_getcpu, &cpu, NULL, NULL) < 0)
+                        return 2;
+                if (sched_getcpu() == (int)cpu)
+                        return 0;
+        }
+        return 1;
 }
 
 /* Uses 2 MiB of stack, as a main thread may (its usual limit is 8 MiB). */
