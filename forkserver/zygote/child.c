@@ -23,40 +23,6 @@
 #define STREAMS_KNOWN 1
 #endif
 
-/*
- * Raw system calls, made here: each page of code a new child runs for the first time is a page
- * fault of its own (a fork copies no page-table entries of mappings never written, such as
- * libc's code), and where page faults are dear, as in many virtual machines, the few that
- * libc's wrappers cost (syscall(), getppid, sigprocmask, ...: each on a page of its own)
- * weighed more than all the child's system calls. Each returns the result or -errno; nothing
- * here touches errno (in the thread's TLS page, one more fault). Elsewhere, syscall(2).
- */
-#if defined(__x86_64__)
-static inline long sys6(long n, long a, long b, long c, long d, long e, long f)
-{
-        register long r10 __asm__("r10") = d;
-        register long r8 __asm__("r8") = e;
-        register long r9 __asm__("r9") = f;
-        long ret;
-
-        __asm__ volatile("syscall"
-                         : "=a"(ret)
-                         : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
-                         : "rcx", "r11", "memory");
-        return ret;
-}
-#else
-static inline long sys6(long n, long a, long b, long c, long d, long e, long f)
-{
-        long r = syscall(n, a, b, c, d, e, f);
-
-        return r < 0 ? -errno : r;
-}
-#endif
-#define SYS_ARGS(n, a, b, c, d, e, f, ...)                                                         \
-        sys6((n), (long)(a), (long)(b), (long)(c), (long)(d), (long)(e), (long)(f))
-#define sys(...) SYS_ARGS(__VA_ARGS__, 0, 0, 0, 0, 0, 0)
-
 #if defined(__x86_64__)
 /* long fsd_clone_raw(unsigned long flags, void *stack, int *pidfd, int (*fn)(void *), void *arg):
  * the clone system call (flags, stack, parent_tid: the pidfd), with fn and arg kept in
@@ -143,7 +109,7 @@ static bool output_pending(void)
 /* Moves fd above floor unless it already is: the fd, or -errno. */
 static int lift_child(int fd, int floor)
 {
-        return fd > floor ? fd : (int)sys(SYS_fcntl, fd, F_DUPFD_CLOEXEC, floor + 1);
+        return fd > floor ? fd : (int)fsd_sys(SYS_fcntl, fd, F_DUPFD_CLOEXEC, floor + 1);
 }
 
 /* The client's uid, gid and groups, then no capability in any set (the bounding set was
@@ -158,19 +124,19 @@ static long creds_child(const struct fsd_child_plan *p, struct fsd_child_error *
 
         e->step = FS_STEP_CREDS;
 #ifdef SYS_setresuid32 /* where the plain calls take 16-bit ids */
-        if (p->set_creds && ((r = sys(SYS_setgroups32, p->ngroups, p->groups)) < 0 ||
-                             (r = sys(SYS_setresgid32, p->gid, p->gid, p->gid)) < 0 ||
-                             (r = sys(SYS_setresuid32, p->uid, p->uid, p->uid)) < 0))
+        if (p->set_creds && ((r = fsd_sys(SYS_setgroups32, p->ngroups, p->groups)) < 0 ||
+                             (r = fsd_sys(SYS_setresgid32, p->gid, p->gid, p->gid)) < 0 ||
+                             (r = fsd_sys(SYS_setresuid32, p->uid, p->uid, p->uid)) < 0))
                 return r;
 #else
-        if (p->set_creds && ((r = sys(SYS_setgroups, p->ngroups, p->groups)) < 0 ||
-                             (r = sys(SYS_setresgid, p->gid, p->gid, p->gid)) < 0 ||
-                             (r = sys(SYS_setresuid, p->uid, p->uid, p->uid)) < 0))
+        if (p->set_creds && ((r = fsd_sys(SYS_setgroups, p->ngroups, p->groups)) < 0 ||
+                             (r = fsd_sys(SYS_setresgid, p->gid, p->gid, p->gid)) < 0 ||
+                             (r = fsd_sys(SYS_setresuid, p->uid, p->uid, p->uid)) < 0))
                 return r;
 #endif
         if (p->drop_caps &&
-            ((r = sys(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)) < 0 ||
-             (r = sys(SYS_capset, &h, none)) < 0))
+            ((r = fsd_sys(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)) < 0 ||
+             (r = fsd_sys(SYS_capset, &h, none)) < 0))
                 return r;
         return 0;
 }
@@ -192,15 +158,15 @@ static long setup_child(const struct fsd_child_plan *p, bool close_now, int *err
                 /* The worker dies with the front; the getppid() check closes the race where
                  * the front died before the prctl. */
                 e->step = FS_STEP_PARENT;
-                if ((r = sys(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL)) < 0)
+                if ((r = fsd_sys(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL)) < 0)
                         return r;
-                if (sys(SYS_getppid) != p->front)
+                if (fsd_sys(SYS_getppid) != p->front)
                         return -ESRCH;
         } else if (p->pdeathsig_set) {
                 /* a detached worker forked ahead outlives the front (a uid switch clears the
                  * signal only where the ids change) */
                 e->step = FS_STEP_PARENT;
-                if ((r = sys(SYS_prctl, PR_SET_PDEATHSIG, 0)) < 0)
+                if ((r = fsd_sys(SYS_prctl, PR_SET_PDEATHSIG, 0)) < 0)
                         return r;
         }
 
@@ -208,8 +174,8 @@ static long setup_child(const struct fsd_child_plan *p, bool close_now, int *err
          * judges paths when they are opened, so what is left to do below is not affected. */
         if (p->landlock_fd >= 0) {
                 e->step = FS_STEP_LANDLOCK;
-                if ((r = sys(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) < 0 ||
-                    (r = sys(__NR_landlock_restrict_self, p->landlock_fd, 0)) < 0)
+                if ((r = fsd_sys(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) < 0 ||
+                    (r = fsd_sys(__NR_landlock_restrict_self, p->landlock_fd, 0)) < 0)
                         return r;
         }
 
@@ -229,11 +195,11 @@ static long setup_child(const struct fsd_child_plan *p, bool close_now, int *err
                 if ((r = src[i] = lift_child(p->fds[i], maxt)) < 0)
                         return r;
         for (size_t i = 0; i < p->nfds; i++)
-                if ((r = sys(SYS_dup3, src[i], p->targets[i], 0)) < 0)
+                if ((r = fsd_sys(SYS_dup3, src[i], p->targets[i], 0)) < 0)
                         return r;
         for (int fd = 0; fd <= 2; fd++)
                 if (!(keep[0] & (1ull << fd)) && !(p->null_stdio & (1u << fd)) &&
-                    (r = sys(SYS_dup3, devnull, fd, 0)) < 0)
+                    (r = fsd_sys(SYS_dup3, devnull, fd, 0)) < 0)
                         return r;
         /* Everything not asked for stays behind, even an fd a library leaked without
          * CLOEXEC; the error pipe goes last, at the very end. */
@@ -244,21 +210,21 @@ static long setup_child(const struct fsd_child_plan *p, bool close_now, int *err
                         continue;
                 while (end + 1 <= maxt && !(keep[(end + 1) / 64] & (1ull << ((end + 1) % 64))))
                         end++;
-                if ((r = sys(SYS_close_range, fd, end, flag)) < 0)
+                if ((r = fsd_sys(SYS_close_range, fd, end, flag)) < 0)
                         return r;
                 fd = end;
         }
-        if ((*errfd > maxt + 1 && (r = sys(SYS_close_range, maxt + 1, *errfd - 1, flag)) < 0) ||
-            (r = sys(SYS_close_range, *errfd + 1, ~0u, flag)) < 0)
+        if ((*errfd > maxt + 1 && (r = fsd_sys(SYS_close_range, maxt + 1, *errfd - 1, flag)) < 0) ||
+            (r = fsd_sys(SYS_close_range, *errfd + 1, ~0u, flag)) < 0)
                 return r;
 
         if (p->req->flags & FS_SPAWN_NEWPGRP) {
                 e->step = FS_STEP_PGRP;
-                if ((r = sys(SYS_setpgid, 0, 0)) < 0)
+                if ((r = fsd_sys(SYS_setpgid, 0, 0)) < 0)
                         return r;
         }
         if (p->umask >= 0)
-                (void)sys(SYS_umask, p->umask);
+                (void)fsd_sys(SYS_umask, p->umask);
 
         e->step = FS_STEP_RLIMIT;
         {
@@ -269,25 +235,26 @@ static long setup_child(const struct fsd_child_plan *p, bool close_now, int *err
                         struct rlimit64 rl = {p->req->rlimits[i].soft, p->req->rlimits[i].hard};
 
                         core_given |= p->req->rlimits[i].resource == RLIMIT_CORE;
-                        if ((r = sys(SYS_prlimit64, 0, p->req->rlimits[i].resource, &rl, NULL)) < 0)
+                        if ((r = fsd_sys(SYS_prlimit64, 0, p->req->rlimits[i].resource, &rl,
+                                         NULL)) < 0)
                                 return r;
                 }
-                if (!core_given && (r = sys(SYS_prlimit64, 0, RLIMIT_CORE, &no_core, NULL)) < 0)
+                if (!core_given && (r = fsd_sys(SYS_prlimit64, 0, RLIMIT_CORE, &no_core, NULL)) < 0)
                         return r;
         }
 
         if (p->req->cwd) {
                 e->step = FS_STEP_CHDIR;
-                if ((r = sys(SYS_chdir, p->req->cwd)) < 0)
+                if ((r = fsd_sys(SYS_chdir, p->req->cwd)) < 0)
                         return r;
         }
 
         /* Last: from here on the filters judge every call we make. */
         e->step = FS_STEP_SECCOMP;
-        if ((r = sys(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) < 0)
+        if ((r = fsd_sys(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) < 0)
                 return r;
         for (size_t i = 0; i < p->nfilters; i++)
-                if ((r = sys(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, p->filters[i])) < 0)
+                if ((r = fsd_sys(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, p->filters[i])) < 0)
                         return r;
         return 0;
 }
@@ -295,9 +262,9 @@ static long setup_child(const struct fsd_child_plan *p, bool close_now, int *err
 static __attribute__((noreturn)) void fail_child(int errfd, struct fsd_child_error *e, long r)
 {
         e->err = (int32_t)-r;
-        (void)sys(SYS_write, errfd, e, sizeof(*e));
+        (void)fsd_sys(SYS_write, errfd, e, sizeof(*e));
         for (;;)
-                (void)sys(SYS_exit_group, 127);
+                (void)fsd_sys(SYS_exit_group, 127);
 }
 
 /* Every signal unblocked, as the zygote's are not. */
@@ -305,7 +272,7 @@ static long unblock_all(void)
 {
         uint64_t none = 0; /* the kernel's sigset_t: 64 signals but on MIPS */
 
-        return sys(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, sizeof(none));
+        return fsd_sys(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, sizeof(none));
 }
 
 int fsd_child_exec(void *arg)
@@ -320,7 +287,7 @@ int fsd_child_exec(void *arg)
         e.step = FS_STEP_EXEC;
         if ((r = unblock_all()) < 0)
                 fail_child(errfd, &e, r);
-        r = sys(SYS_execve, p->path, p->argv, p->envp);
+        r = fsd_sys(SYS_execve, p->path, p->argv, p->envp);
         fail_child(errfd, &e, r);
 }
 
@@ -347,7 +314,7 @@ int fsd_child_entry(void *arg)
                                        .gpu = p->gpu,
                                        .ngpu = p->ngpu};
         environ = (char **)p->envp;
-        (void)sys(SYS_close, errfd); /* EOF: the zygote may go on */
+        (void)fsd_sys(SYS_close, errfd); /* EOF: the zygote may go on */
         int code = p->entry(&w);
 
         /* The worker's output is flushed; the zygote's atexit handlers and destructors
@@ -355,5 +322,5 @@ int fsd_child_entry(void *arg)
         if (output_pending())
                 fflush(NULL);
         for (;;)
-                (void)sys(SYS_exit_group, code & 0xff);
+                (void)fsd_sys(SYS_exit_group, code & 0xff);
 }

@@ -1,14 +1,52 @@
 /* The code that runs between clone and exec: async-signal-safe calls and raw syscalls only. */
 #pragma once
 
+#include <errno.h>
 #include <linux/filter.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include "client/forkserver.h"
 #include "common/proto.h"
+
+/*
+ * Raw system calls (fsd_sys(nr, args...)), for the child and an idle child: each page of
+ * code a new child runs for the first time is a page fault of its own (a fork copies no page-table
+ * entries of mappings never written, such as libc's code), and where page faults are dear, as in
+ * many virtual machines, the few that libc's wrappers cost (syscall(), getppid, sigprocmask, ...:
+ * each on a page of its own) weighed more than all the child's system calls. Each returns the
+ * result or -errno; nothing here touches errno (in the thread's TLS page, one more fault).
+ * Elsewhere, syscall(2).
+ */
+#if defined(__x86_64__)
+static inline long fsd_sys6(long n, long a, long b, long c, long d, long e, long f)
+{
+        register long r10 __asm__("r10") = d;
+        register long r8 __asm__("r8") = e;
+        register long r9 __asm__("r9") = f;
+        long ret;
+
+        __asm__ volatile("syscall"
+                         : "=a"(ret)
+                         : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+                         : "rcx", "r11", "memory");
+        return ret;
+}
+#else
+static inline long fsd_sys6(long n, long a, long b, long c, long d, long e, long f)
+{
+        long r = syscall(n, a, b, c, d, e, f);
+
+        return r < 0 ? -errno : r;
+}
+#endif
+#define FSD_SYS_ARGS(n, a, b, c, d, e, f, ...)                                                     \
+        fsd_sys6((n), (long)(a), (long)(b), (long)(c), (long)(d), (long)(e), (long)(f))
+#define fsd_sys(...) FSD_SYS_ARGS(__VA_ARGS__, 0, 0, 0, 0, 0, 0)
 
 /* What the child does: the request as parsed (req: its options, read straight from it, so that
  * a new spawn option is parsed in common/proto.c and applied in child.c, nothing between),

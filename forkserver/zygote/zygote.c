@@ -50,6 +50,7 @@ struct preload {
  * gets (struct own), keeps that cost small. A fork-mode worker starts with its own copy of the
  * area, so what it reads stays put while we take the next request. */
 struct spawn_area {
+        int idle_sock; /* for idle_main: its end of the new child's socketpair */
         struct fsd_child_plan plan;
         struct fs_spawn sp;
         int fds[FS_MAX_MSG_FDS + 1];
@@ -82,7 +83,6 @@ struct zygote {
         struct fsd_landlock ll[FSD_MAX_PROFILES + 1];
         bool holds_caps; /* any capability: each worker drops all */
         char name[16];   /* our process name, which workers have too */
-        int idle_sock;   /* for idle_main: its end of the new child's socketpair */
         uint8_t *stack;  /* LOOP_STACK_SIZE bytes for our loop, in own's mapping */
 };
 
@@ -99,7 +99,6 @@ struct own {
         int *req_fds;       /* the fds of the request being served ... */
         size_t nreq_fds;    /* ... until drop_request_fds */
         bool replied_error; /* this request's: our stack holds its text */
-        size_t ngroups;     /* in a->groups: the client's, to wipe */
         struct pool {
                 struct idle {
                         pid_t pid;
@@ -227,7 +226,6 @@ static void plan_creds(struct zygote *z, const struct fs_spawn *sp, struct fsd_c
                 groups[i] = (gid_t)((uint32_t)sp->groups[4 * i] << 24 |
                                     (uint32_t)sp->groups[4 * i + 1] << 16 |
                                     (uint32_t)sp->groups[4 * i + 2] << 8 | sp->groups[4 * i + 3]);
-        z->own->ngroups = sp->ngroups; /* for forget() */
         plan->set_creds = true;
         plan->uid = sp->uid;
         plan->gid = sp->gid;
@@ -541,7 +539,7 @@ static __attribute__((noreturn)) void idle_fail(int errfd, uint32_t step, int er
 {
         struct fsd_child_error e = {(int32_t)step, err};
 
-        (void)!write(errfd, &e, sizeof(e));
+        (void)fsd_sys(SYS_write, errfd, &e, sizeof(e));
         _exit(127);
 }
 
@@ -582,22 +580,22 @@ static int idle_main(void *arg)
 
         /* Nothing of ours but the socket and /dev/null: not the front's socket, not the
          * other children's, not the rulesets. */
-        if ((sock = fcntl(z->idle_sock, F_DUPFD_CLOEXEC, IDLE_NULL_FD + 1)) < 0 ||
-            (null = fcntl(z->devnull, F_DUPFD_CLOEXEC, IDLE_NULL_FD + 1)) < 0 ||
-            dup3(sock, IDLE_SOCK_FD, O_CLOEXEC) < 0 || dup3(null, IDLE_NULL_FD, O_CLOEXEC) < 0 ||
-            close_range(IDLE_NULL_FD + 1, ~0u, 0) < 0)
-                _exit(127);
-        /* (our copies of z->ll name fds closed here, and z->own is empty in a child; nothing
-         * below uses them, and each page written now is one more copy-on-write fault) */
-        z->sock = -1;
-        z->devnull = IDLE_NULL_FD;
+        /* (raw calls, and no write to *z: each page of code or of z touched now is a fault;
+         * our copies of z->sock, z->devnull and z->ll name fds closed here, and z->own is empty
+         * in a child: nothing below uses them) */
+        if ((sock = (int)fsd_sys(SYS_fcntl, a->idle_sock, F_DUPFD_CLOEXEC, IDLE_NULL_FD + 1)) < 0 ||
+            (null = (int)fsd_sys(SYS_fcntl, z->devnull, F_DUPFD_CLOEXEC, IDLE_NULL_FD + 1)) < 0 ||
+            fsd_sys(SYS_dup3, sock, IDLE_SOCK_FD, O_CLOEXEC) < 0 ||
+            fsd_sys(SYS_dup3, null, IDLE_NULL_FD, O_CLOEXEC) < 0 ||
+            fsd_sys(SYS_close_range, IDLE_NULL_FD + 1, ~0u, 0) < 0)
+                fsd_sys(SYS_exit_group, 127);
         /* dies with the front; signals stay blocked until fsd_child_entry resets them */
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != z->front)
-                _exit(0);
-        (void)prctl(PR_SET_NAME, "forkserverd-idl");
+        if (fsd_sys(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL) < 0 || fsd_sys(SYS_getppid) != z->front)
+                fsd_sys(SYS_exit_group, 0);
+        (void)fsd_sys(SYS_prctl, PR_SET_NAME, "forkserverd-idl");
         do
-                n = recvmsg(IDLE_SOCK_FD, &mh, MSG_CMSG_CLOEXEC);
-        while (n < 0 && errno == EINTR);
+                n = fsd_sys(SYS_recvmsg, IDLE_SOCK_FD, &mh, MSG_CMSG_CLOEXEC);
+        while (n == -EINTR);
         if (n <= 0)
                 _exit(0); /* let go, or the zygote is gone */
         for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
@@ -625,8 +623,9 @@ static int idle_main(void *arg)
         if (a->sp.flags & FS_SPAWN_CHANNEL)
                 add_channel(z, &q, fds[nfds - 1]);
         make_plan(z, &q, errfd, llfd, (a->sp.flags & FS_SPAWN_CHANNEL) != 0);
+        a->plan.devnull = IDLE_NULL_FD;
         a->plan.pdeathsig_set = true;
-        (void)prctl(PR_SET_NAME, z->name); /* a worker, as if forked now */
+        (void)fsd_sys(SYS_prctl, PR_SET_NAME, z->name); /* a worker, as if forked now */
         return fsd_child_entry(&a->plan);
 }
 
@@ -639,10 +638,10 @@ static int pool_add(struct zygote *z)
 
         if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
                 return -errno;
-        z->idle_sock = sv[1];
+        z->a->idle_sock = sv[1];
         pid = fsd_clone(idle_main, z->a, CLONE_PARENT | CLONE_PIDFD, z, &pidfd);
         r = pid;
-        z->idle_sock = -1;
+        z->a->idle_sock = -1;
         fs_close(sv[1]);
         if (pid < 0) {
                 fs_close(sv[0]);
@@ -906,7 +905,6 @@ static int zygote_setup(struct zygote *z, int sock)
                 return -ESRCH;
         snprintf(z->name, sizeof(z->name), "forkserverd-%s", z->sandboxed ? "zys" : "zyg");
         (void)prctl(PR_SET_NAME, z->name);
-        z->idle_sock = -1;
         /* the front left us CAP_SETUID and CAP_SETGID when workers run as their clients,
          * nothing otherwise; whatever we hold, each worker drops */
         if (fsd_caps_get(&eff, &prm, NULL) < 0 ||
@@ -1002,10 +1000,9 @@ static void forget(struct zygote *z, size_t len)
 {
         explicit_bzero(z->a->data, len);
         explicit_bzero(z->a->gpu_env, strnlen(z->a->gpu_env, sizeof(z->a->gpu_env)));
+        explicit_bzero(z->a->groups, z->a->plan.ngroups * sizeof(gid_t)); /* plan_creds' */
         explicit_bzero(&z->a->plan, sizeof(z->a->plan));
         explicit_bzero(&z->a->sp, sizeof(z->a->sp));
-        explicit_bzero(z->a->groups, z->own->ngroups * sizeof(gid_t));
-        z->own->ngroups = 0;
 }
 
 /* The first message: READY, or FAILED with the reason start-up failed. */
