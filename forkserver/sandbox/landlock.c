@@ -17,7 +17,6 @@
 #ifndef __NR_landlock_create_ruleset
 #define __NR_landlock_create_ruleset 444
 #define __NR_landlock_add_rule 445
-#define __NR_landlock_restrict_self 446
 #endif
 
 #define CREATE_RULESET_VERSION (1u << 0)
@@ -40,11 +39,6 @@ int fsd_landlock_abi(void)
         long v = syscall(__NR_landlock_create_ruleset, NULL, 0, CREATE_RULESET_VERSION);
 
         return v < 0 ? 0 : (int)v;
-}
-
-long fsd_landlock_restrict_child(int ruleset_fd)
-{
-        return syscall(__NR_landlock_restrict_self, ruleset_fd, 0);
 }
 
 static uint64_t handled_fs(int abi)

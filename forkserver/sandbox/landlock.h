@@ -78,6 +78,3 @@ struct fsd_landlock {
 int fsd_landlock_prepare(struct fsd_landlock *ll, int abi, const struct fsd_fs_rule *a, size_t na,
                          const struct fsd_fs_rule *b, size_t nb, char *err, size_t errlen);
 void fsd_landlock_free(struct fsd_landlock *ll);
-
-/* Raw system call for the child: restricts the calling thread; -1 with errno on failure. */
-long fsd_landlock_restrict_child(int ruleset_fd);

@@ -16,7 +16,10 @@
 #include <unistd.h>
 
 #include "common/proto.h"
-#include "forkserver/sandbox/landlock.h"
+
+#ifndef __NR_landlock_restrict_self
+#define __NR_landlock_restrict_self 446 /* Linux 5.13, on every architecture */
+#endif
 
 #if defined(__GLIBC__) && __has_include(<sys/single_threaded.h>)
 #include <sys/single_threaded.h>
@@ -259,7 +262,7 @@ static long setup_child(const struct fsd_child_plan *p, bool close_now, int *err
         return 0;
 }
 
-static __attribute__((noreturn)) void fail_child(int errfd, struct fsd_child_error *e, long r)
+void fsd_child_fail(int errfd, struct fsd_child_error *e, long r)
 {
         e->err = (int32_t)-r;
         (void)fsd_sys(SYS_write, errfd, e, sizeof(*e));
@@ -283,12 +286,12 @@ int fsd_child_exec(void *arg)
         long r;
 
         if ((r = setup_child(p, false, &errfd, &e)) < 0)
-                fail_child(errfd, &e, r);
+                fsd_child_fail(errfd, &e, r);
         e.step = FS_STEP_EXEC;
         if ((r = unblock_all()) < 0)
-                fail_child(errfd, &e, r);
+                fsd_child_fail(errfd, &e, r);
         r = fsd_sys(SYS_execve, p->path, p->argv, p->envp);
-        fail_child(errfd, &e, r);
+        fsd_child_fail(errfd, &e, r);
 }
 
 int fsd_child_entry(void *arg)
@@ -300,10 +303,10 @@ int fsd_child_entry(void *arg)
         long r;
 
         if ((r = setup_child(p, true, &errfd, &e)) < 0)
-                fail_child(errfd, &e, r);
+                fsd_child_fail(errfd, &e, r);
         e.step = FS_STEP_ENTRY;
         if ((r = unblock_all()) < 0)
-                fail_child(errfd, &e, r);
+                fsd_child_fail(errfd, &e, r);
         for (size_t i = 0; i < p->nfds; i++)
                 fds[i] = (int)p->targets[i];
         w = (struct forkserver_worker){.arg = p->req->arg,

@@ -93,6 +93,10 @@ struct fsd_child_error {
  * (x86-64) it writes nothing on the child's stack and runs no libc code in the child. */
 pid_t fsd_clone(int (*fn)(void *), void *stack_top, unsigned long flags, void *arg, int *pidfd);
 
+/* A child's set-up failed at e->step with -r: tells the zygote through the error pipe, exits
+ * 127. */
+__attribute__((noreturn)) void fsd_child_fail(int errfd, struct fsd_child_error *e, long r);
+
 /* Once, in the zygote, before any child: what the children look up ahead. */
 void fsd_child_init(void);
 

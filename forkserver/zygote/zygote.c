@@ -76,14 +76,12 @@ struct zygote {
                 void *fn;
         } entries[32]; /* dlsym() takes the loader's lock, a write: look each up once */
         unsigned nentries;
-        struct own *own; /* what no child inherits */
-        uint8_t *out;    /* own->out */
+        struct own *own; /* what no child inherits; our loop's stack ends where it begins */
         /* [0]: the daemon's own denials alone (profiles without fs rules); [1 + i]: those and
          * profile i's rules */
         struct fsd_landlock ll[FSD_MAX_PROFILES + 1];
         bool holds_caps; /* any capability: each worker drops all */
         char name[16];   /* our process name, which workers have too */
-        uint8_t *stack;  /* LOOP_STACK_SIZE bytes for our loop, in own's mapping */
 };
 
 /*
@@ -168,14 +166,14 @@ static int reply_error(struct zygote *z, uint32_t id, uint32_t step, int err, co
 
         drop_request_fds(z);
         z->own->replied_error = true;
-        fs_imsg_begin_failed(&w, z->out, OUT_SIZE, id, err, "%s%s%s: %s", step_name(step),
+        fs_imsg_begin_failed(&w, z->own->out, OUT_SIZE, id, err, "%s%s%s: %s", step_name(step),
                              what ? " " : "", what ? what : "", strerror(err));
         fs_msg_put_u32(&w, FS_F_STEP, step);
         if (pid > 0)
                 fs_msg_put_u32(&w, FS_F_PID, (uint32_t)pid);
         if ((n = fs_msg_finish(&w)) < 0)
                 return n;
-        return fs_fdpass_send(z->sock, z->out, (size_t)n, &pidfd, pidfd >= 0 ? 1 : 0, 0);
+        return fs_fdpass_send(z->sock, z->own->out, (size_t)n, &pidfd, pidfd >= 0 ? 1 : 0, 0);
 }
 
 /* Finds SYMBOL of a preloaded LIBNAME for "LIBNAME:SYMBOL". */
@@ -456,7 +454,7 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
                 chan[0] = fs_close(chan[0]);
                 return r;
         }
-        fs_imsg_begin(&w, z->out, OUT_SIZE, FS_I_SPAWNED, q.h.id);
+        fs_imsg_begin(&w, z->own->out, OUT_SIZE, FS_I_SPAWNED, q.h.id);
         fs_msg_put_u32(&w, FS_F_PID, (uint32_t)pid);
         out_fds[0] = pidfd;
         out_fds[1] = chan[0];
@@ -464,7 +462,8 @@ static int spawn_one(struct zygote *z, size_t len, const int *fds_in, size_t nfd
         if ((n = fs_msg_finish(&w)) < 0)
                 r = n;
         else
-                r = fs_fdpass_send(z->sock, z->out, (size_t)n, out_fds, chan[0] >= 0 ? 2 : 1, 0);
+                r = fs_fdpass_send(z->sock, z->own->out, (size_t)n, out_fds, chan[0] >= 0 ? 2 : 1,
+                                   0);
         pidfd = fs_close(pidfd);
         chan[0] = fs_close(chan[0]); /* the front passes it on and keeps none */
         return r;
@@ -515,12 +514,12 @@ static int pool_report(struct zygote *z, pid_t pid, uint32_t event, int pidfd)
         struct fs_msgw w;
         int n;
 
-        fs_imsg_begin(&w, z->out, OUT_SIZE, FS_I_POOL, 0);
+        fs_imsg_begin(&w, z->own->out, OUT_SIZE, FS_I_POOL, 0);
         fs_msg_put_u32(&w, FS_F_PID, (uint32_t)pid);
         fs_msg_put_u32(&w, FS_F_STATUS, event);
         if ((n = fs_msg_finish(&w)) < 0)
                 return n;
-        return fs_fdpass_send(z->sock, z->out, (size_t)n, &pidfd, event == FS_POOL_ADDED, 0);
+        return fs_fdpass_send(z->sock, z->own->out, (size_t)n, &pidfd, event == FS_POOL_ADDED, 0);
 }
 
 /* Lets idle child i go: EOF ends it, and the front reaps it. */
@@ -537,10 +536,9 @@ static int pool_drop(struct zygote *z, unsigned i)
 
 static __attribute__((noreturn)) void idle_fail(int errfd, uint32_t step, int err)
 {
-        struct fsd_child_error e = {(int32_t)step, err};
+        struct fsd_child_error e = {(int32_t)step, 0};
 
-        (void)fsd_sys(SYS_write, errfd, &e, sizeof(e));
-        _exit(127);
+        fsd_child_fail(errfd, &e, -err);
 }
 
 /*
@@ -894,12 +892,32 @@ static void drop_rseq(void)
 #endif
 }
 
+/* [guard][len bytes] of private memory, the guard PROT_NONE, advice given to the whole (only a
+ * saving where it fails): the bytes after the guard, or NULL with errno. */
+static uint8_t *map_guarded(size_t guard, size_t len, int flags, int advice)
+{
+        uint8_t *m = mmap(NULL, guard + len, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | flags, -1, 0);
+
+        if (m == MAP_FAILED)
+                return NULL;
+        if (mprotect(m, guard, PROT_NONE) < 0) {
+                int e = errno;
+
+                munmap(m, guard + len);
+                errno = e;
+                return NULL;
+        }
+        (void)madvise(m, guard + len, advice);
+        return m + guard;
+}
+
 static int zygote_setup(struct zygote *z, int sock)
 {
         struct sigaction dfl = {.sa_handler = SIG_DFL};
         uint64_t eff, prm;
         sigset_t all;
-        uint8_t *stack;
+        uint8_t *mem;
 
         if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != z->front)
                 return -ESRCH;
@@ -936,29 +954,17 @@ static int zygote_setup(struct zygote *z, int sock)
                 return -errno;
         for (size_t i = 0; i < FS_ARRAY_SIZE(z->ll); i++)
                 z->ll[i] = (struct fsd_landlock){.fd = -1};
-        /* [guard][child stack][struct spawn_area] */
-        stack = mmap(NULL, CHILD_STACK_GUARD + CHILD_STACK_SIZE + sizeof(struct spawn_area),
-                     PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
-        if (stack == MAP_FAILED)
+        /* [guard][child stack][struct spawn_area]; small pages: a huge one would be zeroed
+         * whole, and copied whole at a child's write */
+        if (!(mem = map_guarded(CHILD_STACK_GUARD, CHILD_STACK_SIZE + sizeof(struct spawn_area),
+                                MAP_NORESERVE, MADV_NOHUGEPAGE)))
                 return -errno;
-        if (mprotect(stack, CHILD_STACK_GUARD, PROT_NONE) < 0)
+        z->a = (struct spawn_area *)(mem + CHILD_STACK_SIZE);
+        /* [guard page][our loop's stack][struct own], none of it inherited (before 4.14,
+         * children get copies, which they do not use) */
+        if (!(mem = map_guarded(4096, LOOP_STACK_SIZE + sizeof(struct own), 0, MADV_WIPEONFORK)))
                 return -errno;
-        /* small pages: a huge one would be zeroed whole, and copied whole at a child's write */
-        (void)madvise(stack, CHILD_STACK_GUARD + CHILD_STACK_SIZE + sizeof(struct spawn_area),
-                      MADV_NOHUGEPAGE);
-        z->a = (struct spawn_area *)(stack + CHILD_STACK_GUARD + CHILD_STACK_SIZE);
-        /* [guard page][our loop's stack][struct own], none of it inherited */
-        stack = mmap(NULL, 4096 + LOOP_STACK_SIZE + sizeof(struct own), PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-        if (stack == MAP_FAILED)
-                return -errno;
-        (void)mprotect(stack, 4096, PROT_NONE);
-        /* only a saving: before 4.14, children get copies, which they do not use */
-        (void)madvise(stack, 4096 + LOOP_STACK_SIZE + sizeof(struct own), MADV_WIPEONFORK);
-        z->stack = stack + 4096;
-        z->own = (struct own *)(z->stack + LOOP_STACK_SIZE);
-        z->out = z->own->out;
+        z->own = (struct own *)(mem + LOOP_STACK_SIZE);
         drop_rseq();
         fsd_child_init();
         return 0;
@@ -1008,7 +1014,7 @@ static void forget(struct zygote *z, size_t len)
 /* The first message: READY, or FAILED with the reason start-up failed. */
 static void report_start(struct zygote *z, int r, const char *err)
 {
-        uint8_t out[1024]; /* set-up may have failed before z->out was there */
+        uint8_t out[1024]; /* set-up may have failed before z->own was there */
         struct fs_msgw w;
         int n;
 
@@ -1121,13 +1127,14 @@ static __attribute__((noreturn)) void zygote_main(const struct fsd_sandbox *sb,
         if (r >= 0)
                 r = zygote_sandbox(&z);
         report_start(&z, r, err);
-        /* The loop runs on z.stack, which no child shares (struct own): the stack it left
+        /* The loop runs on the stack below z.own, which no child shares: the stack it left
          * holds only set-up, which children may share, and nothing writes it again. */
         if (LOOP_ON_OWN_STACK) {
                 ucontext_t uc;
 
                 if (getcontext(&uc) == 0) {
-                        uc.uc_stack = (stack_t){.ss_sp = z.stack, .ss_size = LOOP_STACK_SIZE};
+                        uc.uc_stack = (stack_t){.ss_sp = (uint8_t *)z.own - LOOP_STACK_SIZE,
+                                                .ss_size = LOOP_STACK_SIZE};
                         uc.uc_link = NULL;
                         loop_zygote = &z;
                         makecontext(&uc, loop_start, 0);
