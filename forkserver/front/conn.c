@@ -227,7 +227,6 @@ static int peer_groups(struct fsd_server *s, struct fsd_conn *c)
         return -1;
 }
 
-/* How many pending handshakes share each key; the largest count, and its key. */
 /* The uid holding most pending handshakes (by_uid), or the pid of that uid holding most. */
 static uint32_t most_common(const struct fsd_server *s, bool by_uid, uint32_t uid)
 {

@@ -362,17 +362,31 @@ static inline void fsd_tally_start(struct fsd_tally *y, struct fsd_tally_slot *t
         *y = (struct fsd_tally){.t = t, .cap = cap};
 }
 
-static inline void fsd_tally_add(struct fsd_tally *y, uint32_t key)
+/* key's slot: the one holding it, or the free one where it goes */
+static inline struct fsd_tally_slot *fsd_tally_slot(const struct fsd_tally *y, uint32_t key)
 {
         size_t h = (key * 2654435761u) % y->cap;
 
         while (y->t[h].n && y->t[h].key != key)
                 h = (h + 1) % y->cap;
-        y->t[h].key = key;
-        if (++y->t[h].n > y->best) {
-                y->best = y->t[h].n;
+        return &y->t[h];
+}
+
+static inline void fsd_tally_add(struct fsd_tally *y, uint32_t key)
+{
+        struct fsd_tally_slot *t = fsd_tally_slot(y, key);
+
+        t->key = key;
+        if (++t->n > y->best) {
+                y->best = t->n;
                 y->top = key;
         }
+}
+
+/* How often key was added. */
+static inline uint32_t fsd_tally_count(const struct fsd_tally *y, uint32_t key)
+{
+        return fsd_tally_slot(y, key)->n;
 }
 
 /* The server whose loop a handler was called from (every source is on s->loop). */

@@ -130,29 +130,15 @@ static void send_waiting(struct fsd_server *s, struct fsd_zygote *z)
         }
 }
 
-/* Requests of a client uid waiting in the front, all zygotes together. */
-static unsigned waiting_of(const struct fsd_server *s, uid_t uid)
-{
-        unsigned n = 0;
-
-        for (unsigned k = 0; k < s->nzyg; k++)
-                for (const struct fsd_zwait *w = s->zyg[k].wait; w; w = w->next)
-                        n += w->client == uid;
-        return n;
-}
-
-/* The client uid with the most waiting requests, and how many. */
-static unsigned most_waiting(const struct fsd_server *s, uid_t *ret_uid)
+/* How many requests each client uid has waiting in the front, all zygotes together. */
+static void count_waiting(const struct fsd_server *s, struct fsd_tally *y)
 {
         static struct fsd_tally_slot t[2 * FSD_ZYGOTE_QUEUE + 1];
-        struct fsd_tally y;
 
-        fsd_tally_start(&y, t, FS_ARRAY_SIZE(t));
+        fsd_tally_start(y, t, FS_ARRAY_SIZE(t));
         for (unsigned k = 0; k < s->nzyg; k++)
                 for (const struct fsd_zwait *w = s->zyg[k].wait; w; w = w->next)
-                        fsd_tally_add(&y, (uint32_t)w->client);
-        *ret_uid = (uid_t)y.top;
-        return y.best;
+                        fsd_tally_add(y, (uint32_t)w->client);
 }
 
 /*
@@ -164,9 +150,12 @@ static bool make_room(struct fsd_server *s, uid_t newcomer)
 {
         struct fsd_zwait **victim = NULL, *w;
         struct fsd_zygote *vz = NULL;
-        uid_t top = 0;
+        struct fsd_tally y;
+        uid_t top;
 
-        if (most_waiting(s, &top) <= waiting_of(s, newcomer) + 1 || top == newcomer)
+        count_waiting(s, &y);
+        top = (uid_t)y.top;
+        if (y.best <= fsd_tally_count(&y, (uint32_t)newcomer) + 1 || top == newcomer)
                 return false;
         for (unsigned k = 0; k < s->nzyg; k++) /* its newest: the last in the lists */
                 for (struct fsd_zwait **p = &s->zyg[k].wait; *p; p = &(*p)->next)
