@@ -114,11 +114,18 @@ def _close_all(fds: Iterable[int]) -> None:
             pass
 
 
+# as plain ints: the socket module's flags are enums, slow to combine on every message
+_CMSG_ROOM = socket.CMSG_SPACE(P.MAX_FDS * 4)
+_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
+_TRUNCATED = int(socket.MSG_CTRUNC | socket.MSG_TRUNC)
+
+
 def _recv(sock: socket.socket, maxfds: int, flags: int = 0) -> Tuple[bytes, List[int]]:
     """One datagram and its fds (close-on-exec). Truncation of either is an error, with every
     fd that arrived closed."""
-    msg, anc, mflags, _ = sock.recvmsg(P.MAX_MSG + 1, socket.CMSG_SPACE(P.MAX_FDS * 4),
-                                       socket.MSG_CMSG_CLOEXEC | flags)
+    msg, anc, mflags, _ = sock.recvmsg(P.MAX_MSG + 1, _CMSG_ROOM, _CLOEXEC | int(flags))
+    if not anc and not mflags & _TRUNCATED:
+        return msg, []
     fds: List[int] = []
     foreign = False
     for level, kind, data in anc:
@@ -128,7 +135,7 @@ def _recv(sock: socket.socket, maxfds: int, flags: int = 0) -> Tuple[bytes, List
             fds.extend(a)
         else:
             foreign = True
-    if foreign or mflags & (socket.MSG_CTRUNC | socket.MSG_TRUNC) or len(fds) > maxfds:
+    if foreign or mflags & _TRUNCATED or len(fds) > maxfds:
         _close_all(fds)
         raise P.ProtocolError("truncated message, foreign control data or too many fds")
     return msg, fds
