@@ -25,6 +25,11 @@ def die(code):
     os._exit(code)
 
 
+def nap_die(seconds, code):
+    time.sleep(seconds)
+    os._exit(code)
+
+
 def kill_self(_=None):
     os.kill(os.getpid(), signal.SIGKILL)
 

@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import unittest
+from unittest import mock
 import weakref
 
 import forkserver
@@ -528,6 +529,68 @@ class PoolTests(unittest.TestCase):
                 pids = [p.apply(pooltasks.pid) for _ in range(6)]
                 self.assertEqual(len(set(pids)), 3)  # a new worker every 2 tasks
                 self.assertEqual(p.apply(pooltasks.init_seen), ["ready"])
+
+    def quick_workers(self, p, n: int) -> None:
+        """Makes every task count as quick (forkserver.pool._QUICK) and has each of p's n
+        workers answer one, so that each is given its next task while it runs one."""
+        patch = mock.patch.object(forkserver.pool, "_QUICK", 60.0)
+        patch.start()
+        self.addCleanup(patch.stop)
+        p.map(pooltasks.nap, [0.5] * n, chunksize=1)
+        self.assertEqual(len(p._core.slots), n)
+        self.assertTrue(all(s.quick for s in p._core.slots))
+
+    @staticmethod
+    def queued(p) -> int:
+        return sum(len(s.tasks) for s in p._core.slots)
+
+    def wait_queued(self, p, n: int) -> None:
+        deadline = time.monotonic() + 10
+        while self.queued(p) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertEqual(self.queued(p), n)
+
+    def test_task_queued_behind_one_that_dies(self) -> None:
+        """The task queued behind one that kills its worker never started: another worker
+        runs it, and only the running one is lost."""
+        with self.pool(1) as p:
+            self.quick_workers(p, 1)
+            first = p.apply(pooltasks.pid)
+            dying = p.apply_async(pooltasks.nap_die, (0.5, 3))
+            after = [p.apply_async(pooltasks.pid) for _ in range(2)]
+            self.wait_queued(p, 2)  # one running, one behind it; the third waits here
+            with self.assertRaises(forkserver.WorkerLostError):
+                dying.get(10)
+            pids = [r.get(10) for r in after]
+            self.assertNotIn(first, pids)
+
+    def test_big_task_not_queued_behind_a_busy_worker(self) -> None:
+        """A task of several frames waits for an idle worker: sent behind a running task it
+        would block the pool's thread until that task ends."""
+        with self.pool(2) as p:
+            self.quick_workers(p, 2)
+            slow = p.apply_async(pooltasks.nap, (6,))  # the first worker
+            short = p.apply_async(pooltasks.nap, (0.3,))  # the second
+            self.wait_queued(p, 2)
+            t0 = time.monotonic()
+            big = p.apply_async(pooltasks.identity, (b"x" * 600_000,))
+            self.assertEqual(len(big.get(4)), 600_000)  # from the second, once it is free
+            self.assertLess(time.monotonic() - t0, 4)
+            self.assertEqual(short.get(1), 0.3)
+            self.assertEqual(slow.get(10), 6)
+
+    def test_executor_queues_as_its_call_queue(self) -> None:
+        """An Executor hands its workers no more than n + 1 tasks at once: the others stay
+        pending, and cancel() works on them."""
+        with self.executor(2) as ex:
+            self.quick_workers(ex._pool, 2)
+            busy = [ex.submit(pooltasks.nap, 3) for _ in range(2)]
+            later = [ex.submit(pooltasks.square, i) for i in range(3)]
+            self.wait_queued(ex._pool, 3)
+            time.sleep(0.2)
+            self.assertEqual([f.cancel() for f in later], [False, True, True])
+            self.assertEqual(later[0].result(10), 0)
+            self.assertEqual([f.result(10) for f in busy], [3, 3])
 
     def test_functions_of_the_main_script(self) -> None:
         """A script's own functions reach the workers, the script compiled once by the

@@ -24,6 +24,7 @@ import multiprocessing.process as mp_process
 import selectors
 import sys
 import threading
+import time
 import traceback
 import weakref
 from concurrent.futures.process import BrokenProcessPool
@@ -31,7 +32,7 @@ from concurrent.futures.process import _RemoteTraceback as _ExecutorRemoteTraceb
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from . import client as C
-from ._frames import dumps_for_workers, recv_pickle, send_pickle
+from ._frames import FRAME, dumps_for_workers, recv_pickle, send_pickle
 
 __all__ = ["Pool", "Executor", "AsyncResult", "IMapIterator", "WorkerLostError",
            "RemoteTraceback"]
@@ -58,12 +59,24 @@ class _Task:
         self.done, self.start = done, start
 
 
+# A worker whose last task took less than this from being sent (or from the end of the task
+# before it) to its answer is given its next task while it runs the current one: for tasks
+# this short the round trip through the pool's thread is a large part of their cost, and a
+# task queued behind one waits little. Only a task that fits one frame is queued so (its send
+# never waits on a busy worker), and a queued task's answer can only come after the one
+# running.
+_QUICK = 0.001
+
+
 class _Slot:
     """One worker as the pool sees it."""
 
     def __init__(self, worker: C.Worker) -> None:
         self.worker = worker
-        self.task: Optional[_Task] = None
+        # the tasks it was given, in order: the first runs, the others wait on its channel
+        self.tasks: Deque[_Task] = collections.deque()
+        self.since = 0.0  # when its first task was sent, or the one before it answered
+        self.quick = False  # its last task answered within _QUICK
         self.assigned = 0
         self.retiring = False  # given its last task (maxtasksperchild): gets no more
 
@@ -271,9 +284,9 @@ class _Core:
             traceback.print_exc()
 
     def _fail_all(self, e: BaseException) -> None:
-        tasks = self.take_pending() + [s.task for s in self.slots if s.task]
+        tasks = self.take_pending() + [t for s in self.slots for t in s.tasks]
         for s in self.slots:
-            s.task = None
+            s.tasks.clear()
         for t in tasks:
             self._deliver(t, False, e)
 
@@ -308,7 +321,7 @@ class _Core:
                     self._remove(s)
                 return
             self._assign()
-            busy = any(s.task for s in self.slots)
+            busy = any(s.tasks for s in self.slots)
             if closing and not busy and not self.pending:
                 self._started_all()
                 for s in self.slots:  # EOF on their channels: they exit 0
@@ -336,18 +349,46 @@ class _Core:
     def _assign(self) -> None:
         # keep n workers (fewer while there is little to do), and feed the idle ones
         with self.lock:
-            want = min(self.n, max(len(self.pending) + sum(1 for s in self.slots if s.task), 1))
+            want = min(self.n, max(len(self.pending) + sum(1 for s in self.slots if s.tasks),
+                                   1))
         # a retiring worker (given its last task) is replaced at once, not at its exit
         while sum(1 for s in self.slots if not s.retiring) + len(self.starting) < want:
             self._start_worker()
+        # the idle workers first; then a second task for each quick one, as long as tasks
+        # wait (an Executor's: no more than its n + 1, ProcessPoolExecutor's call queue)
         for s in self.slots:
-            # a task that fails to pickle or was cancelled leaves the worker idle: it takes
-            # the next one in this same pass (no pass would come while all are idle)
-            while not (s.task or s.retiring or not s.worker.channel):
-                with self.lock:
-                    if not self.pending:
-                        return
-                    t = self.pending.popleft()
+            if not self._feed(s, 1):
+                return
+        for s in self.slots:
+            if s.quick and not self._feed(s, 2):
+                return
+
+    def _feed(self, s: _Slot, depth: int) -> bool:
+        """Sends s tasks until it has depth of them (one queued behind a running task only
+        if it pickles into one frame); False when no task is left to send."""
+        while len(s.tasks) < depth and not s.retiring and s.worker.channel:
+            with self.lock:
+                if not self.pending:
+                    return False
+                if depth > 1 and self.executor and \
+                        sum(len(x.tasks) for x in self.slots) > self.n:
+                    return False
+                t = self.pending.popleft()
+            if s.tasks:  # queued behind a running task only if it pickles into one frame
+                try:
+                    data = dumps_for_workers(("task", t.id, t.func, t.args, t.kwargs))
+                except Exception:  # noqa: BLE001 - reported when an idle worker takes it
+                    data = b""
+                if not data or len(data) > FRAME:
+                    with self.lock:
+                        self.pending.appendleft(t)
+                    return True
+                if t.start is not None and not t.start():
+                    t.func = t.args = t.kwargs = t.done = t.start = None  # type: ignore
+                    continue  # cancelled: its future knows it already
+            else:
+                # a task that fails to pickle or was cancelled leaves the worker idle: it
+                # takes the next one in this same pass (no pass would come while all idle)
                 if t.start is not None and not t.start():
                     t.func = t.args = t.kwargs = t.done = t.start = None  # type: ignore
                     continue  # cancelled: its future knows it already
@@ -356,18 +397,21 @@ class _Core:
                 except Exception as e:  # noqa: BLE001 - the task cannot be pickled
                     self._deliver(t, False, e)
                     continue
-                try:
-                    send_pickle(s.worker.channel, data)  # type: ignore[arg-type]
-                except OSError:
-                    with self.lock:
-                        self.pending.appendleft(t)  # the worker is gone: another one takes it
-                    t.start = None  # running already
-                    s.retiring = True
-                    break
-                s.task = t
-                s.assigned += 1
-                # its last task: its successor starts now, while this one runs
-                s.retiring = self.maxtasks is not None and s.assigned >= self.maxtasks
+            try:
+                send_pickle(s.worker.channel, data)  # type: ignore[arg-type]
+            except OSError:
+                with self.lock:
+                    self.pending.appendleft(t)  # the worker is gone: another one takes it
+                t.start = None  # running already
+                s.retiring = True
+                return True
+            if not s.tasks:
+                s.since = time.monotonic()
+            s.tasks.append(t)
+            s.assigned += 1
+            # its last task: its successor starts now, while this one runs
+            s.retiring = self.maxtasks is not None and s.assigned >= self.maxtasks
+        return True
 
     def _collect(self, s: _Slot) -> None:
         try:
@@ -375,11 +419,12 @@ class _Core:
         except (EOFError, OSError):
             self._lost(s)
             return
-        t = s.task
+        t = s.tasks.popleft() if s.tasks else None
+        now = time.monotonic()
+        s.quick, s.since = now - s.since < _QUICK, now  # the next one ran from now
         try:
             msg = pickle.loads(data)
         except BaseException as e:  # noqa: BLE001 - a result that fails to unpickle here
-            s.task = None
             if t is None:
                 raise RuntimeError("a worker answered a task it was not given") from None
             if self.executor:  # ProcessPoolExecutor's answer for that future
@@ -393,6 +438,8 @@ class _Core:
             return
         kind, tid = msg[0], msg[1]
         if kind == "init-err":  # the worker's initializer raised; the worker exits
+            if t:
+                s.tasks.appendleft(t)  # it ran none of them
             if self.executor:
                 logging.getLogger("concurrent.futures").critical(
                     "Exception in initializer:\n%s", msg[3])
@@ -400,13 +447,9 @@ class _Core:
                             "usable anymore (its initializer failed)")
             else:  # multiprocessing's rule: the worker is replaced, its task waits
                 sys.stderr.write(f"forkserver.Pool: exception in initializer:\n{msg[3]}")
-                t, s.task = s.task, None
-                if t:
-                    with self.lock:
-                        self.pending.appendleft(t)
+                self._requeue(s)
                 self._remove(s)  # its channel closed: it exits
             return
-        s.task = None
         if t is None or t.id != tid:
             raise RuntimeError("a worker answered a task it was not given")
         if kind == "ok":
@@ -421,10 +464,19 @@ class _Core:
             '\n"""\n%s"""' % tb)
         self._deliver(t, False, exc)
 
+    def _requeue(self, s: _Slot) -> None:
+        """The tasks s was given and has not started go back to the head of the queue, in
+        their order."""
+        for t in s.tasks:
+            t.start = None  # running already, as far as its caller knows
+        with self.lock:
+            self.pending.extendleft(reversed(s.tasks))
+        s.tasks.clear()
+
     def _lost(self, s: _Slot) -> None:
         """A worker's channel ended: it exited (maxtasks) or died; replace it."""
         w = s.worker
-        if s.retiring and not s.task:  # an orderly exit: no need to wait for it
+        if s.retiring and not s.tasks:  # an orderly exit: no need to wait for it
             self._remove(s)
             return
         try:
@@ -433,7 +485,8 @@ class _Core:
             w.kill()
             rc = w.wait()
         how = f"exit status {rc}" if rc >= 0 else f"signal {-rc}"
-        t, s.task = s.task, None
+        t = s.tasks.popleft() if s.tasks else None
+        self._requeue(s)  # those queued behind t never started
         self._remove(s)
         if self.executor and (t or rc != 0):
             if t:
@@ -868,7 +921,7 @@ class Executor(concurrent.futures.Executor):
                 # the tasks no worker took, but for the next max_workers + 1: those would be
                 # in ProcessPoolExecutor's call queue, marked running already
                 tasks = core.take_pending()
-                keep = max(0, core.n + 1 - sum(1 for s in core.slots if s.task))
+                keep = max(0, core.n + 1 - sum(len(s.tasks) for s in core.slots))
                 for t in tasks[keep:]:
                     if t.start is not None:
                         t.start.__self__.cancel()  # type: ignore[union-attr]
