@@ -71,7 +71,7 @@ int forkserver_preload_init(char *err, size_t errlen)
         PyConfig config;
         PyStatus st;
         char copy[4096], *save;
-
+        PyObject *r;
         Dl_info info;
 
         /* We were loaded RTLD_LOCAL; extension modules need libpython's symbols global. */
@@ -101,9 +101,16 @@ int forkserver_preload_init(char *err, size_t errlen)
         for (char *m = strtok_r(copy, ",", &save); m; m = strtok_r(NULL, ",", &save))
                 if (*m && import(m, err, errlen) < 0)
                         return -1;
-        /* Everything imported so far lives as long as the zygote: out of the collector's
-         * sight (gc.freeze), so that no collection in a worker touches, and so copies, the
-         * zygote's pages. */
+        /* The worker's loop runs once here (worker.warm), so that the bytecode it
+         * specializes and the caches it fills are written in the zygote, not in every
+         * worker. Everything imported so far lives as long as the zygote: out of the
+         * collector's sight (gc.freeze), so that no collection in a worker touches, and so
+         * copies, the zygote's pages. */
+        if (!(r = PyObject_CallMethod(PyImport_AddModule("forkserver.worker"), "warm", NULL))) {
+                exception_text(err, errlen);
+                return -1;
+        }
+        Py_DECREF(r);
         if (PyRun_SimpleString("import gc; gc.collect(); gc.freeze()") != 0) {
                 snprintf(err, errlen, "gc.freeze() failed");
                 return -1;

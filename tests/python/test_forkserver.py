@@ -620,6 +620,29 @@ class PoolTests(unittest.TestCase):
         self.assertIn("OPENBLAS_NUM_THREADS", str(cm.exception))
 
 
+class WorkerTests(unittest.TestCase):
+    def test_warm_leaves_no_trace(self) -> None:
+        # the Python zygote runs the worker's loop once before it forks any worker: nothing
+        # of that run may stay behind for the workers to inherit
+        code = """
+import os, sys
+import forkserver.worker as w
+def state():
+    import __main__
+    return (sorted(os.listdir("/proc/self/fd")), list(sys.path), list(sys.argv), os.getcwd(),
+            id(__main__), sys.modules.get("__mp_main__"))
+before = state()
+w.warm()
+after = state()
+print("same" if before == after else f"{before} != {after}")
+"""
+        r = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True,
+                           text=True, timeout=60, env=dict(os.environ, PYTHONPATH=PKG))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.strip(), "same")
+        self.assertEqual(r.stderr, "")
+
+
 class BindingTests(unittest.TestCase):
     """The handshake binds who is at each end; the socket path must be one nobody else can
     swap (docs/PROTOCOL.md "Handshake"). As root the relay is uid 65534; as a normal user it

@@ -149,5 +149,22 @@ def main(fd: int | None = None) -> int:
         sys.stderr.flush()
 
 
+def warm(tasks: int = 100) -> None:
+    """Runs the loop once in the zygote, before any worker is forked, over a socketpair: the
+    interpreter quickens and specializes the loop's bytecode and fills its caches here, once,
+    rather than in every worker, where each of those writes copies a page of the zygote."""
+    import socket
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    with ours:
+        peer = Channel(ours.fileno())
+        send_pickle(peer, pickle.dumps((list(sys.path), None, None, None, None, None, None)))
+        send_pickle(peer, pickle.dumps((None, (), tasks)))
+        for i in range(tasks):
+            send_pickle(peer, pickle.dumps(("task", i, _repr, (i,), {})))
+        main(theirs.detach())  # its channel owns the fd, closed when main returns
+        for _ in range(tasks):
+            recv_obj(peer)
+
+
 if __name__ == "__main__":
     sys.exit(main())
