@@ -564,6 +564,46 @@ class PoolTests(unittest.TestCase):
             pids = [r.get(10) for r in after]
             self.assertNotIn(first, pids)
 
+    def test_a_burst_of_tasks_wakes_the_engine_once(self) -> None:
+        # a map of many tasks writes to the engine's wake pipe until the engine reads it,
+        # not once a task (each write a system call and a wake-up of the engine)
+        real, writes = os.write, []
+        with self.pool(2) as p:
+            wake = p._core.wake_w
+
+            def counted(fd: int, data: bytes) -> int:
+                if fd == wake:
+                    writes.append(fd)
+                return real(fd, data)
+
+            with mock.patch("os.write", counted):
+                self.assertEqual(p.map(pooltasks.square, range(2000), chunksize=1),
+                                 [x * x for x in range(2000)])
+        self.assertLess(len(writes), 500)
+
+    def test_no_wake_up_lost_to_a_submit_while_the_engine_reads(self) -> None:
+        # the flag that saves a burst's writes to the wake pipe must never outlive the byte
+        # it stands for: a task submitted while the engine empties the pipe (forced here:
+        # from inside its read), and any task after it, must still be taken
+        real, injected = os.read, []
+        with self.pool(2) as p:
+            core = p._core
+
+            def read(fd: int, n: int) -> bytes:
+                if fd == core.wake_r and not injected:
+                    injected.append(p.apply_async(pooltasks.square, (3,)))
+                return real(fd, n)
+
+            try:
+                with mock.patch("os.read", read):
+                    self.assertEqual(p.apply_async(pooltasks.square, (2,)).get(10), 4)
+                    self.assertEqual(injected[0].get(10), 9)
+                for i in range(3):  # nothing else would wake the engine now
+                    self.assertEqual(p.apply_async(pooltasks.square, (i,)).get(10), i * i)
+            except BaseException:
+                os.write(core.wake_w, b"x")  # a lost wake-up would hang terminate too
+                raise
+
     def test_big_task_not_queued_behind_a_busy_worker(self) -> None:
         """A task of several frames waits for an idle worker: sent behind a running task it
         would block the pool's thread until that task ends."""

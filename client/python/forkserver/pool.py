@@ -123,6 +123,7 @@ class _Core:
         self.sel.register(self.client.fileno(), selectors.EVENT_READ, None)
         self.next_id = 0
         self.closing = self.terminating = self.finished = False
+        self.woken = False  # a byte is in the wake pipe that the engine has not read
         self.error: Optional[BaseException] = None
         name, path = _main_module()
         # the same two messages start every worker: pickled once. multiprocessing's authkey
@@ -216,7 +217,7 @@ class _Core:
                 raise ValueError("Pool not running")
             self.next_id += 1
             self.pending.append(_Task(self.next_id, func, args, kwargs, done, start))
-        self._wake()
+            self._wake_locked()
 
     def take_pending(self) -> List[_Task]:
         """The tasks no worker has taken yet, removed from the queue (for cancellation)."""
@@ -226,13 +227,19 @@ class _Core:
         return tasks
 
     def _wake(self) -> None:
-        with self.lock:  # never write to the pipe once the engine closed it (fd reuse)
-            if self.finished:
-                return
-            try:
-                os.write(self.wake_w, b"x")
-            except BlockingIOError:
-                pass
+        with self.lock:
+            self._wake_locked()
+
+    def _wake_locked(self) -> None:
+        """Wakes the engine, once until it next reads the pipe: a map of many tasks writes
+        one byte, not one a task. Never once the engine closed the pipe (fd reuse)."""
+        if self.finished or self.woken:
+            return
+        self.woken = True
+        try:
+            os.write(self.wake_w, b"x")
+        except BlockingIOError:
+            pass
 
     def close(self) -> None:
         with self.lock:
@@ -343,6 +350,10 @@ class _Core:
                             pass
                     except BlockingIOError:
                         pass
+                    # the pipe empty, then the flag: a wake-up in between wrote nothing,
+                    # and what it was for (a task, a flag) the next pass reads
+                    with self.lock:
+                        self.woken = False
                 else:
                     self.client.read_events()
 
