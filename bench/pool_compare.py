@@ -4,8 +4,9 @@
     bench/pool_compare.py [--tasks N] [--items N] [--reps R] [--processes P] [--only TEXT]
                           [--maxtasks K,...] [--maxtasks-tasks N] [--quick] [--json FILE]
 
-Four kinds of figure: tiny tasks with long-lived workers, one message per task
-(chunksize=1); the same with --items items (200,000) and map's default chunksize, where the
+Five kinds of figure: tiny tasks with long-lived workers, one message per task
+(chunksize=1), the pool's start and end included; 10 x as many on a pool already running
+(the per-task cost alone); --items items (200,000) at map's default chunksize, where the
 cost is pickling and messages; maxtasksperchild=K for each K of --maxtasks (default 1, where
 every task needs a new process), with --maxtasks-tasks tasks (default --tasks); and the time
 from creating a pool to its first result. --quick: 2 rounds, 100 tasks, 50,000 items, 20
@@ -50,6 +51,18 @@ def run(method: str, tasks: int, processes: int, maxtasks: int | None,
     return tasks / (time.perf_counter() - t0)
 
 
+def steady(method: str, tasks: int, processes: int) -> float:
+    """Tasks per second on a pool already running, its workers started: what a task costs
+    once a pool is up (tiny tasks, chunksize=1)."""
+    with make_pool(method, processes, None) as pool:
+        pool.map(task, range(processes * 50), chunksize=1)
+        t0 = time.perf_counter()
+        out = pool.map(task, range(tasks), chunksize=1)
+        rate = tasks / (time.perf_counter() - t0)
+    assert out == [x * x for x in range(tasks)]
+    return rate
+
+
 def first_result(method: str, processes: int) -> float:
     """Milliseconds from creating the pool to its first result."""
     t0 = time.perf_counter()
@@ -82,6 +95,9 @@ def main() -> int:
     workloads = [
         ("tiny tasks", f"{a.tasks} tasks, chunksize=1", "tasks/s", None, a.tasks,
          lambda m: run(m, a.tasks, a.processes, None)),
+        ("tiny tasks, warm pool", f"{a.tasks * 10} tasks, chunksize=1, the pool's start "
+         "and end left out", "tasks/s", None, a.tasks * 10,
+         lambda m: steady(m, a.tasks * 10, a.processes)),
         ("tiny tasks, default chunksize", f"{a.items} items, map's default chunksize",
          "items/s", None, a.items, lambda m: run(m, a.items, a.processes, None, None))]
     for k in sorted({int(x) for x in a.maxtasks.split(",") if x}):
