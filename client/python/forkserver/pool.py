@@ -394,15 +394,13 @@ class _Core:
                     with self.lock:
                         self.pending.appendleft(t)
                     return True
-                if t.start is not None and not t.start():
-                    t.func = t.args = t.kwargs = t.done = t.start = None  # type: ignore
-                    continue  # cancelled: its future knows it already
+                if self._cancelled(t):
+                    continue
             else:
                 # a task that fails to pickle or was cancelled leaves the worker idle: it
                 # takes the next one in this same pass (no pass would come while all idle)
-                if t.start is not None and not t.start():
-                    t.func = t.args = t.kwargs = t.done = t.start = None  # type: ignore
-                    continue  # cancelled: its future knows it already
+                if self._cancelled(t):
+                    continue
                 try:
                     data = dumps_for_workers(("task", t.id, t.func, t.args, t.kwargs))
                 except Exception as e:  # noqa: BLE001 - the task cannot be pickled
@@ -422,6 +420,15 @@ class _Core:
             s.assigned += 1
             # its last task: its successor starts now, while this one runs
             s.retiring = self.maxtasks is not None and s.assigned >= self.maxtasks
+        return True
+
+    @staticmethod
+    def _cancelled(t: _Task) -> bool:
+        """Marks t started as a worker takes it; True (its references dropped) when it was
+        cancelled, which its future knows already."""
+        if t.start is None or t.start():
+            return False
+        t.func = t.args = t.kwargs = t.done = t.start = None  # type: ignore[assignment]
         return True
 
     def _collect(self, s: _Slot) -> None:
